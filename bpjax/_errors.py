@@ -1,0 +1,116 @@
+"""Clear errors: every check names where it failed (layer, loss, argument), the expected and the received."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import checkify
+
+
+class BpjaxError(ValueError):
+    """A bad input, with the place it was found (``where``) prepended to the message."""
+
+    def __init__(self, where: str, message: str):
+        self.where, self.message = where, message
+        super().__init__(f"{where}: {message}")
+
+
+class BpjaxTypeError(BpjaxError, TypeError):
+    """A value of the wrong type or dtype."""
+
+
+@contextlib.contextmanager
+def context(prefix: str) -> Iterator[None]:
+    """Prefix ``prefix`` to the location of any :class:`BpjaxError` raised inside (e.g. ``serial[2]``)."""
+    try:
+        yield
+    except BpjaxError as e:
+        cls = type(e)
+        new = cls(f"{prefix} {e.where}", e.message)
+        raise new.with_traceback(e.__traceback__) from None
+
+
+def shape_error(where: str, expected: str, x) -> BpjaxError:
+    return BpjaxError(where, f"expected {expected}, got an array of shape {tuple(np.shape(x))}")
+
+
+def check_floating(where: str, x, what: str = "input") -> None:
+    """Raise a TypeError unless ``x`` is a real floating-point array."""
+    dtype = jnp.result_type(x)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise BpjaxTypeError(where, f"expected a real floating-point {what} (float32/float64), got dtype {dtype}")
+
+
+def check_ndim(where: str, x, ndims, what: str = "input") -> None:
+    """Raise unless ``x.ndim`` is one of ``ndims`` (an int or a tuple of ints)."""
+    ndims = (ndims,) if isinstance(ndims, int) else tuple(ndims)
+    if np.ndim(x) not in ndims:
+        want = " or ".join(str(n) for n in ndims)
+        raise BpjaxError(where, f"expected a rank-{want} {what} (batch axis first), got shape {tuple(np.shape(x))}")
+
+
+def check_tree_like(where: str, tree, like, what: str = "params") -> None:
+    """Raise unless ``tree`` has the structure and leaf shapes of ``like``."""
+    s_tree, s_like = jax.tree.structure(tree), jax.tree.structure(like)
+    if s_tree != s_like:
+        raise BpjaxError(where, f"{what} do not match the model: expected structure {s_like}, got {s_tree}")
+    for path, a, b in zip(jax.tree_util.tree_leaves_with_path(like), jax.tree.leaves(like), jax.tree.leaves(tree)):
+        if np.shape(a) != np.shape(b):
+            raise BpjaxError(where, f"{what} leaf {jax.tree_util.keystr(path[0])}: expected shape "
+                                    f"{np.shape(a)}, got {np.shape(b)}")
+
+
+def is_concrete(x) -> bool:
+    """True when ``x`` holds known values (not a tracer inside jit/grad/vmap)."""
+    return not isinstance(x, jax.core.Tracer)
+
+
+def check_value(where: str, ok, message: str, **fmt) -> jax.Array:
+    """Check a condition on values; returns a bool array to poison the result with when traced.
+
+    - Concrete values: raise a :class:`BpjaxError` at once.
+    - Traced under :func:`checked` (bpjax's own training step does this): a ``checkify.check``,
+      thrown by the caller after the step.
+    - Traced anywhere else (a user's own ``jax.jit``): the caller turns its result into NaN
+      through the returned flag, so a bad input never yields a plausible but wrong number.
+    """
+    if is_concrete(ok):
+        if not bool(ok):
+            values = {k: np.asarray(v).tolist() for k, v in fmt.items()}
+            raise BpjaxError(where, message.format(**values))
+        return jnp.asarray(True)
+    if _CHECKIFY_DEPTH[0] > 0:
+        checkify.check(ok, f"{where}: {message}", **{k: jnp.asarray(v) for k, v in fmt.items()})
+    return jnp.asarray(ok)
+
+
+_CHECKIFY_DEPTH = [0]
+
+
+def checked(fn):
+    """``checkify.checkify(fn)`` with bpjax's value checks switched on while it is traced.
+
+    Returns ``wrapped(*args) -> (error, out)``; :func:`throw` raises the first failure.
+    """
+
+    def traced(*args, **kwargs):
+        _CHECKIFY_DEPTH[0] += 1
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _CHECKIFY_DEPTH[0] -= 1
+
+    return checkify.checkify(traced, errors=checkify.user_checks)
+
+
+def throw(error) -> None:
+    """Raise the first failed check of a :func:`checked` function as a :class:`BpjaxError`."""
+    message = error.get()
+    if message:
+        message = message.split(" (`check` failed)")[0]
+        where, _, rest = message.partition(": ")
+        raise BpjaxError(where, rest or message)

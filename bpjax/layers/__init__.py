@@ -1,0 +1,37 @@
+"""The layer catalogue: each a :class:`bpjax.Layer` with its backward written by hand beside its forward.
+
+Naming (after stax): CamelCase constructors return layers, e.g. ``Dense(100)``, ``Relu()``.
+Modules load on first use, so ``import bpjax`` stays light.
+"""
+
+import importlib
+
+# name -> module under bpjax.layers
+_WHERE = {
+    "Dense": "dense", "initializer": "dense",
+    "Identity": "activations", "Sigmoid": "activations", "Tanh": "activations", "Relu": "activations",
+    "LeakyRelu": "activations", "Elu": "activations", "Gelu": "activations", "Softplus": "activations",
+    "Softmax": "activations", "LogSoftmax": "activations", "elementwise": "activations",
+    "Flatten": "reshape",
+    "Conv1D": "conv", "Conv2D": "conv",
+    "MaxPool1D": "pool", "MaxPool2D": "pool", "AvgPool1D": "pool", "AvgPool2D": "pool", "GlobalAvgPool": "pool",
+    "BatchNorm": "norm", "LayerNorm": "norm",
+    "Dropout": "dropout",
+    "Embedding": "embedding",
+    "SimpleRNN": "recurrent", "GRU": "recurrent", "LSTM": "recurrent", "Bidirectional": "recurrent",
+    "MultiHeadSelfAttention": "attention", "TransformerBlock": "attention",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'bpjax.layers' has no attribute {name!r}")
+    module = importlib.import_module(f"bpjax.layers.{_WHERE[name]}")
+    value = getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__

@@ -1,0 +1,125 @@
+"""Dense (fully connected) layer: ``z = a_prev @ W + b``, with its hand-written backward."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Union
+
+import jax
+import jax.numpy as jnp
+
+from bpjax import _errors
+from bpjax.core import Layer
+
+# name -> (distribution, fan mode, variance scale); Var[W] = scale / fan
+_INITS = {
+    "glorot_uniform": ("uniform", "fan_avg", 1.0),
+    "glorot_normal": ("normal", "fan_avg", 1.0),
+    "he_uniform": ("uniform", "fan_in", 2.0),
+    "he_normal": ("normal", "fan_in", 2.0),
+    "lecun_uniform": ("uniform", "fan_in", 1.0),
+    "lecun_normal": ("normal", "fan_in", 1.0),
+}
+Initializer = Union[str, Callable[[jax.Array, tuple, jnp.dtype], jax.Array]]
+
+
+def initializer(init: Initializer, stddev: float = 1.0):
+    """A weight initialiser ``(key, shape, dtype) -> array`` from a name or a callable.
+
+    Names: ``glorot_uniform`` (default of ``Dense``), ``glorot_normal``, ``he_uniform``,
+    ``he_normal``, ``lecun_uniform``, ``lecun_normal``, and ``normal`` (``N(0, stddev^2)``, the
+    "naive" initialisation of the vanishing-gradient experiments). Normal variants are untruncated.
+    """
+    if callable(init):
+        return init
+    if init == "normal":
+        return lambda key, shape, dtype: stddev * jax.random.normal(key, shape, dtype)
+    if init not in _INITS:
+        raise _errors.BpjaxError("initializer", f"unknown init {init!r}; expected one of "
+                                                f"{sorted([*_INITS, 'normal'])} or a callable")
+    distribution, mode, scale = _INITS[init]
+
+    def fn(key, shape, dtype):
+        fan_in = math.prod(shape[:-1])  # W: (..., fan_in, fan_out); conv kernels fold the window in
+        fan_out = shape[-1] * math.prod(shape[:-2])
+        fan = {"fan_in": fan_in, "fan_avg": (fan_in + fan_out) / 2}[mode]
+        std = math.sqrt(scale / fan)
+        if distribution == "uniform":
+            limit = math.sqrt(3.0) * std
+            return jax.random.uniform(key, shape, dtype, -limit, limit)
+        return std * jax.random.normal(key, shape, dtype)
+
+    return fn
+
+
+def Dense(features: int, *, init: Initializer = "glorot_uniform", stddev: float = 1.0,
+          bias: bool = True, dtype=None, name: str | None = None) -> Layer:
+    """Fully connected layer on the last axis.
+
+    Forward: ``z = a_prev @ W + b`` with ``a_prev: (B, ..., D_in)``, ``W: (D_in, features)``,
+    ``b: (features,)``, ``z: (B, ..., features)``.
+
+    Backward (``dz`` is the cotangent of ``z``, leading axes flattened to ``N`` rows)::
+
+        dW      = a_prev.T @ dz     # (D_in, features)
+        db      = dz.sum(0)         # (features,)
+        da_prev = dz @ W.T          # (B, ..., D_in)
+
+    Args:
+      features: output width.
+      init: weight initialiser name (see :func:`initializer`) or callable; biases start at zero.
+      stddev: standard deviation for ``init="normal"``.
+      bias: whether to add ``b`` (params are ``{"W"}`` only when False).
+      dtype: parameter dtype; default the canonical float (float32, or float64 with x64 on).
+      name: display name (default ``Dense(features)``).
+    """
+    if not isinstance(features, int) or features < 1:
+        raise _errors.BpjaxError("Dense", f"features must be a positive int, got {features!r}")
+    name = name or f"Dense({features})"
+    w_init = initializer(init, stddev)
+
+    def init_fn(key, input_shape):
+        if len(input_shape) < 1:
+            raise _errors.BpjaxError(name, f"expected an input shape with a feature axis, got {tuple(input_shape)}")
+        d_in = int(input_shape[-1])
+        dt = dtype or jnp.zeros(()).dtype
+        params = {"W": w_init(key, (d_in, features), dt)}
+        if bias:
+            params["b"] = jnp.zeros((features,), dt)
+        return (*input_shape[:-1], features), params
+
+    def check(params, x):
+        if not isinstance(params, dict) or set(params) != ({"W", "b"} if bias else {"W"}):
+            got = sorted(params) if isinstance(params, dict) else type(params).__name__
+            raise _errors.BpjaxError(name, f"params do not match the layer: expected keys "
+                                           f"{['W', 'b'] if bias else ['W']}, got {got}")
+        _errors.check_floating(name, x)
+        _errors.check_ndim(name, x, tuple(range(2, 8)))
+        W = params["W"]
+        if W.ndim != 2 or W.shape[1] != features or (bias and params["b"].shape != (features,)):
+            raise _errors.BpjaxError(name, f"params do not match the layer: expected W (D_in, {features}) "
+                                           f"and b ({features},), got W {tuple(W.shape)}"
+                                           + (f" and b {tuple(params['b'].shape)}" if bias else ""))
+        if x.shape[-1] != W.shape[0]:
+            raise _errors.BpjaxError(name, f"expected input with {W.shape[0]} features on the last axis "
+                                           f"(shape (B, ..., {W.shape[0]})), got shape {tuple(x.shape)}")
+
+    def forward(params, x):
+        check(params, x)
+        z = x @ params["W"]
+        if bias:
+            z = z + params["b"]
+        return z, x  # the backward needs only a_prev
+
+    def backward(params, a_prev, dz):
+        # in the forward pass this was: z = a_prev @ W + b
+        W = params["W"]
+        a2 = a_prev.reshape(-1, a_prev.shape[-1])  # (N, D_in)
+        dz2 = dz.reshape(-1, dz.shape[-1])         # (N, features)
+        grads = {"W": a2.T @ dz2}                  # dW = a_prev.T @ dz
+        if bias:
+            grads["b"] = dz2.sum(0)                # db = sum over rows of dz
+        da_prev = dz @ W.T                         # da_prev = dz @ W.T
+        return grads, da_prev
+
+    return Layer(init_fn, forward, backward, name)

@@ -1,0 +1,28 @@
+"""Shape-only layers: ``Flatten`` (the backward restores the shape)."""
+
+from __future__ import annotations
+
+import math
+
+import jax.numpy as jnp
+
+from bpjax import _errors
+from bpjax.core import Layer
+
+
+def Flatten() -> Layer:
+    """``(B, d1, d2, ...) -> (B, d1 * d2 * ...)``; backward reshapes ``dy`` back to ``x``'s shape."""
+    name = "Flatten"
+
+    def init(key, input_shape):
+        return (math.prod(input_shape),), ()
+
+    def forward(params, x):
+        _errors.check_ndim(name, x, tuple(range(1, 8)))
+        # residual: a zero-size array (0, d1, d2, ...) that carries the input shape and no data
+        return x.reshape(x.shape[0], -1), jnp.zeros((0, *x.shape[1:]), x.dtype)
+
+    def backward(params, like, dy):
+        return (), dy.reshape(dy.shape[0], *like.shape[1:])
+
+    return Layer(init, forward, backward, name)
