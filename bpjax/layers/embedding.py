@@ -1,0 +1,66 @@
+"""Embedding lookup ``y = E[ids]`` and its scatter-add backward ``dE[ids] += dy``."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bpjax import _errors
+from bpjax.core import Layer
+from bpjax.layers.dense import Initializer, initializer
+
+
+def Embedding(vocab: int, dim: int, *, init: Initializer = "normal", stddev: float = 1.0,
+              name: str | None = None) -> Layer:
+    """A table of ``vocab`` vectors of width ``dim``, indexed by integer ids.
+
+    Forward: ``ids: (B, ...)`` integers in ``[0, vocab)``, ``E: (vocab, dim)``,
+    ``y = E[ids]: (B, ..., dim)``.
+
+    Backward: ``dE = zeros(vocab, dim).at[ids].add(dy)`` (a scatter-add: an id that occurs k times
+    receives the sum of its k cotangent rows); the ids are integers, so ``dx`` is a ``float0``
+    zeros array of ``ids``'s shape (JAX's cotangent type for integer inputs).
+
+    Out-of-range ids raise a :class:`BpjaxError` on concrete arrays; under ``jit`` they go through
+    ``checkify`` in bpjax's training step, or else turn the output into NaN.
+
+    Args:
+      vocab: number of rows of ``E``.
+      dim: width of each embedding vector.
+      init: initialiser name or callable (see :func:`bpjax.layers.initializer`); default
+        ``"normal"``, ``N(0, stddev^2)`` with ``stddev=1`` as in PyTorch's ``nn.Embedding``.
+      stddev: standard deviation for ``init="normal"``.
+      name: display name (default ``Embedding(vocab, dim)``).
+    """
+    for arg, value in (("vocab", vocab), ("dim", dim)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise _errors.BpjaxError("Embedding", f"{arg} must be a positive int, got {value!r}")
+    name = name or f"Embedding({vocab}, {dim})"
+    e_init = initializer(init, stddev)
+
+    def init_fn(key, input_shape):
+        return (*input_shape, dim), {"E": e_init(key, (vocab, dim), jnp.zeros(()).dtype)}
+
+    def forward(params, ids):
+        if not isinstance(params, dict) or set(params) != {"E"} or jnp.shape(params["E"]) != (vocab, dim):
+            got = {k: tuple(jnp.shape(v)) for k, v in params.items()} if isinstance(params, dict) \
+                else type(params).__name__
+            raise _errors.BpjaxError(name, f"params do not match the layer: expected {{'E': ({vocab}, {dim})}}, "
+                                           f"got {got}")
+        dtype = jnp.result_type(ids)
+        if not jnp.issubdtype(dtype, jnp.integer):
+            raise _errors.BpjaxTypeError(name, f"expected integer ids (B, ...), got dtype {dtype}")
+        _errors.check_ndim(name, ids, tuple(range(1, 8)), "ids array")
+        ok = jnp.asarray(True) if ids.size == 0 else _errors.check_value(
+            name, jnp.all((ids >= 0) & (ids < vocab)), "ids must lie in [0, {vocab}), got min {lo} and max {hi}",
+            vocab=vocab, lo=jnp.min(ids), hi=jnp.max(ids))
+        y = jnp.take(params["E"], ids, axis=0)  # y = E[ids]
+        return jnp.where(ok, y, jnp.nan), ids  # NaN when a traced range check failed
+
+    def backward(params, ids, dy):
+        # in the forward pass this was: y = E[ids], so now we scatter-add: dE[ids] += dy
+        dE = jnp.zeros_like(params["E"]).at[ids].add(dy.astype(params["E"].dtype))
+        return {"E": dE}, np.zeros(ids.shape, jax.dtypes.float0)
+
+    return Layer(init_fn, forward, backward, name)
