@@ -1,0 +1,337 @@
+"""Recurrent layers (SimpleRNN, GRU, LSTM, Bidirectional) with backpropagation through time written by hand.
+
+Every cell shares one layout (``G`` gates, hidden size ``H``, input size ``D``)::
+
+    Wx: (D, G*H)   Wh: (H, G*H)   b: (G*H,)          (GRU adds bhn: (H,))
+
+Forward: the input projection of all steps is one matmul outside the loop,
+``xp = x @ Wx + b: (T, B, G*H)``, then one ``lax.scan`` over time runs the cell and saves exactly
+what the backward needs (the gate activations of every step; the states are the outputs).
+
+Backward (backpropagation through time): one reverse ``lax.scan`` carries ``dh`` (and ``dc``) from
+the last step to the first and emits the pre-activation gradients of every step. Everything that
+does not depend on the carry is hoisted out of the loop, as llm.c hoists work out of its loops::
+
+    dWx = x^T @ dgx          # one (B*T, D)^T @ (B*T, G*H) matmul
+    dWh = h_prev^T @ dgh     # one (B*T, H)^T @ (B*T, G*H) matmul
+    db  = sum_{b,t} dgx
+    dx  = dgx @ Wx^T         # (B, T, D)
+
+so the loop body is the cell's elementwise backward and one ``(B, G*H) @ (G*H, H)`` matmul.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from bpjax import _errors
+from bpjax.core import Layer
+
+
+class _Cell(NamedTuple):
+    """The per-step pieces of one recurrent cell; carries are tuples, ``(h,)`` or ``(h, c)``."""
+    kind: str
+    gates: int         # G
+    step: Callable     # (params, carry, xp_t) -> (carry, (h_t, saved_t))
+    back: Callable     # (params, dcarry, (dh_t, h_t, h_prev_t, saved_t)) -> (dcarry, (dgx_t, dgh_t))
+    n_carry: int = 1   # 1 for (h,), 2 for (h, c)
+    extra: tuple = ()  # parameters beyond Wx, Wh, b (GRU: ("bhn",)), each of shape (H,)
+
+
+def _dsigmoid(a):
+    return a * (1 - a)  # sigmoid'(u) written with a = sigmoid(u), as llm.c keeps outputs
+
+
+def _dtanh(a):
+    return 1 - a * a    # tanh'(u) written with a = tanh(u)
+
+
+# -- SimpleRNN: h_t = tanh(x_t @ Wx + h_{t-1} @ Wh + b) ------------------------------------------
+
+def _rnn_step(params, carry, xp):
+    (h,) = carry
+    h = jnp.tanh(xp + h @ params["Wh"])  # h_t = tanh(xp_t + h_{t-1} @ Wh), xp_t = x_t @ Wx + b
+    return (h,), (h, ())                 # the backward needs h_t only, and h_t is the output
+
+
+def _rnn_back(params, dcarry, inputs):
+    dh, h, _, _ = inputs                 # dh: dL/dh_t from above plus from step t+1
+    # in the forward pass this was: h_t = tanh(a_t), a_t = xp_t + h_{t-1} @ Wh
+    da = dh * _dtanh(h)                  # da_t = dh_t * (1 - h_t^2)
+    return (da @ params["Wh"].T,), (da, None)  # dh_{t-1} = da_t @ Wh^T; dgh_t = dgx_t = da_t
+
+
+# -- GRU (PyTorch's convention), gates [r | z | n] ---------------------------------------------
+#   r = sigmoid(x Wxr + bxr + h Whr)          (b holds the combined input and hidden biases of r, z)
+#   z = sigmoid(x Wxz + bxz + h Whz)
+#   n = tanh(x Wxn + bxn + r * (h Whn + bhn))
+#   h' = (1 - z) * n + z * h
+
+def _gru_step(params, carry, xp):
+    (h,) = carry
+    H = h.shape[-1]
+    hW = h @ params["Wh"]                                     # (B, 3H): [h Whr | h Whz | h Whn]
+    rz = jax.nn.sigmoid(xp[:, :2 * H] + hW[:, :2 * H])        # [r | z]: (B, 2H)
+    hn = hW[:, 2 * H:] + params["bhn"]                        # hn = h Whn + bhn
+    n = jnp.tanh(xp[:, 2 * H:] + rz[:, :H] * hn)              # n = tanh(xn + r * hn)
+    z = rz[:, H:]
+    h_new = n + z * (h - n)                                   # h' = (1 - z) * n + z * h
+    return (h_new,), (h_new, (rz, n, hn))
+
+
+def _gru_back(params, dcarry, inputs):
+    dh, _, h_prev, (rz, n, hn) = inputs
+    H = n.shape[-1]
+    r, z = rz[:, :H], rz[:, H:]
+    # in the forward pass this was: h' = (1 - z) * n + z * h
+    dn = dh * (1 - z)
+    dz = dh * (h_prev - n)
+    # n = tanh(xn + r * hn): the pre-activation gradient is also d(xn) = d(x Wxn + bxn)
+    dan = dn * _dtanh(n)
+    dr, dhn = dan * hn, dan * r                               # d(r * hn)
+    # [r | z] = sigmoid(x Wx[:, :2H] + b[:2H] + h Wh[:, :2H])
+    drz = jnp.concatenate([dr, dz], axis=-1) * _dsigmoid(rz)
+    dgh = jnp.concatenate([drz, dhn], axis=-1)                # d(h Wh) (plus bhn for the n part)
+    dgx = jnp.concatenate([drz, dan], axis=-1)                # d(x Wx + b)
+    dh_prev = dh * z + dgh @ params["Wh"].T                   # h enters as z * h and through h @ Wh
+    return (dh_prev,), (dgx, dgh)
+
+
+# -- LSTM (PyTorch's convention), gates [i | f | g | o] ----------------------------------------
+#   i, f, o = sigmoid(.), g = tanh(.) of x Wx + b + h Wh;  c' = f*c + i*g;  h' = o * tanh(c')
+
+def _lstm_step(params, carry, xp):
+    h, c = carry
+    H = h.shape[-1]
+    a = xp + h @ params["Wh"]                                 # (B, 4H) pre-activations
+    ifo = jax.nn.sigmoid(a)                                   # sigmoid on all, g's part replaced below
+    acts = jnp.concatenate([ifo[:, :2 * H], jnp.tanh(a[:, 2 * H:3 * H]), ifo[:, 3 * H:]], axis=-1)
+    i, f, g, o = (acts[:, k * H:(k + 1) * H] for k in range(4))
+    c_new = f * c + i * g                                     # c' = f*c + i*g
+    tc = jnp.tanh(c_new)
+    h_new = o * tc                                            # h' = o * tanh(c')
+    return (h_new, c_new), (h_new, (acts, c, tc))
+
+
+def _lstm_back(params, dcarry, inputs):
+    _, dc = dcarry
+    dh, _, _, (acts, c_prev, tc) = inputs
+    H = tc.shape[-1]
+    i, f, g, o = (acts[:, k * H:(k + 1) * H] for k in range(4))
+    # in the forward pass this was: h' = o * tanh(c')
+    do = dh * tc
+    dc = dc + dh * o * _dtanh(tc)
+    # c' = f*c + i*g
+    di, df, dg, dc_prev = dc * g, dc * c_prev, dc * i, dc * f
+    # [i | f | g | o] = [sigmoid | sigmoid | tanh | sigmoid](x Wx + b + h Wh)
+    dsig = _dsigmoid(acts)
+    da = jnp.concatenate([di * dsig[:, :H], df * dsig[:, H:2 * H], dg * _dtanh(g), do * dsig[:, 3 * H:]], -1)
+    return (da @ params["Wh"].T, dc_prev), (da, None)
+
+
+_CELLS = {
+    "SimpleRNN": _Cell("SimpleRNN", 1, _rnn_step, _rnn_back),
+    "GRU": _Cell("GRU", 3, _gru_step, _gru_back, extra=("bhn",)),
+    "LSTM": _Cell("LSTM", 4, _lstm_step, _lstm_back, n_carry=2),
+}
+
+
+def _shapes(cell, D, H):
+    G = cell.gates
+    return {"Wx": (D, G * H), "Wh": (H, G * H), "b": (G * H,), **{k: (H,) for k in cell.extra}}
+
+
+def _recurrent(cell: _Cell, hidden: int, return_sequences: bool, recurrent_init: str, forget_bias,
+               dtype, name) -> Layer:
+    if not isinstance(hidden, int) or isinstance(hidden, bool) or hidden < 1:
+        raise _errors.BpjaxError(cell.kind, f"hidden must be a positive int, got {hidden!r}")
+    if recurrent_init not in ("uniform", "orthogonal"):
+        raise _errors.BpjaxError(cell.kind, f"recurrent_init must be 'uniform' or 'orthogonal', "
+                                            f"got {recurrent_init!r}")
+    H, G = hidden, cell.gates
+    name = name or f"{cell.kind}({hidden})"
+
+    def init(key, input_shape):
+        if len(input_shape) != 2 or input_shape[0] < 1:
+            raise _errors.BpjaxError(name, f"expected an input shape (T, D) with T >= 1 (one example, no "
+                                           f"batch axis), got {tuple(input_shape)}")
+        dt = dtype or jnp.zeros(()).dtype
+        k = 1.0 / math.sqrt(H)  # PyTorch: every weight and bias ~ U(-1/sqrt(H), 1/sqrt(H))
+        shapes = _shapes(cell, int(input_shape[1]), H)
+        keys = jax.random.split(key, len(shapes))
+        params = {n: jax.random.uniform(kk, s, dt, -k, k) for kk, (n, s) in zip(keys, shapes.items())}
+        if recurrent_init == "orthogonal":  # one orthogonal (H, H) block per gate
+            ortho = jax.nn.initializers.orthogonal()
+            blocks = [ortho(kk, (H, H), dt) for kk in jax.random.split(keys[1], G)]
+            params["Wh"] = jnp.concatenate(blocks, axis=1)
+        if forget_bias is not None:
+            params["b"] = params["b"].at[H:2 * H].set(forget_bias)
+        out = (int(input_shape[0]), H) if return_sequences else (H,)
+        return out, params
+
+    def check(params, x):
+        _errors.check_floating(name, x)
+        if not isinstance(params, dict) or set(params) != {"Wx", "Wh", "b", *cell.extra}:
+            got = sorted(params) if isinstance(params, dict) else type(params).__name__
+            raise _errors.BpjaxError(name, f"params do not match the layer: expected keys "
+                                           f"{sorted(['Wx', 'Wh', 'b', *cell.extra])}, got {got}")
+        if x.ndim != 3:
+            raise _errors.shape_error(name, "a rank-3 input (B, T, D) (batch, time, features)", x)
+        B, T, D = x.shape
+        if T == 0:
+            raise _errors.BpjaxError(name, f"expected at least one time step, got an input of shape {(B, T, D)}")
+        want = _shapes(cell, params["Wx"].shape[0] if params["Wx"].ndim == 2 else D, H)
+        got = {n: tuple(p.shape) for n, p in params.items()}
+        if got != want:
+            raise _errors.BpjaxError(name, f"params do not match the layer: expected shapes {want}, got {got}")
+        if D != params["Wx"].shape[0]:
+            raise _errors.BpjaxError(name, f"expected input with {params['Wx'].shape[0]} features on the last "
+                                           f"axis (shape (B, T, {params['Wx'].shape[0]})), got shape {(B, T, D)}")
+
+    def forward(params, x):
+        """``x: (B, T, D) -> y: (B, T, H)`` (``return_sequences``) or ``(B, H)`` (the last state)."""
+        check(params, x)
+        B = x.shape[0]
+        xp = jnp.einsum("btd,dg->tbg", x, params["Wx"]) + params["b"]  # (T, B, G*H), hoisted out of the loop
+        carry0 = tuple(jnp.zeros((B, H), xp.dtype) for _ in range(cell.n_carry))  # h_0 = 0 (c_0 = 0)
+        _, (hs, saved) = lax.scan(lambda c, xp_t: cell.step(params, c, xp_t), carry0, xp)  # hs: (T, B, H)
+        y = jnp.swapaxes(hs, 0, 1) if return_sequences else hs[-1]
+        return y, (x, hs, saved)
+
+    def backward(params, residuals, dy):
+        x, hs, saved = residuals
+        B = x.shape[0]
+        # the forward read h_{t-1}: h_0 = 0, then h_1 .. h_{T-1}
+        h_prev = jnp.concatenate([jnp.zeros_like(hs[:1]), hs[:-1]], axis=0)  # (T, B, H)
+        zeros = tuple(jnp.zeros((B, H), hs.dtype) for _ in range(cell.n_carry))
+        if return_sequences:
+            # y = all states: step t gets dy_t from above plus dh from step t+1
+            dys = jnp.swapaxes(dy, 0, 1)
+
+            def body(dcarry, inp):
+                dy_t, rest = inp[0], inp[1:]
+                return cell.back(params, dcarry, (dcarry[0] + dy_t, *rest))
+
+            dcarry0, xs = zeros, (dys, hs, h_prev, saved)
+        else:
+            # y = h_T only: dy enters as the carry of the last step, no per-step input
+            def body(dcarry, inp):
+                return cell.back(params, dcarry, (dcarry[0], *inp))
+
+            dcarry0, xs = (dy.astype(hs.dtype), *zeros[1:]), (hs, h_prev, saved)
+        # go in the reverse order of the forward pass: t = T-1, ..., 0
+        _, (dgx, dgh) = lax.scan(body, dcarry0, xs, reverse=True)   # (T, B, G*H) each
+        dgh = dgx if dgh is None else dgh
+        # hoisted out of the loop: xp_t = x_t @ Wx + b and a_t = ... + h_{t-1} @ Wh
+        grads = {"Wx": jnp.einsum("btd,tbg->dg", x, dgx),        # dWx = sum_t x_t^T @ dgx_t
+                 "Wh": jnp.einsum("tbh,tbg->hg", h_prev, dgh),   # dWh = sum_t h_{t-1}^T @ dgh_t
+                 "b": dgx.sum((0, 1))}                           # db  = sum_{t,b} dgx_t
+        if "bhn" in cell.extra:
+            grads["bhn"] = dgh[..., 2 * H:].sum((0, 1))          # hn = h Whn + bhn
+        dx = jnp.einsum("tbg,dg->btd", dgx, params["Wx"])        # dx_t = dgx_t @ Wx^T
+        return grads, dx
+
+    return Layer(init, forward, backward, name)
+
+
+def SimpleRNN(hidden: int, *, return_sequences: bool = True, recurrent_init: str = "uniform",
+              dtype=None, name: str | None = None) -> Layer:
+    """Elman RNN: ``h_t = tanh(x_t @ Wx + h_{t-1} @ Wh + b)``, ``h_0 = 0``.
+
+    Params: ``Wx: (D, H)``, ``Wh: (H, H)``, ``b: (H,)``, all ``~ U(-1/sqrt(H), 1/sqrt(H))`` (PyTorch).
+
+    Args:
+      hidden: ``H``, the state size.
+      return_sequences: ``x: (B, T, D) -> (B, T, H)`` (every ``h_t``) if True, else ``(B, H)`` (``h_T``).
+      recurrent_init: ``"uniform"`` or ``"orthogonal"`` (an orthogonal ``(H, H)`` block per gate).
+      dtype: parameter dtype; default the canonical float.
+      name: display name (default ``SimpleRNN(H)``).
+    """
+    return _recurrent(_CELLS["SimpleRNN"], hidden, return_sequences, recurrent_init, None, dtype, name)
+
+
+def GRU(hidden: int, *, return_sequences: bool = True, recurrent_init: str = "uniform",
+        dtype=None, name: str | None = None) -> Layer:
+    """Gated recurrent unit, PyTorch's convention (gates ``[r | z | n]``, ``h_0 = 0``)::
+
+        r  = sigmoid(x Wxr + h Whr + br)
+        z  = sigmoid(x Wxz + h Whz + bz)
+        n  = tanh(x Wxn + bxn + r * (h Whn + bhn))
+        h' = (1 - z) * n + z * h
+
+    Params: ``Wx: (D, 3H)``, ``Wh: (H, 3H)``, ``b: (3H,) = [br | bz | bxn]`` and ``bhn: (H,)``
+    (PyTorch's ``b_ih + b_hh`` for r and z folded into one bias), all ``~ U(-1/sqrt(H), 1/sqrt(H))``.
+    Arguments as for :func:`SimpleRNN`.
+    """
+    return _recurrent(_CELLS["GRU"], hidden, return_sequences, recurrent_init, None, dtype, name)
+
+
+def LSTM(hidden: int, *, return_sequences: bool = True, recurrent_init: str = "uniform",
+         forget_bias: float | None = 1.0, dtype=None, name: str | None = None) -> Layer:
+    """Long short-term memory, PyTorch's convention (gates ``[i | f | g | o]``, ``h_0 = c_0 = 0``)::
+
+        i, f, o = sigmoid(x Wx + h Wh + b) on their slices,  g = tanh(...) on its slice
+        c' = f * c + i * g
+        h' = o * tanh(c')
+
+    Params: ``Wx: (D, 4H)``, ``Wh: (H, 4H)``, ``b: (4H,)``, all ``~ U(-1/sqrt(H), 1/sqrt(H))``.
+
+    Args:
+      forget_bias: initial value of the forget-gate bias ``b[H:2H]`` (1.0 as Jozefowicz et al. 2015
+        and Keras' ``unit_forget_bias``); ``None`` keeps the uniform draw (PyTorch).
+      Others as for :func:`SimpleRNN`.
+    """
+    return _recurrent(_CELLS["LSTM"], hidden, return_sequences, recurrent_init, forget_bias, dtype, name)
+
+
+def Bidirectional(rnn: Layer, *, name: str | None = None) -> Layer:
+    """Run ``rnn`` forwards and a separate copy over the reversed sequence; concatenate the features.
+
+    Params ``{"fwd": ..., "bwd": ...}``. With ``x: (B, T, D)``, ``rev(x)_t = x_{T-1-t}``::
+
+        y = concat([rnn(fwd, x), rev(rnn(bwd, rev(x)))], -1)    # (B, T, 2H), y_t sees x_<=t and x_>=t
+        y = concat([rnn(fwd, x), rnn(bwd, rev(x))], -1)         # (B, 2H) with return_sequences=False
+
+    (the backward copy's last state is the one after reading ``x_0``). Backward: split ``dy``,
+    un-reverse and run each copy's backward, and add the two ``dx`` (re-reversing the second).
+    """
+    if not isinstance(rnn, Layer):
+        raise _errors.BpjaxTypeError("Bidirectional", f"expected a bpjax Layer such as GRU(6), got "
+                                                      f"{type(rnn).__name__}")
+    name = name or f"Bidirectional({rnn.name})"
+
+    def init(key, input_shape):
+        k1, k2 = jax.random.split(key)
+        with _errors.context(name):
+            shape, p_fwd = rnn.init(k1, input_shape)
+            _, p_bwd = rnn.init(k2, input_shape)
+        return (*shape[:-1], 2 * shape[-1]), {"fwd": p_fwd, "bwd": p_bwd}
+
+    def forward(params, x):
+        if not isinstance(params, dict) or set(params) != {"fwd", "bwd"}:
+            got = sorted(params) if isinstance(params, dict) else type(params).__name__
+            raise _errors.BpjaxError(name, f"params do not match the layer: expected keys ['bwd', 'fwd'], got {got}")
+        _errors.check_ndim(name, x, 3, "input (B, T, D)")
+        with _errors.context(name):
+            y_f, r_f = rnn.forward(params["fwd"], x)
+            y_b, r_b = rnn.forward(params["bwd"], jnp.flip(x, 1))
+        if y_b.ndim == 3:  # all states: align the backward copy's states with the time axis of x
+            y_b = jnp.flip(y_b, 1)
+        return jnp.concatenate([y_f, y_b], axis=-1), (r_f, r_b)
+
+    def backward(params, residuals, dy):
+        r_f, r_b = residuals
+        H = dy.shape[-1] // 2
+        dy_f, dy_b = dy[..., :H], dy[..., H:]
+        if dy.ndim == 3:  # in the forward pass this was: y_b = rev(rnn(bwd, rev(x)))
+            dy_b = jnp.flip(dy_b, 1)
+        dp_f, dx_f = rnn.backward(params["fwd"], r_f, dy_f)
+        dp_b, dx_b = rnn.backward(params["bwd"], r_b, dy_b)
+        return {"fwd": dp_f, "bwd": dp_b}, dx_f + jnp.flip(dx_b, 1)  # x reaches y both ways
+
+    return Layer(init, forward, backward, name)
