@@ -56,7 +56,7 @@ def check_ndim(where: str, x, ndims, what: str = "input") -> None:
 def check_tree_like(where: str, tree, like, what: str = "params") -> None:
     """Raise unless ``tree`` has the structure and leaf shapes of ``like``."""
     s_tree, s_like = jax.tree.structure(tree), jax.tree.structure(like)
-    if s_tree != s_like:
+    if str(s_tree) != str(s_like):
         raise BpjaxError(where, f"{what} do not match the model: expected structure {s_like}, got {s_tree}")
     for path, a, b in zip(jax.tree_util.tree_leaves_with_path(like), jax.tree.leaves(like), jax.tree.leaves(tree)):
         if np.shape(a) != np.shape(b):
@@ -84,7 +84,8 @@ def check_value(where: str, ok, message: str, **fmt) -> jax.Array:
             raise BpjaxError(where, message.format(**values))
         return jnp.asarray(True)
     if _CHECKIFY_DEPTH[0] > 0:
-        checkify.check(ok, f"{where}: {message}", **{k: jnp.asarray(v) for k, v in fmt.items()})
+        args = {k: jnp.asarray(v) for k, v in fmt.items()}
+        checkify.check(ok, f"{where}: {message}", **args)  # type: ignore[arg-type]
     return jnp.asarray(ok)
 
 

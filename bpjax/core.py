@@ -76,7 +76,7 @@ def is_contextual(layer: Layer) -> bool:
 
 def init_state(layer: Layer, key: PRNGKey, input_shape: Shape) -> State:
     """The initial non-trained state of ``layer`` (``()`` for a simple layer)."""
-    if not is_contextual(layer):
+    if layer.init_state is None:
         return ()
     return layer.init_state(key, tuple(input_shape))[1]
 
