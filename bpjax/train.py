@@ -1,4 +1,4 @@
-"""Training steps: one jit-compiled update ``params -= optimizer(grads)`` with any optax transformation."""
+"""Training: one jit-compiled step ``params -= optimizer(grads)`` with any optax transformation, and ``fit``."""
 
 from __future__ import annotations
 
@@ -84,3 +84,18 @@ def make_step(model: Layer, loss, optimizer: optax.GradientTransformation, *, ba
             return compiled(params, opt_state, x, y)
     run.__doc__ = step.__doc__
     return run
+
+
+# Whole runs in one compiled program (imported last: bpjax.fit builds on grad_fn above).
+from bpjax.fit import (  # noqa: E402
+    FitResult,
+    data_parallel_mesh,
+    fit,
+    fit_many,
+    init_many,
+    replicate,
+    shard_batch,
+)
+
+__all__ = ["BACKWARDS", "FitResult", "data_parallel_mesh", "fit", "fit_many", "grad_fn", "init_many",
+           "make_step", "replicate", "shard_batch"]

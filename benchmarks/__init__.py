@@ -1,0 +1,1 @@
+"""bpjax benchmark suite: ``python -m benchmarks [--quick]`` (not part of the default tests)."""
