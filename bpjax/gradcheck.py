@@ -25,6 +25,7 @@ finite differences ``fd_rtol=1e-6`` with ``eps=1e-5`` (truncation ~eps^2, roundo
 
 from __future__ import annotations
 
+import functools
 from typing import List, NamedTuple, Optional
 
 import jax
@@ -32,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bpjax import _errors
-from bpjax.core import Layer, apply, is_contextual
+from bpjax.core import Layer, apply
 from bpjax.grad import _check_model, autodiff_value_and_grad, value_and_grad
 from bpjax.losses import as_loss
 
@@ -175,6 +176,14 @@ def _check_data(where, x):
                                                 f"({int(jnp.sum(~jnp.isfinite(a)))} entries)")
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _both_gradients(model, loss, train, params, x, y, state, key):
+    """Manual and ``jax.grad`` gradients w.r.t. (params, x), compiled once per model, loss and shapes."""
+    kw = dict(state=state, key=key, train=train)
+    return (value_and_grad(model, loss, wrt_input=True)(params, x, y, **kw),
+            autodiff_value_and_grad(model, loss, wrt_input=True)(params, x, y, **kw))
+
+
 def check_gradients(model: Layer, loss, params, x, y, *, state=None, key=None, train: bool = True,
                     rtol: Optional[float] = None, finite_differences: bool = False,
                     fd_eps: float = 1e-5, fd_rtol: float = 1e-6, fd_directions: int = 3,
@@ -202,10 +211,7 @@ def check_gradients(model: Layer, loss, params, x, y, *, state=None, key=None, t
     loss = as_loss(loss)
     _errors.check_floating(model.name, x)
     _check_data("check_gradients", x)
-    kw = dict(state=state, key=key, train=train)
-    manual_fn = jax.jit(lambda p, x, y: value_and_grad(model, loss, wrt_input=True)(p, x, y, **kw))
-    auto_fn = jax.jit(lambda p, x, y: autodiff_value_and_grad(model, loss, wrt_input=True)(p, x, y, **kw))
-    (_, m), (_, r) = manual_fn(params, x, y), auto_fn(params, x, y)
+    (_, m), (_, r) = _both_gradients(model, loss, train, params, x, y, state, key)
     manual = _leaves(m[0], "params") + [("input x", m[1])]
     reference = _leaves(r[0], "params") + [("input x", r[1])]
     tol = _default_rtol(reference, rtol)
