@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 import experiments
@@ -45,3 +46,29 @@ def test_mnist1d_mlp_quick(tmp_path):
     # the manual gradients agree with jax.grad to float64 roundoff (check_gradients' rtol 1e-10)
     assert len(m["grad_checks"]) == 2 and m["grad_check_max_rel_error"] < 1e-10
     assert (out / "curves.png").stat().st_size > 10_000
+
+
+def test_chain_rule(tmp_path):
+    m, _ = run("chain_rule", tmp_path)
+    assert m["scalar"]["dL_dw"] == m["scalar"]["jax_dL_dw"] == -24.0
+    assert m["scalar"]["dL_dx"] == -16.0 and m["scalar"]["L"] == 16.0
+    two = m["two_layer"]
+    assert set(two["rel_error_vs_jax_grad"]) == {"dz2", "dW2", "db2", "da1", "dz1", "dW1", "db1", "dx"}
+    # float64 roundoff is ~1e-16 per operation; 1e-12 leaves room for a few hundred operations
+    assert two["max_rel_error"] < 1e-12 and two["bpjax_max_abs_difference"] < 1e-12
+    assert m["all_match"] is True
+
+
+def test_gradient_descent_1d(tmp_path):
+    m, out = run("gradient_descent_1d", tmp_path)
+    runs = m["runs"]
+    small, good, osc, large = (runs[k] for k in ("too small (0.05)", "good (1.0)", "oscillating (1.8)",
+                                                 "too large (3.0)"))
+    assert small["distance"] > 1.0 and small["overshoots"] == 0          # crawls, never reaches 3pi/2
+    assert good["distance"] < 1e-4 and abs(good["f_final"] + 1) < 1e-6  # converges to the minimum -1
+    assert osc["overshoots"] >= 10 and osc["distance"] < good["distance"] + 0.1  # overshoots each step
+    assert large["distance"] > 0.5 and large["overshoots"] >= 5          # leaves the basin
+    # the linear approximation's error shrinks like h^2: error / h^2 tends to -sin(2) / 2
+    assert abs(m["linear_approximation_error"][-1][1] / 0.01 ** 2 + np.sin(2.0) / 2) < 1e-2
+    assert (out / "trajectories.png").exists()
+    assert (out / "trajectories.csv").read_text().count("\n") == 1 + 16  # header, steps 0..15
