@@ -52,8 +52,22 @@ def initializer(init: Initializer, stddev: float = 1.0):
     return fn
 
 
+BACKWARD_RULES = ("exact", "feedback_alignment", "sign_symmetry")
+
+
+def sign_feedback(W: jax.Array) -> jax.Array:
+    """The sign-symmetry feedback matrix ``B = mean(|W|) * sign(W)``, shape of ``W``.
+
+    ``sign(W)`` scaled by one number: the closest matrix to ``W`` (in Frobenius norm) with ``W``'s
+    sign pattern and a single magnitude, so the backward signal keeps the size of the exact one.
+    The scale does not change any angle (Liao, Leibo and Poggio 2016, "uniform sign-concordant").
+    """
+    return jnp.mean(jnp.abs(W)) * jnp.sign(W)
+
+
 def Dense(features: int, *, init: Initializer = "glorot_uniform", stddev: float = 1.0,
-          bias: bool = True, dtype=None, name: str | None = None) -> Layer:
+          bias: bool = True, dtype=None, name: str | None = None, backward_rule: str = "exact",
+          feedback_init: Initializer | None = None) -> Layer:
     """Fully connected layer on the last axis.
 
     Forward: ``z = a_prev @ W + b`` with ``a_prev: (B, ..., D_in)``, ``W: (D_in, features)``,
@@ -72,10 +86,23 @@ def Dense(features: int, *, init: Initializer = "glorot_uniform", stddev: float 
       bias: whether to add ``b`` (params are ``{"W"}`` only when False).
       dtype: parameter dtype; default the canonical float (float32, or float64 with x64 on).
       name: display name (default ``Dense(features)``).
+      backward_rule: how ``da_prev`` is computed; ``dW`` and ``db`` are always the exact ones above.
+
+        - ``"exact"`` (default): ``da_prev = dz @ W.T``, the true gradient.
+        - ``"feedback_alignment"`` (Lillicrap et al. 2016): ``da_prev = dz @ B.T`` with a fixed random
+          ``B: (D_in, features)`` drawn at ``init_state`` (with ``feedback_init``, default ``init``).
+          ``B`` is non-trained *state*, so the layer is contextual: ``state = {"B": B}``; the forward
+          passes ``B`` to the backward in the residuals and returns the state unchanged.
+        - ``"sign_symmetry"``: ``da_prev = dz @ B.T`` with ``B = mean(|W|) sign(W)``
+          (:func:`sign_feedback`); no state.
+      feedback_init: initialiser of ``B`` for ``"feedback_alignment"`` (default: ``init``).
     """
     if not isinstance(features, int) or features < 1:
         raise _errors.BpjaxError("Dense", f"features must be a positive int, got {features!r}")
-    name = name or f"Dense({features})"
+    if backward_rule not in BACKWARD_RULES:
+        raise _errors.BpjaxError("Dense", f"unknown backward_rule {backward_rule!r}; expected one of {BACKWARD_RULES}")
+    tag = {"exact": "", "feedback_alignment": ", FA", "sign_symmetry": ", sign"}[backward_rule]
+    name = name or f"Dense({features}{tag})"
     w_init = initializer(init, stddev)
 
     def init_fn(key, input_shape):
@@ -111,15 +138,47 @@ def Dense(features: int, *, init: Initializer = "glorot_uniform", stddev: float 
             z = z + params["b"]
         return z, x  # the backward needs only a_prev
 
-    def backward(params, a_prev, dz):
+    def backward_with(B, a_prev, dz):
         # in the forward pass this was: z = a_prev @ W + b
-        W = params["W"]
         a2 = a_prev.reshape(-1, a_prev.shape[-1])  # (N, D_in)
         dz2 = dz.reshape(-1, dz.shape[-1])         # (N, features)
         grads = {"W": a2.T @ dz2}                  # dW = a_prev.T @ dz
         if bias:
             grads["b"] = dz2.sum(0)                # db = sum over rows of dz
-        da_prev = dz @ W.T                         # da_prev = dz @ W.T
+        da_prev = dz @ B.T                         # da_prev = dz @ W.T (B = W for the exact rule)
         return grads, da_prev
 
-    return Layer(init_fn, forward, backward, name)
+    if backward_rule == "exact":
+        def backward(params, a_prev, dz):
+            return backward_with(params["W"], a_prev, dz)
+        return Layer(init_fn, forward, backward, name)
+
+    if backward_rule == "sign_symmetry":
+        def backward_sign(params, a_prev, dz):
+            return backward_with(sign_feedback(params["W"]), a_prev, dz)
+        return Layer(init_fn, forward, backward_sign, name)
+
+    b_init = initializer(feedback_init if feedback_init is not None else init, stddev)
+
+    def init_state(key, input_shape):
+        out_shape, params = init_fn(key, input_shape)  # same shapes; B gets its own key below
+        W = params["W"]
+        return out_shape, {"B": b_init(jax.random.fold_in(key, 1), W.shape, W.dtype)}
+
+    def forward_fa(params, x, *, state, key=None, train=True):
+        if not isinstance(state, dict) or set(state) != {"B"}:
+            got = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise _errors.BpjaxError(name, f"state does not match the layer: expected keys ['B'], got {got} "
+                                           f"(use bp.init_state(model, key, input_shape))")
+        z, a_prev = forward(params, x)
+        B = state["B"]
+        if B.shape != params["W"].shape:
+            raise _errors.BpjaxError(name, f"feedback matrix B must have the shape of W {tuple(params['W'].shape)}, "
+                                           f"got {tuple(B.shape)}")
+        return z, (a_prev, B), state  # the backward needs a_prev and the fixed feedback B
+
+    def backward_fa(params, residuals, dz):
+        a_prev, B = residuals
+        return backward_with(B, a_prev, dz)
+
+    return Layer(init_fn, forward_fa, backward_fa, name, init_state)

@@ -1,0 +1,167 @@
+"""Backward rules other than the exact gradient: feedback alignment, sign symmetry, DFA, and how far they stray.
+
+The forward pass never changes; only the backward does. Per layer (``Dense(..., backward_rule=...)``)::
+
+    exact               da_prev = dz @ W.T
+    feedback_alignment  da_prev = dz @ B.T     B: (D_in, D_out), fixed random, in the layer's state
+    sign_symmetry       da_prev = dz @ B.T     B = mean(|W|) sign(W)
+
+and for a whole serial model, :func:`DFA` (direct feedback alignment, Nokland 2016): the output
+error ``e = dL/dy`` (``(B, C)``) goes straight to every hidden layer through a fixed ``B_l``.
+
+Metrics, all jit-able: :func:`gradient_angles` (the rule's update against ``jax.grad``'s, per
+parameter leaf) and :func:`feedback_angles` (``W`` against ``B`` per feedback-alignment layer).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+from bpjax import _errors
+from bpjax.combinators import serial
+from bpjax.core import Layer, apply, is_contextual
+from bpjax.core import init_state as _init_state
+from bpjax.grad import autodiff_value_and_grad, value_and_grad
+from bpjax.layers.dense import BACKWARD_RULES, Initializer, initializer, sign_feedback
+
+__all__ = ["BACKWARD_RULES", "DFA", "angle", "feedback_angles", "gradient_angles", "sign_feedback"]
+
+
+def angle(a, b) -> jax.Array:
+    """The angle in degrees between two arrays (or pytrees) taken as flat vectors.
+
+    ``angle = arccos(<a, b> / (|a| |b|))``; 90 when either is zero (no alignment to speak of).
+    """
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    dot = sum(jnp.vdot(x, y) for x, y in zip(la, lb))
+    na = jnp.sqrt(sum(jnp.vdot(x, x) for x in la))
+    nb = jnp.sqrt(sum(jnp.vdot(y, y) for y in lb))
+    denom = na * nb
+    cos = jnp.where(denom > 0, dot / jnp.where(denom > 0, denom, 1.0), 0.0)
+    return jnp.degrees(jnp.arccos(jnp.clip(cos, -1.0, 1.0)))
+
+
+def gradient_angles(model: Layer, loss):
+    """Per parameter leaf, the angle (degrees) between the model's own update and the true gradient.
+
+    The update is the model's hand-written backward (whatever rule its layers use); the true gradient
+    is ``jax.grad`` of the same forward and loss. 0 for exact layers (up to roundoff), below 90 when
+    the rule's update still descends the loss.
+
+    Returns ``fn(params, x, y, *, state=None, key=None, train=True) -> angles``, ``angles`` a pytree
+    with the structure of ``params`` and one scalar per leaf; jit-able.
+    """
+    manual = value_and_grad(model, loss)
+    true = autodiff_value_and_grad(model, loss)
+
+    def fn(params, x, y, *, state=None, key=None, train=True):
+        kw = dict(state=state, key=key, train=train) if is_contextual(model) else {}
+        _, g_rule = manual(params, x, y, **kw)
+        _, g_true = true(params, x, y, **kw)
+        return jax.tree.map(angle, g_rule, g_true)
+
+    return fn
+
+
+def feedback_angles(params, state) -> tuple:
+    """Angles (degrees) between ``W`` and its feedback matrix ``B``, one per feedback-alignment layer.
+
+    Walks ``params`` and ``state`` together (tuples of ``serial``, dicts of layers) and pairs every
+    params ``{"W": ...}`` with a state ``{"B": ...}`` of the same shape. For sign symmetry use
+    ``angle(W, sign_feedback(W))``.
+
+    Returns:
+      A tuple of scalars, in layer order (empty when the model has no such layer).
+    """
+    out = []
+
+    def walk(p, s):
+        if isinstance(s, dict) and isinstance(p, dict) and "B" in s and "W" in p:
+            if jnp.shape(s["B"]) == jnp.shape(p["W"]):
+                out.append(angle(p["W"], s["B"]))
+        elif isinstance(s, (tuple, list)) and isinstance(p, (tuple, list)) and len(s) == len(p):
+            for pi, si in zip(p, s):
+                walk(pi, si)
+
+    walk(params, state)
+    return tuple(out)
+
+
+def _is_dense_params(p) -> bool:
+    return isinstance(p, dict) and "W" in p and jnp.ndim(p["W"]) == 2
+
+
+def DFA(*layers: Layer, feedback_init: Initializer = "glorot_uniform", name: Optional[str] = None) -> Layer:
+    """Direct feedback alignment (Nokland 2016) over a serial stack of Dense and elementwise layers.
+
+    Forward: exactly ``serial(*layers)``. Backward, in the reverse order of the forward pass, with
+    ``e = dL/dy`` the error at the model output ``(B, C)``: every layer runs its own backward, except
+    that the gradient arriving at the *input* of each Dense layer after the first (the output of the
+    hidden layer below it) is not ``dz @ W.T`` but the direct projection::
+
+        da_l = e @ B_l          # B_l: (C, D_l), fixed random, D_l the width of hidden layer l
+
+    so an activation below it gives ``dz_l = (e @ B_l) * f'(z_l)`` and ``dW_l = a_{l-1}.T @ dz_l``.
+    The last Dense layer (the output layer) gets the exact ``dz = e`` through any layers after it.
+
+    Limits: a *serial* model whose Dense layers (recognised by 2-D ``W`` params) take inputs
+    ``(B, D)`` and whose output is ``(B, C)``; other layers between them (activations, dropout,
+    normalisation) run their exact backward. No residual connections or convolutions.
+
+    State: ``{"layers": <the children's state>, "B": (B_l or () per layer)}``; the model is contextual.
+
+    Args:
+      *layers: the layers, first to last, as for :func:`bpjax.serial`.
+      feedback_init: initialiser of each ``B_l`` (a name or callable, see :func:`bpjax.layers.initializer`).
+      name: display name (default ``DFA(...)``).
+    """
+    inner = serial(*layers)
+    name = name or "DFA(" + ", ".join(layer.name for layer in layers) + ")"
+    b_init = initializer(feedback_init)
+
+    def init_state(key, input_shape):
+        k_inner, k_b = jax.random.split(key)
+        out_shape, params = inner.init(k_inner, input_shape)
+        C = out_shape[-1]
+        Bs, shape, first = [], tuple(input_shape), True
+        for i, (layer, p, k) in enumerate(zip(layers, params, jax.random.split(k_b, len(layers)))):
+            if _is_dense_params(p):
+                if not first and len(shape) != 1:
+                    raise _errors.BpjaxError(f"{name} serial[{i}]", f"DFA needs Dense inputs of shape (B, D), "
+                                                                    f"got per-example shape {shape}")
+                Bs.append(() if first else b_init(k, (C, shape[0]), p["W"].dtype))
+                first = False
+            else:
+                Bs.append(())
+            shape, _ = layer.init(k, shape)
+        if len(out_shape) != 1:
+            raise _errors.BpjaxError(name, f"expected a model output of shape (B, C), got per-example shape "
+                                           f"{out_shape}")
+        state = {"layers": _init_state(inner, k_inner, input_shape), "B": tuple(Bs)}
+        return out_shape, state
+
+    init = inner.init
+
+    def forward(params, x, *, state, key=None, train=True):
+        if not isinstance(state, dict) or set(state) != {"layers", "B"}:
+            raise _errors.BpjaxError(name, "state does not match the model: expected {'layers', 'B'} from "
+                                           "bp.init_state(model, key, input_shape)")
+        y, residuals, new_inner = apply(inner, params, x, state=state["layers"], key=key, train=train)
+        return y, (residuals, state["B"]), {"layers": new_inner, "B": state["B"]}
+
+    def backward(params, saved, dy):
+        residuals, Bs = saved
+        _errors.check_ndim(name, dy, 2, "output gradient")
+        e = dy                                     # the output error e = dL/dy: (B, C)
+        dparams, d = [None] * len(layers), dy
+        for i in reversed(range(len(layers))):     # go in the reverse order of the forward pass
+            with _errors.context(f"serial[{i}]"):
+                dparams[i], d = layers[i].backward(params[i], residuals[i], d)
+            if not isinstance(Bs[i], tuple):
+                d = e @ Bs[i]                      # DFA: da_{l-1} = e @ B_l instead of dz_l @ W_l.T
+        return tuple(dparams), d
+
+    return Layer(init, forward, backward, name, init_state)
