@@ -49,7 +49,8 @@ def check_ndim(where: str, x, ndims, what: str = "input") -> None:
     """Raise unless ``x.ndim`` is one of ``ndims`` (an int or a tuple of ints)."""
     ndims = (ndims,) if isinstance(ndims, int) else tuple(ndims)
     if np.ndim(x) not in ndims:
-        want = " or ".join(str(n) for n in ndims)
+        consecutive = len(ndims) > 2 and ndims == tuple(range(ndims[0], ndims[-1] + 1))
+        want = f"{ndims[0]} or higher (up to {ndims[-1]})" if consecutive else " or ".join(str(n) for n in ndims)
         raise BpjaxError(where, f"expected a rank-{want} {what} (batch axis first), got shape {tuple(np.shape(x))}")
 
 

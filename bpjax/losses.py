@@ -75,18 +75,20 @@ def _mse_parts(pred, target):
     if pred.shape != target.shape:
         raise _errors.BpjaxError(where, f"prediction and target shapes differ: prediction "
                                         f"{tuple(pred.shape)}, target {tuple(target.shape)}")
-    return pred - target
+    ok = _errors.check_value(where, jnp.all(jnp.isfinite(target)),
+                             "expected finite targets, got {n} NaN or Inf entries", n=jnp.sum(~jnp.isfinite(target)))
+    return pred - target, ok
 
 
 def _mse_value(pred, target):
-    r = _mse_parts(pred, target)
-    return jnp.mean(r * r)
+    r, ok = _mse_parts(pred, target)
+    return _poison(jnp.mean(r * r), ok)
 
 
 def _mse_value_and_grad(pred, target):
     # L = mean((pred - target)^2) over all N elements  =>  dL/dpred = 2 (pred - target) / N
-    r = _mse_parts(pred, target)
-    return jnp.mean(r * r), (2.0 / r.size) * r
+    r, ok = _mse_parts(pred, target)
+    return _poison(jnp.mean(r * r), ok), (2.0 / r.size) * r
 
 
 mse = Loss(_mse_value, _mse_value_and_grad, "mse")
@@ -112,7 +114,10 @@ def _targets(where, logits, target):
         hint = " (float labels? integer class ids must have an integer dtype)" if jnp.shape(target) == (B,) else ""
         raise _errors.BpjaxError(where, f"float targets must be probabilities of shape {(B, C)} like the "
                                         f"logits, got {tuple(jnp.shape(target))}{hint}")
-    return target.astype(logits.dtype), jnp.asarray(True)
+    ok = _errors.check_value(where, jnp.all((target >= 0) & jnp.isfinite(target)),  # False for NaN too
+                             "probability targets must be finite and >= 0, got min {lo} and max {hi}",
+                             lo=jnp.min(target), hi=jnp.max(target))
+    return target.astype(logits.dtype), ok
 
 
 def _xent_value(logits, target):

@@ -58,8 +58,14 @@ def Relu() -> Layer:
     return elementwise("Relu", lambda z: jnp.maximum(z, 0), lambda z: (z > 0).astype(z.dtype))
 
 
+def _check_number(where: str, what: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise _errors.BpjaxError(where, f"{what} must be a finite real number, got {value!r}")
+
+
 def LeakyRelu(negative_slope: float = 0.01) -> Layer:
     """``a = z if z >= 0 else slope * z``; backward ``dz = da * (1 if z >= 0 else slope)``."""
+    _check_number("LeakyRelu", "negative_slope", negative_slope)
     s = negative_slope
     return elementwise(f"LeakyRelu({s})", lambda z: jnp.where(z >= 0, z, s * z),
                        lambda z: jnp.where(z >= 0, 1.0, s).astype(z.dtype))
@@ -67,6 +73,7 @@ def LeakyRelu(negative_slope: float = 0.01) -> Layer:
 
 def Elu(alpha: float = 1.0) -> Layer:
     """``a = z if z > 0 else alpha * (exp(z) - 1)``; backward ``dz = da * (1 if z > 0 else alpha * exp(z))``."""
+    _check_number("Elu", "alpha", alpha)
     return elementwise(f"Elu({alpha})", lambda z: jnp.where(z > 0, z, alpha * jnp.expm1(jnp.minimum(z, 0))),
                        lambda z: jnp.where(z > 0, 1.0, alpha * jnp.exp(jnp.minimum(z, 0))).astype(z.dtype))
 

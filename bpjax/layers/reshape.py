@@ -15,6 +15,10 @@ def Flatten() -> Layer:
     name = "Flatten"
 
     def init(key, input_shape):
+        if not isinstance(input_shape, (tuple, list)) or not all(
+                isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in input_shape):
+            raise _errors.BpjaxError(name, f"expected an input shape (a tuple of ints >= 0, no batch axis), "
+                                           f"got {input_shape!r}")
         return (math.prod(input_shape),), ()
 
     def forward(params, x):
