@@ -72,3 +72,26 @@ def test_gradient_descent_1d(tmp_path):
     assert abs(m["linear_approximation_error"][-1][1] / 0.01 ** 2 + np.sin(2.0) / 2) < 1e-2
     assert (out / "trajectories.png").exists()
     assert (out / "trajectories.csv").read_text().count("\n") == 1 + 16  # header, steps 0..15
+
+
+def test_learning_rate_sweep(tmp_path):
+    m, out = run("learning_rate", tmp_path)
+    acc, rates = np.asarray(m["test_acc_percent"]), m["rates"]
+    assert len(acc) == len(rates) == 5
+    best = int(np.argmax(acc))
+    # the best rate lies strictly inside the sweep and beats both ends clearly (a hump, not a trend)
+    assert 0 < best < len(rates) - 1 and 1e-3 <= m["best_rate"] <= 1e-1
+    assert acc[best] > acc[0] + 10 and acc[best] > acc[-1] + 5
+    assert m["final_train_loss"][0] > m["final_train_loss"][best]
+    assert (out / "sweep.csv").exists() and (out / "learning_rate.png").exists()
+
+
+def test_optimizers(tmp_path):
+    m, out = run("optimizers", tmp_path)
+    r = m["optimizers"]
+    assert set(r) == {"SGD (0.1)", "momentum (0.05, 0.9)", "Adam (1e-2)"}
+    # in the same 300 steps momentum and Adam get the training loss well below plain SGD's
+    assert r["momentum (0.05, 0.9)"]["train_loss"] < 0.85 * r["SGD (0.1)"]["train_loss"]
+    assert r["Adam (1e-2)"]["train_loss"] < 0.85 * r["SGD (0.1)"]["train_loss"]
+    assert all(25 < v["test_acc_percent"] < 75 for v in r.values())
+    assert (out / "optimizers.csv").read_text().count("\n") == 4
