@@ -95,3 +95,13 @@ def test_optimizers(tmp_path):
     assert r["Adam (1e-2)"]["train_loss"] < 0.85 * r["SGD (0.1)"]["train_loss"]
     assert all(25 < v["test_acc_percent"] < 75 for v in r.values())
     assert (out / "optimizers.csv").read_text().count("\n") == 4
+
+
+def test_regression_matches_least_squares(tmp_path):
+    m, out = run("regression", tmp_path)
+    assert abs(m["least_squares_test_mse"] - 2004.5) < 0.1  # the published figure, to its one decimal
+    # gradient descent reaches the least-squares optimum: same error and (to 1e-3) the same weights
+    assert abs(m["gd_test_mse"] - m["least_squares_test_mse"]) < 1.0
+    assert m["gd_train_mse"] < 1.001 * m["least_squares_train_mse"] < m["initial_train_mse"] / 5
+    assert m["weight_rel_diff"] < 1e-3 and m["grad_check_max_rel_error"] < 1e-4
+    assert (out / "regression.png").exists()
