@@ -1,0 +1,94 @@
+"""Second order through the hand-written backward: Hessian-vector products, Hessians, top eigenvalue.
+
+A ``jax.custom_vjp`` function cannot be differentiated in forward mode (JAX issue 16049), so
+``jax.jvp(jax.grad(f))`` fails on :func:`bpjax.as_custom_vjp`. bpjax's backward is plain JAX code,
+so the manual gradient function ``g(params) = dL/dparams`` can itself be differentiated forward::
+
+    H v = d/dt g(params + t v) |_{t=0} = jax.jvp(g, (params,), (v,))[1]
+
+This equals the Hessian of the loss exactly when the rules are the exact gradient (for other
+backward rules it is the Jacobian of the rule's update, generally not symmetric).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.flatten_util
+import jax.numpy as jnp
+
+from bpjax import _errors
+from bpjax.core import Layer, is_contextual
+from bpjax.grad import _check_model, value_and_grad
+
+
+def _grad_of_params(model, loss, x, y, state, key, train):
+    vg = value_and_grad(model, loss)
+
+    def g(params):
+        if is_contextual(model):
+            return vg(params, x, y, state=state, key=key, train=train)[1]
+        return vg(params, x, y)[1]
+
+    return g
+
+
+def hvp(model: Layer, loss):
+    """Hessian-vector products by forward-mode differentiation of the hand-written gradient.
+
+    Returns ``fn(params, x, y, v, *, state=None, key=None, train=True) -> Hv`` where ``v`` and ``Hv``
+    have the structure of ``params``. Costs about one forward plus two backward passes; jit-able.
+    """
+    _check_model(model)
+
+    def fn(params, x, y, v, *, state=None, key=None, train=True):
+        _errors.check_tree_like("hvp", v, params, "vector v")
+        g = _grad_of_params(model, loss, x, y, state, key, train)
+        return jax.jvp(g, (params,), (v,))[1]
+
+    return fn
+
+
+def hessian(model: Layer, loss):
+    """The full Hessian ``d2L/dparams2`` as a ``(P, P)`` matrix over the flattened params (small models).
+
+    Returns ``fn(params, x, y, *, state=None, key=None, train=True) -> (P, P)``, flattened in the order
+    of ``jax.flatten_util.ravel_pytree(params)``; computed as ``jax.jacfwd`` of the manual gradient.
+    """
+    _check_model(model)
+
+    def fn(params, x, y, *, state=None, key=None, train=True):
+        flat, unravel = jax.flatten_util.ravel_pytree(params)
+        g = _grad_of_params(model, loss, x, y, state, key, train)
+        return jax.jacfwd(lambda f: jax.flatten_util.ravel_pytree(g(unravel(f)))[0])(flat)
+
+    return fn
+
+
+def top_eigenvalue(model: Layer, loss, *, iters: int = 20):
+    """The Hessian eigenvalue of largest magnitude, by power iteration on :func:`hvp`.
+
+    ``v <- Hv / |Hv|`` for ``iters`` steps from a random unit ``v``; returns the Rayleigh quotient
+    ``lambda = <v, Hv>`` (signed) and ``v``. Converges at the rate ``|lambda_2 / lambda_1|``.
+
+    Returns ``fn(params, x, y, key, *, state=None, train=True) -> (lambda, v)``; jit-able (``iters`` static).
+    """
+    if not isinstance(iters, int) or iters < 1:
+        raise _errors.BpjaxError("top_eigenvalue", f"iters must be a positive int, got {iters!r}")
+    h = hvp(model, loss)
+
+    def fn(params, x, y, key, *, state=None, train=True):
+        flat, unravel = jax.flatten_util.ravel_pytree(params)
+        v = jax.random.normal(key, flat.shape, flat.dtype)
+        v = v / jnp.linalg.norm(v)
+
+        def Hv(v):
+            return jax.flatten_util.ravel_pytree(h(params, x, y, unravel(v), state=state, train=train))[0]
+
+        def body(_, v):
+            w = Hv(v)
+            return w / jnp.maximum(jnp.linalg.norm(w), jnp.finfo(w.dtype).tiny)
+
+        v = jax.lax.fori_loop(0, iters, body, v)
+        return jnp.vdot(v, Hv(v)), unravel(v)
+
+    return fn
