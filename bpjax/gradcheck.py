@@ -176,12 +176,29 @@ def _check_data(where, x):
                                                 f"({int(jnp.sum(~jnp.isfinite(a)))} entries)")
 
 
+def _check_settings(where, rtol, fd_eps, fd_rtol, fd_directions):
+    """Tolerances and finite-difference settings: positive numbers and a positive int."""
+    for what, value in (("rtol", rtol), ("fd_eps", fd_eps), ("fd_rtol", fd_rtol)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
+            raise _errors.BpjaxError(where, f"{what} must be a positive number, got {value!r}")
+    if isinstance(fd_directions, bool) or not isinstance(fd_directions, int) or fd_directions < 1:
+        raise _errors.BpjaxError(where, f"fd_directions must be a positive int, got {fd_directions!r}")
+
+
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def _both_gradients(model, loss, train, params, x, y, state, key):
-    """Manual and ``jax.grad`` gradients w.r.t. (params, x), compiled once per model, loss and shapes."""
+    """Manual and ``jax.grad`` gradients w.r.t. (params, x), compiled once per model, loss and shapes.
+
+    Returns ``(error, (manual, reference))``: value checks (labels in range, finite targets) run
+    through ``checkify``, so a bad label raises instead of checking gradients of a NaN loss.
+    """
     kw = dict(state=state, key=key, train=train)
-    return (value_and_grad(model, loss, wrt_input=True)(params, x, y, **kw),
-            autodiff_value_and_grad(model, loss, wrt_input=True)(params, x, y, **kw))
+
+    def both(params, x, y):
+        return (value_and_grad(model, loss, wrt_input=True)(params, x, y, **kw),
+                autodiff_value_and_grad(model, loss, wrt_input=True)(params, x, y, **kw))
+
+    return _errors.checked(both)(params, x, y)
 
 
 def check_gradients(model: Layer, loss, params, x, y, *, state=None, key=None, train: bool = True,
@@ -211,7 +228,9 @@ def check_gradients(model: Layer, loss, params, x, y, *, state=None, key=None, t
     loss = as_loss(loss)
     _errors.check_floating(model.name, x)
     _check_data("check_gradients", x)
-    (_, m), (_, r) = _both_gradients(model, loss, train, params, x, y, state, key)
+    _check_settings("check_gradients", rtol, fd_eps, fd_rtol, fd_directions)
+    error, ((_, m), (_, r)) = _both_gradients(model, loss, train, params, x, y, state, key)
+    _errors.throw(error)
     manual = _leaves(m[0], "params") + [("input x", m[1])]
     reference = _leaves(r[0], "params") + [("input x", r[1])]
     tol = _default_rtol(reference, rtol)
@@ -239,6 +258,7 @@ def check_layer(layer: Layer, params, x, *, state=None, key=None, train: bool = 
     ``<dy, f(params, x)>`` in float64.
     """
     _check_model(layer)
+    _check_settings(f"check_layer({layer.name})", rtol, fd_eps, fd_rtol, fd_directions)
     st = () if state is None else state
 
     def f(p, x):
@@ -247,6 +267,9 @@ def check_layer(layer: Layer, params, x, *, state=None, key=None, train: bool = 
     y, residuals, _ = apply(layer, params, x, state=st, key=key, train=train)
     if dy is None:
         dy = jax.random.normal(jax.random.key(seed + 1), y.shape, y.dtype)
+    elif jnp.shape(dy) != y.shape:
+        raise _errors.BpjaxError(f"check_layer({layer.name})", f"dy must have the output's shape {tuple(y.shape)}, "
+                                                               f"got {tuple(jnp.shape(dy))}")
     dparams, dx = layer.backward(params, residuals, dy)
     _, vjp = jax.vjp(f, params, x)
     rp, rx = vjp(dy)

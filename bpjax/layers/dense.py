@@ -97,7 +97,7 @@ def Dense(features: int, *, init: Initializer = "glorot_uniform", stddev: float 
           (:func:`sign_feedback`); no state.
       feedback_init: initialiser of ``B`` for ``"feedback_alignment"`` (default: ``init``).
     """
-    if not isinstance(features, int) or features < 1:
+    if isinstance(features, bool) or not isinstance(features, int) or features < 1:
         raise _errors.BpjaxError("Dense", f"features must be a positive int, got {features!r}")
     if backward_rule not in BACKWARD_RULES:
         raise _errors.BpjaxError("Dense", f"unknown backward_rule {backward_rule!r}; expected one of {BACKWARD_RULES}")
@@ -123,6 +123,7 @@ def Dense(features: int, *, init: Initializer = "glorot_uniform", stddev: float 
         _errors.check_floating(name, x)
         _errors.check_ndim(name, x, tuple(range(2, 8)))
         W = params["W"]
+        _errors.check_floating(name, W, "weight W")
         if W.ndim != 2 or W.shape[1] != features or (bias and params["b"].shape != (features,)):
             raise _errors.BpjaxError(name, f"params do not match the layer: expected W (D_in, {features}) "
                                            f"and b ({features},), got W {tuple(W.shape)}"
