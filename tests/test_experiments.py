@@ -105,3 +105,14 @@ def test_regression_matches_least_squares(tmp_path):
     assert m["gd_train_mse"] < 1.001 * m["least_squares_train_mse"] < m["initial_train_mse"] / 5
     assert m["weight_rel_diff"] < 1e-3 and m["grad_check_max_rel_error"] < 1e-4
     assert (out / "regression.png").exists()
+
+
+def test_mnist1d_table_ordering(tmp_path):
+    m, out = run("mnist1d", tmp_path, "--seeds", "2")
+    r = m["models"]
+    assert set(r) == {"logistic", "mlp", "cnn"} and all(len(v["per_seed"]) == 2 for v in r.values())
+    # the paper's ordering holds already after 200 steps: logistic < MLP < CNN, logistic near its 32%
+    assert 20 < r["logistic"]["test_acc_percent"] < 40
+    assert r["logistic"]["test_acc_percent"] + 10 < r["mlp"]["test_acc_percent"] < r["cnn"]["test_acc_percent"]
+    assert all(v["grad_check_max_rel_error"] < 1e-10 for v in r.values())  # float64 check, see common.check_run0
+    assert (out / "table.csv").read_text().count("\n") == 4
