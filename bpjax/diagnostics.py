@@ -1,0 +1,121 @@
+"""Gradient diagnostics inside ``jit``: per-layer gradient norms, update/parameter ratios, dead units, activations.
+
+:func:`diagnostics` returns one jit-able function that runs the model forward and its hand-written
+backward once and reports, as pytrees:
+
+- ``grad_norm``: ``|dL/dp|_2`` per parameter leaf (structure of ``params``);
+- ``param_norm``: ``|p|_2`` per leaf, and with ``updates`` given, ``update_ratio = |u|_2 / |p|_2``
+  per leaf (the optimiser's step relative to the weights; about 1e-3 is the folk target);
+- given the layer list (not just the built model), per layer output ``a_l``: ``mean``, ``std``,
+  ``zero_fraction`` (share of exact zeros), ``dead_fraction`` (share of units that are zero for every
+  example in the batch: dead ReLUs), and ``backprop_norm``, ``|dL/da_l|_2``, the backward signal
+  arriving at that layer's output (Nielsen's "speed of learning" for the layer above is its ``|db|``).
+
+:func:`flatten` turns any of these into ``{"grad_norm/0/W": 0.12, ...}`` for logging;
+:func:`fit_callback` logs them from :func:`bpjax.fit.fit`'s ``callback``.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence, Union
+
+import jax
+import jax.numpy as jnp
+
+from bpjax import _errors
+from bpjax.combinators import serial
+from bpjax.core import Layer, apply, is_contextual
+from bpjax.grad import _check_model, value_and_grad
+from bpjax.losses import as_loss
+
+
+def _norms(tree):
+    return jax.tree.map(lambda a: jnp.linalg.norm(jnp.ravel(a)), tree)
+
+
+def activation_stats(a: jax.Array) -> dict:
+    """Statistics of one layer output ``a: (B, ...)``: mean, std, zero fraction, dead-unit fraction."""
+    zero = a == 0
+    return {"mean": jnp.mean(a), "std": jnp.std(a), "zero_fraction": jnp.mean(zero),
+            "dead_fraction": jnp.mean(jnp.all(zero, axis=0))}
+
+
+def diagnostics(model: Union[Layer, Sequence[Layer]], loss):
+    """Per-layer gradient and activation statistics of one batch, as pytrees, jit-able.
+
+    Args:
+      model: a built model (gradient and parameter statistics only) or the sequence of layers of a
+        serial model (``diagnostics(layers, loss)`` for ``bp.serial(*layers)``: adds per-layer
+        activation statistics and backward-signal norms).
+      loss: the loss.
+
+    Returns:
+      ``fn(params, x, y, *, updates=None, state=None, key=None, train=True) -> dict`` with keys
+      ``loss``, ``grad_norm``, ``param_norm``, ``update_ratio`` (only with ``updates``), and for a
+      layer sequence ``activations`` and ``backprop_norm`` (tuples, one entry per layer).
+    """
+    layers = None
+    if isinstance(model, (list, tuple)) and not isinstance(model, Layer):  # a Layer is a NamedTuple too
+        layers = tuple(model)
+        model = serial(*layers)
+    _check_model(model)
+    loss = as_loss(loss)
+    contextual = is_contextual(model)
+    vg = value_and_grad(model, loss)
+
+    def fn(params, x, y, *, updates=None, state=None, key=None, train=True):
+        if contextual and state is None:
+            raise _errors.BpjaxError(model.name, "this model keeps state or draws random numbers: pass state=...")
+        out = {"param_norm": _norms(params)}
+        if updates is not None:
+            _errors.check_tree_like("diagnostics", updates, params, "updates")
+            out["update_ratio"] = jax.tree.map(lambda u, p: u / jnp.maximum(p, jnp.finfo(p.dtype).tiny),
+                                               _norms(updates), out["param_norm"])
+        if layers is None:
+            if contextual:
+                (value, _), grads = vg(params, x, y, state=state, key=key, train=train)
+            else:
+                value, grads = vg(params, x, y)
+            return {"loss": value, "grad_norm": _norms(grads), **out}
+        # the serial forward, layer by layer, keeping each output (same key split as bp.serial)
+        n = len(layers)
+        keys = [None] * n if key is None else list(jax.random.split(key, n))
+        states = state if contextual else ((),) * n
+        acts, residuals, a = [], [], x
+        for layer, p, s, k in zip(layers, params, states, keys):
+            a, r, _ = apply(layer, p, a, state=s, key=k, train=train)
+            acts.append(a)
+            residuals.append(r)
+        value, d = loss.value_and_grad(a, y)
+        grads, back = [None] * n, [None] * n
+        for i in reversed(range(n)):  # go in the reverse order of the forward pass
+            back[i] = jnp.linalg.norm(jnp.ravel(d))  # |dL/da_i| at layer i's output
+            grads[i], d = layers[i].backward(params[i], residuals[i], d)
+        return {"loss": value, "grad_norm": _norms(tuple(grads)), **out,
+                "activations": tuple(activation_stats(a) for a in acts), "backprop_norm": tuple(back)}
+
+    return fn
+
+
+def flatten(tree, prefix: str = "") -> dict:
+    """``{"grad_norm/0/W": float, ...}``: every leaf of a diagnostics pytree under a ``/``-joined path."""
+    out = {}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        keys = [str(getattr(k, "key", getattr(k, "idx", k))) for k in path]
+        out["/".join([prefix, *keys] if prefix else keys)] = float(leaf)
+    return out
+
+
+def fit_callback(model, loss, x, y, log: list, *, state=None):
+    """A ``callback`` for :func:`bpjax.fit.fit` that appends ``{"step": s, **flatten(diagnostics)}`` to ``log``.
+
+    Diagnostics are taken on the fixed batch ``(x, y)`` at the params after each chunk of steps.
+    """
+    fn = jax.jit(diagnostics(model, loss))
+    contextual = is_contextual(model if isinstance(model, Layer) else serial(*model))
+
+    def callback(steps_done, result):
+        kw = {"state": result.state if state is None else state} if contextual else {}
+        log.append({"step": int(steps_done), **flatten(fn(result.params, x, y, **kw))})
+
+    return callback

@@ -1,0 +1,67 @@
+"""Rematerialisation: recompute a block's forward during the backward instead of storing its residuals.
+
+``remat(block)`` is the same function with the same gradients; its forward keeps only the block's
+input (and, for a contextual block, its state and key), and its backward runs the block's forward
+again to rebuild the residuals before the block's own backward. Memory for residuals drops from
+every intermediate activation of the block to its input; the price is one more forward of the
+block. :func:`residual_bytes` measures what a model keeps between forward and backward.
+
+Inside one compiled program XLA would merge the recomputed forward with the original one (common
+subexpression elimination), or hoist it up to the forward (where it only costs memory), so the backward puts the block's
+inputs *together with the incoming cotangent* ``dy`` through ``lax.optimization_barrier``: the
+recomputation cannot start before ``dy`` exists, that is, before it is needed.
+"""
+
+from __future__ import annotations
+
+import jax
+from jax import lax
+
+from bpjax import _errors
+from bpjax.core import Layer, apply, is_contextual
+
+
+def remat(block: Layer, *, name: str | None = None) -> Layer:
+    """``block`` with its forward recomputed in the backward (the residuals are only its input).
+
+    Forward: ``y = block(params, x)``, residuals ``x`` (contextual: ``(x, state, key)``, tagged with
+    ``train``). Backward::
+
+        _, residuals = block.forward(params, x)      # recompute, behind an optimisation barrier
+        dparams, dx = block.backward(params, residuals, dy)
+
+    A contextual block (dropout) recomputes with the same key, so it draws the same mask.
+    """
+    if not isinstance(block, Layer):
+        raise _errors.BpjaxTypeError("remat", f"expected a bpjax Layer, got {type(block).__name__}")
+    name = name or f"remat({block.name})"
+
+    if not is_contextual(block):
+        def forward(params, x):
+            y, _ = block.forward(params, x)
+            return y, x  # keep only the input
+
+        def backward(params, x, dy):
+            params, x, dy = lax.optimization_barrier((params, x, dy))
+            _, residuals = block.forward(params, x)  # in the forward pass this was: y, residuals = block(params, x)
+            return block.backward(params, residuals, dy)
+
+        return Layer(block.init, forward, backward, name)
+
+    def forward_ctx(params, x, *, state, key, train):
+        y, _, new_state = block.forward(params, x, state=state, key=key, train=train)
+        return y, {("train" if train else "eval"): (x, state, key)}, new_state  # train is static: a dict key
+
+    def backward_ctx(params, saved, dy):
+        (mode, (x, state, key)), = saved.items()
+        params, x, state, key, dy = lax.optimization_barrier((params, x, state, key, dy))
+        _, residuals, _ = apply(block, params, x, state=state, key=key, train=mode == "train")
+        return block.backward(params, residuals, dy)
+
+    return Layer(block.init, forward_ctx, backward_ctx, name, block.init_state)
+
+
+def residual_bytes(model: Layer, params, x, *, state=(), key=None, train: bool = True) -> int:
+    """Bytes of the residuals ``model``'s forward keeps for its backward on input ``x`` (no compute: ``eval_shape``)."""
+    out = jax.eval_shape(lambda p, x, s, k: apply(model, p, x, state=s, key=k, train=train)[1], params, x, state, key)
+    return int(sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(out)))
