@@ -1,0 +1,232 @@
+"""Checks for MultiHeadSelfAttention and TransformerBlock: manual backward vs jax.vjp and finite differences."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import cast
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import bpjax as bp
+from bpjax import layers as L
+
+
+def _setup(layer, shape, dtype, seed=0, scale=1.0):
+    _, params = layer.init(jax.random.key(seed), shape[1:])
+    params = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.key(seed + 7), a.shape), params)
+    x = scale * jax.random.normal(jax.random.key(seed + 1), shape)
+    return cast(params, dtype), x.astype(dtype)
+
+
+def _jitted(layer):
+    """The same layer with its forward and backward compiled whole: one XLA program per shape instead of
+    one per eager op, which keeps this file fast (check_layer runs ``jax.vjp`` through the jit)."""
+    return bp.Layer(layer.init, jax.jit(layer.forward), jax.jit(layer.backward), layer.name)
+
+
+def _check(layer, shape, seed=0, f32=True):
+    """check_layer in float64 (rtol 1e-10, with finite differences) and, with ``f32``, in float32 (rtol 1e-4).
+
+    Tolerances: f32 roundoff (6e-8 per op) accumulates over the D- and T-long sums of the
+    projections, the scores and p @ v; 1e-4 leaves a wide margin (measured worst about 5e-5).
+    f64 vjp vs manual differ only by the order of the sums (measured worst about 1e-13); central
+    differences with eps 1e-5 have truncation ~1e-10 and roundoff ~1e-11 (gradcheck default 1e-6).
+    Biases start at zero, so the params get a small random shift to make every path count.
+    """
+    layer = _jitted(layer)
+    if f32:
+        params, x = _setup(layer, shape, jnp.float32, seed)
+        r32 = bp.check_layer(layer, params, x, finite_differences=False, seed=seed)
+        assert r32.ok, str(r32)
+    with jax.enable_x64(True):
+        params, x = _setup(layer, shape, jnp.float64, seed)
+        r64 = bp.check_layer(layer, params, x, rtol=1e-10, finite_differences=True, fd_directions=2, seed=seed)
+    assert r64.ok, str(r64)
+    assert r64.max_rel_error <= 1e-10 and r64.max_fd_rel_error <= 1e-6
+
+
+# Each example compiles its own shapes (eager ops, vjp, the finite-difference objective): a few
+# examples keep this file fast; the float32 check runs at fixed shapes below.
+@settings(max_examples=5)
+@given(B=st.integers(1, 3), T=st.integers(1, 6), heads=st.integers(1, 3), hd=st.integers(1, 4),
+       causal=st.booleans(), bias=st.booleans())
+def test_attention_f64_any_shape(B, T, heads, hd, causal, bias):
+    layer = L.MultiHeadSelfAttention(heads, causal=causal, bias=bias)
+    _check(layer, (B, T, heads * hd), seed=B + T, f32=False)
+
+
+@pytest.mark.parametrize("causal,bias", [(False, True), (True, False)])
+def test_attention_f32_and_f64(causal, bias):
+    _check(L.MultiHeadSelfAttention(2, causal=causal, bias=bias), (3, 5, 8))
+
+
+def test_attention_explicit_head_dim():
+    # head_dim given: D need not be divisible by the heads, and H*hd may differ from D.
+    layer = L.MultiHeadSelfAttention(3, head_dim=2, causal=True)
+    out_shape, params = layer.init(jax.random.key(0), (5, 7))
+    assert out_shape == (5, 7) and params["Wq"].shape == (7, 6) and params["Wo"].shape == (6, 7)
+    _check(layer, (2, 5, 7))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention_forward_matches_jax_dot_product_attention(causal):
+    # An independent forward: jax.nn.dot_product_attention on the same projections.
+    # jax.nn.dot_product_attention computes its softmax in float32 even for float64 inputs, so compare
+    # in float32: roundoff ~1e-7 relative on O(1) outputs, 1e-5 leaves a margin.
+    layer = L.MultiHeadSelfAttention(2, causal=causal)
+    p, x = _setup(layer, (3, 6, 8), jnp.float32)
+    y, _ = layer.forward(p, x)
+    q, k, v = ((x @ p[f"W{c}"] + p[f"b{c}"]).reshape(3, 6, 2, 4) for c in "qkv")
+    o = jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation="xla")
+    ref = o.reshape(3, 6, 8) @ p["Wo"] + p["bo"]
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_attention_key_bias_gradient_is_exactly_zero():
+    # softmax is shift-invariant, so bk has zero gradient; the backward writes the exact zero and
+    # jax.vjp agrees up to roundoff (relative to the other gradients).
+    with jax.enable_x64(True):
+        layer = L.MultiHeadSelfAttention(2, causal=True)
+        p, x = _setup(layer, (2, 5, 4), jnp.float64)
+        y, res = layer.forward(p, x)
+        dy = jax.random.normal(jax.random.key(3), y.shape, jnp.float64)
+        g, _ = layer.backward(p, res, dy)
+        ref = jax.vjp(lambda p: layer.forward(p, x)[0], p)[1](dy)[0]
+        assert np.all(np.asarray(g["bk"]) == 0)
+        assert float(jnp.max(jnp.abs(ref["bk"]))) < 1e-13 * float(jnp.max(jnp.abs(ref["bq"])))
+
+
+@pytest.mark.parametrize("t", [0, 2, 4])
+def test_causal_output_ignores_the_future(t):
+    B, T, D = 2, 6, 8
+    causal = L.MultiHeadSelfAttention(2, causal=True)
+    full = L.MultiHeadSelfAttention(2, causal=False)
+    p, x = _setup(causal, (B, T, D), jnp.float32)
+    x2 = x.at[:, t + 1:].add(jax.random.normal(jax.random.key(9), (B, T - t - 1, D)))
+    y, res = causal.forward(p, x)
+    y2, _ = causal.forward(p, x2)
+    # exact: positions <= t see exactly the same keys and values, and masked p entries are exactly 0
+    np.testing.assert_array_equal(y[:, :t + 1], y2[:, :t + 1])
+    # the same change does move the non-causal layer's output at t (so the test can fail)
+    assert float(jnp.max(jnp.abs(full.forward(p, x)[0][:, t] - full.forward(p, x2)[0][:, t]))) > 1e-3
+    # gradient of outputs at positions <= t with respect to inputs after t: exactly zero
+    dy = jnp.zeros_like(y).at[:, :t + 1].set(jax.random.normal(jax.random.key(4), (B, t + 1, D)))
+    _, dx = causal.backward(p, res, dy)
+    assert np.all(np.asarray(dx[:, t + 1:]) == 0)
+    assert float(jnp.max(jnp.abs(dx[:, :t + 1]))) > 0
+
+
+def test_causal_large_scores_stay_finite():
+    # Huge inputs make the scores ~1e6: the masked softmax subtracts each row's (finite) max.
+    layer = L.MultiHeadSelfAttention(2, causal=True)
+    p, x = _setup(layer, (2, 5, 8), jnp.float32, scale=1e3)
+    y, res = layer.forward(p, x)
+    g, dx = layer.backward(p, res, jnp.ones_like(y))
+    assert all(bool(jnp.all(jnp.isfinite(a))) for a in [y, dx, *jax.tree.leaves(g)])
+
+
+def test_attention_under_jit_and_as_custom_vjp():
+    layer = L.MultiHeadSelfAttention(2, causal=True)
+    p, x = _setup(layer, (2, 4, 6), jnp.float32)
+    f = bp.as_custom_vjp(layer)
+    g1 = jax.jit(jax.grad(lambda p, x: jnp.sum(f(p, x) ** 2), argnums=(0, 1)))(p, x)
+    g2 = jax.grad(lambda p, x: jnp.sum(layer.forward(p, x)[0] ** 2), argnums=(0, 1))(p, x)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)  # f32, as in _check
+
+
+def test_attention_errors():
+    with pytest.raises(bp.BpjaxError, match=r"MultiHeadSelfAttention\(3\).*D=8 is not divisible by num_heads=3"):
+        L.MultiHeadSelfAttention(3).init(jax.random.key(0), (5, 8))
+    with pytest.raises(bp.BpjaxError, match="num_heads must be a positive int, got 0"):
+        L.MultiHeadSelfAttention(0)
+    with pytest.raises(bp.BpjaxError, match="head_dim must be a positive int, got -2"):
+        L.MultiHeadSelfAttention(2, head_dim=-2)
+    layer = L.MultiHeadSelfAttention(2)
+    with pytest.raises(bp.BpjaxError, match=r"expected an input shape \(T, D\).*got \(8,\)"):
+        layer.init(jax.random.key(0), (8,))
+    _, p = layer.init(jax.random.key(0), (5, 8))
+    with pytest.raises(bp.BpjaxError, match=r"MultiHeadSelfAttention\(2\).*rank-3 input \(B, T, D\).*\(5, 8\)"):
+        layer.forward(p, jnp.ones((5, 8)))
+    with pytest.raises(bp.BpjaxError, match=r"expected input with 8 features.*\(B, T, 8\).*got shape \(2, 5, 6\)"):
+        layer.forward(p, jnp.ones((2, 5, 6)))
+    with pytest.raises(bp.BpjaxTypeError, match="floating-point input.*int32"):
+        layer.forward(p, jnp.ones((2, 5, 8), jnp.int32))
+    with pytest.raises(bp.BpjaxError, match=r"expected keys \['Wk', 'Wo'.*got \['Wq'\]"):
+        layer.forward({"Wq": p["Wq"]}, jnp.ones((2, 5, 8)))
+    with pytest.raises(bp.BpjaxError, match=r"expected Wo \(8, 8\).*got \(4, 8\)"):
+        layer.forward({**p, "Wo": p["Wo"][:4]}, jnp.ones((2, 5, 8)))
+    # shape errors are raised at trace time, inside jit too
+    with pytest.raises(bp.BpjaxError, match="expected input with 8 features"):
+        jax.jit(layer.forward)(p, jnp.ones((2, 5, 6)))
+
+
+def test_transformer_block_f32_and_f64():
+    layer = L.TransformerBlock(2, mlp_dim=12)
+    out_shape, params = layer.init(jax.random.key(0), (5, 8))
+    assert out_shape == (5, 8)
+    shapes = jax.tree.map(jnp.shape, params)
+    assert shapes[0][1]["Wq"] == (8, 8) and shapes[1][1]["W"] == (8, 12) and shapes[1][3]["W"] == (12, 8)
+    _check(layer, (2, 5, 8))
+
+
+def _token_xent(logits, targets):
+    """Mean next-token cross-entropy over (B, T): logits (B, T, V), integer targets (B, T)."""
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    return -jnp.mean(jnp.take_along_axis(logp, targets[..., None], axis=-1))
+
+
+def _tiny_lm(embed, vocab=7, d=8):
+    return bp.serial(embed, L.TransformerBlock(2, mlp_dim=16), L.TransformerBlock(2, mlp_dim=16),
+                     L.LayerNorm(), L.Dense(vocab))
+
+
+def test_tiny_causal_transformer_check_gradients_f64():
+    # Float inputs (a Dense "embedding" of one-hot-like vectors) so the input gradient is checked too.
+    B, T, vocab = 2, 6, 7
+    with jax.enable_x64(True):
+        model = _tiny_lm(L.Dense(8))
+        _, params = model.init(jax.random.key(0), (T, vocab))
+        x = jax.random.normal(jax.random.key(1), (B, T, vocab), jnp.float64)
+        y = jax.random.randint(jax.random.key(2), (B, T), 0, vocab)
+        report = bp.check_gradients(model, _token_xent, params, x, y, rtol=1e-10, finite_differences=True,
+                                    fd_directions=1)
+    assert report.ok, str(report)
+    assert len(report.rows) == len(jax.tree.leaves(params)) + 1
+
+
+def test_tiny_causal_transformer_with_embedding_f64():
+    # Integer token ids: compare every parameter gradient of the hand-written backward with jax.grad.
+    B, T, vocab = 2, 6, 7
+    with jax.enable_x64(True):
+        model = _tiny_lm(L.Embedding(vocab, 8))
+        _, params = model.init(jax.random.key(0), (T,))
+        ids = jax.random.randint(jax.random.key(1), (B, T), 0, vocab)
+        targets = jnp.roll(ids, -1, axis=1)
+        v1, g1 = jax.jit(bp.value_and_grad(model, _token_xent))(params, ids, targets)
+        v2, g2 = jax.jit(bp.autodiff_value_and_grad(model, _token_xent))(params, ids, targets)
+        scale = max(float(jnp.max(jnp.abs(b))) for b in jax.tree.leaves(g2))
+        # f64, same forward: the gradients differ only in the order of the sums (~1e-16 relative)
+        errs = [float(jnp.max(jnp.abs(a - b))) / scale for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2))]
+        assert abs(float(v1) - float(v2)) < 1e-12 and max(errs) < 1e-10, errs
+        # causal LM: the logits at position t do not depend on the tokens after t
+        y1 = model.forward(params, ids)[0]
+        y2 = model.forward(params, ids.at[:, 3:].set((ids[:, 3:] + 1) % vocab))[0]
+        np.testing.assert_array_equal(y1[:, :3], y2[:, :3])
+        assert float(jnp.max(jnp.abs(y1[:, 3:] - y2[:, 3:]))) > 1e-3
+
+
+def test_transformer_block_errors():
+    with pytest.raises(bp.BpjaxError, match="mlp_dim must be a positive int, got 0"):
+        L.TransformerBlock(2, mlp_dim=0)
+    with pytest.raises(bp.BpjaxError, match=r"TransformerBlock.*MultiHeadSelfAttention.*D=8 is not divisible by "
+                                            r"num_heads=3"):
+        L.TransformerBlock(3, mlp_dim=4).init(jax.random.key(0), (5, 8))
+    layer = L.TransformerBlock(2, mlp_dim=4)
+    _, p = layer.init(jax.random.key(0), (5, 8))
+    with pytest.raises(bp.BpjaxError, match=r"TransformerBlock.*rank-3 input \(B, T, D\).*\(5, 8\)"):
+        layer.forward(p, jnp.ones((5, 8)))
+    with pytest.raises(bp.BpjaxError, match=r"TransformerBlock.*LayerNorm.*expected input with 8 features.*"
+                                            r"got shape \(2, 5, 6\)"):
+        layer.forward(p, jnp.ones((2, 5, 6)))
