@@ -34,11 +34,17 @@ from bpjax.core import Layer
 
 
 class _Cell(NamedTuple):
-    """The per-step pieces of one recurrent cell; carries are tuples, ``(h,)`` or ``(h, c)``."""
+    """The per-step pieces of one recurrent cell; carries are tuples, ``(h,)`` or ``(h, c)``.
+
+    Each step writes ONE packed array per direction of the pass (one store per loop iteration):
+    the forward ``out_t = [h_t | saved_t]``, the backward ``dout_t``, which ``split`` turns into the
+    pre-activation gradients of the input and hidden projections outside the loop.
+    """
     kind: str
     gates: int         # G
-    step: Callable     # (params, carry, xp_t) -> (carry, (h_t, saved_t))
-    back: Callable     # (params, dcarry, (dh_t, h_t, h_prev_t, saved_t)) -> (dcarry, (dgx_t, dgh_t))
+    step: Callable     # (params, carry, xp_t) -> (carry, out_t = [h_t | saved_t])
+    back: Callable     # (params, dcarry, dh_t, saved_t, h_prev_t) -> (dcarry, dout_t)
+    split: Callable    # dout: (T, B, *) -> (dgx, dgh): (T, B, G*H) each
     n_carry: int = 1   # 1 for (h,), 2 for (h, c)
     extra: tuple = ()  # parameters beyond Wx, Wh, b (GRU: ("bhn",)), each of shape (H,)
 
@@ -51,19 +57,27 @@ def _dtanh(a):
     return 1 - a * a    # tanh'(u) written with a = tanh(u)
 
 
+def _same(dout):
+    return dout, dout   # the input and hidden projections share one pre-activation: dgx = dgh
+
+
+def _cols(a, H, k, n=1):
+    return a[..., k * H:(k + n) * H]  # columns k .. k+n-1 of H each
+
+
 # -- SimpleRNN: h_t = tanh(x_t @ Wx + h_{t-1} @ Wh + b) ------------------------------------------
 
 def _rnn_step(params, carry, xp):
     (h,) = carry
     h = jnp.tanh(xp + h @ params["Wh"])  # h_t = tanh(xp_t + h_{t-1} @ Wh), xp_t = x_t @ Wx + b
-    return (h,), (h, ())                 # the backward needs h_t only, and h_t is the output
+    return (h,), h                       # the backward needs h_t only
 
 
-def _rnn_back(params, dcarry, inputs):
-    dh, h, _, _ = inputs                 # dh: dL/dh_t from above plus from step t+1
+def _rnn_back(params, dcarry, dh, saved, h_prev):
+    h = saved                            # h_t (this cell saves nothing else); dh: from above plus step t+1
     # in the forward pass this was: h_t = tanh(a_t), a_t = xp_t + h_{t-1} @ Wh
     da = dh * _dtanh(h)                  # da_t = dh_t * (1 - h_t^2)
-    return (da @ params["Wh"].T,), (da, None)  # dh_{t-1} = da_t @ Wh^T; dgh_t = dgx_t = da_t
+    return (da @ params["Wh"].T,), da    # dh_{t-1} = da_t @ Wh^T
 
 
 # -- GRU (PyTorch's convention), gates [r | z | n] ---------------------------------------------
@@ -76,18 +90,17 @@ def _gru_step(params, carry, xp):
     (h,) = carry
     H = h.shape[-1]
     hW = h @ params["Wh"]                                     # (B, 3H): [h Whr | h Whz | h Whn]
-    rz = jax.nn.sigmoid(xp[:, :2 * H] + hW[:, :2 * H])        # [r | z]: (B, 2H)
-    hn = hW[:, 2 * H:] + params["bhn"]                        # hn = h Whn + bhn
-    n = jnp.tanh(xp[:, 2 * H:] + rz[:, :H] * hn)              # n = tanh(xn + r * hn)
-    z = rz[:, H:]
-    h_new = n + z * (h - n)                                   # h' = (1 - z) * n + z * h
-    return (h_new,), (h_new, (rz, n, hn))
+    rz = jax.nn.sigmoid(_cols(xp, H, 0, 2) + _cols(hW, H, 0, 2))  # [r | z]: (B, 2H)
+    hn = _cols(hW, H, 2) + params["bhn"]                      # hn = h Whn + bhn
+    n = jnp.tanh(_cols(xp, H, 2) + _cols(rz, H, 0) * hn)      # n = tanh(xn + r * hn)
+    h_new = n + _cols(rz, H, 1) * (h - n)                     # h' = (1 - z) * n + z * h
+    return (h_new,), jnp.concatenate([h_new, rz, n, hn], -1)  # [h' | r | z | n | hn]: (B, 5H)
 
 
-def _gru_back(params, dcarry, inputs):
-    dh, _, h_prev, (rz, n, hn) = inputs
-    H = n.shape[-1]
-    r, z = rz[:, :H], rz[:, H:]
+def _gru_back(params, dcarry, dh, saved, h_prev):
+    H = dh.shape[-1]
+    rz, n, hn = _cols(saved, H, 0, 2), _cols(saved, H, 2), _cols(saved, H, 3)
+    r, z = _cols(rz, H, 0), _cols(rz, H, 1)
     # in the forward pass this was: h' = (1 - z) * n + z * h
     dn = dh * (1 - z)
     dz = dh * (h_prev - n)
@@ -95,11 +108,16 @@ def _gru_back(params, dcarry, inputs):
     dan = dn * _dtanh(n)
     dr, dhn = dan * hn, dan * r                               # d(r * hn)
     # [r | z] = sigmoid(x Wx[:, :2H] + b[:2H] + h Wh[:, :2H])
-    drz = jnp.concatenate([dr, dz], axis=-1) * _dsigmoid(rz)
-    dgh = jnp.concatenate([drz, dhn], axis=-1)                # d(h Wh) (plus bhn for the n part)
-    dgx = jnp.concatenate([drz, dan], axis=-1)                # d(x Wx + b)
+    drz = jnp.concatenate([dr, dz], -1) * _dsigmoid(rz)
+    dgh = jnp.concatenate([drz, dhn], -1)                     # d(h Wh) (and dbhn for the n part)
     dh_prev = dh * z + dgh @ params["Wh"].T                   # h enters as z * h and through h @ Wh
-    return (dh_prev,), (dgx, dgh)
+    return (dh_prev,), jnp.concatenate([dgh, dan], -1)        # [dr | dz | dhn | dan]: (B, 4H)
+
+
+def _gru_split(dout):
+    H = dout.shape[-1] // 4
+    dgh = _cols(dout, H, 0, 3)
+    return jnp.concatenate([_cols(dout, H, 0, 2), _cols(dout, H, 3)], -1), dgh  # dgx = [dr | dz | dan]
 
 
 # -- LSTM (PyTorch's convention), gates [i | f | g | o] ----------------------------------------
@@ -109,35 +127,32 @@ def _lstm_step(params, carry, xp):
     h, c = carry
     H = h.shape[-1]
     a = xp + h @ params["Wh"]                                 # (B, 4H) pre-activations
-    ifo = jax.nn.sigmoid(a)                                   # sigmoid on all, g's part replaced below
-    acts = jnp.concatenate([ifo[:, :2 * H], jnp.tanh(a[:, 2 * H:3 * H]), ifo[:, 3 * H:]], axis=-1)
-    i, f, g, o = (acts[:, k * H:(k + 1) * H] for k in range(4))
+    s = jax.nn.sigmoid(a)                                     # i, f, o (g's columns unused)
+    i, f, g, o = _cols(s, H, 0), _cols(s, H, 1), jnp.tanh(_cols(a, H, 2)), _cols(s, H, 3)
     c_new = f * c + i * g                                     # c' = f*c + i*g
     tc = jnp.tanh(c_new)
     h_new = o * tc                                            # h' = o * tanh(c')
-    return (h_new, c_new), (h_new, (acts, c, tc))
+    return (h_new, c_new), jnp.concatenate([h_new, i, f, g, o, c, tc], -1)  # (B, 7H)
 
 
-def _lstm_back(params, dcarry, inputs):
+def _lstm_back(params, dcarry, dh, saved, h_prev):
     _, dc = dcarry
-    dh, _, _, (acts, c_prev, tc) = inputs
-    H = tc.shape[-1]
-    i, f, g, o = (acts[:, k * H:(k + 1) * H] for k in range(4))
+    H = dh.shape[-1]
+    i, f, g, o, c_prev, tc = (_cols(saved, H, k) for k in range(6))
     # in the forward pass this was: h' = o * tanh(c')
     do = dh * tc
     dc = dc + dh * o * _dtanh(tc)
     # c' = f*c + i*g
     di, df, dg, dc_prev = dc * g, dc * c_prev, dc * i, dc * f
     # [i | f | g | o] = [sigmoid | sigmoid | tanh | sigmoid](x Wx + b + h Wh)
-    dsig = _dsigmoid(acts)
-    da = jnp.concatenate([di * dsig[:, :H], df * dsig[:, H:2 * H], dg * _dtanh(g), do * dsig[:, 3 * H:]], -1)
-    return (da @ params["Wh"].T, dc_prev), (da, None)
+    da = jnp.concatenate([di * _dsigmoid(i), df * _dsigmoid(f), dg * _dtanh(g), do * _dsigmoid(o)], -1)
+    return (da @ params["Wh"].T, dc_prev), da
 
 
 _CELLS = {
-    "SimpleRNN": _Cell("SimpleRNN", 1, _rnn_step, _rnn_back),
-    "GRU": _Cell("GRU", 3, _gru_step, _gru_back, extra=("bhn",)),
-    "LSTM": _Cell("LSTM", 4, _lstm_step, _lstm_back, n_carry=2),
+    "SimpleRNN": _Cell("SimpleRNN", 1, _rnn_step, _rnn_back, _same),
+    "GRU": _Cell("GRU", 3, _gru_step, _gru_back, _gru_split, extra=("bhn",)),
+    "LSTM": _Cell("LSTM", 4, _lstm_step, _lstm_back, _same, n_carry=2),
 }
 
 
@@ -147,12 +162,14 @@ def _shapes(cell, D, H):
 
 
 def _recurrent(cell: _Cell, hidden: int, return_sequences: bool, recurrent_init: str, forget_bias,
-               dtype, name) -> Layer:
+               unroll: int, dtype, name) -> Layer:
     if not isinstance(hidden, int) or isinstance(hidden, bool) or hidden < 1:
         raise _errors.BpjaxError(cell.kind, f"hidden must be a positive int, got {hidden!r}")
     if recurrent_init not in ("uniform", "orthogonal"):
         raise _errors.BpjaxError(cell.kind, f"recurrent_init must be 'uniform' or 'orthogonal', "
                                             f"got {recurrent_init!r}")
+    if not isinstance(unroll, int) or isinstance(unroll, bool) or unroll < 1:
+        raise _errors.BpjaxError(cell.kind, f"unroll must be a positive int, got {unroll!r}")
     H, G = hidden, cell.gates
     name = name or f"{cell.kind}({hidden})"
 
@@ -185,13 +202,13 @@ def _recurrent(cell: _Cell, hidden: int, return_sequences: bool, recurrent_init:
         B, T, D = x.shape
         if T == 0:
             raise _errors.BpjaxError(name, f"expected at least one time step, got an input of shape {(B, T, D)}")
-        want = _shapes(cell, params["Wx"].shape[0] if params["Wx"].ndim == 2 else D, H)
-        got = {n: tuple(p.shape) for n, p in params.items()}
+        D_w = params["Wx"].shape[0] if params["Wx"].ndim == 2 else D
+        want, got = _shapes(cell, D_w, H), {n: tuple(p.shape) for n, p in params.items()}
         if got != want:
             raise _errors.BpjaxError(name, f"params do not match the layer: expected shapes {want}, got {got}")
-        if D != params["Wx"].shape[0]:
-            raise _errors.BpjaxError(name, f"expected input with {params['Wx'].shape[0]} features on the last "
-                                           f"axis (shape (B, T, {params['Wx'].shape[0]})), got shape {(B, T, D)}")
+        if D != D_w:
+            raise _errors.BpjaxError(name, f"expected input with {D_w} features on the last axis "
+                                           f"(shape (B, T, {D_w})), got shape {(B, T, D)}")
 
     def forward(params, x):
         """``x: (B, T, D) -> y: (B, T, H)`` (``return_sequences``) or ``(B, H)`` (the last state)."""
@@ -199,34 +216,34 @@ def _recurrent(cell: _Cell, hidden: int, return_sequences: bool, recurrent_init:
         B = x.shape[0]
         xp = jnp.einsum("btd,dg->tbg", x, params["Wx"]) + params["b"]  # (T, B, G*H), hoisted out of the loop
         carry0 = tuple(jnp.zeros((B, H), xp.dtype) for _ in range(cell.n_carry))  # h_0 = 0 (c_0 = 0)
-        _, (hs, saved) = lax.scan(lambda c, xp_t: cell.step(params, c, xp_t), carry0, xp)  # hs: (T, B, H)
+        _, out = lax.scan(lambda c, xp_t: cell.step(params, c, xp_t), carry0, xp, unroll=unroll)
+        hs = out[..., :H]                                         # (T, B, H): h_1 .. h_T
         y = jnp.swapaxes(hs, 0, 1) if return_sequences else hs[-1]
-        return y, (x, hs, saved)
+        return y, (x, out)
 
     def backward(params, residuals, dy):
-        x, hs, saved = residuals
+        x, out = residuals
         B = x.shape[0]
-        # the forward read h_{t-1}: h_0 = 0, then h_1 .. h_{T-1}
-        h_prev = jnp.concatenate([jnp.zeros_like(hs[:1]), hs[:-1]], axis=0)  # (T, B, H)
+        hs = out[..., :H]
+        saved = out if cell.gates == 1 else out[..., H:]          # SimpleRNN's backward reads h_t itself
+        h_prev = jnp.concatenate([jnp.zeros_like(hs[:1]), hs[:-1]], axis=0)  # the forward read h_0 = 0, h_1, ..
         zeros = tuple(jnp.zeros((B, H), hs.dtype) for _ in range(cell.n_carry))
         if return_sequences:
             # y = all states: step t gets dy_t from above plus dh from step t+1
-            dys = jnp.swapaxes(dy, 0, 1)
-
             def body(dcarry, inp):
-                dy_t, rest = inp[0], inp[1:]
-                return cell.back(params, dcarry, (dcarry[0] + dy_t, *rest))
+                dy_t, saved_t, h_prev_t = inp
+                return cell.back(params, dcarry, dcarry[0] + dy_t, saved_t, h_prev_t)
 
-            dcarry0, xs = zeros, (dys, hs, h_prev, saved)
+            dcarry0, xs = zeros, (jnp.swapaxes(dy, 0, 1), saved, h_prev)
         else:
             # y = h_T only: dy enters as the carry of the last step, no per-step input
             def body(dcarry, inp):
-                return cell.back(params, dcarry, (dcarry[0], *inp))
+                return cell.back(params, dcarry, dcarry[0], *inp)
 
-            dcarry0, xs = (dy.astype(hs.dtype), *zeros[1:]), (hs, h_prev, saved)
+            dcarry0, xs = (dy.astype(hs.dtype), *zeros[1:]), (saved, h_prev)
         # go in the reverse order of the forward pass: t = T-1, ..., 0
-        _, (dgx, dgh) = lax.scan(body, dcarry0, xs, reverse=True)   # (T, B, G*H) each
-        dgh = dgx if dgh is None else dgh
+        _, dout = lax.scan(body, dcarry0, xs, reverse=True, unroll=unroll)
+        dgx, dgh = cell.split(dout)                               # (T, B, G*H) each
         # hoisted out of the loop: xp_t = x_t @ Wx + b and a_t = ... + h_{t-1} @ Wh
         grads = {"Wx": jnp.einsum("btd,tbg->dg", x, dgx),        # dWx = sum_t x_t^T @ dgx_t
                  "Wh": jnp.einsum("tbh,tbg->hg", h_prev, dgh),   # dWh = sum_t h_{t-1}^T @ dgh_t
@@ -240,7 +257,7 @@ def _recurrent(cell: _Cell, hidden: int, return_sequences: bool, recurrent_init:
 
 
 def SimpleRNN(hidden: int, *, return_sequences: bool = True, recurrent_init: str = "uniform",
-              dtype=None, name: str | None = None) -> Layer:
+              unroll: int = 1, dtype=None, name: str | None = None) -> Layer:
     """Elman RNN: ``h_t = tanh(x_t @ Wx + h_{t-1} @ Wh + b)``, ``h_0 = 0``.
 
     Params: ``Wx: (D, H)``, ``Wh: (H, H)``, ``b: (H,)``, all ``~ U(-1/sqrt(H), 1/sqrt(H))`` (PyTorch).
@@ -252,11 +269,11 @@ def SimpleRNN(hidden: int, *, return_sequences: bool = True, recurrent_init: str
       dtype: parameter dtype; default the canonical float.
       name: display name (default ``SimpleRNN(H)``).
     """
-    return _recurrent(_CELLS["SimpleRNN"], hidden, return_sequences, recurrent_init, None, dtype, name)
+    return _recurrent(_CELLS["SimpleRNN"], hidden, return_sequences, recurrent_init, None, unroll, dtype, name)
 
 
 def GRU(hidden: int, *, return_sequences: bool = True, recurrent_init: str = "uniform",
-        dtype=None, name: str | None = None) -> Layer:
+        unroll: int = 1, dtype=None, name: str | None = None) -> Layer:
     """Gated recurrent unit, PyTorch's convention (gates ``[r | z | n]``, ``h_0 = 0``)::
 
         r  = sigmoid(x Wxr + h Whr + br)
@@ -268,11 +285,11 @@ def GRU(hidden: int, *, return_sequences: bool = True, recurrent_init: str = "un
     (PyTorch's ``b_ih + b_hh`` for r and z folded into one bias), all ``~ U(-1/sqrt(H), 1/sqrt(H))``.
     Arguments as for :func:`SimpleRNN`.
     """
-    return _recurrent(_CELLS["GRU"], hidden, return_sequences, recurrent_init, None, dtype, name)
+    return _recurrent(_CELLS["GRU"], hidden, return_sequences, recurrent_init, None, unroll, dtype, name)
 
 
 def LSTM(hidden: int, *, return_sequences: bool = True, recurrent_init: str = "uniform",
-         forget_bias: float | None = 1.0, dtype=None, name: str | None = None) -> Layer:
+         forget_bias: float | None = 1.0, unroll: int = 1, dtype=None, name: str | None = None) -> Layer:
     """Long short-term memory, PyTorch's convention (gates ``[i | f | g | o]``, ``h_0 = c_0 = 0``)::
 
         i, f, o = sigmoid(x Wx + h Wh + b) on their slices,  g = tanh(...) on its slice
@@ -286,7 +303,11 @@ def LSTM(hidden: int, *, return_sequences: bool = True, recurrent_init: str = "u
         and Keras' ``unit_forget_bias``); ``None`` keeps the uniform draw (PyTorch).
       Others as for :func:`SimpleRNN`.
     """
-    return _recurrent(_CELLS["LSTM"], hidden, return_sequences, recurrent_init, forget_bias, dtype, name)
+    return _recurrent(_CELLS["LSTM"], hidden, return_sequences, recurrent_init, forget_bias, unroll, dtype, name)
+
+
+def _stack(params):
+    return jax.tree.map(lambda f, b: jnp.stack([f, b]), params["fwd"], params["bwd"])
 
 
 def Bidirectional(rnn: Layer, *, name: str | None = None) -> Layer:
@@ -316,22 +337,23 @@ def Bidirectional(rnn: Layer, *, name: str | None = None) -> Layer:
         if not isinstance(params, dict) or set(params) != {"fwd", "bwd"}:
             got = sorted(params) if isinstance(params, dict) else type(params).__name__
             raise _errors.BpjaxError(name, f"params do not match the layer: expected keys ['bwd', 'fwd'], got {got}")
+        _errors.check_tree_like(name, params["bwd"], params["fwd"], "params['bwd'] (like params['fwd'])")
         _errors.check_ndim(name, x, 3, "input (B, T, D)")
+        # both copies in ONE loop: vmap over a leading direction axis [fwd, bwd] of params and input
         with _errors.context(name):
-            y_f, r_f = rnn.forward(params["fwd"], x)
-            y_b, r_b = rnn.forward(params["bwd"], jnp.flip(x, 1))
+            ys, residuals = jax.vmap(rnn.forward)(_stack(params), jnp.stack([x, jnp.flip(x, 1)]))
+        y_f, y_b = ys[0], ys[1]
         if y_b.ndim == 3:  # all states: align the backward copy's states with the time axis of x
             y_b = jnp.flip(y_b, 1)
-        return jnp.concatenate([y_f, y_b], axis=-1), (r_f, r_b)
+        return jnp.concatenate([y_f, y_b], axis=-1), residuals
 
     def backward(params, residuals, dy):
-        r_f, r_b = residuals
         H = dy.shape[-1] // 2
         dy_f, dy_b = dy[..., :H], dy[..., H:]
         if dy.ndim == 3:  # in the forward pass this was: y_b = rev(rnn(bwd, rev(x)))
             dy_b = jnp.flip(dy_b, 1)
-        dp_f, dx_f = rnn.backward(params["fwd"], r_f, dy_f)
-        dp_b, dx_b = rnn.backward(params["bwd"], r_b, dy_b)
-        return {"fwd": dp_f, "bwd": dp_b}, dx_f + jnp.flip(dx_b, 1)  # x reaches y both ways
+        dps, dxs = jax.vmap(rnn.backward)(_stack(params), residuals, jnp.stack([dy_f, dy_b]))
+        dparams = {"fwd": jax.tree.map(lambda a: a[0], dps), "bwd": jax.tree.map(lambda a: a[1], dps)}
+        return dparams, dxs[0] + jnp.flip(dxs[1], 1)  # x reaches y both ways
 
     return Layer(init, forward, backward, name)
