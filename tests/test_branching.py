@@ -1,0 +1,145 @@
+"""Residual, parallel, fan_out, fan_in_sum, fan_in_concat: whole-model gradient checks, shapes, state, errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import cast
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import bpjax as bp
+from bpjax import layers as L
+from bpjax.branching import Residual, fan_in_concat, fan_in_sum, fan_out, parallel
+
+
+def _check_model_f64(model, in_shape, out_dim, batch=4, seed=0, state=None, key=None):
+    """check_gradients in float64: rtol 1e-10 against jax.grad and finite differences at fd rtol 1e-6
+    (both gradients are exact up to roundoff; see bpjax.gradcheck for the tolerances)."""
+    with jax.enable_x64(True):
+        _, params = model.init(jax.random.key(seed), in_shape)
+        if bp.is_contextual(model):
+            state = bp.init_state(model, jax.random.key(seed), in_shape)
+        x = jax.random.normal(jax.random.key(seed + 1), (batch, *in_shape), jnp.float64)
+        y = jax.random.normal(jax.random.key(seed + 2), (batch, out_dim), jnp.float64)
+        rep = bp.check_gradients(model, bp.losses.mse, cast(params, jnp.float64), x, y, state=cast(state, jnp.float64),
+                                 key=key, rtol=1e-10, finite_differences=True)
+    assert rep.ok, str(rep)
+    return params, rep
+
+
+def test_resnet_block_fan_out_parallel_fan_in_equals_residual():
+    d = 6
+    inner = bp.serial(L.Dense(d), L.Relu(), L.Dense(d))
+    block = bp.serial(fan_out(2), parallel(inner, L.Identity()), fan_in_sum())
+    res = Residual(inner)
+    out, params = block.init(jax.random.key(0), (d,))
+    assert out == (d,)
+    assert res.init(jax.random.key(0), (d,))[0] == (d,)
+    x = jax.random.normal(jax.random.key(1), (5, d))
+    y_block, _ = block.forward(params, x)
+    y_res, _ = res.forward(params[1][0], x)  # the same inner params: the two are one function
+    np.testing.assert_allclose(y_block, y_res, rtol=1e-6)
+    _check_model_f64(bp.serial(block, L.Dense(3)), (d,), 3)
+    _check_model_f64(bp.serial(res, L.Dense(3)), (d,), 3)
+
+
+def _mnist1d_mlp():
+    """40-100-100-10 ReLU with h = h + relu(W2 h), the MNIST-1D MLP."""
+    return bp.serial(L.Dense(100), L.Relu(), Residual(bp.serial(L.Dense(100), L.Relu())), L.Dense(10))
+
+
+def test_mnist1d_mlp_with_residual():
+    model = _mnist1d_mlp()
+    out, params = model.init(jax.random.key(0), (40,))
+    assert out == (10,)
+    x = jax.random.normal(jax.random.key(1), (16, 40))
+    rep = bp.check_gradients(model, bp.losses.softmax_cross_entropy, params, x, jnp.arange(16) % 10)
+    assert rep.ok, str(rep)  # float32, default rtol 1e-4
+
+
+@pytest.mark.slow
+def test_mnist1d_mlp_with_residual_f64():
+    _check_model_f64(_mnist1d_mlp(), (40,), 10, batch=8)
+
+
+def test_residual_backward_adds_the_skip_path():
+    layer = Residual(L.Dense(4, bias=False))
+    _, params = layer.init(jax.random.key(0), (4,))
+    x = jax.random.normal(jax.random.key(1), (3, 4))
+    y, res = layer.forward(params, x)
+    np.testing.assert_allclose(y, x + x @ params["W"], rtol=1e-6)
+    dy = jax.random.normal(jax.random.key(2), (3, 4))
+    _, dx = layer.backward(params, res, dy)
+    np.testing.assert_allclose(dx, dy + dy @ params["W"].T, rtol=1e-6)  # dx = dy + dblock_dx
+    rep = bp.check_layer(layer, params, x)  # single array in and out: check_layer applies (f32 rtol 1e-4)
+    assert rep.ok, str(rep)
+
+
+def _concat_case(widths, axis):
+    """fan_out to len(widths) Dense branches (on the last axis), concatenate along ``axis``, then Dense."""
+    n = len(widths)
+    in_shape = (3, 4)
+    branches = parallel(*[L.Dense(w) if axis == -1 else L.Dense(4) for w in widths])
+    model = bp.serial(fan_out(n), branches, fan_in_concat(axis), L.Flatten(), L.Dense(2))
+    out, _ = model.init(jax.random.key(0), in_shape)
+    assert out == (2,)
+    _check_model_f64(model, in_shape, 2, batch=3)
+
+
+test_fan_in_concat = settings(max_examples=3)(
+    given(widths=st.lists(st.integers(1, 4), min_size=1, max_size=3), axis=st.sampled_from([-1, -2, 1]))(_concat_case))
+test_fan_in_concat_many = pytest.mark.slow(settings(max_examples=20)(
+    given(widths=st.lists(st.integers(1, 4), min_size=1, max_size=3), axis=st.sampled_from([-1, -2, 1]))(_concat_case)))
+
+
+def test_fan_out_three_ways_sum():
+    model = bp.serial(fan_out(3), parallel(L.Dense(5), L.Tanh(), L.Identity()), fan_in_sum(), L.Dense(2))
+    with pytest.raises(bp.BpjaxError, match="equal input shapes"):  # Dense(5) on 5 features keeps the shape
+        bp.serial(fan_out(2), parallel(L.Dense(3), L.Identity()), fan_in_sum()).init(jax.random.key(0), (5,))
+    _check_model_f64(model, (5,), 2)
+
+
+def test_contextual_children_thread_state_and_keys():
+    inner = bp.serial(L.Dense(6, bias=False), L.BatchNorm(), L.Relu(), L.Dropout(0.3))
+    model = bp.serial(L.Dense(6), Residual(inner), fan_out(2), parallel(L.Dropout(0.5), L.Dense(6)), fan_in_sum(),
+                      L.Dense(2))
+    assert bp.is_contextual(Residual(inner)) and not bp.is_contextual(Residual(L.Dense(3)))
+    assert bp.is_contextual(parallel(L.Dense(3), L.Dropout(0.1)))
+    _check_model_f64(model, (6,), 2, batch=5, key=jax.random.key(9))
+    _, params = model.init(jax.random.key(0), (6,))
+    state = bp.init_state(model, jax.random.key(0), (6,))
+    x = jax.random.normal(jax.random.key(1), (5, 6))
+    _, _, new = model.forward(params, x, state=state, key=jax.random.key(2), train=True)
+    assert not np.allclose(new[1][1]["mean"], state[1][1]["mean"])  # BatchNorm inside Residual updated
+    y1 = model.forward(params, x, state=state, key=jax.random.key(2), train=True)[0]
+    y2 = model.forward(params, x, state=state, key=jax.random.key(3), train=True)[0]
+    assert not np.allclose(y1, y2)  # the key reaches the Dropouts
+    e1 = model.forward(params, x, state=state, key=None, train=False)[0]
+    e2 = model.forward(params, x, state=state, key=None, train=False)[0]
+    np.testing.assert_array_equal(e1, e2)
+
+
+def test_branching_errors():
+    with pytest.raises(bp.BpjaxError, match=r"block must keep the shape.*\(4,\).*\(3,\)"):
+        Residual(L.Dense(3)).init(jax.random.key(0), (4,))
+    with pytest.raises(bp.BpjaxError, match=r"block must keep the shape.*\(2, 4\).*\(2, 3\)"):
+        Residual(L.Dense(3)).forward({"W": jnp.ones((4, 3)), "b": jnp.zeros(3)}, jnp.ones((2, 4)))
+    with pytest.raises(bp.BpjaxTypeError, match="did you forget to call it"):
+        Residual(L.Relu)
+    with pytest.raises(bp.BpjaxError, match=r"expected a tuple of 2 shapes"):
+        parallel(L.Relu(), L.Relu()).init(jax.random.key(0), (4,))
+    with pytest.raises(bp.BpjaxError, match=r"expected a tuple of 2 arrays as input.*got a tuple of length 3"):
+        parallel(L.Relu(), L.Relu()).forward(((), ()), (jnp.ones((2, 3)),) * 3)
+    with pytest.raises(bp.BpjaxError, match="n must be a positive int, got 0"):
+        fan_out(0)
+    with pytest.raises(bp.BpjaxError, match="expected inputs of equal shape"):
+        fan_in_sum().forward((), (jnp.ones((2, 3)), jnp.ones((2, 4))))
+    with pytest.raises(bp.BpjaxError, match="expected a tuple of arrays as input"):
+        fan_in_sum().forward((), jnp.ones((2, 3)))
+    with pytest.raises(bp.BpjaxError, match="axis must be a non-batch axis"):
+        fan_in_concat(0)
+    with pytest.raises(bp.BpjaxError, match="input shapes must agree off axis -1"):
+        fan_in_concat(-1).forward((), (jnp.ones((2, 3, 1)), jnp.ones((2, 4, 1))))
+    with pytest.raises(bp.BpjaxError, match="input shapes must agree off axis -1"):
+        fan_in_concat(-1).init(None, ((3, 1), (4, 1)))
