@@ -142,19 +142,23 @@ def _to64(tree):
 def _finite_differences(objective, args, grads, eps, directions, seed):
     """Directional central differences of ``objective(*args)`` for each inexact leaf of ``args``.
 
-    Runs in float64. Returns one relative error per leaf: ``max_v |fd_v - <g, v>| / |g|_2``.
+    Runs in float64. Returns one relative error per leaf: ``max_v |fd_v - <g, v>| / scale`` with
+    ``scale = max(|g|_2, 1e-3 * largest |g|_2 over the leaves)``, so a leaf whose true gradient is
+    zero (a bias just before a batch norm) is judged on the model's scale, not divided by ~0.
     """
     with jax.enable_x64(True):
         args, grads = _to64(args), _to64(grads)
         flat, treedef = jax.tree.flatten(args)
-        gflat = jax.tree.leaves(grads)
+        gflat = [g for g in jax.tree.leaves(grads) if jnp.issubdtype(jnp.result_type(g), jnp.inexact)]
+        norms = [float(jnp.linalg.norm(g)) for g in gflat]
+        floor = 1e-3 * max(norms, default=0.0)
         f = jax.jit(lambda leaves: objective(*jax.tree.unflatten(treedef, leaves)))
         key = jax.random.key(seed)
         inexact = [i for i, a in enumerate(flat) if jnp.issubdtype(jnp.result_type(a), jnp.inexact)]
         errs = []
-        for i, g in zip(inexact, gflat):
+        for i, g, gnorm in zip(inexact, gflat, norms):
             worst = 0.0
-            gnorm = float(jnp.linalg.norm(g))
+            gnorm = max(gnorm, floor)
             for _ in range(directions):
                 key, sub = jax.random.split(key)
                 v = jax.random.normal(sub, flat[i].shape, jnp.float64)
