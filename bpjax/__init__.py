@@ -20,8 +20,8 @@ from bpjax._errors import BpjaxError, BpjaxTypeError
 from bpjax.branching import Residual, fan_in_concat, fan_in_sum, fan_out, parallel
 from bpjax.combinators import serial
 from bpjax.core import Layer, apply, init_state, is_contextual
-from bpjax.gradcheck import GradientReport, check_gradients, check_layer
 from bpjax.grad import as_custom_vjp, autodiff_value_and_grad, predict, value_and_grad
+from bpjax.gradcheck import GradientReport, check_gradients, check_layer
 
 __version__ = "0.1.0"
 

@@ -13,7 +13,8 @@ from bpjax.losses import as_loss
 
 def _check_model(model) -> None:
     if not isinstance(model, Layer):
-        raise _errors.BpjaxTypeError("model", f"expected a bpjax Layer (e.g. bp.serial(...)), got {type(model).__name__}")
+        raise _errors.BpjaxTypeError("model", f"expected a bpjax Layer (e.g. bp.serial(...)), "
+                                              f"got {type(model).__name__}")
 
 
 def _context(model, state, key, train):
@@ -59,7 +60,8 @@ def autodiff_value_and_grad(model: Layer, loss, *, wrt_input: bool = False):
         pred, _, new_state = apply(model, params, x, state=state, key=key, train=train)
         return loss.value(pred, y), new_state
 
-    grad_fn = jax.value_and_grad(objective, argnums=(0, 1) if wrt_input else 0, has_aux=True)
+    grad_fn = jax.value_and_grad(objective, argnums=(0, 1) if wrt_input else 0, has_aux=True,
+                                 allow_int=True)
 
     def fn(params, x, y, *, state=None, key=None, train=True):
         state = _context(model, state, key, train)

@@ -173,7 +173,8 @@ def _finite_differences(objective, args, grads, eps, directions, seed):
 
 
 def _check_data(where, x):
-    for name, a in (("x", x),):
+    for a in jax.tree.leaves(x):
+        name = "x"
         if _errors.is_concrete(a) and jnp.issubdtype(jnp.result_type(a), jnp.inexact):
             if not bool(jnp.all(jnp.isfinite(a))):
                 raise _errors.BpjaxError(where, f"{name} contains NaN or Inf "
@@ -230,13 +231,17 @@ def check_gradients(model: Layer, loss, params, x, y, *, state=None, key=None, t
     """
     _check_model(model)
     loss = as_loss(loss)
-    _errors.check_floating(model.name, x)
+    for leaf in jax.tree.leaves(x):  # float inputs, or integer ids (embeddings: no input gradient)
+        dtype = jnp.result_type(leaf)
+        if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)):
+            raise _errors.BpjaxTypeError(model.name, f"expected a real floating-point input (or integer ids), "
+                                                     f"got dtype {dtype}")
     _check_data("check_gradients", x)
     _check_settings("check_gradients", rtol, fd_eps, fd_rtol, fd_directions)
     error, ((_, m), (_, r)) = _both_gradients(model, loss, train, params, x, y, state, key)
     _errors.throw(error)
-    manual = _leaves(m[0], "params") + [("input x", m[1])]
-    reference = _leaves(r[0], "params") + [("input x", r[1])]
+    manual = _leaves(m[0], "params") + _leaves(m[1], "input x")
+    reference = _leaves(r[0], "params") + _leaves(r[1], "input x")
     tol = _default_rtol(reference, rtol)
     fd = None
     if finite_differences:
@@ -269,24 +274,28 @@ def check_layer(layer: Layer, params, x, *, state=None, key=None, train: bool = 
         return apply(layer, p, x, state=st, key=key, train=train)[0]
 
     y, residuals, _ = apply(layer, params, x, state=st, key=key, train=train)
-    if dy is None:
-        dy = jax.random.normal(jax.random.key(seed + 1), y.shape, y.dtype)
-    elif jnp.shape(dy) != y.shape:
-        raise _errors.BpjaxError(f"check_layer({layer.name})", f"dy must have the output's shape {tuple(y.shape)}, "
-                                                               f"got {tuple(jnp.shape(dy))}")
+    if dy is None:  # one random cotangent per output leaf (tuple outputs of fan_out/parallel too)
+        leaves, treedef = jax.tree.flatten(y)
+        keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
+        dy = jax.tree.unflatten(treedef, [jax.random.normal(k, a.shape, a.dtype) for k, a in zip(keys, leaves)])
+    elif jax.tree.structure(dy) != jax.tree.structure(y) or any(
+            jnp.shape(a) != jnp.shape(b) for a, b in zip(jax.tree.leaves(dy), jax.tree.leaves(y))):
+        shapes = lambda t: jax.tree.map(lambda a: tuple(jnp.shape(a)), t)  # noqa: E731
+        raise _errors.BpjaxError(f"check_layer({layer.name})", f"dy must have the output's shape {shapes(y)}, "
+                                                               f"got {shapes(dy)}")
     dparams, dx = layer.backward(params, residuals, dy)
     _, vjp = jax.vjp(f, params, x)
     rp, rx = vjp(dy)
-    manual = _leaves(dparams, "params") + [("input x", dx)]
-    reference = _leaves(rp, "params") + [("input x", rx)]
+    manual = _leaves(dparams, "params") + _leaves(dx, "input x")
+    reference = _leaves(rp, "params") + _leaves(rx, "input x")
     if len(manual) != len(reference):
         raise _errors.BpjaxError(layer.name, f"backward returned {len(manual)} gradient leaves, expected "
                                              f"{len(reference)} (dparams must mirror params)")
     tol = _default_rtol(reference, rtol)
     fd = None
     if finite_differences:
-        def objective(p, x, dy):
-            return jnp.vdot(dy, f(p, x))
+        def objective(p, x, dy):  # <dy, f(p, x)>, summed over output leaves
+            return sum(jnp.vdot(d, o) for d, o in zip(jax.tree.leaves(dy), jax.tree.leaves(f(p, x))))
         fd = _finite_differences(lambda p, x: objective(p, x, _to64(dy)), (params, x), (dparams, dx),
                                  fd_eps, fd_directions, seed)
     return _compare(manual, reference, tol, f"check_layer({layer.name})", fd,

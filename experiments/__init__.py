@@ -25,6 +25,11 @@ EXPERIMENTS = {
     "regression": "diabetes regression with MSE: gradient descent against least squares (MSE 2004.5)",
     "regularization": "overfitting a small training set; weight decay and dropout close the train/test gap",
     "forgetting": "catastrophic forgetting: digits 0-4 then 5-9, and rehearsal of a few old examples",
+    "vanishing_gradients": "per-layer gradient norms in deep sigmoid/tanh/ReLU nets: init, residual, "
+                           "batch/layer norm; Nielsen's figures",
+    "alignment": "BP, feedback alignment, DFA and sign symmetry on MNIST-1D and digits, with alignment angles",
+    "hessian": "top Hessian eigenvalue during SGD by power iteration on the manual-rule HVP",
+    "dp_sgd": "DP-SGD with per-example gradients from the hand-written backward and optax",
 }
 
 DEFAULT = "mnist1d_mlp"

@@ -1,0 +1,43 @@
+"""Quick runs of the experiments built on the swappable rules, diagnostics, HVPs and per-example gradients."""
+
+import numpy as np
+from test_experiments import run
+
+
+def test_vanishing_gradients_quick(tmp_path):
+    metrics, out = run("vanishing_gradients", tmp_path)
+    factors = np.asarray(metrics["nielsen"]["factors"])
+    # Nielsen's sigmoid net at init: each layer's gradient is several times smaller going back
+    # (published factors 5.7, 4.1, 4.1); we ask for more than 2x per layer.
+    assert np.all(factors > 2.0), factors
+    configs = metrics["configs"]
+    assert configs["sigmoid, Glorot"]["first_over_last_hidden_init"] < 1e-3          # vanishing
+    assert configs["relu, N(0,1) (exploding)"]["max_norm_init"] > 1e3                 # exploding
+    assert 1e-2 < configs["relu, He"]["first_over_last_hidden_init"] < 1e2            # kept in range
+    assert (out / "vanishing_gradients.png").stat().st_size > 10_000
+
+
+def test_alignment_quick(tmp_path):
+    metrics, out = run("alignment", tmp_path)
+    for ds in ("mnist1d", "digits"):
+        if ds not in metrics:
+            continue
+        bp_angle = np.asarray(metrics[ds]["BP"]["final_grad_angle"], float)
+        fa_angle = np.asarray(metrics[ds]["FA"]["final_grad_angle"], float)
+        assert np.all(bp_angle < 1.0)           # exact backprop: the update is the gradient
+        assert np.nanmax(fa_angle) > 5.0        # feedback alignment: a real angle to the gradient
+        for rule in ("BP", "FA", "DFA", "sign"):
+            assert metrics[ds][rule]["test_accuracy_mean"] > 0.15  # all four learn (chance is 0.1)
+    assert (out / "alignment.png").exists()
+
+
+def test_hessian_quick(tmp_path):
+    metrics, _ = run("hessian", tmp_path)
+    assert metrics["init_rel_diff"] < 1e-4  # power iteration on the manual HVP == on jax.grad's HVP (f32)
+    assert metrics["init_manual"] > 0
+
+
+def test_dp_sgd_quick(tmp_path):
+    metrics, _ = run("dp_sgd", tmp_path)
+    assert metrics["per_example_max_rel_error"] < 1e-5  # f32 per-example grads vs vmap(grad)
+    assert metrics["SGD (non-private)"]["test_accuracy"] > 0.15
