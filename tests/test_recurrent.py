@@ -1,0 +1,253 @@
+"""SimpleRNN, GRU, LSTM, Bidirectional: hand-written backpropagation through time vs jax.vjp and finite differences.
+
+Tolerances: float32 uses check_layer's default ``rtol=1e-4`` (roundoff ~6e-8 per op, grown over at
+most a few dozen steps of a short sequence: observed <= ~5e-7); float64 ``rtol=1e-10`` (observed
+<= ~1e-15) and central differences ``fd_rtol=1e-6`` with ``eps=1e-5`` (truncation ~eps^2 = 1e-10,
+observed <= ~1e-10).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import cast
+from hypothesis import Phase, example, given, settings
+from hypothesis import strategies as st
+
+import bpjax as bp
+from bpjax.layers import GRU, LSTM, Bidirectional, Dense, Flatten, SimpleRNN
+
+CELLS = {"SimpleRNN": SimpleRNN, "GRU": GRU, "LSTM": LSTM}
+
+
+def make(cell, hidden, return_sequences=True, bidirectional=False, unroll=1):
+    layer = CELLS[cell](hidden, return_sequences=return_sequences, unroll=unroll)
+    return Bidirectional(layer) if bidirectional else layer
+
+
+def jitted(layer):
+    """The same hand-written forward and backward, compiled (eager lax.scan runs slowly op by op)."""
+    return bp.Layer(layer.init, jax.jit(layer.forward), jax.jit(layer.backward), layer.name)
+
+
+def check_both(layer, key, B, T, D):
+    """check_layer in float32 (vs jax.vjp) and float64 (vs jax.vjp, rtol 1e-10, and finite differences)."""
+    layer = jitted(layer)
+    kp, kx = jax.random.split(key)
+    _, params = layer.init(kp, (T, D))
+    x = jax.random.normal(kx, (B, T, D), jnp.float32)
+    r32 = bp.check_layer(layer, params, x, finite_differences=False)
+    assert r32.ok, str(r32)
+    with jax.enable_x64(True):
+        r64 = bp.check_layer(layer, cast(params, jnp.float64), x.astype(jnp.float64), rtol=1e-10)
+    assert r64.ok, str(r64)
+    assert r64.max_fd_rel_error is not None
+    assert len(r64.rows) == len(jax.tree.leaves(params)) + 1  # every parameter leaf and x compared one by one
+    return r32, r64
+
+
+# Composite models put every cell, both return modes and Bidirectional through one check each, so
+# the fast suite compiles a few programs instead of twelve; the rows of the report are per layer
+# and per leaf, so a wrong gradient in any one layer still fails.
+COMPOSITES = {
+    "rnn-bigru-lstmlast": lambda H, u: bp.serial(SimpleRNN(H, unroll=u), Bidirectional(GRU(H, unroll=u)),
+                                                 LSTM(H, return_sequences=False, unroll=u)),
+    "lstm-birnn-bigrulast": lambda H, u: bp.serial(LSTM(H, unroll=u), Bidirectional(SimpleRNN(H, unroll=u)),
+                                                   Bidirectional(GRU(H, return_sequences=False, unroll=u))),
+    "gru-bilstm-rnnlast": lambda H, u: bp.serial(GRU(H, unroll=u), Bidirectional(LSTM(H, unroll=u)),
+                                                 SimpleRNN(H, return_sequences=False, unroll=u)),
+}
+
+
+# The fast suite runs two composites (T = 1 included): every cell with return_sequences, SimpleRNN
+# and GRU also in last-state mode, Bidirectional in both modes, float32 and float64 with finite
+# differences. The slow suite adds the third (LSTM in last-state mode) and random shapes. One
+# (B, D, H) for all keeps the leaf shapes, and so the compiled finite-difference helpers, shared.
+@settings(phases=[Phase.explicit])
+@given(model=st.sampled_from(sorted(COMPOSITES)), B=st.integers(1, 3), T=st.integers(1, 5), D=st.integers(1, 3),
+       H=st.integers(1, 4), unroll=st.sampled_from([1, 2]))
+@example(model="gru-bilstm-rnnlast", B=2, T=1, D=2, H=2, unroll=1)
+@example(model="lstm-birnn-bigrulast", B=2, T=3, D=2, H=2, unroll=1)
+def test_check_layer_composites(model, B, T, D, H, unroll):
+    check_both(COMPOSITES[model](H, unroll), jax.random.key(B * 1000 + T * 100 + D * 10 + H), B, T, D)
+
+
+@pytest.mark.slow
+@settings(max_examples=8)
+@given(model=st.sampled_from(sorted(COMPOSITES)), B=st.integers(1, 3), T=st.integers(1, 6), D=st.integers(1, 3),
+       H=st.integers(1, 4), unroll=st.sampled_from([1, 2]))
+@example(model="rnn-bigru-lstmlast", B=2, T=2, D=2, H=2, unroll=2)
+def test_check_layer_composites_random_shapes(model, B, T, D, H, unroll):
+    test_check_layer_composites.hypothesis.inner_test(model, B, T, D, H, unroll)
+
+
+# the full grid, one layer at a time (about 12 x 15 s on a loaded 2-core machine)
+@pytest.mark.slow
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("return_sequences", [True, False])
+@pytest.mark.parametrize("cell", sorted(CELLS))
+def test_check_layer_every_combination(cell, return_sequences, bidirectional, getkey):
+    check_both(make(cell, 3, return_sequences, bidirectional), getkey(), B=2, T=3, D=2)
+
+
+@pytest.mark.slow
+@settings(max_examples=10)
+@given(cell=st.sampled_from(sorted(CELLS)), return_sequences=st.booleans(), bidirectional=st.booleans(),
+       B=st.integers(1, 3), T=st.integers(1, 6), D=st.integers(1, 3), H=st.integers(1, 4),
+       unroll=st.sampled_from([1, 2]))
+@example(cell="GRU", return_sequences=False, bidirectional=True, B=1, T=1, D=1, H=1, unroll=1)
+@example(cell="LSTM", return_sequences=True, bidirectional=False, B=2, T=1, D=3, H=2, unroll=1)
+def test_check_layer_hypothesis_single_layers(cell, return_sequences, bidirectional, B, T, D, H, unroll):
+    check_both(make(cell, H, return_sequences, bidirectional, unroll), jax.random.key(B * 1000 + T * 100 + D * 10 + H),
+               B, T, D)
+
+
+def _mnist1d_gru_check(key, finite_differences):
+    """The MNIST-1D GRU (Greydanus 2020): x (B, 40, 1) -> BiGRU(6), all 40 states (480) -> Dense(10)."""
+    net = bp.serial(Bidirectional(GRU(6)), Flatten(), Dense(10))
+    k1, k2 = jax.random.split(key)
+    out_shape, params = net.init(k1, (40, 1))
+    assert out_shape == (10,)
+    x = jax.random.normal(k2, (8, 40, 1))
+    y = jnp.arange(8) % 10
+    with jax.enable_x64(True):
+        report = bp.check_gradients(net, bp.losses.softmax_cross_entropy, cast(params, jnp.float64),
+                                    x.astype(jnp.float64), y, rtol=1e-10, finite_differences=finite_differences)
+    assert report.ok, str(report)
+    return report
+
+
+def test_mnist1d_bidirectional_gru_classifier(getkey):
+    _mnist1d_gru_check(getkey(), finite_differences=False)
+
+
+@pytest.mark.slow
+def test_mnist1d_bidirectional_gru_classifier_finite_differences(getkey):
+    assert _mnist1d_gru_check(getkey(), finite_differences=True).max_fd_rel_error is not None
+
+
+# -- the forward conventions, against plain numpy loops of the documented equations --------------
+
+def _sig(u):
+    return 1 / (1 + np.exp(-u))
+
+
+def _reference(cell, p, x):
+    p = {k: np.asarray(v, np.float64) for k, v in p.items()}
+    x = np.asarray(x, np.float64)
+    B, T, _ = x.shape
+    H = p["Wh"].shape[0]
+    h, c, hs = np.zeros((B, H)), np.zeros((B, H)), []
+    for t in range(T):
+        a = x[:, t] @ p["Wx"] + p["b"]
+        if cell == "SimpleRNN":
+            h = np.tanh(a + h @ p["Wh"])
+        elif cell == "GRU":
+            hW = h @ p["Wh"]
+            r, z = _sig(a[:, :H] + hW[:, :H]), _sig(a[:, H:2 * H] + hW[:, H:2 * H])
+            n = np.tanh(a[:, 2 * H:] + r * (hW[:, 2 * H:] + p["bhn"]))
+            h = (1 - z) * n + z * h
+        else:
+            a = a + h @ p["Wh"]
+            i, f, g, o = _sig(a[:, :H]), _sig(a[:, H:2 * H]), np.tanh(a[:, 2 * H:3 * H]), _sig(a[:, 3 * H:])
+            c = f * c + i * g
+            h = o * np.tanh(c)
+        hs.append(h)
+    return np.stack(hs, 1)
+
+
+@pytest.mark.parametrize("cell", sorted(CELLS))
+def test_forward_matches_equations(cell, getkey):
+    layer = CELLS[cell](4)
+    _, p = layer.init(getkey(), (5, 3))
+    x = jax.random.normal(getkey(), (2, 5, 3))
+    ref = _reference(cell, p, x)
+    np.testing.assert_allclose(jax.jit(layer.forward)(p, x)[0], ref, rtol=1e-5, atol=1e-6)  # f32 vs f64 loop
+    last = jax.jit(CELLS[cell](4, return_sequences=False).forward)(p, x)[0]
+    np.testing.assert_allclose(last, ref[:, -1], rtol=1e-5, atol=1e-6)
+
+
+def test_bidirectional_layout(getkey):
+    """Features [fwd | bwd]; the backward copy reads x reversed; its last state is the one after x_0."""
+    bi_seq, bi_last = Bidirectional(GRU(3)), Bidirectional(GRU(3, return_sequences=False))
+    _, p = bi_seq.init(getkey(), (6, 2))
+    x = jax.random.normal(getkey(), (2, 6, 2))
+    ys, yl = jax.jit(bi_seq.forward)(p, x)[0], jax.jit(bi_last.forward)(p, x)[0]
+    assert ys.shape == (2, 6, 6) and yl.shape == (2, 6)
+    fwd = _reference("GRU", p["fwd"], x)
+    bwd = _reference("GRU", p["bwd"], x[:, ::-1])[:, ::-1]
+    np.testing.assert_allclose(ys, np.concatenate([fwd, bwd], -1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(yl, np.concatenate([fwd[:, -1], bwd[:, 0]], -1), rtol=1e-5, atol=1e-6)
+
+
+def test_init(getkey):
+    shape, p = LSTM(5, forget_bias=1.0).init(getkey(), (7, 3))
+    assert shape == (7, 5) and {k: v.shape for k, v in p.items()} == {"Wx": (3, 20), "Wh": (5, 20), "b": (20,)}
+    np.testing.assert_array_equal(p["b"][5:10], 1.0)
+    k = 1 / np.sqrt(5)
+    assert float(jnp.max(jnp.abs(p["Wx"]))) <= k and float(jnp.std(p["Wx"])) > 0.3 * k  # U(-k, k)
+    _, p = GRU(4, recurrent_init="orthogonal").init(getkey(), (2, 3))
+    assert set(p) == {"Wx", "Wh", "b", "bhn"}
+    for g in range(3):
+        block = p["Wh"][:, 4 * g:4 * (g + 1)]
+        np.testing.assert_allclose(block.T @ block, np.eye(4), atol=1e-5)
+    assert SimpleRNN(3, return_sequences=False).init(getkey(), (4, 2))[0] == (3,)
+    assert Bidirectional(GRU(6)).init(getkey(), (40, 1))[0] == (40, 12)
+
+
+def test_unroll_gives_the_same_result(getkey):
+    _, p = LSTM(3).init(getkey(), (7, 2))
+    x = jax.random.normal(getkey(), (2, 7, 2))
+    outs = []
+    for layer in (LSTM(3), LSTM(3, unroll=3)):
+        y, res = jax.jit(layer.forward)(p, x)
+        outs.append((y, jax.jit(layer.backward)(p, res, jnp.cos(y))))
+    for a, b in zip(jax.tree.leaves(outs[0]), jax.tree.leaves(outs[1])):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)  # f32, same maths in a different loop shape
+
+
+# -- bad input ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("cell", sorted(CELLS))
+def test_errors(cell, getkey):
+    layer = CELLS[cell](4)
+    _, p = layer.init(getkey(), (5, 3))
+    with pytest.raises(bp.BpjaxError, match=rf"{cell}\(4\).*rank-3 input \(B, T, D\).*\(2, 3\)"):
+        layer.forward(p, jnp.zeros((2, 3)))
+    with pytest.raises(bp.BpjaxError, match=rf"{cell}\(4\).*3 features.*\(2, 5, 7\)"):
+        jax.jit(layer.forward)(p, jnp.zeros((2, 5, 7)))  # raised at trace time
+    with pytest.raises(bp.BpjaxError, match=rf"{cell}\(4\).*at least one time step.*\(2, 0, 3\)"):
+        layer.forward(p, jnp.zeros((2, 0, 3)))
+    with pytest.raises(bp.BpjaxTypeError, match=rf"{cell}\(4\).*floating"):
+        layer.forward(p, jnp.zeros((2, 5, 3), jnp.int32))
+    with pytest.raises(bp.BpjaxError, match=rf"{cell}\(4\).*expected keys"):
+        layer.forward({"W": p["Wx"]}, jnp.zeros((2, 5, 3)))
+    _, p8 = CELLS[cell](8).init(getkey(), (5, 3))
+    with pytest.raises(bp.BpjaxError, match=rf"{cell}\(4\).*expected shapes"):
+        layer.forward(p8, jnp.zeros((2, 5, 3)))
+    with pytest.raises(bp.BpjaxError, match=rf"{cell}\(4\).*input shape \(T, D\)"):
+        layer.init(getkey(), (5,))
+    with pytest.raises(bp.BpjaxError, match=rf"{cell}: hidden must be a positive int, got 0"):
+        CELLS[cell](0)
+    with pytest.raises(bp.BpjaxError, match=rf"{cell}: recurrent_init"):
+        CELLS[cell](3, recurrent_init="zeros")
+    with pytest.raises(bp.BpjaxError, match=rf"{cell}: unroll"):
+        CELLS[cell](3, unroll=0)
+
+
+def test_bidirectional_errors(getkey):
+    bi = Bidirectional(GRU(4))
+    _, p = bi.init(getkey(), (5, 3))
+    with pytest.raises(bp.BpjaxError, match=r"Bidirectional\(GRU\(4\)\).*rank-3.*\(2, 3\)"):
+        bi.forward(p, jnp.zeros((2, 3)))
+    with pytest.raises(bp.BpjaxError, match=r"Bidirectional\(GRU\(4\)\).*GRU\(4\).*at least one time step"):
+        bi.forward(p, jnp.zeros((2, 0, 3)))
+    with pytest.raises(bp.BpjaxError, match=r"Bidirectional\(GRU\(4\)\).*GRU\(4\).*3 features.*\(2, 5, 1\)"):
+        bi.forward(p, jnp.zeros((2, 5, 1)))
+    with pytest.raises(bp.BpjaxError, match=r"Bidirectional\(GRU\(4\)\).*expected keys \['bwd', 'fwd'\]"):
+        bi.forward(p["fwd"], jnp.zeros((2, 5, 3)))
+    _, p8 = GRU(8).init(getkey(), (5, 3))
+    with pytest.raises(bp.BpjaxError, match=r"Bidirectional\(GRU\(4\)\).*params\['bwd'\]"):
+        bi.forward({"fwd": p["fwd"], "bwd": p8}, jnp.zeros((2, 5, 3)))
+    with pytest.raises(bp.BpjaxTypeError, match=r"Bidirectional.*Layer.*function"):
+        Bidirectional(GRU)
