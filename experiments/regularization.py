@@ -1,0 +1,131 @@
+"""Overfitting a small training set, and weight decay and dropout closing the train/test gap.
+
+Data: the first 300 of scikit-learn's 8x8 digits train, the other 1497 test; 30% of the training
+labels are replaced by a random wrong class (fixed seed; the test labels are clean). A network
+that can memorise learns the clean examples first and then the wrong labels too (Arpit et al.
+2017, "A closer look at memorization in deep networks"): training accuracy climbs to 100% while
+test accuracy falls from its early peak. That memorisation is the overfitting made visible.
+
+Model: a wide MLP ``Flatten, Dense(256), Relu, Dense(256), Relu, Dense(10)`` (about 85k weights
+for 300 examples), Adam ``1e-3``, batches of 100 in order. Settings, from the same initial weights:
+
+- none: ``optax.adam``;
+- weight decay: ``optax.adamw(1e-3, weight_decay=WD)``, i.e. ``W <- W - lr (adam(g) + WD W)``;
+- dropout: ``bp.layers.Dropout`` on the input (rate 0.2) and after each hidden layer (rate 0.5),
+  Hinton et al.'s recipe; at evaluation (``train=False``) dropout is the identity;
+- both (full run only).
+
+Measured after training, in evaluation mode: accuracy and cross-entropy on the (noisy) training
+set and the test set, the gap ``train acc - test acc``, and the fraction of the relabelled training
+examples the network predicts with their wrong label ("memorised").
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import bpjax as bp
+from bpjax import layers as L
+from experiments import common, data
+
+N_TRAIN = 300
+LABEL_NOISE = 0.3
+WIDTH = 256
+LEARNING_RATE = 1e-3
+WD = 10.0
+DROP_IN, DROP_HIDDEN = 0.2, 0.5
+STEPS, QUICK_STEPS = 2000, 300
+BATCH = 100
+DEFAULT_SEEDS = 3
+QUICK_SECONDS = 20
+QUICK_SETTINGS = 3  # --quick leaves out "both"
+
+
+def mlp(dropout: bool) -> bp.Layer:
+    """``(B, 8, 8, 1) -> (B, 10)``: Flatten, [Dropout(0.2)], (Dense(256), Relu, [Dropout(0.5)]) twice, Dense(10)."""
+    drop = (lambda rate: [L.Dropout(rate)]) if dropout else (lambda rate: [])
+    return bp.serial(L.Flatten(), *drop(DROP_IN), L.Dense(WIDTH), L.Relu(), *drop(DROP_HIDDEN),
+                     L.Dense(WIDTH), L.Relu(), *drop(DROP_HIDDEN), L.Dense(10),
+                     name="wide_mlp" + ("_dropout" if dropout else ""))
+
+
+SETTINGS = {  # name -> (dropout?, optimizer)
+    "none": (False, lambda: optax.adam(LEARNING_RATE)),
+    f"weight decay {WD:g}": (False, lambda: optax.adamw(LEARNING_RATE, weight_decay=WD)),
+    f"dropout {DROP_IN:g}/{DROP_HIDDEN:g}": (True, lambda: optax.adam(LEARNING_RATE)),
+    "both": (True, lambda: optax.adamw(LEARNING_RATE, weight_decay=WD)),
+}
+
+
+def noisy_labels(y: np.ndarray, fraction: float, seed: int = 0) -> tuple:
+    """Replace a random ``fraction`` of the labels by a uniformly drawn *other* class: ``(y_noisy, flipped)``."""
+    rng = np.random.default_rng(seed)
+    flipped = rng.random(len(y)) < fraction
+    y_noisy = np.where(flipped, (y + rng.integers(1, 10, len(y))) % 10, y).astype(np.int32)
+    return y_noisy, flipped
+
+
+def evaluate(model, params, state, x, y) -> tuple:
+    """Per-run ``(accuracy, cross-entropy)`` in evaluation mode on the whole of ``x, y``: two ``(S,)`` arrays."""
+    xent = bp.losses.softmax_cross_entropy
+
+    def one(p, s):
+        logits = bp.predict(model, p, jnp.asarray(x), **({"state": s} if bp.is_contextual(model) else {}))
+        return bp.losses.accuracy(logits, jnp.asarray(y)), xent.value(logits, jnp.asarray(y))
+
+    acc, loss = jax.jit(jax.vmap(one))(params, state)
+    return np.asarray(acc), np.asarray(loss)
+
+
+def run(cfg: common.Config) -> dict:
+    steps = QUICK_STEPS if cfg.quick else STEPS
+    d = data.digits(n_train=N_TRAIN)
+    d["y"], flipped = noisy_labels(d["y"], LABEL_NOISE)
+    keys = jax.random.split(jax.random.key(0), cfg.seeds)
+    rows, results, curves = [], {}, {}
+    names = list(SETTINGS)[:QUICK_SETTINGS] if cfg.quick else list(SETTINGS)
+    for name in names:
+        dropout, make_optimizer = SETTINGS[name]
+        model, optimizer = mlp(dropout), make_optimizer()
+        params, state = common.init_runs(model, keys, d["x"].shape[1:])  # Dropout has no params: same weights
+        h = common.train(model, bp.losses.softmax_cross_entropy, optimizer, d, params,
+                         jax.vmap(optimizer.init)(params), state=state, steps=steps, batch=BATCH,
+                         backward=cfg.backward, eval_every=100, key=jax.random.key(1), desc=name,
+                         progress=cfg.extra.get("progress", True), verbose=cfg.verbose)
+        train_acc, train_loss = evaluate(model, h.params, h.state, d["x"], d["y"])
+        test_acc, test_loss = evaluate(model, h.params, h.state, d["x_test"], d["y_test"])
+        memorised = evaluate(model, h.params, h.state, d["x"][flipped], d["y"][flipped])[0]
+        r = {"train_acc": float(train_acc.mean()), "test_acc": float(test_acc.mean()),
+             "test_acc_std": common.mean_std(test_acc)[1],
+             "acc_gap": float((train_acc - test_acc).mean()),
+             "train_loss": float(train_loss.mean()), "test_loss": float(test_loss.mean()),
+             "loss_gap": float((test_loss - train_loss).mean()), "memorised": float(memorised.mean()),
+             "peak_test_acc": float(h.test_acc.mean(1).max()), "seconds": h.seconds}
+        results[name] = r
+        rows.append([name, r["train_acc"], r["test_acc"], r["acc_gap"], r["memorised"], r["train_loss"],
+                     r["test_loss"]])
+        curves[name] = (h.eval_steps, h.test_acc.mean(1), h.test_loss.mean(1), h.train_acc.mean(1))
+        cfg.log(f"{name:<18} train acc {r['train_acc']:.3f}  test acc {r['test_acc']:.3f}  gap {r['acc_gap']:.3f}  "
+                f"memorised {r['memorised']:.3f}")
+    header = ["setting", "train acc (noisy labels)", "test acc", "gap", "wrong labels memorised", "train loss",
+              "test loss"]
+    cfg.log(common.markdown_table(header, rows))
+    common.write_csv(cfg.out / "regularization.csv", header, rows)
+    common.write_results(cfg, {"data": f"sklearn load_digits, first {N_TRAIN} train, the rest test",
+                               "label_noise": LABEL_NOISE, "relabelled": int(flipped.sum()),
+                               "model": f"Flatten Dense({WIDTH}) Relu Dense({WIDTH}) Relu Dense(10)",
+                               "optimizer": f"adam({LEARNING_RATE}) / adamw({LEARNING_RATE}, weight_decay={WD})",
+                               "dropout": [DROP_IN, DROP_HIDDEN], "steps": steps, "batch": BATCH,
+                               "seeds": cfg.seeds}, {"settings": results})
+    common.plot_panels(cfg.out / "regularization.png", [
+        {"title": "accuracy: test (solid), noisy training set (dashed)", "xlabel": "step", "ylabel": "accuracy",
+         "lines": {**{n: (c[0], c[1], {"c": f"C{i}"}) for i, (n, c) in enumerate(curves.items())},
+                   **{f"{n} (train)": (c[0], c[3], {"c": f"C{i}", "ls": "--"})
+                      for i, (n, c) in enumerate(curves.items())}}},
+        {"title": "test cross-entropy", "xlabel": "step", "ylabel": "cross-entropy",
+         "lines": {n: (c[0], c[2]) for n, c in curves.items()}},
+    ], title=f"wide MLP on {N_TRAIN} digits, {LABEL_NOISE:.0%} of labels wrong: weight decay and dropout")
+    return {"settings": results}
