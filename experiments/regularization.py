@@ -17,7 +17,10 @@ for 300 examples), Adam ``1e-3``, batches of 100 in order. Settings, from the sa
 
 Measured after training, in evaluation mode: accuracy and cross-entropy on the (noisy) training
 set and the test set, the gap ``train acc - test acc``, and the fraction of the relabelled training
-examples the network predicts with their wrong label ("memorised").
+examples the network predicts with their wrong label ("memorised"). Measured (3 seeds, 2000 steps):
+unregularised, 100% train and 55% test accuracy (it peaks near 70% early, before the wrong labels
+are learnt); weight decay keeps the wrong labels out (7% memorised, gap 2.5 points); dropout
+only delays memorisation (4% at 300 steps, 80% at 2000, gap 24 points); both: gap about 0.
 """
 
 from __future__ import annotations

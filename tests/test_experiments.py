@@ -138,7 +138,8 @@ def test_regularization_closes_the_gap(tmp_path):
     none, wd, drop = r["none"], r["weight decay 10"], r["dropout 0.2/0.5"]
     # unregularised, the wide MLP memorises every wrong label: 100% train, test far below (measured gap 0.43)
     assert none["train_acc"] == 1.0 and none["memorised"] > 0.95 and none["acc_gap"] > 0.3
-    # weight decay and dropout refuse most wrong labels (measured 0.04 each), gaps near 0 and better test accuracy
+    # in 300 steps weight decay and dropout refuse most wrong labels (measured 0.04 each; dropout only delays
+    # it: 0.80 after 2000 steps), gaps near 0 and better test accuracy
     for reg in (wd, drop):
         assert reg["memorised"] < 0.3 and reg["acc_gap"] < 0.3 * none["acc_gap"]
         assert reg["test_acc"] > none["test_acc"] + 0.1 and reg["test_loss"] < none["test_loss"]
