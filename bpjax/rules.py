@@ -6,6 +6,9 @@ The forward pass never changes; only the backward does. Per layer (``Dense(..., 
     feedback_alignment  da_prev = dz @ B.T     B: (D_in, D_out), fixed random, in the layer's state
     sign_symmetry       da_prev = dz @ B.T     B = mean(|W|) sign(W)
 
+and alike for ``Conv1D``/``Conv2D``: ``dx`` is the transposed convolution of ``dy`` with a feedback
+kernel ``B`` (shape of ``W``) in place of ``W``; ``dW`` and ``db`` stay exact for every rule.
+
 and for a whole serial model, :func:`DFA` (direct feedback alignment, Nokland 2016): the output
 error ``e = dL/dy`` (``(B, C)``) goes straight to every hidden layer through a fixed ``B_l``.
 
@@ -70,7 +73,8 @@ def feedback_angles(params, state) -> tuple:
     """Angles (degrees) between ``W`` and its feedback matrix ``B``, one per feedback-alignment layer.
 
     Walks ``params`` and ``state`` together (tuples of ``serial``, dicts of layers) and pairs every
-    params ``{"W": ...}`` with a state ``{"B": ...}`` of the same shape. For sign symmetry use
+    params ``{"W": ...}`` with a state ``{"B": ...}`` of the same shape (Dense matrices and
+    convolution kernels alike, each taken as one flat vector). For sign symmetry use
     ``angle(W, sign_feedback(W))``.
 
     Returns:

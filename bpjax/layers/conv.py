@@ -33,7 +33,7 @@ from jax import lax
 
 from bpjax import _errors
 from bpjax.core import Layer
-from bpjax.layers.dense import initializer
+from bpjax.layers.dense import initializer, rule_tag, with_backward_rule
 
 IntOrTuple = Union[int, Sequence[int]]
 Padding = Union[str, int, Sequence[Tuple[int, int]]]
@@ -136,7 +136,8 @@ def col2im(dP, sizes, ks, stride, dilation, pads):
     return dx
 
 
-def _conv(n: int, cls: str, features, kernel_size, stride, padding, dilation, groups, bias, init, dtype, name):
+def _conv(n: int, cls: str, features, kernel_size, stride, padding, dilation, groups, bias, init, dtype, name,
+          backward_rule="exact", feedback_init=None):
     if not isinstance(features, int) or features < 1:
         raise _errors.BpjaxError(cls, f"features must be a positive int, got {features!r}")
     ks = tuple_arg(cls, "kernel_size", kernel_size, n)
@@ -145,7 +146,8 @@ def _conv(n: int, cls: str, features, kernel_size, stride, padding, dilation, gr
     padding = padding_arg(cls, padding, n)
     if not isinstance(groups, int) or groups < 1 or features % groups:
         raise _errors.BpjaxError(cls, f"groups must be a positive int dividing features={features}, got {groups!r}")
-    name = name or f"{cls}({features}, {ks if n > 1 else ks[0]})"
+    tag = rule_tag(cls, backward_rule)
+    name = name or f"{cls}({features}, {ks if n > 1 else ks[0]}{tag})"
     k_eff = tuple((k - 1) * d + 1 for k, d in zip(ks, dilation))
     G, F = groups, features
     sp = _SPATIAL[n]
@@ -238,13 +240,13 @@ def _conv(n: int, cls: str, features, kernel_size, stride, padding, dilation, gr
         dx = col2im(dP.reshape(x.shape[0], *out, K, G * Cg), x.shape[1:-1], ks, stride, dilation, pads)
         return dx, dW.reshape(W.shape)
 
-    def backward(params, x, dy):
+    def backward_with(W, x, dy):
+        # W is the layer's kernel for the exact rule, else the feedback kernel B: only dx reads it.
         # in the forward pass this was (1-D, see the module docstring; each spatial axis alike):
         #   y[b, t, g Fg + f] = b[g Fg + f] + sum_{k, c} x_pad[b, t s + k d, g Cg + c] * W[k, c, g Fg + f]
         # so now dx and dW are the same sum read the other way round. Two formulations of it: small
         # problems run faster on XLA CPU as im2col + matmul, large ones as convolutions (see
         # IM2COL_MAX_ELEMENTS and benchmarks/bench_conv.py).
-        W = params["W"]
         pads, out = geometry(x.shape[1:])
         im2col_size = x.shape[0] * math.prod(out) * math.prod(ks) * x.shape[-1]
         by = dx_dw_by_im2col if im2col_size <= IM2COL_MAX_ELEMENTS else dx_dw_by_convolutions
@@ -254,12 +256,13 @@ def _conv(n: int, cls: str, features, kernel_size, stride, padding, dilation, gr
             grads["b"] = dy.sum(axis=tuple(range(n + 1)))  # db = dy summed over batch and positions
         return grads, dx
 
-    return Layer(init_fn, forward, backward, name)
+    feedback = feedback_init if feedback_init is not None else init
+    return with_backward_rule(name, backward_rule, init_fn, forward, backward_with, feedback)
 
 
 def Conv1D(features: int, kernel_size: IntOrTuple, *, stride: IntOrTuple = 1, padding: Padding = "SAME",
            dilation: IntOrTuple = 1, groups: int = 1, bias: bool = True, init="he_normal", dtype=None,
-           name: str | None = None) -> Layer:
+           name: str | None = None, backward_rule: str = "exact", feedback_init=None) -> Layer:
     """1-D convolution over ``x: (B, L, C_in)`` with ``W: (K, C_in // groups, features)``, ``b: (features,)``.
 
     Forward: ``y[b, t, o] = b[o] + sum_{k, c} x_pad[b, t s + k d, c'] W[k, c, o]`` (``c'`` the input
@@ -281,22 +284,36 @@ def Conv1D(features: int, kernel_size: IntOrTuple, *, stride: IntOrTuple = 1, pa
       bias: add ``b`` (params are ``{"W"}`` only when False).
       init: weight initialiser (:func:`bpjax.layers.dense.initializer`; fan-in ``K * C_in // groups``).
       dtype: parameter dtype (default the canonical float).
-      name: display name (default ``Conv1D(features, K)``).
+      name: display name (default ``Conv1D(features, K)``, with ``, FA`` or ``, sign`` for those rules).
+      backward_rule: how ``dx`` is computed; ``dW`` and ``db`` are always the exact ones above, and
+        both backward formulations (im2col and convolutions) take the same rule.
+
+        - ``"exact"`` (default): ``dx`` as above, the true gradient.
+        - ``"feedback_alignment"`` (Lillicrap et al. 2016): ``dx`` with a fixed random kernel ``B``
+          (shape of ``W``, drawn at ``init_state`` by ``feedback_init``) in place of ``W``:
+          ``dx = conv(dilate(dy, s), flip(B) with in/out swapped)``. ``B`` is non-trained state, so
+          the layer is contextual: ``state = {"B": B}``.
+        - ``"sign_symmetry"``: the same with ``B = mean(|W|) sign(W)``
+          (:func:`bpjax.rules.sign_feedback`); no state.
+      feedback_init: initialiser of ``B`` for ``"feedback_alignment"`` (default: ``init``).
     """
-    return _conv(1, "Conv1D", features, kernel_size, stride, padding, dilation, groups, bias, init, dtype, name)
+    return _conv(1, "Conv1D", features, kernel_size, stride, padding, dilation, groups, bias, init, dtype, name,
+                 backward_rule, feedback_init)
 
 
 def Conv2D(features: int, kernel_size: IntOrTuple, *, stride: IntOrTuple = 1, padding: Padding = "SAME",
            dilation: IntOrTuple = 1, groups: int = 1, bias: bool = True, init="he_normal", dtype=None,
-           name: str | None = None) -> Layer:
+           name: str | None = None, backward_rule: str = "exact", feedback_init=None) -> Layer:
     """2-D convolution over ``x: (B, H, W, C_in)`` with ``W: (KH, KW, C_in // groups, features)``.
 
     The forward, backward and arguments are those of :func:`Conv1D` on two spatial axes:
     ``y: (B, H_out, W_out, features)``; ``kernel_size``, ``stride`` and ``dilation`` are an int or a
     2-tuple, ``padding`` ``"SAME"``, ``"VALID"``, an int or ``[(lo_h, hi_h), (lo_w, hi_w)]``;
-    ``db = dy.sum((0, 1, 2))``.
+    ``db = dy.sum((0, 1, 2))``; ``backward_rule`` (``"exact"``, ``"feedback_alignment"``,
+    ``"sign_symmetry"``) and ``feedback_init`` swap ``W`` for a feedback kernel ``B`` in ``dx`` only.
     """
-    return _conv(2, "Conv2D", features, kernel_size, stride, padding, dilation, groups, bias, init, dtype, name)
+    return _conv(2, "Conv2D", features, kernel_size, stride, padding, dilation, groups, bias, init, dtype, name,
+                 backward_rule, feedback_init)
 
 
 __all__ = ["Conv1D", "Conv2D"]

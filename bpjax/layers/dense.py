@@ -99,9 +99,7 @@ def Dense(features: int, *, init: Initializer = "glorot_uniform", stddev: float 
     """
     if isinstance(features, bool) or not isinstance(features, int) or features < 1:
         raise _errors.BpjaxError("Dense", f"features must be a positive int, got {features!r}")
-    if backward_rule not in BACKWARD_RULES:
-        raise _errors.BpjaxError("Dense", f"unknown backward_rule {backward_rule!r}; expected one of {BACKWARD_RULES}")
-    tag = {"exact": "", "feedback_alignment": ", FA", "sign_symmetry": ", sign"}[backward_rule]
+    tag = rule_tag("Dense", backward_rule)
     name = name or f"Dense({features}{tag})"
     w_init = initializer(init, stddev)
 
@@ -149,17 +147,39 @@ def Dense(features: int, *, init: Initializer = "glorot_uniform", stddev: float 
         da_prev = dz @ B.T                         # da_prev = dz @ W.T (B = W for the exact rule)
         return grads, da_prev
 
+    feedback = feedback_init if feedback_init is not None else init
+    return with_backward_rule(name, backward_rule, init_fn, forward, backward_with, feedback, stddev)
+
+
+def rule_tag(where: str, backward_rule: str) -> str:
+    """Check ``backward_rule`` (raising a :class:`BpjaxError` naming ``where``); its tag for layer names."""
+    if backward_rule not in BACKWARD_RULES:
+        raise _errors.BpjaxError(where, f"unknown backward_rule {backward_rule!r}; expected one of {BACKWARD_RULES}")
+    return {"exact": "", "feedback_alignment": ", FA", "sign_symmetry": ", sign"}[backward_rule]
+
+
+def with_backward_rule(name: str, backward_rule: str, init_fn, forward, backward_with,
+                       feedback_init: Initializer, stddev: float = 1.0) -> Layer:
+    """The layer ``(init_fn, forward)`` with the backward of ``backward_rule``, for any layer with weights ``W``.
+
+    ``backward_with(B, residuals, dz) -> (grads, dx)`` is the exact backward with ``B`` standing for
+    ``W`` wherever the input gradient needs it (``dW``, ``db`` never use it). It gets ``B = W``
+    (``"exact"``), ``B = sign_feedback(W)`` (``"sign_symmetry"``), or a fixed random ``B`` with the
+    shape of ``W`` drawn by ``feedback_init`` (``"feedback_alignment"``: the layer becomes contextual,
+    ``state = {"B": B}``, and ``B`` travels to the backward in the residuals ``(residuals, B)``).
+    """
     if backward_rule == "exact":
-        def backward(params, a_prev, dz):
-            return backward_with(params["W"], a_prev, dz)
+        def backward(params, residuals, dz):
+            return backward_with(params["W"], residuals, dz)
         return Layer(init_fn, forward, backward, name)
 
     if backward_rule == "sign_symmetry":
-        def backward_sign(params, a_prev, dz):
-            return backward_with(sign_feedback(params["W"]), a_prev, dz)
+        def backward_sign(params, residuals, dz):
+            return backward_with(sign_feedback(params["W"]), residuals, dz)
         return Layer(init_fn, forward, backward_sign, name)
 
-    b_init = initializer(feedback_init if feedback_init is not None else init, stddev)
+    with _errors.context(name):  # a bad feedback_init names the layer
+        b_init = initializer(feedback_init, stddev)
 
     def init_state(key, input_shape):
         out_shape, params = init_fn(key, input_shape)  # same shapes; B gets its own key below
@@ -171,15 +191,15 @@ def Dense(features: int, *, init: Initializer = "glorot_uniform", stddev: float 
             got = sorted(state) if isinstance(state, dict) else type(state).__name__
             raise _errors.BpjaxError(name, f"state does not match the layer: expected keys ['B'], got {got} "
                                            f"(use bp.init_state(model, key, input_shape))")
-        z, a_prev = forward(params, x)
+        z, residuals = forward(params, x)
         B = state["B"]
         if B.shape != params["W"].shape:
-            raise _errors.BpjaxError(name, f"feedback matrix B must have the shape of W {tuple(params['W'].shape)}, "
+            raise _errors.BpjaxError(name, f"feedback weights B must have the shape of W {tuple(params['W'].shape)}, "
                                            f"got {tuple(B.shape)}")
-        return z, (a_prev, B), state  # the backward needs a_prev and the fixed feedback B
+        return z, (residuals, B), state  # the backward needs the layer's residuals and the fixed B
 
     def backward_fa(params, residuals, dz):
-        a_prev, B = residuals
-        return backward_with(B, a_prev, dz)
+        inner, B = residuals
+        return backward_with(B, inner, dz)
 
     return Layer(init_fn, forward_fa, backward_fa, name, init_state)
