@@ -13,14 +13,13 @@ from bpjax import rules
 from bpjax.layers import conv as conv_module
 
 CONV = {1: L.Conv1D, 2: L.Conv2D}
-# (rank, features, kernel, input shape, keywords): plain, strided + dilated + grouped + explicit padding
+# (rank, features, kernel, input shape, keywords): strided + dilated + grouped + explicit padding, plain
 CASES = [
-    (1, 4, 3, (2, 9, 3), {}),
     (1, 6, 3, (2, 11, 4), dict(stride=2, dilation=2, groups=2, padding=[(2, 1)])),
     (2, 4, (3, 2), (2, 6, 5, 3), {}),
     (2, 6, 3, (1, 7, 6, 3), dict(stride=(2, 1), dilation=(1, 2), groups=3, padding="VALID", bias=False)),
 ]
-IDS = ["1d", "1d-strided-grouped", "2d", "2d-strided-grouped"]
+IDS = ["1d-strided-grouped", "2d", "2d-strided-grouped"]
 
 
 @pytest.fixture(params=["im2col", "convolutions"])
@@ -75,7 +74,7 @@ def test_feedback_alignment_with_B_equal_W_passes_check_layer(formulation):
     # bp.check_layer against jax.vjp of the forward: f64 at rtol 1e-10 with finite differences (fd_rtol
     # 1e-6: truncation ~eps^2, roundoff ~1e-16 / eps), f32 at its default rtol 1e-4 (sums of <= 100
     # terms rounded at 6e-8 each, in different orders in the two programs).
-    case = CASES[1]  # strided, dilated, grouped, explicit padding
+    case = CASES[0]  # strided, dilated, grouped, explicit padding
     with jax.enable_x64(True):
         layer, _, params, _, x, _ = _setup(case, "feedback_alignment", jnp.float64)
         r64 = bp.check_layer(layer, params, x, state={"B": params["W"]}, rtol=1e-10, finite_differences=True)
