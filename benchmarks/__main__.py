@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import time
 
 import jax
@@ -33,15 +34,35 @@ from bpjax import zoo
 XENT = bp.losses.softmax_cross_entropy
 
 
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine() -> dict:
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "python": platform.python_version(), "jax": jax.__version__,
+    try:
+        import torch
+        torch_version = torch.__version__
+    except ImportError:
+        torch_version = None
+    return {"platform": platform.platform(), "processor": _cpu_model(), "cpu_count": os.cpu_count(),
+            "python": platform.python_version(), "jax": jax.__version__, "torch": torch_version,
             "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
             "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None}
 
 
 def timed(fn, repeats=1):
-    """Best wall time and process CPU time of ``fn()`` over ``repeats`` runs (the result of the last)."""
+    """Best wall time and best process CPU time of ``fn()`` over ``repeats`` runs (the result of the last).
+
+    CPU time (``time.process_time``, all threads of this process) is the fairer figure on a shared
+    machine: other processes' load stretches the wall time but not this process's CPU time.
+    """
     best_wall = best_cpu = float("inf")
     for _ in range(repeats):
         t0, c0 = time.perf_counter(), time.process_time()
@@ -50,25 +71,74 @@ def timed(fn, repeats=1):
     return out, best_wall, best_cpu
 
 
+def interleaved(fns, repeats):
+    """``{name: (best wall, best cpu, last result)}`` of each ``fns[name]()``, the variants alternating run by
+    run (order flipped each round) so that a drifting background load hits all of them alike."""
+    names = list(fns)
+    best = {n: [float("inf"), float("inf"), None] for n in names}
+    for r in range(repeats):
+        for n in (names if r % 2 == 0 else names[::-1]):
+            out, wall, cpu = timed(fns[n])
+            b = best[n]
+            b[0], b[1], b[2] = min(b[0], wall), min(b[1], cpu), out
+    return {n: tuple(b) for n, b in best.items()}
+
+
 # ---------------------------------------------------------------- 1. MNIST-1D
 
 
-def mnist1d_run(name, steps, repeats):
+def mnist1d_run(name, steps, repeats, with_torch=True):
+    """Whole 6000-step runs: the first ``fit`` call (trace + compile + run) and then ``repeats`` cached calls
+    (``fit`` keeps its compiled program, so these are the run alone), manual and jax.grad interleaved."""
     x, y, xt, yt = mnist1d()
     model = zoo.MODELS[name]()
     _, p0 = model.init(jax.random.key(0), (40,))
+    opt = optax.adam(1e-2)  # one object for every call: fit's compiled-program cache keys on it
+
+    def runner(backward):
+        return lambda: bp.train.fit(model, XENT, opt, p0, (x, y), steps=steps, batch_size=100, eval_data=(xt, yt),
+                                    backward=backward, verbose=False)
+
+    runs = {b: runner(b) for b in ("manual", "autodiff")}
     rows = {}
-    for backward in ("manual", "autodiff"):
-        run = lambda: bp.train.fit(model, XENT, optax.adam(1e-2), p0, (x, y), steps=steps,  # noqa: E731
-                                   batch_size=100, eval_data=(xt, yt), backward=backward, verbose=False)
-        res, wall_first, _ = timed(run)  # includes compilation
-        res, wall, cpu = timed(run, repeats)  # fit caches nothing across calls, so this compiles too
-        rows[backward] = {"wall_s": wall, "cpu_s": cpu, "first_call_s": wall_first, "steps_per_s": steps / wall,
-                          "test_accuracy": float(res.history["eval_accuracy"][-1]),
-                          "final_train_loss": float(res.history["loss"][-100:].mean())}
-    rows["manual/autodiff"] = rows["manual"]["wall_s"] / rows["autodiff"]["wall_s"]
-    rows["torch"] = torch_run(name, steps, x, y, xt, yt)
+    for b, run in runs.items():
+        _, first_wall, first_cpu = timed(run)
+        rows[b] = {"first_call_wall_s": first_wall, "first_call_cpu_s": first_cpu}
+    for b, (wall, cpu, res) in interleaved(runs, repeats).items():
+        rows[b].update({"wall_s": wall, "cpu_s": cpu, "steps_per_s": steps / wall,
+                        "compile_wall_s": rows[b]["first_call_wall_s"] - wall,
+                        "compile_cpu_s": rows[b]["first_call_cpu_s"] - cpu,
+                        "test_accuracy": float(res.history["eval_accuracy"][-1]),
+                        "final_train_loss": float(res.history["loss"][-100:].mean())})
+    rows["manual/autodiff"] = rows["manual"]["cpu_s"] / rows["autodiff"]["cpu_s"]
+    rows["manual/autodiff_wall"] = rows["manual"]["wall_s"] / rows["autodiff"]["wall_s"]
+    rows["torch"] = torch_run(name, steps, x, y, xt, yt) if with_torch else None
     return rows
+
+
+def grad_only(name, calls):
+    """One jitted value-and-grad call on a batch of 100 (the backward alone, no optimizer, no scan):
+    median wall and CPU milliseconds per call, manual and jax.grad interleaved call by call."""
+    x, y, _, _ = mnist1d()
+    model = zoo.MODELS[name]()
+    _, p = model.init(jax.random.key(0), (40,))
+    xb, yb = jnp.asarray(x[:100]), jnp.asarray(y[:100])
+    fns = {b: jax.jit(bp.train.grad_fn(model, XENT, b)) for b in ("manual", "autodiff")}
+    for f in fns.values():
+        jax.block_until_ready(f(p, xb, yb))
+    wall, cpu = {b: [] for b in fns}, {b: [] for b in fns}
+    for i in range(calls):
+        for b in (list(fns) if i % 2 == 0 else list(fns)[::-1]):
+            t0, c0 = time.perf_counter(), time.process_time()
+            jax.block_until_ready(fns[b](p, xb, yb))
+            wall[b].append(time.perf_counter() - t0)
+            cpu[b].append(time.process_time() - c0)
+    out = {b: {"median_wall_ms": 1e3 * statistics.median(wall[b]), "median_cpu_ms": 1e3 * statistics.median(cpu[b]),
+               "min_wall_ms": 1e3 * min(wall[b])} for b in fns}
+    out["manual/autodiff"] = out["manual"]["median_cpu_ms"] / out["autodiff"]["median_cpu_ms"]
+    out["manual/autodiff_wall"] = out["manual"]["median_wall_ms"] / out["autodiff"]["median_wall_ms"]
+    out["calls"] = calls
+    return out
 
 
 def torch_run(name, steps, x, y, xt, yt):
@@ -110,31 +180,26 @@ def torch_run(name, steps, x, y, xt, yt):
     net = {"mlp": MLP, "cnn": CNN, "gru": GRU, "logistic": lambda: nn.Linear(40, 10)}[name]()
     opt = torch.optim.Adam(net.parameters(), 1e-2)
     X, Y = torch.tensor(x), torch.tensor(y, dtype=torch.long)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for s in range(steps):
         i = (s * 100) % 4000
         loss = nn.functional.cross_entropy(net(X[i:i + 100]), Y[i:i + 100])
         opt.zero_grad()
         loss.backward()
         opt.step()
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     with torch.no_grad():
         acc = (net(torch.tensor(xt)).argmax(1).numpy() == yt).mean()
-    return {"wall_s": wall, "steps_per_s": steps / wall, "test_accuracy": float(acc)}
+    return {"wall_s": wall, "cpu_s": cpu, "steps_per_s": steps / wall, "test_accuracy": float(acc),
+            "threads": torch.get_num_threads()}
 
 
 # ---------------------------------------------------------------- 2. large MLP step
 
 
-def matmul_gflops(n=1024, repeats=20):
-    a = jax.random.normal(jax.random.key(0), (n, n))
-    f = jax.jit(lambda a: a @ a)
-    f(a).block_until_ready()
-    best = min(timed(lambda: f(a))[1] for _ in range(repeats))
-    return 2 * n ** 3 / best / 1e9
-
-
 def large_mlp(repeats):
+    """One jitted training step (``make_step``) and its value-and-grad alone, manual and jax.grad, interleaved
+    with the 1024^3 f32 matmul that sets the ceiling; best of ``repeats`` rounds."""
     sizes, B = [784, 1024, 1024, 1024, 10], 256
     layers = []
     for d in sizes[1:-1]:
@@ -146,17 +211,27 @@ def large_mlp(repeats):
     mm = [a * b for a, b in zip(sizes[:-1], sizes[1:])]
     # forward 2B sum(d_in d_out); backward dW 2B sum, dx 2B sum without the first layer's dx
     flops = 2 * B * (3 * sum(mm) - mm[0])
-    out = {"flop_per_step": flops}
-    for backward in ("manual", "autodiff"):
-        opt = optax.adam(1e-3)
-        step = bp.train.make_step(model, XENT, opt, backward=backward, checks=False)
-        s = opt.init(p)
-        step(p, s, x, y)
-        best = min(timed(lambda: step(p, s, x, y))[1] for _ in range(repeats))
-        out[backward] = {"ms_per_step": best * 1e3, "gflops": flops / best / 1e9}
-    out["matmul_gflops"] = g = matmul_gflops()
-    for backward in ("manual", "autodiff"):
-        out[backward]["fraction_of_matmul"] = out[backward]["gflops"] / g
+    opt = optax.adam(1e-3)
+    s = opt.init(p)
+    a = jax.random.normal(jax.random.key(3), (1024, 1024))
+    matmul = jax.jit(lambda a: a @ a)
+    fns = {"matmul": lambda: matmul(a)}
+    for b in ("manual", "autodiff"):
+        step = bp.train.make_step(model, XENT, opt, backward=b, checks=False)
+        grad = jax.jit(bp.train.grad_fn(model, XENT, b))
+        fns[b] = lambda step=step: step(p, s, x, y)
+        fns[b + "_grad"] = lambda grad=grad: grad(p, x, y)
+    for f in fns.values():
+        jax.block_until_ready(f())
+    best = interleaved(fns, repeats)
+    g = 2 * 1024 ** 3 / best["matmul"][0] / 1e9
+    out = {"flop_per_step": flops, "matmul_gflops": g, "matmul_ms": 1e3 * best["matmul"][0], "repeats": repeats}
+    for b in ("manual", "autodiff"):
+        wall, cpu, _ = best[b]
+        gw = best[b + "_grad"][0]
+        out[b] = {"ms_per_step": 1e3 * wall, "cpu_ms_per_step": 1e3 * cpu, "gflops": flops / wall / 1e9,
+                  "fraction_of_matmul": flops / wall / 1e9 / g, "grad_ms": 1e3 * gw,
+                  "grad_fraction_of_matmul": flops / gw / 1e9 / g}
     out["manual/autodiff"] = out["manual"]["ms_per_step"] / out["autodiff"]["ms_per_step"]
     return out
 
@@ -186,48 +261,78 @@ def memory(name):
 
 
 def vmap_scaling(n, steps):
-    x, y, xt, yt = mnist1d()
+    """``n`` seeds (shuffled batches) in one ``fit_many`` call vs ``n`` separate ``fit`` runs: the first call of
+    each (compiles) and a second, cached one (the run alone)."""
+    x, y, _, _ = mnist1d()
     model = zoo.mnist1d_mlp()
+    opt = optax.adam(1e-2)
     keys = jax.random.split(jax.random.key(0), n)
     kw = dict(steps=steps, batch_size=100, shuffle=True, verbose=False)
-    _, one_call, _ = timed(lambda: bp.train.fit_many(model, XENT, optax.adam(1e-2), None, (x, y), keys=keys,
-                                                     **kw).params)
+
+    def one_call():
+        return bp.train.fit_many(model, XENT, opt, None, (x, y), keys=keys, **kw).params
 
     def separate():
         out = []
         for k in keys:
             k_init, k_run = jax.random.split(k)
             p = model.init(k_init, (40,))[1]
-            out.append(bp.train.fit(model, XENT, optax.adam(1e-2), p, (x, y), key=k_run, **kw).params)
+            out.append(bp.train.fit(model, XENT, opt, p, (x, y), key=k_run, **kw).params)
         return out
 
-    _, sep, _ = timed(separate)
-    return {"n": n, "steps": steps, "one_call_s": one_call, "separate_s": sep, "speedup": sep / one_call}
+    out = {"n": n, "steps": steps}
+    for label, fn in (("one_call", one_call), ("separate", separate)):
+        _, out[label + "_first_s"], out[label + "_first_cpu_s"] = timed(fn)
+    for label, (wall, cpu, _) in interleaved({"one_call": one_call, "separate": separate}, 2).items():
+        out[label + "_s"], out[label + "_cpu_s"] = wall, cpu
+    out["speedup"] = out["separate_cpu_s"] / out["one_call_cpu_s"]
+    out["speedup_first"] = out["separate_first_cpu_s"] / out["one_call_first_cpu_s"]
+    return out
 
 
 # ---------------------------------------------------------------- report
 
 
+def _f(v, fmt=".2f"):
+    return "n/a" if v is None else format(v, fmt)
+
+
 def markdown(r) -> str:
     m = r["machine"]
     lines = [f"# bpjax benchmarks ({'quick' if r['quick'] else 'full'})", "",
-             f"Machine: {m['processor']}, {m['cpu_count']} CPUs, {m['platform']}, jax {m['jax']} "
-             f"({m['backend']}), load average {m['load_average']}.", "",
-             f"## MNIST-1D, {r['steps']} steps (Adam 1e-2, batch 100, in order); wall includes compilation", "",
-             "| model | manual s | jax.grad s | manual/jax.grad | manual steps/s | acc manual | acc jax.grad "
-             "| torch s | acc torch |", "|---|---|---|---|---|---|---|---|---|"]
+             f"Machine: {m['processor']}, {m['cpu_count']} CPU cores, {m['platform']}, Python {m['python']}, "
+             f"jax {m['jax']} ({m['backend']}), torch {m['torch'] or 'not installed'}. Load average (1, 5, 15 min) "
+             f"at the start {_fmt_load(m['load_average'])}, at the end {_fmt_load(r.get('load_average_end'))}.",
+             "", "Times are the best of the repeats; CPU time is this process's (all threads). "
+             "Ratios manual/jax.grad are of CPU times, measured side by side in this process.", "",
+             f"## MNIST-1D, {r['steps']} steps (Adam 1e-2, batch 100, in order)", "",
+             "Run: a cached `fit` call (compiled program reused); compile: first call minus run.", "",
+             "| model | manual run s (CPU) | jax.grad run s (CPU) | manual/jax.grad | manual compile s | "
+             "manual first call s | acc manual | acc jax.grad | torch eager s (CPU) | acc torch |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, row in r["mnist1d"].items():
         t = row["torch"] or {}
-        lines.append(f"| {name} | {row['manual']['wall_s']:.2f} | {row['autodiff']['wall_s']:.2f} | "
-                     f"{row['manual/autodiff']:.2f} | {row['manual']['steps_per_s']:.0f} | "
-                     f"{row['manual']['test_accuracy']:.3f} | {row['autodiff']['test_accuracy']:.3f} | "
-                     f"{t.get('wall_s', float('nan')):.2f} | {t.get('test_accuracy', float('nan')):.3f} |")
+        ma, au = row["manual"], row["autodiff"]
+        lines.append(f"| {name} | {ma['wall_s']:.2f} ({ma['cpu_s']:.2f}) | {au['wall_s']:.2f} ({au['cpu_s']:.2f}) | "
+                     f"{row['manual/autodiff']:.2f} | {ma['compile_wall_s']:.2f} | {ma['first_call_wall_s']:.2f} | "
+                     f"{ma['test_accuracy']:.3f} | {au['test_accuracy']:.3f} | "
+                     f"{_f(t.get('wall_s'))} ({_f(t.get('cpu_s'))}) | {_f(t.get('test_accuracy'), '.3f')} |")
+    lines += ["", "## The backward alone: one jitted value-and-grad call, batch 100 (median)", "",
+              "| model | manual ms (CPU) | jax.grad ms (CPU) | manual/jax.grad |", "|---|---|---|---|"]
+    for name, g in r["grad_only"].items():
+        lines.append(f"| {name} | {g['manual']['median_wall_ms']:.3f} ({g['manual']['median_cpu_ms']:.3f}) | "
+                     f"{g['autodiff']['median_wall_ms']:.3f} ({g['autodiff']['median_cpu_ms']:.3f}) | "
+                     f"{g['manual/autodiff']:.2f} |")
     L = r["large_mlp"]
     lines += ["", "## Large MLP step (784-1024-1024-1024-10, batch 256, Adam, f32)", "",
-              f"Matmul ceiling (1024^3 f32): {L['matmul_gflops']:.1f} GFLOP/s.", "",
-              "| backward | ms/step | GFLOP/s | fraction of matmul |", "|---|---|---|---|"]
+              f"Matmul ceiling (1024^3 f32): {L['matmul_gflops']:.1f} GFLOP/s ({L['matmul_ms']:.2f} ms); "
+              f"{L['flop_per_step'] / 1e9:.2f} GFLOP per step.", "",
+              "| backward | ms/step | GFLOP/s | fraction of matmul | value+grad alone ms | its fraction |",
+              "|---|---|---|---|---|---|"]
     for b in ("manual", "autodiff"):
-        lines.append(f"| {b} | {L[b]['ms_per_step']:.1f} | {L[b]['gflops']:.1f} | {L[b]['fraction_of_matmul']:.2f} |")
+        e = L[b]
+        lines.append(f"| {b} | {e['ms_per_step']:.2f} | {e['gflops']:.1f} | {e['fraction_of_matmul']:.2f} | "
+                     f"{e['grad_ms']:.2f} | {e['grad_fraction_of_matmul']:.2f} |")
     lines += ["", "## Memory kept for the backward pass (batch 100)", "",
               "| model | manual residuals | jax.grad residuals | manual temp | jax.grad temp |",
               "|---|---|---|---|---|"]
@@ -235,33 +340,44 @@ def markdown(r) -> str:
         lines.append(f"| {name} | {row['manual_residual_bytes']} | {row['autodiff_residual_bytes']} | "
                      f"{row['manual_temp_bytes']} | {row['autodiff_temp_bytes']} |")
     v = r["vmap"]
-    lines += ["", "## vmap scaling (MNIST-1D MLP)", "",
-              f"{v['n']} seeds x {v['steps']} steps: one fit_many call {v['one_call_s']:.2f} s, {v['n']} separate "
-              f"fit runs {v['separate_s']:.2f} s (speed-up {v['speedup']:.2f}x).", ""]
+    lines += ["", "## vmap scaling (MNIST-1D MLP, shuffled batches)", "",
+              f"{v['n']} seeds x {v['steps']} steps: one `fit_many` call {v['one_call_s']:.2f} s "
+              f"(CPU {v['one_call_cpu_s']:.2f}), {v['n']} separate `fit` runs {v['separate_s']:.2f} s "
+              f"(CPU {v['separate_cpu_s']:.2f}): speed-up {v['speedup']:.2f}x. First calls (with compilation): "
+              f"{v['one_call_first_s']:.2f} s vs {v['separate_first_s']:.2f} s (CPU speed-up "
+              f"{v['speedup_first']:.2f}x).", ""]
     return "\n".join(lines)
+
+
+def _fmt_load(load):
+    return "n/a" if load is None else "(" + ", ".join(f"{v:.2f}" for v in load) + ")"
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="a fast smoke run (few steps, one repeat)")
-    ap.add_argument("--out", default=os.path.join("results", "bench"), help="output prefix (.json and .md)")
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "bench"),
+                    help="output prefix (.json and .md); default benchmarks/results/bench")
     ap.add_argument("--models", default=None, help="comma-separated subset of mlp,cnn,gru")
+    ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch eager runs")
     args = ap.parse_args(argv)
     steps = 200 if args.quick else 6000
     repeats = 1 if args.quick else 2
     names = args.models.split(",") if args.models else (["mlp"] if args.quick else ["mlp", "cnn", "gru"])
-    r = {"machine": machine(), "quick": args.quick, "steps": steps, "mnist1d": {}, "memory": {}}
+    r = {"machine": machine(), "quick": args.quick, "steps": steps, "mnist1d": {}, "grad_only": {}, "memory": {}}
     for name in names:
         print(f"MNIST-1D {name} ...", flush=True)
         try:
-            r["mnist1d"][name] = mnist1d_run(name, steps, repeats)
+            r["mnist1d"][name] = mnist1d_run(name, steps, repeats, with_torch=not args.no_torch)
+            r["grad_only"][name] = grad_only(name, 50 if args.quick else 500)
             r["memory"][name] = memory(name)
         except (ImportError, AttributeError) as e:  # a layer not in this checkout
             print(f"  skipped {name}: {e}")
     print("large MLP step ...", flush=True)
-    r["large_mlp"] = large_mlp(3 if args.quick else 10)
+    r["large_mlp"] = large_mlp(3 if args.quick else 20)
     print("vmap scaling ...", flush=True)
     r["vmap"] = vmap_scaling(2 if args.quick else 8, 100 if args.quick else 2000)
+    r["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out + ".json", "w") as f:
         json.dump(r, f, indent=1, default=float)

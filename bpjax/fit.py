@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections import OrderedDict
 from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence, Tuple, Union
 
 import jax
@@ -115,20 +116,30 @@ def _resolve_metrics(metrics, y):
 # the compiled chunk: ``length`` steps of ``lax.scan``
 
 
+class _Fixed(NamedTuple):
+    """``hp -> optimizer`` for one fixed optax transformation; equal (and hashed) by that transformation."""
+
+    optimizer: optax.GradientTransformation
+
+    def __call__(self, hp):
+        return self.optimizer
+
+
 class _Plan(NamedTuple):
-    """Everything static about a run (hashable parts only matter to the chunk cache)."""
+    """Everything static about a run; it is the key of the compiled-chunk cache, so every field is hashable
+    (functions compare by identity: an optax transformation, a layer and a loss are tuples of functions)."""
 
     model: Layer
     loss: Any
     make_optimizer: Callable
-    vg: Callable
+    backward: str
     batch_size: int
     n_batches: int
     n_examples: int
     shuffle: bool
     steps: int
     eval_every: Optional[int]
-    metrics: Dict[str, Optional[Metric]]
+    metrics: Tuple[Tuple[str, Optional[Metric]], ...]
     nan_guard: bool
     sharding: Optional[NamedSharding]
     unroll: int
@@ -141,13 +152,14 @@ def _tree_all_finite(tree):
 
 def _make_chunk(plan: _Plan, length: int):
     """``chunk(carry, hp, keys, data, eval_data, start) -> (carry, (losses, eval_values))``."""
-    model, loss = plan.model, plan.loss
+    model, loss = plan.model, as_loss(plan.loss)
+    vg = grad_fn(model, loss, plan.backward)
     contextual = is_contextual(model)
     B = plan.batch_size
 
     def evaluate(params, state, ex, ey):
         pred, _, _ = apply(model, params, ex, state=state, key=None, train=False)
-        return tuple(loss.value(pred, ey) if fn is None else fn(pred, ey) for fn in plan.metrics.values())
+        return tuple(loss.value(pred, ey) if fn is None else fn(pred, ey) for _, fn in plan.metrics)
 
     def chunk(carry, hp, keys, data, eval_data, start):
         optimizer = plan.make_optimizer(hp)
@@ -171,9 +183,9 @@ def _make_chunk(plan: _Plan, length: int):
                 yb = lax.with_sharding_constraint(yb, plan.sharding)
             if contextual:
                 k = None if step_key is None else jax.random.fold_in(step_key, step)
-                (value, new_state), grads = plan.vg(params, xb, yb, state=state, key=k, train=True)
+                (value, new_state), grads = vg(params, xb, yb, state=state, key=k, train=True)
             else:
-                (value, grads), new_state = plan.vg(params, xb, yb), state
+                (value, grads), new_state = vg(params, xb, yb), state
             updates, new_opt = optimizer.update(grads, opt_state, params)
             new_params = optax.apply_updates(params, updates)
             if plan.nan_guard:
@@ -265,11 +277,45 @@ def _checkpoint_module():
     return checkpoint
 
 
+_CACHE: "OrderedDict[Any, Callable]" = OrderedDict()
+_CACHE_SIZE = 32
+
+
+def _compiled_chunk(plan: _Plan, length: int, batched: int):
+    """The jitted chunk of ``length`` steps (vmapped when ``batched``), kept between calls.
+
+    The cache key is ``("chunk", plan, length, batched != 0)``: the same model, loss, optimizer, backward,
+    batching, metrics and options reuse the jitted function, and ``jax.jit`` then reuses its
+    compiled program for the same argument shapes, dtypes and shardings. At most ``_CACHE_SIZE``
+    entries are kept (least recently used dropped). A plan with an unhashable part is never cached.
+    """
+    def build():
+        fn = _make_chunk(plan, length)
+        return jax.jit(jax.vmap(fn, in_axes=(0, 0, 0, None, None, None)) if batched else fn)
+
+    return _cached(("chunk", plan, length, bool(batched)), build)
+
+
+def _cached(key, build):
+    """``_CACHE[key]``, made by ``build()`` on a miss; an unhashable key builds anew every time."""
+    try:
+        fn = _CACHE.get(key)
+    except TypeError:  # an unhashable part (e.g. a metric object): compile for this call only
+        return build()
+    if fn is not None:
+        _CACHE.move_to_end(key)
+        return fn
+    fn = _CACHE[key] = build()
+    while len(_CACHE) > _CACHE_SIZE:
+        _CACHE.popitem(last=False)
+    return fn
+
+
 def _run(plan: _Plan, carry, hp, keys, data, eval_data, *, batched: int, verbose, chunk_size,
          checkpoint_path, checkpoint_every, callback, desc):
     """Run ``plan.steps`` steps in chunks; returns (carry, history)."""
     steps = plan.steps
-    names = list(plan.metrics)
+    names = [n for n, _ in plan.metrics]
     losses, evals = [], []
     start = 0
     if checkpoint_path is not None and os.path.exists(checkpoint_path):
@@ -277,15 +323,8 @@ def _run(plan: _Plan, carry, hp, keys, data, eval_data, *, batched: int, verbose
         losses.append(loss0)
         evals.append(evals0)
 
-    cache = {}
-
     def compiled(length):
-        if length not in cache:
-            fn = _make_chunk(plan, length)
-            if batched:
-                fn = jax.vmap(fn, in_axes=(0, 0, 0, None, None, None))
-            cache[length] = jax.jit(fn)
-        return cache[length]
+        return _compiled_chunk(plan, length, batched)
 
     bar = None
     if verbose:
@@ -385,7 +424,7 @@ def _prepare(model, loss, params, train_data, *, steps, batch_size, key, shuffle
              backward, state, metrics, nan_guard, unroll, make_optimizer, hp0, mesh, where):
     """Validate eagerly and build the static plan and the device-resident data."""
     _check_model(model)
-    loss = as_loss(loss)
+    loss_key, loss = loss, as_loss(loss)  # the plan keeps the caller's loss: as_loss wraps a function anew
     if backward not in BACKWARDS:
         raise _errors.BpjaxError(where, f"backward must be one of {BACKWARDS}, got {backward!r}")
     x, y = _check_data(where, train_data, "train_data")
@@ -428,9 +467,9 @@ def _prepare(model, loss, params, train_data, *, steps, batch_size, key, shuffle
         sharding = NamedSharding(mesh, PartitionSpec(mesh.axis_names[0]))
         x, y = replicate((x, y), mesh)
         eval_arrays = replicate(eval_arrays, mesh)
-    plan = _Plan(model, loss, make_optimizer, grad_fn(model, loss, backward), batch_size, N // batch_size, N,
-                 bool(shuffle), steps, eval_every if eval_data is not None else None, metrics, bool(nan_guard),
-                 sharding, unroll)
+    plan = _Plan(model, loss_key, make_optimizer, backward, batch_size, N // batch_size, N, bool(shuffle), steps,
+                 eval_every if eval_data is not None else None, tuple(metrics.items()), bool(nan_guard), sharding,
+                 unroll)
     return plan, (x, y), eval_arrays, state
 
 
@@ -442,6 +481,13 @@ def _split_key(key, needed):
         return (None, None)
     k1, k2 = jax.random.split(key)
     return (k1, k2)
+
+
+@jax.jit
+def _split_many(keys):
+    """``(keys_a, keys_b)``: ``jax.random.split(keys[i])`` for each ``i``, in one compiled call."""
+    a, b = jax.vmap(jax.random.split, out_axes=1)(keys)
+    return a, b
 
 
 def _no_bad(params):
@@ -503,7 +549,7 @@ def fit(model: Layer, loss, optimizer: optax.GradientTransformation, params, tra
     plan, data, eval_arrays, state = _prepare(
         model, loss, params, train_data, steps=steps, batch_size=batch_size, key=key, shuffle=shuffle,
         eval_data=eval_data, eval_every=eval_every, backward=backward, state=state, metrics=metrics,
-        nan_guard=nan_guard, unroll=unroll, make_optimizer=lambda _: optimizer, hp0=None, mesh=mesh, where=where)
+        nan_guard=nan_guard, unroll=unroll, make_optimizer=_Fixed(optimizer), hp0=None, mesh=mesh, where=where)
     chunk_size, checkpoint_every = _chunking(where, plan.steps, chunk_size, checkpoint_path, checkpoint_every,
                                              verbose)
     if opt_state is None:
@@ -536,7 +582,11 @@ def _chunking(where, steps, chunk_size, checkpoint_path, checkpoint_every, verbo
 def init_many(model: Layer, keys: jax.Array, input_shape) -> Any:
     """Stacked initial params of ``len(keys)`` models: leaf ``i`` along axis 0 is ``model.init(keys[i], ...)``."""
     _check_model(model)
-    return jax.vmap(lambda k: model.init(k, tuple(input_shape))[1])(keys)
+    # one compiled program (kept between calls): an eager vmap would compile every primitive of every init
+    # on its own, which takes seconds
+    input_shape = tuple(input_shape)
+    build = lambda: jax.jit(jax.vmap(lambda k: model.init(k, input_shape)[1]))  # noqa: E731
+    return _cached(("init_many", model, input_shape), build)(keys)
 
 
 def fit_many(model: Layer, loss, optimizer, params, train_data: Tuple[Any, Any], *, steps: int, batch_size: int,
@@ -568,7 +618,7 @@ def fit_many(model: Layer, loss, optimizer, params, train_data: Tuple[Any, Any],
       :class:`FitResult` whose params/opt_state/state leaves and history arrays have a leading axis ``N``.
     """
     where = "fit_many"
-    factory = optimizer if not isinstance(optimizer, optax.GradientTransformation) else (lambda _: optimizer)
+    factory = _Fixed(optimizer) if isinstance(optimizer, optax.GradientTransformation) else optimizer
     if not callable(factory):
         raise _errors.BpjaxTypeError(where, f"optimizer must be an optax GradientTransformation or a function "
                                             f"hp -> GradientTransformation, got {type(optimizer).__name__}")
@@ -590,7 +640,7 @@ def fit_many(model: Layer, loss, optimizer, params, train_data: Tuple[Any, Any],
         if keys is None:
             raise _errors.BpjaxError(where, "params=None needs keys to initialise the models")
         x0 = jnp.asarray(train_data[0])
-        init_keys, keys = jax.vmap(jax.random.split, out_axes=1)(keys)
+        init_keys, keys = _split_many(keys)
         params = init_many(model, init_keys, x0.shape[1:])
     first = lambda tree: jax.tree.map(lambda a: a[0], tree)  # noqa: E731
     plan, data, eval_arrays, state = _prepare(
@@ -600,14 +650,16 @@ def fit_many(model: Layer, loss, optimizer, params, train_data: Tuple[Any, Any],
         make_optimizer=factory, hp0=None if hparams is None else first(hparams), mesh=None, where=where)
     chunk_size, checkpoint_every = _chunking(where, plan.steps, chunk_size, checkpoint_path, checkpoint_every,
                                              verbose)
-    opt_state = jax.jit(jax.vmap(lambda p, h: factory(h).init(p)))(params, hparams)
+    opt_state = _cached(("opt_init", factory), lambda: jax.jit(jax.vmap(lambda p, h: factory(h).init(p))))(
+        params, hparams)
     states = jax.tree.map(lambda a: jnp.broadcast_to(a, (n, *jnp.shape(a))), state)
     needed = plan.shuffle or is_contextual(model)
     if keys is None or not needed:
         run_keys = (None, None)
     else:
-        run_keys = jax.vmap(lambda k: tuple(jax.random.split(k)))(keys)
-    carry = (params, opt_state, states, jax.vmap(lambda _: _no_bad(first(params)))(jnp.arange(n)))
+        run_keys = _split_many(keys)
+    bad = jax.tree.map(lambda a: jnp.broadcast_to(a, (n, *a.shape)), _no_bad(first(params)))
+    carry = (params, opt_state, states, bad)
     carry, history = _run(plan, carry, hparams, run_keys, data, eval_arrays, batched=n, verbose=verbose,
                           chunk_size=chunk_size, checkpoint_path=checkpoint_path, checkpoint_every=checkpoint_every,
                           callback=callback, desc=f"fit_many x{n}")

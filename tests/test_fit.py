@@ -240,6 +240,57 @@ def test_checkpoint_resume_is_bitwise_identical(tmp_path):
         np.testing.assert_array_equal(resumed.history[k], full.history[k])
 
 
+def Counting(inner: Layer, counter: list) -> Layer:
+    """``inner`` unchanged, but every trace of its forward appends to ``counter`` (a trace-time side effect).
+
+    ``fit`` traces the forward once per call to check shapes (``jax.eval_shape``, cheap, never compiled);
+    compiling the run traces it again (training step, evaluation). So a call that reuses its compiled
+    program adds exactly one trace, and one that compiles adds more.
+    """
+
+    def forward(params, x):
+        counter.append(1)
+        return inner.forward(params, x)
+
+    return inner._replace(forward=forward)
+
+
+def test_compiled_programs_are_reused_between_calls():
+    x, y = _problem()
+    traces = []
+    model = bp.serial(Counting(Dense(8), traces), Tanh(), Dense(3))
+    _, p0 = model.init(jax.random.key(13), (5,))
+    opt = optax.adam(1e-2)
+    kw = dict(steps=6, batch_size=16, eval_data=(x, y), verbose=False)
+    first = bp.train.fit(model, XENT, opt, p0, (x, y), **kw)
+    n = len(traces)
+    assert n == 3  # the shape check, the training step, the evaluation
+    again = bp.train.fit(model, XENT, opt, p0, (x, y), **kw)
+    assert len(traces) == n + 1  # the same model, loss, optimizer, options and shapes: only the shape check
+    _equal(again.params, first.params)
+    # new values of the same shapes go through the cached program and give what a fresh compile gives
+    x2, y2 = _problem(seed=3)
+    cached = bp.train.fit(model, XENT, opt, p0, (x2, y2), **kw)
+    assert len(traces) == n + 2
+    bp.fit._CACHE.clear()
+    fresh = bp.train.fit(model, XENT, opt, p0, (x2, y2), **kw)
+    assert len(traces) == n + 5
+    _equal(cached.params, fresh.params)
+    assert not np.allclose(cached.params[0]["W"], first.params[0]["W"])
+    # anything static that differs compiles its own program: another optimizer object, the number of steps
+    for over in (dict(optimizer=optax.adam(1e-2)), dict(steps=5)):
+        n = len(traces)
+        bp.train.fit(model, XENT, over.pop("optimizer", opt), p0, (x, y), **{**kw, **over})
+        assert len(traces) > n + 1, over
+    # fit_many: the init, the optimizer init and the vmapped chunk are reused as well
+    keys = jax.random.split(jax.random.key(14), 2)
+    a = bp.train.fit_many(model, XENT, opt, None, (x, y), keys=keys, **kw)
+    n = len(traces)
+    b = bp.train.fit_many(model, XENT, opt, None, (x, y), keys=keys, **kw)
+    assert len(traces) == n + 1
+    _equal(a.params, b.params)
+
+
 def _fit(**over):
     x, y = _problem()
     model = over.pop("model", _mlp())
