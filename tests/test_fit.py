@@ -330,3 +330,18 @@ def test_fit_many_bad_sizes():
     with pytest.raises(bp.BpjaxError, match="one leading model axis N"):
         bp.train.fit_many(model, XENT, lambda lr: optax.sgd(lr), None, (x, y), keys=jax.random.split(
             jax.random.key(0), 3), hparams=jnp.array([0.1, 0.2]), steps=2, batch_size=8, verbose=False)
+
+
+def test_make_step_donate_equals_plain_step():
+    x, y = _problem()
+    model, opt = _mlp(), optax.adam(1e-2)
+    _, p0 = model.init(jax.random.key(15), (5,))
+    plain = bp.train.make_step(model, XENT, opt, checks=False)
+    donating = bp.train.make_step(model, XENT, opt, checks=False, donate=True)
+    p, s = plain(p0, opt.init(p0), x[:16], y[:16])[:2]
+    p_in, s_in = jax.tree.map(jnp.copy, (p0, opt.init(p0)))
+    q, t, _ = donating(p_in, s_in, x[:16], y[:16])
+    _equal(q, p)  # the same compiled maths, written into the donated buffers
+    _equal(t, s)
+    assert p_in[0]["W"].is_deleted()  # the donated input is gone; p0 (never passed) is intact
+    assert not p0[0]["W"].is_deleted()
