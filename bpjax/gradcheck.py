@@ -256,6 +256,17 @@ def check_gradients(model: Layer, loss, params, x, y, *, state=None, key=None, t
     return _compare(manual, reference, tol, title, fd, fd_rtol if finite_differences else None)
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _layer_gradients(layer, train, params, x, state, key, dy):
+    """``layer.backward`` and ``jax.vjp`` of its forward at ``dy``, compiled once per layer and shapes."""
+    def f(p, x):
+        return apply(layer, p, x, state=state, key=key, train=train)[0]
+
+    _, residuals, _ = apply(layer, params, x, state=state, key=key, train=train)
+    _, vjp = jax.vjp(f, params, x)
+    return layer.backward(params, residuals, dy), vjp(dy)
+
+
 def check_layer(layer: Layer, params, x, *, state=None, key=None, train: bool = True, dy=None,
                 rtol: Optional[float] = None, finite_differences: bool = True, fd_eps: float = 1e-5,
                 fd_rtol: float = 1e-6, fd_directions: int = 3, seed: int = 0) -> GradientReport:
@@ -273,7 +284,7 @@ def check_layer(layer: Layer, params, x, *, state=None, key=None, train: bool = 
     def f(p, x):
         return apply(layer, p, x, state=st, key=key, train=train)[0]
 
-    y, residuals, _ = apply(layer, params, x, state=st, key=key, train=train)
+    y = jax.eval_shape(f, params, x)  # shape errors surface here, before anything compiles
     if dy is None:  # one random cotangent per output leaf (tuple outputs of fan_out/parallel too)
         leaves, treedef = jax.tree.flatten(y)
         keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
@@ -283,9 +294,7 @@ def check_layer(layer: Layer, params, x, *, state=None, key=None, train: bool = 
         shapes = lambda t: jax.tree.map(lambda a: tuple(jnp.shape(a)), t)  # noqa: E731
         raise _errors.BpjaxError(f"check_layer({layer.name})", f"dy must have the output's shape {shapes(y)}, "
                                                                f"got {shapes(dy)}")
-    dparams, dx = layer.backward(params, residuals, dy)
-    _, vjp = jax.vjp(f, params, x)
-    rp, rx = vjp(dy)
+    (dparams, dx), (rp, rx) = _layer_gradients(layer, train, params, x, st, key, dy)
     manual = _leaves(dparams, "params") + _leaves(dx, "input x")
     reference = _leaves(rp, "params") + _leaves(rx, "input x")
     if len(manual) != len(reference):

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import cast
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import bpjax as bp
@@ -46,6 +46,7 @@ def test_layer_f64_matches_vjp_and_finite_differences(name):
     assert report.max_rel_error <= 1e-10 and report.max_fd_rel_error <= 1e-6
 
 
+@settings(max_examples=6)
 @given(batch=st.integers(1, 9), d_in=st.integers(1, 20), d_out=st.integers(1, 20), rank=st.integers(2, 4),
        bias=st.booleans(), init=st.sampled_from(["glorot_uniform", "he_normal", "lecun_normal", "normal"]))
 def test_dense_any_shape_f64(batch, d_in, d_out, rank, bias, init):

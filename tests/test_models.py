@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 from conftest import cast
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import bpjax as bp
@@ -23,6 +23,7 @@ def _targets(loss_name, key, batch, width):
     return jax.random.normal(key, (batch, width), jnp.float64)
 
 
+@settings(max_examples=10)
 @given(depth=st.integers(1, 6), widths=st.lists(st.integers(1, 64), min_size=7, max_size=7),
        acts=st.lists(st.integers(0, len(ACTS) - 1), min_size=6, max_size=6), batch=st.integers(1, 17),
        loss_name=st.sampled_from(["mse", "softmax_cross_entropy", "binary_cross_entropy"]),
