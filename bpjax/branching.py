@@ -14,7 +14,7 @@ when any child is; they then split the key once per child and thread each child'
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import jax.numpy as jnp
 
@@ -23,7 +23,7 @@ from bpjax.combinators import _check_params, _split
 from bpjax.core import Layer, apply, is_contextual
 
 
-def _layer(name, init, run, backward, init_state: Optional = None) -> Layer:
+def _layer(name, init, run, backward, init_state: Optional[Callable] = None) -> Layer:
     """A Layer from ``run(params, x, state, key, train) -> (y, residuals, new_state)``.
 
     Simple (no ``init_state``): ``forward(params, x)`` calls ``run`` with no state and no key.

@@ -98,7 +98,7 @@ def _to_numpy(where: str, path: str, leaf):
     """``(array to store, leaf record)`` for one leaf."""
     if isinstance(leaf, (bool, int, float)) and not isinstance(leaf, np.generic):
         kind = type(leaf).__name__
-        arr = np.asarray(leaf, {"bool": np.bool_, "int": np.int64, "float": np.float64}[kind])
+        arr: np.ndarray = np.asarray(leaf, {"bool": np.bool_, "int": np.int64, "float": np.float64}[kind])
         return arr, {"path": path, "kind": kind, "dtype": str(arr.dtype), "shape": []}
     if _is_key(leaf):
         data = np.asarray(jax.random.key_data(leaf))

@@ -17,7 +17,7 @@ backward once and reports, as pytrees:
 
 from __future__ import annotations
 
-from typing import Sequence, Union
+from typing import Sequence, Union, cast
 
 import jax
 import jax.numpy as jnp
@@ -59,6 +59,7 @@ def diagnostics(model: Union[Layer, Sequence[Layer]], loss):
         layers = tuple(model)
         model = serial(*layers)
     _check_model(model)
+    model = cast(Layer, model)
     loss = as_loss(loss)
     contextual = is_contextual(model)
     vg = value_and_grad(model, loss)

@@ -289,7 +289,7 @@ def check_layer(layer: Layer, params, x, *, state=None, key=None, train: bool = 
         leaves, treedef = jax.tree.flatten(y)
         keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
         dy = jax.tree.unflatten(treedef, [jax.random.normal(k, a.shape, a.dtype) for k, a in zip(keys, leaves)])
-    elif jax.tree.structure(dy) != jax.tree.structure(y) or any(
+    elif str(jax.tree.structure(dy)) != str(jax.tree.structure(y)) or any(
             jnp.shape(a) != jnp.shape(b) for a, b in zip(jax.tree.leaves(dy), jax.tree.leaves(y))):
         shapes = lambda t: jax.tree.map(lambda a: tuple(jnp.shape(a)), t)  # noqa: E731
         raise _errors.BpjaxError(f"check_layer({layer.name})", f"dy must have the output's shape {shapes(y)}, "

@@ -75,11 +75,11 @@ def window_geometry(where: str, sizes, k_eff, stride, padding):
     if padding == "VALID":
         pads = ((0, 0),) * len(sizes)
     elif padding == "SAME":
-        pads = []
+        same = []
         for size, k, s in zip(sizes, k_eff, stride):
             total = max((-(-size // s) - 1) * s + k - size, 0)
-            pads.append((total // 2, total - total // 2))
-        pads = tuple(pads)
+            same.append((total // 2, total - total // 2))
+        pads = tuple(same)
     else:
         pads = padding
     out = []
