@@ -582,11 +582,13 @@ def _chunking(where, steps, chunk_size, checkpoint_path, checkpoint_every, verbo
 def init_many(model: Layer, keys: jax.Array, input_shape) -> Any:
     """Stacked initial params of ``len(keys)`` models: leaf ``i`` along axis 0 is ``model.init(keys[i], ...)``."""
     _check_model(model)
-    # one compiled program (kept between calls): an eager vmap would compile every primitive of every init
-    # on its own, which takes seconds
+    # One eager init per key, then a stack. Measured alternatives: an eager vmap compiles every batched
+    # primitive on its own, and a jitted vmap spends seconds compiling the batched threefry sampler
+    # (3.6 s CPU for the MNIST-1D MLP); eager inits reuse the per-primitive programs that any
+    # model.init call of the same shapes has compiled already.
     input_shape = tuple(input_shape)
-    build = lambda: jax.jit(jax.vmap(lambda k: model.init(k, input_shape)[1]))  # noqa: E731
-    return _cached(("init_many", model, input_shape), build)(keys)
+    inits = [model.init(k, input_shape)[1] for k in keys]
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *inits)
 
 
 def fit_many(model: Layer, loss, optimizer, params, train_data: Tuple[Any, Any], *, steps: int, batch_size: int,
