@@ -509,6 +509,12 @@ def fit(model: Layer, loss, optimizer: optax.GradientTransformation, params, tra
     ``loss(model(params, xb), yb)``; ``updates, opt_state = optimizer.update(grads, opt_state, params)``;
     ``params = optax.apply_updates(params, updates)``.
 
+    The compiled program is kept between calls (keyed on the model, loss, optimizer object, backward,
+    batching, metrics and options; ``jax.jit`` then on the argument shapes): a second call with the
+    same objects and shapes runs without compiling. Like ``jax.jit``, it assumes the model's
+    functions do not read Python state that changes between calls; pass the same optimizer object
+    (``optax.adam(1e-2)`` built once) to reuse the program.
+
     Args:
       model, loss: what to train (a contextual model needs ``state``; it gets a fresh key each step).
       optimizer: an optax ``GradientTransformation``.
