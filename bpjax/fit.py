@@ -344,7 +344,7 @@ def _run(plan: _Plan, carry, hp, keys, data, eval_data, *, batched: int, verbose
                 bar.set_postfix(post, refresh=False)
                 bar.update(hi - lo)
             save = checkpoint_path is not None and checkpoint_every and (hi % checkpoint_every == 0 or hi == steps)
-            history = _history(plan, losses, evals, names, hi, batched) if save or callback else None
+            history = _history(plan, losses, evals, names, hi, batched) if save or callback else {}
             if save:
                 _checkpoint_module().save(checkpoint_path, {
                     "params": carry[0], "opt_state": carry[1], "state": carry[2], "step": hi,
@@ -630,7 +630,7 @@ def fit_many(model: Layer, loss, optimizer, params, train_data: Tuple[Any, Any],
     if not callable(factory):
         raise _errors.BpjaxTypeError(where, f"optimizer must be an optax GradientTransformation or a function "
                                             f"hp -> GradientTransformation, got {type(optimizer).__name__}")
-    sizes = {}
+    sizes: Dict[str, Any] = {}
     if keys is not None:
         sizes["keys"] = len(keys)
     if hparams is not None:

@@ -71,24 +71,24 @@ def make_step(model: Layer, loss, optimizer: optax.GradientTransformation, *, ba
     if not jit:
         return step
     donated = (0, 1) if donate else ()
-    if not checks:
-        compiled = jax.jit(step, donate_argnums=donated)
-    else:
-        inner = jax.jit(_errors.checked(step), donate_argnums=donated)
+    inner = jax.jit(_errors.checked(step) if checks else step, donate_argnums=donated)
 
-        def compiled(*args, **kwargs):
-            err, out = inner(*args, **kwargs)
-            _errors.throw(err)
-            return out
+    def compiled(*args):
+        if not checks:
+            return inner(*args)
+        err, out = inner(*args)
+        _errors.throw(err)
+        return out
 
-    if contextual:
-        def run(params, opt_state, x, y, *, state, key=None):
-            return compiled(params, opt_state, x, y, state, key)
-    else:
-        def run(params, opt_state, x, y):
-            return compiled(params, opt_state, x, y)
-    run.__doc__ = step.__doc__
-    return run
+    def run_contextual(params, opt_state, x, y, *, state, key=None):
+        return compiled(params, opt_state, x, y, state, key)
+
+    def run(params, opt_state, x, y):
+        return compiled(params, opt_state, x, y)
+
+    chosen = run_contextual if contextual else run
+    chosen.__doc__ = step.__doc__
+    return chosen
 
 
 # Whole runs in one compiled program (imported last: bpjax.fit builds on grad_fn above).
