@@ -23,17 +23,23 @@ def elementwise(name: str, f, df, keep: str = "z") -> Layer:
       keep: which of ``z`` (the input) or ``a`` (the output) the forward saves for the backward.
     """
 
+    def backward(params, kept, da):
+        return (), da * df(kept)  # dz = da * f'(z)
+
+    return _parameter_free(name, f, backward, keep, min_rank=1)
+
+
+def _parameter_free(name, f, backward, keep, min_rank) -> Layer:
+    """A layer without params: ``a = f(z)``, saving ``z`` or ``a`` (``keep``) for ``backward``."""
+
     def init(key, input_shape):
         return tuple(input_shape), ()
 
     def forward(params, z):
         _errors.check_floating(name, z)
-        _errors.check_ndim(name, z, tuple(range(1, 8)))
+        _errors.check_ndim(name, z, tuple(range(min_rank, 8)))
         a = f(z)
         return a, (z if keep == "z" else a)
-
-    def backward(params, kept, da):
-        return (), da * df(kept)  # dz = da * f'(z)
 
     return Layer(init, forward, backward, name)
 
@@ -107,16 +113,7 @@ def Softplus() -> Layer:
 
 
 def _axis_layer(name, f, backward):
-    def init(key, input_shape):
-        return tuple(input_shape), ()
-
-    def forward(params, z):
-        _errors.check_floating(name, z)
-        _errors.check_ndim(name, z, tuple(range(2, 8)))
-        a = f(z)
-        return a, a
-
-    return Layer(init, forward, backward, name)
+    return _parameter_free(name, f, backward, "a", min_rank=2)
 
 
 def Softmax() -> Layer:
