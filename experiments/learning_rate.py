@@ -14,7 +14,8 @@ import numpy as np
 import optax
 
 import bpjax as bp
-from experiments import common, data, models
+from bpjax import zoo
+from experiments import common, data
 
 RATES = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0]
 QUICK_RATES = [1e-4, 1e-3, 1e-2, 1e-1, 1.0]
@@ -26,7 +27,7 @@ def run(cfg: common.Config) -> dict:
     rates = QUICK_RATES if cfg.quick else RATES
     steps = QUICK_STEPS if cfg.quick else STEPS
     d = data.mnist1d()
-    model = models.mnist1d_mlp()
+    model = zoo.mnist1d_mlp()
     optimizer = optax.inject_hyperparams(optax.adam)(learning_rate=0.0)  # the rate lives in the state
     # one initialisation, copied to every rate; only the optimiser state differs between runs
     params, state = common.init_runs(model, jax.random.split(jax.random.key(0), 1), d["x"].shape[1:])

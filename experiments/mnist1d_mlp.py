@@ -14,7 +14,8 @@ import numpy as np
 import optax
 
 import bpjax as bp
-from experiments import common, data, models
+from bpjax import zoo
+from experiments import common, data
 
 LEARNING_RATE = 1e-2
 BATCH = 100
@@ -29,7 +30,7 @@ def run(cfg: common.Config) -> dict:
     steps = QUICK["steps"] if cfg.quick else STEPS
     check_every = QUICK["check_every"] if cfg.quick else CHECK_EVERY
     d = data.mnist1d()
-    model = models.mnist1d_mlp()
+    model = zoo.mnist1d_mlp()
     optimizer = optax.adam(LEARNING_RATE)
     params, state = common.init_runs(model, jax.random.split(jax.random.key(0), cfg.seeds), d["x"].shape[1:])
     opt_state = jax.vmap(optimizer.init)(params)

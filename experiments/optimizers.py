@@ -15,7 +15,8 @@ import numpy as np
 import optax
 
 import bpjax as bp
-from experiments import common, data, models
+from bpjax import zoo
+from experiments import common, data
 
 OPTIMIZERS = {
     "SGD (0.1)": lambda: optax.sgd(0.1),
@@ -36,7 +37,7 @@ BATCH = 100
 def run(cfg: common.Config) -> dict:
     steps = QUICK_STEPS if cfg.quick else STEPS
     d = data.mnist1d()
-    model = models.mnist1d_mlp()
+    model = zoo.mnist1d_mlp()
     params, state = common.init_runs(model, jax.random.split(jax.random.key(0), cfg.seeds), d["x"].shape[1:])
     rows, curves, results = [], {}, {}
     for name in QUICK if cfg.quick else OPTIMIZERS:
