@@ -65,6 +65,20 @@ def check_tree_like(where: str, tree, like, what: str = "params") -> None:
                                     f"{np.shape(a)}, got {np.shape(b)}")
 
 
+def positive_int(where: str, what: str, value, upper=None) -> int:
+    """``value`` as an int when it is a positive int (at most ``upper``); else a :class:`BpjaxError`.
+
+    ``bool`` is refused (``True`` is an int to Python, never a width or a step count to bpjax).
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1 or \
+            (upper is not None and value > upper):
+        want = f"an int in [1, {upper}]" if upper is not None else "a positive int"
+        raise BpjaxTypeError(where, f"{what} must be {want}, got {value!r}") if not isinstance(
+            value, (int, np.integer)) or isinstance(value, bool) else BpjaxError(where, f"{what} must be {want}, "
+                                                                                       f"got {value!r}")
+    return int(value)
+
+
 def is_concrete(x) -> bool:
     """True when ``x`` holds known values (not a tracer inside jit/grad/vmap)."""
     return not isinstance(x, jax.core.Tracer)
