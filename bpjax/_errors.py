@@ -104,6 +104,19 @@ def check_value(where: str, ok, message: str, **fmt) -> jax.Array:
     return jnp.asarray(ok)
 
 
+def poison(x, ok):
+    """``x`` where the :func:`check_value` flag ``ok`` holds, NaN where it failed.
+
+    Written ``x * where(ok, 1, nan)`` rather than ``where(ok, x, nan)``: the gradient of a product is
+    ``g * where(ok, 1, nan)``, NaN too, so every gradient computed through a poisoned value (by
+    ``jax.grad`` or by hand from a poisoned ``dpred``) is NaN, never a finite step from invalid data.
+    A concrete passed check returns ``x`` untouched.
+    """
+    if is_concrete(ok) and bool(jnp.all(ok)):
+        return x
+    return x * jnp.where(ok, 1, jnp.nan).astype(jnp.result_type(x))
+
+
 _CHECKIFY_DEPTH = [0]
 
 

@@ -6,7 +6,7 @@ import math
 
 import jax
 import jax.numpy as jnp
-from jax.scipy.special import erf
+from jax.scipy.special import erfc
 
 from bpjax import _errors
 from bpjax.core import Layer
@@ -49,14 +49,33 @@ def Identity() -> Layer:
     return elementwise("Identity", lambda z: z, lambda z: jnp.ones_like(z))
 
 
+def _sigmoid_grad(z):
+    # a (1 - a) with 1 - a = sigmoid(-z): no cancellation where a rounds to 1 (z > 17 in float32)
+    return jax.nn.sigmoid(z) * jax.nn.sigmoid(-z)
+
+
 def Sigmoid() -> Layer:
-    """``a = 1 / (1 + exp(-z))``; backward ``dz = da * a * (1 - a)``."""
-    return elementwise("Sigmoid", jax.nn.sigmoid, lambda a: a * (1 - a), keep="a")
+    """``a = 1 / (1 + exp(-z))``; backward ``dz = da * a * (1 - a)``, as ``sigmoid(z) * sigmoid(-z)``.
+
+    The forward keeps ``z``: ``1 - a`` computed from a saved ``a`` is 0 once ``a`` rounds to 1
+    (``z > 17`` in float32, ``z > 37`` in float64), where the true ``a (1 - a)`` is ``exp(-z)``.
+    """
+    return elementwise("Sigmoid", jax.nn.sigmoid, _sigmoid_grad)
+
+
+def _tanh_grad(z):
+    # 1 - a^2 = sech(z)^2 = 4 u / (1 + u)^2 with u = exp(-2|z|) in (0, 1]: no cancellation where a rounds to +-1
+    u = jnp.exp(-2 * jnp.abs(z))
+    return 4 * u / ((1 + u) * (1 + u))
 
 
 def Tanh() -> Layer:
-    """``a = tanh(z)``; backward ``dz = da * (1 - a^2)``."""
-    return elementwise("Tanh", jnp.tanh, lambda a: 1 - a * a, keep="a")
+    """``a = tanh(z)``; backward ``dz = da * (1 - a^2)``, as ``4 u / (1 + u)^2`` with ``u = exp(-2|z|)``.
+
+    The forward keeps ``z``: ``1 - a^2`` from a saved ``a`` is 0 once ``|a|`` rounds to 1
+    (``|z| > 9`` in float32, ``|z| > 19`` in float64), where the true value is ``4 exp(-2|z|)``.
+    """
+    return elementwise("Tanh", jnp.tanh, _tanh_grad)
 
 
 def Relu() -> Layer:
@@ -88,23 +107,39 @@ def _phi(z):  # standard normal density
     return jnp.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
 
 
+def _Phi(z):  # standard normal CDF, 0.5 erfc(-z / sqrt 2): 0.5 (1 + erf(z / sqrt 2)) cancels to 0 for z < -6
+    return 0.5 * erfc(-z / math.sqrt(2))
+
+
+_GELU_C, _GELU_A = math.sqrt(2 / math.pi), 0.044715
+
+
+def _gelu_tanh_v(z):  # v = 2u = 2 sqrt(2/pi) (z + 0.044715 z^3); 0.5 (1 + tanh(u)) = sigmoid(v)
+    return 2 * _GELU_C * (z + _GELU_A * z ** 3)
+
+
+def _gelu_tanh(z):
+    # a = 0.5 z (1 + tanh(u)) = z sigmoid(2u): the left form cancels to 0 for z < -5 in float32
+    return z * jax.nn.sigmoid(_gelu_tanh_v(z))
+
+
 def _gelu_tanh_grad(z):
-    c = math.sqrt(2 / math.pi)
-    u = c * (z + 0.044715 * z ** 3)
-    t = jnp.tanh(u)
-    return 0.5 * (1 + t) + 0.5 * z * (1 - t * t) * c * (1 + 3 * 0.044715 * z * z)
+    # a = z s, s = sigmoid(v)  =>  da/dz = s + z s (1 - s) dv/dz, 1 - s = sigmoid(-v), dv/dz = 2c (1 + 3 0.044715 z^2)
+    v = _gelu_tanh_v(z)
+    s = jax.nn.sigmoid(v)
+    return s + z * s * jax.nn.sigmoid(-v) * (2 * _GELU_C) * (1 + 3 * _GELU_A * z * z)
 
 
 def Gelu(approximate: bool = False) -> Layer:
-    """``a = z * Phi(z)``; backward ``dz = da * (Phi(z) + z * phi(z))``.
+    """``a = z * Phi(z)``; backward ``dz = da * (Phi(z) + z * phi(z))``, ``Phi(z) = erfc(-z / sqrt 2) / 2``.
 
-    With ``approximate=True`` uses the tanh form ``0.5 z (1 + tanh(sqrt(2/pi) (z + 0.044715 z^3)))``
-    and its exact derivative.
+    With ``approximate=True`` uses the tanh form ``0.5 z (1 + tanh(sqrt(2/pi) (z + 0.044715 z^3)))``,
+    computed as ``z * sigmoid(2 sqrt(2/pi) (z + 0.044715 z^3))`` (the same function, without the
+    cancellation of ``1 + tanh`` for negative ``z``), and its exact derivative.
     """
     if approximate:
-        return elementwise("Gelu(tanh)", lambda z: jax.nn.gelu(z, approximate=True), _gelu_tanh_grad)
-    Phi = lambda z: 0.5 * (1 + erf(z / math.sqrt(2)))  # noqa: E731
-    return elementwise("Gelu", lambda z: z * Phi(z), lambda z: Phi(z) + z * _phi(z))
+        return elementwise("Gelu(tanh)", _gelu_tanh, _gelu_tanh_grad)
+    return elementwise("Gelu", lambda z: z * _Phi(z), lambda z: _Phi(z) + z * _phi(z))
 
 
 def Softplus() -> Layer:
@@ -112,21 +147,52 @@ def Softplus() -> Layer:
     return elementwise("Softplus", jax.nn.softplus, jax.nn.sigmoid)
 
 
+def log_softmax_parts(z):
+    """``logp = z - logsumexp(z)`` over the last axis, accurate in every entry, the largest included.
+
+    ``logp_m = -log1p(rest)`` at the first maximum ``m``, ``rest = sum_{j != m} exp(z_j - z_m)``: the
+    usual ``shifted - log(sum(exp(shifted)))`` rounds ``log(1 + rest)`` to 0 once ``rest < eps``
+    (``z_m - z_j > 17`` in float32), where the true ``logp_m`` is ``-rest``.
+
+    Args:
+      z: ``(..., C)`` logits.
+
+    Returns:
+      ``(logp, top, rest)``: ``logp: (..., C)``; ``top``: bool ``(..., C)``, True at the first maximum;
+      ``rest: (..., 1)``, so that ``1 - softmax(z)_m = rest / (1 + rest)`` without cancellation.
+    """
+    top = jax.nn.one_hot(jnp.argmax(z, axis=-1), z.shape[-1], dtype=jnp.bool_)
+    z_m = jnp.sum(jnp.where(top, z, 0), axis=-1, keepdims=True)  # differentiable gather of the maximum
+    shifted = z - z_m  # <= 0, exactly 0 at m
+    rest = jnp.sum(jnp.where(top, 0, jnp.exp(shifted)), axis=-1, keepdims=True)
+    return shifted - jnp.log1p(rest), top, rest
+
+
 def _axis_layer(name, f, backward):
     return _parameter_free(name, f, backward, "a", min_rank=2)
+
+
+def _softmax_backward(params, a, da):
+    # in the forward pass this was: a = softmax(z), so dz = a * (da - sum(da * a, -1)). The bracket is
+    # unchanged by da -> da - da_m (sum(a) = 1); taking da_m at the largest a removes the cancellation
+    # da_m - sum(da * a) where a_m rounds to 1
+    top = jax.nn.one_hot(jnp.argmax(a, axis=-1), a.shape[-1], dtype=jnp.bool_)
+    d = da - jnp.sum(jnp.where(top, da, 0), axis=-1, keepdims=True)
+    return (), a * (d - jnp.sum(d * a, axis=-1, keepdims=True))
 
 
 def Softmax() -> Layer:
     """``a = exp(z) / sum(exp(z))`` over the last axis.
 
     Backward, the Jacobian-vector product of ``diag(a) - a a^T``:
-    ``dz = a * (da - sum(da * a, -1))``.
+    ``dz = a * (da - sum(da * a, -1))``, with ``da`` shifted by its entry at the largest ``a`` first
+    (the same value in exact arithmetic, accurate where that ``a`` rounds to 1).
     """
-    return _axis_layer("Softmax", lambda z: jax.nn.softmax(z, axis=-1),
-                       lambda p, a, da: ((), a * (da - jnp.sum(da * a, axis=-1, keepdims=True))))
+    return _axis_layer("Softmax", lambda z: jax.nn.softmax(z, axis=-1), _softmax_backward)
 
 
 def LogSoftmax() -> Layer:
-    """``a = z - logsumexp(z)`` over the last axis; backward ``dz = da - exp(a) * sum(da, -1)``."""
-    return _axis_layer("LogSoftmax", lambda z: jax.nn.log_softmax(z, axis=-1),
+    """``a = z - logsumexp(z)`` over the last axis (:func:`log_softmax_parts`, accurate in the largest
+    entry too); backward ``dz = da - exp(a) * sum(da, -1)``."""
+    return _axis_layer("LogSoftmax", lambda z: log_softmax_parts(z)[0],
                        lambda p, a, da: ((), da - jnp.exp(a) * jnp.sum(da, axis=-1, keepdims=True)))
