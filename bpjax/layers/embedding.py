@@ -56,7 +56,7 @@ def Embedding(vocab: int, dim: int, *, init: Initializer = "normal", stddev: flo
             name, jnp.all((ids >= 0) & (ids < vocab)), "ids must lie in [0, {vocab}), got min {lo} and max {hi}",
             vocab=vocab, lo=jnp.min(ids), hi=jnp.max(ids))
         y = jnp.take(params["E"], ids, axis=0)  # y = E[ids]
-        return jnp.where(ok, y, jnp.nan), ids  # NaN when a traced range check failed
+        return _errors.poison(y, ok), ids  # NaN (and NaN gradients) when a traced range check failed
 
     def backward(params, ids, dy):
         # in the forward pass this was: y = E[ids], so now we scatter-add: dE[ids] += dy
