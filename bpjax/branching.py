@@ -14,40 +14,11 @@ when any child is; they then split the key once per child and thread each child'
 
 from __future__ import annotations
 
-from typing import Callable, Optional
-
 import jax.numpy as jnp
 
-from bpjax import _errors
-from bpjax.combinators import _check_params, _split
-from bpjax.core import Layer, apply, is_contextual
-
-
-def _layer(name, init, run, backward, init_state: Optional[Callable] = None) -> Layer:
-    """A Layer from ``run(params, x, state, key, train) -> (y, residuals, new_state)``.
-
-    Simple (no ``init_state``): ``forward(params, x)`` calls ``run`` with no state and no key.
-    """
-    if init_state is None:
-        def forward(params, x):
-            y, residuals, _ = run(params, x, (), None, True)
-            return y, residuals
-
-        return Layer(init, forward, backward, name)
-
-    def forward_ctx(params, x, *, state, key, train):
-        return run(params, x, state, key, train)
-
-    return Layer(init, forward_ctx, backward, name, init_state)
-
-
-def _check_layers(where, layers) -> None:
-    if not layers:
-        raise _errors.BpjaxError(where, "expected at least one layer, got none")
-    for i, layer in enumerate(layers):
-        if not isinstance(layer, Layer):
-            raise _errors.BpjaxTypeError(where, f"argument {i} is a {type(layer).__name__}, expected a "
-                                                f"bpjax Layer (did you forget to call it, e.g. Relu()?)")
+from bpjax import _errors, contract
+from bpjax.combinators import check_layers, check_params, container
+from bpjax.core import Layer, apply, init, is_contextual, split_key, vjp
 
 
 def _is_shape(s) -> bool:
@@ -83,7 +54,7 @@ def Residual(block: Layer, *, name: str | None = None) -> Layer:
 
     The block must keep the shape: ``input_shape -> input_shape``.
     """
-    _check_layers("Residual", (block,))
+    check_layers("Residual", (block,))
     name = name or f"Residual({block.name})"
 
     def check_shape(x_shape, y_shape):
@@ -91,15 +62,15 @@ def Residual(block: Layer, *, name: str | None = None) -> Layer:
             raise _errors.BpjaxError(name, f"the block must keep the shape for y = x + block(x): input shape "
                                            f"{tuple(x_shape)}, block output shape {tuple(y_shape)}")
 
-    def init(key, input_shape):
+    def init_fn(key, input_shape):
         with _errors.context("Residual"):
-            out, params = block.init(key, tuple(input_shape))
+            out, params = init(block, key, input_shape)
         check_shape(input_shape, out)
         return tuple(input_shape), params
 
     def init_state(key, input_shape):
         with _errors.context("Residual"):
-            out, state = block.init_state(key, tuple(input_shape))
+            out, state = init(block, key, input_shape, state=True)
         check_shape(input_shape, out)
         return tuple(input_shape), state
 
@@ -112,10 +83,10 @@ def Residual(block: Layer, *, name: str | None = None) -> Layer:
     def backward(params, residuals, dy):
         # in the forward pass this was: y = x + block(x)
         with _errors.context("Residual"):
-            dparams, dx_block = block.backward(params, residuals, dy)
+            dparams, dx_block = vjp(block, params, residuals, dy, dy)  # dx_block has the shape of x, hence of dy
         return dparams, dy + dx_block
 
-    return _layer(name, init, run, backward, init_state if is_contextual(block) else None)
+    return container(name, init_fn, run, backward, (block,), init_state if is_contextual(block) else None)
 
 
 def parallel(*layers: Layer, name: str | None = None) -> Layer:
@@ -124,51 +95,48 @@ def parallel(*layers: Layer, name: str | None = None) -> Layer:
     Params, state and residuals are tuples with one entry per layer; ``input_shape`` is a tuple of
     ``n`` shapes. Backward: ``dparams_i, dx_i = layer_i.backward(params_i, residuals_i, dy_i)``.
     """
-    layers = tuple(layers)
-    _check_layers("parallel", layers)
+    layers = check_layers("parallel", layers)
     n = len(layers)
     name = name or "parallel(" + ", ".join(layer.name for layer in layers) + ")"
 
     def init_with(key, input_shape, contextual):
         shapes = _check_shapes(name, input_shape, n)
         outs, values = [], []
-        for i, (layer, k, s) in enumerate(zip(layers, _split(key, n), shapes)):
+        for i, (layer, k, s) in enumerate(zip(layers, split_key(key, n), shapes)):
             with _errors.context(f"parallel[{i}]"):
-                if contextual and not is_contextual(layer):
-                    out, v = layer.init(k, s)[0], ()
-                else:
-                    out, v = (layer.init_state if contextual else layer.init)(k, s)
+                out, v = init(layer, k, s, state=contextual)
             outs.append(out)
             values.append(v)
         return tuple(outs), tuple(values)
 
     def run(params, xs, state, key, train):
         _check_tuple(name, xs, n)
-        _check_params(name, params, n)
+        check_params(name, params, n)
         state = ((),) * n if isinstance(state, tuple) and not state else state
-        _check_params(name + " (state)", state, n)
+        check_params(name, state, n, "state")
         ys, residuals, new_state = [], [], []
-        for i, (layer, p, x, s, k) in enumerate(zip(layers, params, xs, state, _split(key, n))):
+        for i, (layer, p, x, s, k) in enumerate(zip(layers, params, xs, state, split_key(key, n))):
             with _errors.context(f"parallel[{i}]"):
                 y, r, s = apply(layer, p, x, state=s, key=k, train=train)
             ys.append(y)
             residuals.append(r)
             new_state.append(s)
-        return tuple(ys), tuple(residuals), tuple(new_state)
+        return tuple(ys), (tuple(residuals), contract.like(tuple(xs))), tuple(new_state)
 
-    def backward(params, residuals, dys):
+    def backward(params, saved, dys):
         _check_tuple(name, dys, n, "cotangent dy")
+        residuals, likes = saved
         dparams, dxs = [], []
-        for i, (layer, p, r, dy) in enumerate(zip(layers, params, residuals, dys)):
+        for i, (layer, p, r, dy, lk) in enumerate(zip(layers, params, residuals, dys, likes)):
             with _errors.context(f"parallel[{i}]"):
-                dp, dx = layer.backward(p, r, dy)
+                dp, dx = vjp(layer, p, r, dy, contract.unlike(lk))
             dparams.append(dp)
             dxs.append(dx)
         return tuple(dparams), tuple(dxs)
 
     contextual = any(is_contextual(layer) for layer in layers)
-    return _layer(name, lambda key, shape: init_with(key, shape, False), run, backward,
-                  (lambda key, shape: init_with(key, shape, True)) if contextual else None)
+    return container(name, lambda key, shape: init_with(key, shape, False), run, backward, layers,
+                     (lambda key, shape: init_with(key, shape, True)) if contextual else None)
 
 
 def fan_out(n: int) -> Layer:

@@ -1,24 +1,99 @@
-"""Combinators: build models out of layers. ``serial`` runs forward in order and backward in reverse."""
+"""Combinators: build models out of layers. ``serial`` runs forward in order and backward in reverse.
+
+:func:`serial_forward` and :func:`serial_backward` are ``serial``'s two loops (and its one key
+split), written once: ``serial`` is built from them, and everything that walks a serial stack
+layer by layer (``bp.diagnostics``, ``bp.rules.DFA``, the gradient checker's per-layer sweep)
+calls them instead of a copy.
+"""
 
 from __future__ import annotations
 
-import jax
+from typing import Callable, Optional, Sequence
 
-from bpjax import _errors
-from bpjax.core import Layer, apply, is_contextual
-
-
-def _split(key, n):
-    """``n`` keys from ``key`` (or ``n`` Nones when no key is given)."""
-    return [None] * n if key is None else list(jax.random.split(key, n))
+from bpjax import _errors, contract
+from bpjax.core import Layer, apply, init, is_contextual, split_key, vjp
 
 
-def _check_params(where: str, params, n: int) -> None:
+def check_params(where: str, params, n: int, what: str = "params") -> None:
+    """``params`` (or a container's ``state``) must be a tuple with one entry per child."""
     if not isinstance(params, (tuple, list)) or len(params) != n:
         got = f"a {type(params).__name__} of length {len(params)}" if isinstance(params, (tuple, list)) \
             else f"a {type(params).__name__}"
-        raise _errors.BpjaxError(where, f"params do not match the model: expected a tuple of {n} "
-                                        f"per-layer params, got {got}")
+        raise _errors.BpjaxError(where, f"{what} do not match the model: expected a tuple of {n} "
+                                        f"per-layer {what}, got {got}")
+
+
+def check_layers(where: str, layers: Sequence) -> tuple:
+    """At least one child, each a :class:`Layer` (a forgotten call, ``Relu`` for ``Relu()``, is named)."""
+    layers = tuple(layers)
+    if not layers:
+        raise _errors.BpjaxError(where, "expected at least one layer, got none")
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, Layer):
+            raise _errors.BpjaxTypeError(where, f"argument {i} is a {type(layer).__name__}, expected a "
+                                                f"bpjax Layer (did you forget to call it, e.g. Relu()?)")
+    return layers
+
+
+def container(name: str, init_fn: Callable, run: Callable, backward: Callable, children: tuple,
+              init_state: Optional[Callable] = None) -> Layer:
+    """A container :class:`Layer` from ``run(params, x, state, key, train) -> (y, residuals, new_state)``.
+
+    The container is contextual exactly when ``init_state`` is given (some child is contextual);
+    otherwise its ``forward(params, x)`` runs ``run`` with no state and no key.
+    """
+    if init_state is None:
+        def forward(params, x):
+            y, residuals, _ = run(params, x, (), None, True)
+            return y, residuals
+
+        return Layer(init_fn, forward, backward, name, None, children)
+
+    def forward_ctx(params, x, *, state, key, train):
+        return run(params, x, state, key, train)
+
+    return Layer(init_fn, forward_ctx, backward, name, init_state, children)
+
+
+def serial_forward(layers: Sequence[Layer], params, x, state, key, train: bool, *, keep_outputs: bool = False):
+    """``a_l = layer_l(a_{l-1})`` for ``l = 0..n-1`` with ``a_{-1} = x``, the key split once per layer.
+
+    Returns ``(y, residuals, new_state)`` where ``residuals = (per-layer residuals, per-layer input
+    stand-ins)`` (:func:`bpjax.contract.like`: zero-size arrays that let the backward check each
+    ``dx``); with ``keep_outputs`` also the tuple of every layer's output ``a_l``.
+    """
+    n = len(layers)
+    state = ((),) * n if isinstance(state, tuple) and not state else state
+    residuals, likes, new_state, outputs = [], [], [], []
+    for i, (layer, p, s, k) in enumerate(zip(layers, params, state, split_key(key, n))):
+        with _errors.context(f"serial[{i}]"):
+            likes.append(contract.like(x))
+            x, r, s = apply(layer, p, x, state=s, key=k, train=train)
+        residuals.append(r)
+        new_state.append(s)
+        outputs.append(x)
+    out = (x, (tuple(residuals), tuple(likes)), tuple(new_state))
+    return (*out, tuple(outputs)) if keep_outputs else out
+
+
+def serial_backward(layers: Sequence[Layer], params, residuals, dy, *, after: Optional[Callable] = None):
+    """Backward of :func:`serial_forward`, in the reverse order of the forward pass.
+
+    ``dparams_l, da_{l-1} = layer_l.backward(params_l, residuals_l, da_l)`` from ``da_{n-1} = dy``.
+    ``after(l, da_{l-1}) -> da_{l-1}``, when given, sees (and may replace) the gradient each layer
+    hands down: the hook of direct feedback alignment and of per-layer diagnostics.
+
+    Returns ``(dparams, dx)``.
+    """
+    rs, likes = residuals
+    n = len(layers)
+    dparams = [None] * n
+    for i in reversed(range(n)):  # go in the reverse order of the forward pass
+        with _errors.context(f"serial[{i}]"):
+            dparams[i], dy = vjp(layers[i], params[i], rs[i], dy, contract.unlike(likes[i]))
+        if after is not None:
+            dy = after(i, dy)
+    return tuple(dparams), dy
 
 
 def serial(*layers: Layer, name: str | None = None) -> Layer:
@@ -26,70 +101,34 @@ def serial(*layers: Layer, name: str | None = None) -> Layer:
 
     Params (and state) are tuples with one entry per layer. Backward goes in the reverse order of
     the forward pass: ``dparams_l, da_{l-1} = layer_l.backward(params_l, residuals_l, da_l)``.
+    ``model.children`` is the tuple of layers.
 
     Args:
       *layers: the layers, first to last.
       name: shown in errors and reports; defaults to ``serial(Dense(100), Relu, ...)``.
     """
-    layers = tuple(layers)
-    if not layers:
-        raise _errors.BpjaxError("serial", "expected at least one layer, got none")
-    for i, layer in enumerate(layers):
-        if not isinstance(layer, Layer):
-            raise _errors.BpjaxTypeError("serial", f"argument {i} is a {type(layer).__name__}, expected a "
-                                                   f"bpjax Layer (did you forget to call it, e.g. Relu()?)")
+    layers = check_layers("serial", layers)
     n = len(layers)
     name = name or "serial(" + ", ".join(layer.name for layer in layers) + ")"
+    contextual = any(is_contextual(layer) for layer in layers)
 
-    def init(key, input_shape):
-        params, shape = [], tuple(input_shape)
-        for i, (layer, k) in enumerate(zip(layers, _split(key, n))):
+    def init_with(key, input_shape, with_state):
+        values, shape = [], tuple(input_shape)
+        for i, (layer, k) in enumerate(zip(layers, split_key(key, n))):
             with _errors.context(f"serial[{i}]"):
-                shape, p = layer.init(k, shape)
-            params.append(p)
-        return shape, tuple(params)
+                shape, v = init(layer, k, shape, state=with_state)
+            values.append(v)
+        return shape, tuple(values)
+
+    def run(params, x, state, key, train):
+        check_params(name, params, n)
+        if contextual:
+            check_params(name, state, n, "state")
+        return serial_forward(layers, params, x, state, key, train)
 
     def backward(params, residuals, dy):
-        _check_params(name, params, n)
-        dparams = [None] * n
-        for i in reversed(range(n)):  # go in the reverse order of the forward pass
-            with _errors.context(f"serial[{i}]"):
-                dparams[i], dy = layers[i].backward(params[i], residuals[i], dy)
-        return tuple(dparams), dy
+        check_params(name, params, n)
+        return serial_backward(layers, params, residuals, dy)
 
-    if not any(is_contextual(layer) for layer in layers):
-        def forward(params, x):
-            _check_params(name, params, n)
-            residuals = []
-            for i, (layer, p) in enumerate(zip(layers, params)):
-                with _errors.context(f"serial[{i}]"):
-                    x, r = layer.forward(p, x)
-                residuals.append(r)
-            return x, tuple(residuals)
-
-        return Layer(init, forward, backward, name)
-
-    def init_state(key, input_shape):
-        states, shape = [], tuple(input_shape)
-        for i, (layer, k) in enumerate(zip(layers, _split(key, n))):
-            with _errors.context(f"serial[{i}]"):
-                if is_contextual(layer):
-                    shape, s = layer.init_state(k, shape)
-                else:
-                    shape, _ = layer.init(k, shape)
-                    s = ()
-            states.append(s)
-        return shape, tuple(states)
-
-    def forward_ctx(params, x, *, state, key, train):
-        _check_params(name, params, n)
-        _check_params(name + " (state)", state, n)
-        residuals, new_state = [], []
-        for i, (layer, p, s, k) in enumerate(zip(layers, params, state, _split(key, n))):
-            with _errors.context(f"serial[{i}]"):
-                x, r, s = apply(layer, p, x, state=s, key=k, train=train)
-            residuals.append(r)
-            new_state.append(s)
-        return x, tuple(residuals), tuple(new_state)
-
-    return Layer(init, forward_ctx, backward, name, init_state)
+    return container(name, lambda key, shape: init_with(key, shape, False), run, backward, layers,
+                     (lambda key, shape: init_with(key, shape, True)) if contextual else None)

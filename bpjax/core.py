@@ -33,6 +33,8 @@ from typing import Any, Callable, NamedTuple, Optional, Tuple
 
 import jax
 
+from bpjax import _errors, contract
+
 Array = jax.Array
 Shape = Tuple[int, ...]
 Params = Any
@@ -57,6 +59,8 @@ class Layer(NamedTuple):
       name: shown in error messages and gradient-check reports, e.g. ``"Dense(100)"``.
       init_state: ``None`` for simple layers; ``(key, input_shape) -> (output_shape, state)`` for
         contextual ones.
+      children: the sub-layers of a container (``serial``, ``Residual``, ``parallel``, ...), in
+        order; ``()`` for a leaf layer. Walk a model with it, e.g. ``model.children[2]``.
     """
 
     init: InitFn
@@ -64,9 +68,27 @@ class Layer(NamedTuple):
     backward: BackwardFn
     name: str = "layer"
     init_state: Optional[InitStateFn] = None
+    children: Tuple["Layer", ...] = ()
 
     def __repr__(self) -> str:
         return self.name
+
+
+def check_model(model, where: str = "model") -> Layer:
+    """``model`` itself when it is a :class:`Layer`; a :class:`BpjaxTypeError` naming ``where`` otherwise."""
+    if not isinstance(model, Layer):
+        raise _errors.BpjaxTypeError(where, f"expected a bpjax Layer (e.g. bp.serial(...)), got "
+                                            f"{type(model).__name__}")
+    return model
+
+
+def split_key(key: Optional[PRNGKey], n: int) -> list:
+    """``n`` keys for ``n`` children, split once from ``key`` (``n`` Nones without a key).
+
+    The one key split of every container (``serial``, ``parallel``) and of everything that walks a
+    container's children the way it does (diagnostics, DFA).
+    """
+    return [None] * n if key is None else list(jax.random.split(key, n))
 
 
 def is_contextual(layer: Layer) -> bool:
@@ -78,16 +100,34 @@ def init_state(layer: Layer, key: PRNGKey, input_shape: Shape) -> State:
     """The initial non-trained state of ``layer`` (``()`` for a simple layer)."""
     if layer.init_state is None:
         return ()
-    return layer.init_state(key, tuple(input_shape))[1]
+    return contract.init_output(layer.name, layer.init_state(key, tuple(input_shape)))[1]
+
+
+def init(layer: Layer, key: PRNGKey, input_shape: Shape, *, state: bool = False) -> Tuple[Shape, Any]:
+    """``layer.init(key, input_shape) -> (output_shape, params)``, its contract checked.
+
+    With ``state=True``: ``(output_shape, state)`` from ``layer.init_state`` (``()`` for a simple layer).
+    """
+    if state and layer.init_state is None:
+        return contract.init_output(layer.name, layer.init(key, tuple(input_shape)))[0], ()
+    fn = layer.init_state if state else layer.init
+    return contract.init_output(layer.name, fn(key, tuple(input_shape)))
 
 
 def apply(layer: Layer, params: Params, x: Array, *, state: State = (), key: Optional[PRNGKey] = None,
           train: bool = True) -> Tuple[Array, Residuals, State]:
     """Run any layer's forward with a uniform signature: ``-> (y, residuals, new_state)``.
 
-    Simple layers ignore ``state``, ``key`` and ``train`` and return ``state`` unchanged.
+    Simple layers ignore ``state``, ``key`` and ``train`` and return ``state`` unchanged. The
+    layer's output is checked against the contract (:mod:`bpjax.contract`).
     """
     if is_contextual(layer):
-        return layer.forward(params, x, state=state, key=key, train=train)
-    y, residuals = layer.forward(params, x)
+        return contract.forward_output(layer.name, layer.forward(params, x, state=state, key=key, train=train), True)
+    y, residuals = contract.forward_output(layer.name, layer.forward(params, x), False)
     return y, residuals, state
+
+
+def vjp(layer: Layer, params: Params, residuals: Residuals, dy, like_x=None) -> Tuple[Params, Any]:
+    """``layer.backward(params, residuals, dy) -> (dparams, dx)``, checked: ``dparams`` mirrors ``params``
+    (structure, shapes, dtypes) and ``dx`` mirrors ``like_x`` (the input, or shape/dtype structs of it) when given."""
+    return contract.backward_output(layer.name, layer.backward(params, residuals, dy), params, like_x)

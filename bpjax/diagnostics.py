@@ -12,7 +12,7 @@ backward once and reports, as pytrees:
   arriving at that layer's output (Nielsen's "speed of learning" for the layer above is its ``|db|``).
 
 :func:`flatten` turns any of these into ``{"grad_norm/0/W": 0.12, ...}`` for logging;
-:func:`fit_callback` logs them from :func:`bpjax.fit.fit`'s ``callback``.
+:func:`fit_callback` logs them from :func:`bpjax.train.fit`'s ``callback``.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ import jax
 import jax.numpy as jnp
 
 from bpjax import _errors
-from bpjax.combinators import serial
-from bpjax.core import Layer, apply, is_contextual
-from bpjax.grad import _check_model, value_and_grad
+from bpjax.combinators import serial, serial_backward, serial_forward
+from bpjax.core import Layer, check_model, is_contextual
+from bpjax.grad import gradients
 from bpjax.losses import as_loss
 
 
@@ -58,11 +58,10 @@ def diagnostics(model: Union[Layer, Sequence[Layer]], loss):
     if isinstance(model, (list, tuple)) and not isinstance(model, Layer):  # a Layer is a NamedTuple too
         layers = tuple(model)
         model = serial(*layers)
-    _check_model(model)
-    model = cast(Layer, model)
+    model = cast(Layer, check_model(model))
     loss = as_loss(loss)
     contextual = is_contextual(model)
-    vg = value_and_grad(model, loss)
+    vg = gradients(model, loss)
 
     def fn(params, x, y, *, updates=None, state=None, key=None, train=True):
         if contextual and state is None:
@@ -73,26 +72,22 @@ def diagnostics(model: Union[Layer, Sequence[Layer]], loss):
             out["update_ratio"] = jax.tree.map(lambda u, p: u / jnp.maximum(p, jnp.finfo(p.dtype).tiny),
                                                _norms(updates), out["param_norm"])
         if layers is None:
-            if contextual:
-                (value, _), grads = vg(params, x, y, state=state, key=key, train=train)
-            else:
-                value, grads = vg(params, x, y)
+            value, _, grads = vg(params, x, y, state, key, train)
             return {"loss": value, "grad_norm": _norms(grads), **out}
-        # the serial forward, layer by layer, keeping each output (same key split as bp.serial)
-        n = len(layers)
-        keys = [None] * n if key is None else list(jax.random.split(key, n))
-        states = state if contextual else ((),) * n
-        acts, residuals, a = [], [], x
-        for layer, p, s, k in zip(layers, params, states, keys):
-            a, r, _ = apply(layer, p, a, state=s, key=k, train=train)
-            acts.append(a)
-            residuals.append(r)
+        # serial's own forward and backward, keeping each layer's output a_l and the signal dL/da_l
+        a, residuals, _, acts = serial_forward(layers, params, x, () if state is None else state, key, train,
+                                               keep_outputs=True)
         value, d = loss.value_and_grad(a, y)
-        grads, back = [None] * n, [None] * n
-        for i in reversed(range(n)):  # go in the reverse order of the forward pass
-            back[i] = jnp.linalg.norm(jnp.ravel(d))  # |dL/da_i| at layer i's output
-            grads[i], d = layers[i].backward(params[i], residuals[i], d)
-        return {"loss": value, "grad_norm": _norms(tuple(grads)), **out,
+        back = [None] * len(layers)
+        back[-1] = jnp.linalg.norm(jnp.ravel(d))  # |dL/da| at the model output
+
+        def record(i, d):  # d = dL/da_{i-1}, what layer i hands down to the output of layer i-1
+            if i > 0:
+                back[i - 1] = jnp.linalg.norm(jnp.ravel(d))
+            return d
+
+        grads, _ = serial_backward(layers, params, residuals, d, after=record)
+        return {"loss": value, "grad_norm": _norms(grads), **out,
                 "activations": tuple(activation_stats(a) for a in acts), "backprop_norm": tuple(back)}
 
     return fn
@@ -108,15 +103,14 @@ def flatten(tree, prefix: str = "") -> dict:
 
 
 def fit_callback(model, loss, x, y, log: list, *, state=None):
-    """A ``callback`` for :func:`bpjax.fit.fit` that appends ``{"step": s, **flatten(diagnostics)}`` to ``log``.
+    """A ``callback`` for :func:`bpjax.train.fit` that appends ``{"step": s, **flatten(diagnostics)}`` to ``log``.
 
     Diagnostics are taken on the fixed batch ``(x, y)`` at the params after each chunk of steps.
     """
     fn = jax.jit(diagnostics(model, loss))
-    contextual = is_contextual(model if isinstance(model, Layer) else serial(*model))
 
     def callback(steps_done, result):
-        kw = {"state": result.state if state is None else state} if contextual else {}
-        log.append({"step": int(steps_done), **flatten(fn(result.params, x, y, **kw))})
+        s = result.state if state is None else state  # () for a simple model
+        log.append({"step": int(steps_done), **flatten(fn(result.params, x, y, state=s))})
 
     return callback

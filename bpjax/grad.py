@@ -1,4 +1,17 @@
-"""Whole-model gradients: the hand-written backward, the ``jax.grad`` reference, and a custom VJP."""
+"""Whole-model gradients: one gradient path (:func:`gradients`), its public forms, and a custom VJP.
+
+:func:`gradients` is the only place where a model's gradient is made. Every caller (the public
+:func:`value_and_grad` and :func:`autodiff_value_and_grad`, ``make_step``, ``fit``, per-example
+gradients, second order, diagnostics, the backward rules, the gradient checker) calls it and gets
+the same triple for every model, simple or contextual::
+
+    fn(params, x, y, state=(), key=None, train=True) -> (value, new_state, grads)
+
+``backward="manual"`` runs ``model.forward``, the loss's own ``value_and_grad`` (``dpred``) and
+``model.backward`` (no ``jax.grad`` anywhere), with the layer contract checked
+(:mod:`bpjax.contract`); ``backward="autodiff"`` is ``jax.value_and_grad`` of the same forward and
+loss value, the reference.
+"""
 
 from __future__ import annotations
 
@@ -7,25 +20,74 @@ from typing import Optional
 import jax
 
 from bpjax import _errors
-from bpjax.core import Layer, apply, is_contextual
+from bpjax.core import Layer, apply, check_model, is_contextual, vjp
 from bpjax.losses import as_loss
 
-
-def _check_model(model) -> None:
-    if not isinstance(model, Layer):
-        raise _errors.BpjaxTypeError("model", f"expected a bpjax Layer (e.g. bp.serial(...)), "
-                                              f"got {type(model).__name__}")
+BACKWARDS = ("manual", "autodiff")
 
 
-def _context(model, state, key, train):
-    if is_contextual(model) and state is None:
-        raise _errors.BpjaxError(model.name, "this model keeps state or draws random numbers: pass "
-                                             "state=bp.init_state(model, key, input_shape) and key=...")
-    return () if state is None else state
+def _state(model: Layer, state, where: str):
+    if state is None:
+        if is_contextual(model):
+            raise _errors.BpjaxError(where, f"{model.name} keeps state or draws random numbers: pass "
+                                            f"state=bp.init_state(model, key, input_shape) (and key=...)")
+        return ()
+    return state
 
 
-def value_and_grad(model: Layer, loss, *, wrt_input: bool = False):
-    """The hand-written gradient of ``loss(model(params, x), y)``.
+def gradients(model: Layer, loss, *, backward: str = "manual", wrt_input: bool = False):
+    """The one gradient path: ``fn(params, x, y, state=None, key=None, train=True) -> (value, new_state, grads)``.
+
+    ``grads`` has the structure of ``params`` (``(dparams, dx)`` with ``wrt_input=True``);
+    ``new_state`` is ``()`` for a simple model. A contextual model needs ``state``.
+
+    Args:
+      model, loss: what to differentiate: ``value = loss(model(params, x), y)``.
+      backward: ``"manual"`` (the hand-written backward) or ``"autodiff"`` (``jax.grad``).
+      wrt_input: also return the gradient with respect to ``x``.
+    """
+    check_model(model)
+    loss = as_loss(loss)
+    if backward not in BACKWARDS:
+        raise _errors.BpjaxError("backward", f"expected one of {BACKWARDS}, got {backward!r}")
+
+    if backward == "manual":
+        def manual(params, x, y, state=None, key=None, train=True):
+            state = _state(model, state, model.name)
+            pred, residuals, new_state = apply(model, params, x, state=state, key=key, train=train)
+            value, dpred = loss.value_and_grad(pred, y)
+            dparams, dx = vjp(model, params, residuals, dpred, x)  # the layer contract, checked while tracing
+            return value, new_state, ((dparams, dx) if wrt_input else dparams)
+
+        return manual
+
+    def objective(params, x, y, state, key, train):
+        pred, _, new_state = apply(model, params, x, state=state, key=key, train=train)
+        return loss.value(pred, y), new_state
+
+    grad_fn = jax.value_and_grad(objective, argnums=(0, 1) if wrt_input else 0, has_aux=True, allow_int=True)
+
+    def autodiff(params, x, y, state=None, key=None, train=True):
+        (value, new_state), grads = grad_fn(params, x, y, _state(model, state, model.name), key, train)
+        return value, new_state, grads
+
+    return autodiff
+
+
+def _public(model: Layer, fn):
+    """``jax.value_and_grad``'s convention: ``(value, grads)``, or ``((value, new_state), grads)`` when the
+    model has state (``has_aux``)."""
+    contextual = is_contextual(model)
+
+    def public(params, x, y, *, state=None, key=None, train=True):
+        value, new_state, grads = fn(params, x, y, state, key, train)
+        return ((value, new_state), grads) if contextual else (value, grads)
+
+    return public
+
+
+def value_and_grad(model: Layer, loss, *, backward: str = "manual", wrt_input: bool = False):
+    """The hand-written gradient of ``loss(model(params, x), y)`` (``backward="autodiff"``: the ``jax.grad`` reference).
 
     Runs ``model.forward``, the loss's own ``value_and_grad`` (``dpred``) and ``model.backward``:
     no ``jax.grad`` anywhere.
@@ -36,39 +98,13 @@ def value_and_grad(model: Layer, loss, *, wrt_input: bool = False):
     ``has_aux`` convention of ``jax.value_and_grad``. With ``wrt_input=True``, ``grads`` is
     ``(dparams, dx)``.
     """
-    _check_model(model)
-    loss = as_loss(loss)
-
-    def fn(params, x, y, *, state=None, key=None, train=True):
-        state = _context(model, state, key, train)
-        pred, residuals, new_state = apply(model, params, x, state=state, key=key, train=train)
-        value, dpred = loss.value_and_grad(pred, y)
-        dparams, dx = model.backward(params, residuals, dpred)
-        grads = (dparams, dx) if wrt_input else dparams
-        return ((value, new_state), grads) if is_contextual(model) else (value, grads)
-
-    return fn
+    return _public(model, gradients(model, loss, backward=backward, wrt_input=wrt_input))
 
 
 def autodiff_value_and_grad(model: Layer, loss, *, wrt_input: bool = False):
     """The reference: ``jax.value_and_grad`` of the same forward and loss value (same signature as
     :func:`value_and_grad`). The forward is bpjax's, so only the backward differs."""
-    _check_model(model)
-    loss = as_loss(loss)
-
-    def objective(params, x, y, state, key, train):
-        pred, _, new_state = apply(model, params, x, state=state, key=key, train=train)
-        return loss.value(pred, y), new_state
-
-    grad_fn = jax.value_and_grad(objective, argnums=(0, 1) if wrt_input else 0, has_aux=True,
-                                 allow_int=True)
-
-    def fn(params, x, y, *, state=None, key=None, train=True):
-        state = _context(model, state, key, train)
-        (value, new_state), grads = grad_fn(params, x, y, state, key, train)
-        return ((value, new_state), grads) if is_contextual(model) else (value, grads)
-
-    return fn
+    return _public(model, gradients(model, loss, backward="autodiff", wrt_input=wrt_input))
 
 
 def as_custom_vjp(model: Layer, *, train: bool = True):
@@ -79,45 +115,33 @@ def as_custom_vjp(model: Layer, *, train: bool = True):
     (``state`` and ``key`` get no gradient; ``train`` is fixed here). Works under ``jit`` and
     ``vmap`` (reverse mode only: JAX does not run forward mode through a custom VJP).
     """
-    _check_model(model)
-
-    if not is_contextual(model):
-        @jax.custom_vjp
-        def f(params, x):
-            return model.forward(params, x)[0]
-
-        def f_fwd(params, x):
-            y, residuals = model.forward(params, x)
-            return y, (params, residuals)
-
-        def f_bwd(saved, dy):
-            params, residuals = saved
-            return model.backward(params, residuals, dy)
-
-        f.defvjp(f_fwd, f_bwd)
-        return f
+    check_model(model)
 
     @jax.custom_vjp
     def g(params, x, state, key=None):
-        y, _, new_state = model.forward(params, x, state=state, key=key, train=train)
-        return y, new_state
+        return apply(model, params, x, state=state, key=key, train=train)[::2]
 
     def g_fwd(params, x, state, key=None):
-        y, residuals, new_state = model.forward(params, x, state=state, key=key, train=train)
+        y, residuals, new_state = apply(model, params, x, state=state, key=key, train=train)
         return (y, new_state), (params, residuals)
 
     def g_bwd(saved, cotangents):
         params, residuals = saved
         dy, _ = cotangents  # the state output is not differentiated
-        dparams, dx = model.backward(params, residuals, dy)
+        dparams, dx = vjp(model, params, residuals, dy)
         return dparams, dx, None, None
 
     g.defvjp(g_fwd, g_bwd)
-    return g
+    if is_contextual(model):
+        return g
+
+    def f(params, x):
+        return g(params, x, ())[0]
+
+    return f
 
 
 def predict(model: Layer, params, x, *, state=None, key: Optional[jax.Array] = None, train: bool = False):
     """The model's output (eval mode by default): ``y = model(params, x)``."""
-    _check_model(model)
-    state = _context(model, state, key, train)
-    return apply(model, params, x, state=state, key=key, train=train)[0]
+    check_model(model)
+    return apply(model, params, x, state=_state(model, state, model.name), key=key, train=train)[0]

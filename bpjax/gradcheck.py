@@ -33,8 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from bpjax import _errors
-from bpjax.core import Layer, apply
-from bpjax.grad import _check_model, autodiff_value_and_grad, value_and_grad
+from bpjax.core import Layer, apply, check_model
+from bpjax.grad import autodiff_value_and_grad, value_and_grad
 from bpjax.losses import as_loss
 
 RTOL = {jnp.dtype("float64"): 1e-10, jnp.dtype("float32"): 1e-4, jnp.dtype("bfloat16"): 2e-2,
@@ -229,7 +229,7 @@ def check_gradients(model: Layer, loss, params, x, y, *, state=None, key=None, t
     Returns:
       A :class:`GradientReport`; ``print`` it for the table, test ``report.ok``.
     """
-    _check_model(model)
+    check_model(model)
     loss = as_loss(loss)
     for leaf in jax.tree.leaves(x):  # float inputs, or integer ids (embeddings: no input gradient)
         dtype = jnp.result_type(leaf)
@@ -277,7 +277,7 @@ def check_layer(layer: Layer, params, x, *, state=None, key=None, train: bool = 
     leaf; with ``finite_differences`` (default) also checks both against central differences of
     ``<dy, f(params, x)>`` in float64.
     """
-    _check_model(layer)
+    check_model(layer)
     _check_settings(f"check_layer({layer.name})", rtol, fd_eps, fd_rtol, fd_directions)
     st = () if state is None else state
 

@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 
 from bpjax import _errors
-from bpjax.core import Layer, is_contextual
-from bpjax.grad import _check_model, value_and_grad
+from bpjax.core import Layer, check_model
+from bpjax.grad import gradients
 
 
 def per_example_grads(model: Layer, loss):
@@ -32,8 +32,8 @@ def per_example_grads(model: Layer, loss):
     (batch-norm running statistics) are discarded. Their mean over ``i`` is the batch gradient of a
     mean loss (for models without batch statistics).
     """
-    _check_model(model)
-    vg = value_and_grad(model, loss)
+    check_model(model)
+    vg = gradients(model, loss)
 
     def fn(params, x, y, *, state=None, key=None, train=True):
         if jnp.ndim(x) < 1 or jnp.ndim(y) < 1 or jnp.shape(x)[0] != jnp.shape(y)[0]:
@@ -41,10 +41,7 @@ def per_example_grads(model: Layer, loss):
                                                           f"batch size, got x {jnp.shape(x)} and y {jnp.shape(y)}")
 
         def one(xi, yi):  # a batch of one: (1, ...)
-            if is_contextual(model):
-                (value, _), g = vg(params, xi[None], yi[None], state=state, key=key, train=train)
-            else:
-                value, g = vg(params, xi[None], yi[None])
+            value, _, g = vg(params, xi[None], yi[None], state, key, train)
             return value, g
 
         return jax.vmap(one)(x, y)

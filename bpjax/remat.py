@@ -18,7 +18,7 @@ import jax
 from jax import lax
 
 from bpjax import _errors
-from bpjax.core import Layer, apply, is_contextual
+from bpjax.core import Layer, apply, is_contextual, vjp
 
 
 def remat(block: Layer, *, name: str | None = None) -> Layer:
@@ -38,27 +38,27 @@ def remat(block: Layer, *, name: str | None = None) -> Layer:
 
     if not is_contextual(block):
         def forward(params, x):
-            y, _ = block.forward(params, x)
+            y, _, _ = apply(block, params, x)
             return y, x  # keep only the input
 
         def backward(params, x, dy):
             params, x, dy = lax.optimization_barrier((params, x, dy))
-            _, residuals = block.forward(params, x)  # in the forward pass this was: y, residuals = block(params, x)
-            return block.backward(params, residuals, dy)
+            _, residuals, _ = apply(block, params, x)  # in the forward pass this was: y, residuals = block(params, x)
+            return vjp(block, params, residuals, dy, x)
 
-        return Layer(block.init, forward, backward, name)
+        return Layer(block.init, forward, backward, name, None, (block,))
 
     def forward_ctx(params, x, *, state, key, train):
-        y, _, new_state = block.forward(params, x, state=state, key=key, train=train)
+        y, _, new_state = apply(block, params, x, state=state, key=key, train=train)
         return y, {("train" if train else "eval"): (x, state, key)}, new_state  # train is static: a dict key
 
     def backward_ctx(params, saved, dy):
         (mode, (x, state, key)), = saved.items()
         params, x, state, key, dy = lax.optimization_barrier((params, x, state, key, dy))
         _, residuals, _ = apply(block, params, x, state=state, key=key, train=mode == "train")
-        return block.backward(params, residuals, dy)
+        return vjp(block, params, residuals, dy, x)
 
-    return Layer(block.init, forward_ctx, backward_ctx, name, block.init_state)
+    return Layer(block.init, forward_ctx, backward_ctx, name, block.init_state, (block,))
 
 
 def residual_bytes(model: Layer, params, x, *, state=(), key=None, train: bool = True) -> int:

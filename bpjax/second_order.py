@@ -17,17 +17,15 @@ import jax.flatten_util
 import jax.numpy as jnp
 
 from bpjax import _errors
-from bpjax.core import Layer, is_contextual
-from bpjax.grad import _check_model, value_and_grad
+from bpjax.core import Layer, check_model
+from bpjax.grad import gradients
 
 
 def _grad_of_params(model, loss, x, y, state, key, train):
-    vg = value_and_grad(model, loss)
+    vg = gradients(model, loss)
 
     def g(params):
-        if is_contextual(model):
-            return vg(params, x, y, state=state, key=key, train=train)[1]
-        return vg(params, x, y)[1]
+        return vg(params, x, y, state, key, train)[2]
 
     return g
 
@@ -38,7 +36,7 @@ def hvp(model: Layer, loss):
     Returns ``fn(params, x, y, v, *, state=None, key=None, train=True) -> Hv`` where ``v`` and ``Hv``
     have the structure of ``params``. Costs about one forward plus two backward passes; jit-able.
     """
-    _check_model(model)
+    check_model(model)
 
     def fn(params, x, y, v, *, state=None, key=None, train=True):
         _errors.check_tree_like("hvp", v, params, "vector v")
@@ -54,7 +52,7 @@ def hessian(model: Layer, loss):
     Returns ``fn(params, x, y, *, state=None, key=None, train=True) -> (P, P)``, flattened in the order
     of ``jax.flatten_util.ravel_pytree(params)``; computed as ``jax.jacfwd`` of the manual gradient.
     """
-    _check_model(model)
+    check_model(model)
 
     def fn(params, x, y, *, state=None, key=None, train=True):
         flat, unravel = jax.flatten_util.ravel_pytree(params)

@@ -148,7 +148,7 @@ def test_small_cnn_with_the_rule_trains(rule):
     step = bp.train.make_step(model, bp.losses.softmax_cross_entropy, opt, checks=False)
     opt_state, losses = opt.init(params), []
     for _ in range(50):  # a contextual model (FA) also returns its state, unchanged here
-        params, opt_state, loss, *new_state = step(params, opt_state, x, y, **context)
+        params, opt_state, *new_state, loss = step(params, opt_state, x, y, **context)
         context.update(zip(["state"], new_state))
         losses.append(float(loss))
     assert losses[-1] < 0.6 * losses[0], (losses[0], losses[-1])

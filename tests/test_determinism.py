@@ -49,7 +49,7 @@ def _train(seed, steps, carry=None, start=0):
     for s in range(start, start + steps):
         i = (s * 16) % 64
         key = jax.random.fold_in(jax.random.key(seed + 100), s)
-        params, opt_state, loss, state = step(params, opt_state, x[i:i + 16], y[i:i + 16], state=state, key=key)
+        params, opt_state, state, loss = step(params, opt_state, x[i:i + 16], y[i:i + 16], state=state, key=key)
         losses.append(loss)
     return (params, opt_state, state), np.asarray(losses)
 

@@ -60,7 +60,7 @@ def test_dead_relu_and_update_ratio():
 
 
 def test_fit_callback_logs_diagnostics():
-    from bpjax.fit import fit
+    from bpjax.train import fit
     layers = _layers()
     model = bp.serial(*layers)
     _, params = model.init(jax.random.key(0), (4,))

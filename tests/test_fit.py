@@ -157,7 +157,7 @@ def test_contextual_model_threads_state_and_keys():
     p, o, st = p0, optax.adam(1e-2).init(p0), s0
     for i in range(steps):
         b = i % (len(x) // B)
-        p, o, v, st = step(p, o, x[b * B:(b + 1) * B], y[b * B:(b + 1) * B], state=st,
+        p, o, st, v = step(p, o, x[b * B:(b + 1) * B], y[b * B:(b + 1) * B], state=st,
                            key=jax.random.fold_in(step_key, i))
         np.testing.assert_allclose(res.history["loss"][i], v, rtol=RTOL, atol=ATOL)
     _close(res.params, p)
@@ -272,7 +272,7 @@ def test_compiled_programs_are_reused_between_calls():
     x2, y2 = _problem(seed=3)
     cached = bp.train.fit(model, XENT, opt, p0, (x2, y2), **kw)
     assert len(traces) == n + 2
-    bp.fit._CACHE.clear()
+    bp.train.clear_cache()
     fresh = bp.train.fit(model, XENT, opt, p0, (x2, y2), **kw)
     assert len(traces) == n + 5
     _equal(cached.params, fresh.params)

@@ -193,7 +193,7 @@ def test_value_and_grad_matches_autodiff_on_contextual_models():
     assert report.ok
     opt = optax.sgd(0.1)
     step = bp.train.make_step(model, bp.losses.softmax_cross_entropy, opt)
-    p, s, v, st = step(params, opt.init(params), x, y, state=state, key=jax.random.key(3))
+    p, s, st, v = step(params, opt.init(params), x, y, state=state, key=jax.random.key(3))
     assert int(st[1]) == 1
     f = bp.as_custom_vjp(model)
     g3 = jax.grad(lambda p: f(p, x, state, jax.random.key(7))[0].sum())(params)

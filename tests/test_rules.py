@@ -148,7 +148,7 @@ def test_rules_learn_a_toy_problem(rule):
     opt_state, losses = opt.init(params), []
     for _ in range(150):
         if bp.is_contextual(model):
-            params, opt_state, loss, state = step(params, opt_state, x, y, state=state)
+            params, opt_state, state, loss = step(params, opt_state, x, y, state=state)
         else:
             params, opt_state, loss = step(params, opt_state, x, y)
         losses.append(float(loss))

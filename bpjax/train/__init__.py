@@ -1,0 +1,24 @@
+"""Training: one step (:func:`make_step`), whole runs in one compiled program (:func:`fit`, :func:`fit_many`).
+
+The package reads top-down:
+
+- :mod:`~bpjax.train.step`: one step, ``params -= optimizer(grads)``, for any optax optimiser;
+- :mod:`~bpjax.train.loop`: ``length`` steps in one ``lax.scan`` (batches, keys, evaluation, NaN guard);
+- :mod:`~bpjax.train.driver`: chunks one after another, with progress, checkpoints and callbacks;
+- :mod:`~bpjax.train.resume`: checkpoint and resume; :mod:`~bpjax.train.history`: what a run returns;
+- :mod:`~bpjax.train.validate`: eager checks of the inputs; :mod:`~bpjax.train.sharding`: many devices;
+- :mod:`~bpjax.train.fit`: ``fit``, ``fit_many`` and ``init_many``, which tie the above together.
+
+One order everywhere: ``params, opt_state, state`` (state only for contextual models in
+``make_step``'s return; always in :class:`FitResult`).
+"""
+
+from bpjax.grad import BACKWARDS
+from bpjax.train.cache import clear_cache
+from bpjax.train.fit import fit, fit_many, init_many
+from bpjax.train.history import FitResult
+from bpjax.train.sharding import data_parallel_mesh, replicate, shard_batch
+from bpjax.train.step import make_step
+
+__all__ = ["BACKWARDS", "FitResult", "clear_cache", "data_parallel_mesh", "fit", "fit_many", "init_many",
+           "make_step", "replicate", "shard_batch"]

@@ -1,0 +1,99 @@
+"""The driver of a run: compiled chunks one after the other, with progress, checkpoints, callbacks and history.
+
+Between two chunks (never inside the compiled program) it updates the progress bar, checks the
+NaN guard, writes a checkpoint and calls the user's ``callback``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+
+from bpjax import _errors
+from bpjax.train import resume
+from bpjax.train.cache import compiled_chunk
+from bpjax.train.history import FitResult, history
+from bpjax.train.loop import Plan
+
+
+def chunk_bounds(start: int, steps: int, chunk_size: int, checkpoint_every) -> list:
+    """``[(lo, hi), ...]`` from ``start`` to ``steps``, cut every ``chunk_size`` and ``checkpoint_every`` steps."""
+    cuts = set(range(0, steps, chunk_size)) | {steps}
+    if checkpoint_every:
+        cuts |= set(range(0, steps, checkpoint_every))
+    cuts = sorted(c for c in cuts if c >= start)
+    if not cuts or cuts[0] != start:
+        cuts = [start, *cuts]
+    return list(zip(cuts[:-1], cuts[1:]))
+
+
+def default_chunk(steps: int, verbose: bool) -> int:
+    """One chunk when silent; about 20 (a divisor of ``steps`` when one is near, to compile once) with a bar."""
+    if not verbose:
+        return steps
+    target = max(1, math.ceil(steps / 20))
+    for d in range(target, min(steps, 2 * target) + 1):
+        if steps % d == 0:
+            return d
+    return target
+
+
+def chunking(where: str, steps: int, chunk_size, checkpoint_path, checkpoint_every, verbose):
+    """Validated ``(chunk_size, checkpoint_every)``; a checkpoint path alone saves after every chunk."""
+    if chunk_size is None:
+        chunk_size = default_chunk(steps, verbose)
+    chunk_size = _errors.positive_int(where, "chunk_size", chunk_size)
+    if checkpoint_every is not None:
+        checkpoint_every = _errors.positive_int(where, "checkpoint_every", checkpoint_every)
+        if checkpoint_path is None:
+            raise _errors.BpjaxError(where, "checkpoint_every is set but checkpoint_path is None")
+    elif checkpoint_path is not None:
+        checkpoint_every = chunk_size
+    return chunk_size, checkpoint_every
+
+
+def progress_bar(total: int, initial: int, desc: str):
+    """A tqdm bar (tqdm is a dependency of bpjax)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="step", leave=True)
+
+
+def run(plan: Plan, carry, hp, keys, data, eval_data, *, batched: int, verbose, chunk_size,
+        checkpoint_path, checkpoint_every, callback, desc):
+    """Run ``plan.steps`` steps in chunks from a fresh start or from the checkpoint; returns ``(carry, history)``."""
+    steps = plan.steps
+    names = [n for n, _ in plan.metrics]
+    losses, evals = [], []
+    start = 0
+    if checkpoint_path is not None and os.path.exists(checkpoint_path):
+        carry, start, loss0, evals0 = resume.resume(plan, carry, checkpoint_path, names, batched)
+        losses.append(loss0)
+        evals.append(evals0)
+
+    bar = progress_bar(steps, start, desc) if verbose else None
+    try:
+        for lo, hi in chunk_bounds(start, steps, chunk_size, checkpoint_every):
+            carry, (loss_c, ev_c) = compiled_chunk(plan, hi - lo, batched)(carry, hp, keys, data, eval_data, lo)
+            losses.append(np.asarray(loss_c))
+            evals.append(tuple(np.asarray(e) for e in ev_c))
+            if plan.nan_guard:
+                resume.raise_if_bad(carry, batched)
+            if bar is not None:
+                post = {"loss": f"{float(np.mean(losses[-1][..., -1])):.4g}"}
+                if evals[-1] and names and np.isfinite(evals[-1][-1][..., -1]).all():
+                    post["eval_" + names[-1]] = f"{float(np.mean(evals[-1][-1][..., -1])):.4g}"
+                bar.set_postfix(post, refresh=False)
+                bar.update(hi - lo)
+            save = checkpoint_path is not None and checkpoint_every and (hi % checkpoint_every == 0 or hi == steps)
+            so_far = history(plan, losses, evals, names, hi) if save or callback else {}
+            if save:
+                resume.save(checkpoint_path, plan, carry, so_far, hi)
+            if callback is not None:
+                callback(hi, FitResult(carry[0], carry[1], carry[2], so_far))
+    finally:
+        if bar is not None:
+            bar.close()
+    return carry, history(plan, losses, evals, names, steps)

@@ -1,0 +1,125 @@
+"""The compiled loop: ``length`` training steps in one ``lax.scan``, with evaluation and the NaN guard inside.
+
+A run is a ``lax.scan`` over steps. The data lives on the device; step ``s`` takes batch
+``b = s mod n_b`` (``n_b = N // batch_size``, a ragged tail is dropped) of epoch ``e = s // n_b``:
+rows ``b*B .. b*B+B-1`` in order, or of ``permutation(fold_in(shuffle_key, e), N)`` when shuffled.
+A contextual model gets the key ``fold_in(step_key, s)`` at step ``s``. Both are functions of the
+step alone, so a run split into chunks (for the progress bar, checkpoints, the NaN guard) or
+stopped and resumed from a checkpoint computes exactly the same steps.
+
+Evaluation runs inside the program (``lax.cond``) after every ``eval_every`` steps and after the
+last one. Each step is :func:`bpjax.train.step.update`, the same function ``make_step`` compiles.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+from jax.sharding import NamedSharding
+
+from bpjax.core import Layer, apply
+from bpjax.losses import as_loss
+from bpjax.train.step import update
+
+Metric = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+class Fixed(NamedTuple):
+    """``hp -> optimizer`` for one fixed optax transformation; equal (and hashed) by that transformation."""
+
+    optimizer: optax.GradientTransformation
+
+    def __call__(self, hp):
+        return self.optimizer
+
+
+class Plan(NamedTuple):
+    """Everything static about a run; it is the key of the compiled-chunk cache, so every field is hashable
+    (functions compare by identity: an optax transformation, a layer and a loss are tuples of functions)."""
+
+    model: Layer
+    loss: Any
+    make_optimizer: Callable
+    backward: str
+    batch_size: int
+    n_batches: int
+    n_examples: int
+    shuffle: bool
+    steps: int
+    eval_every: Optional[int]
+    metrics: Tuple[Tuple[str, Optional[Metric]], ...]
+    nan_guard: bool
+    sharding: Optional[NamedSharding]
+    unroll: int
+
+
+def tree_all_finite(tree):
+    leaves = jax.tree.leaves(tree)
+    return jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]) if leaves else jnp.ones((0,), bool)
+
+
+def make_chunk(plan: Plan, length: int):
+    """``chunk(carry, hp, keys, data, eval_data, start) -> (carry, (losses, eval_values))``."""
+    model, loss = plan.model, as_loss(plan.loss)
+    step_fn = update(model, loss, plan.backward)
+    B = plan.batch_size
+
+    def evaluate(params, state, ex, ey):
+        pred, _, _ = apply(model, params, ex, state=state, key=None, train=False)
+        return tuple(loss.value(pred, ey) if fn is None else fn(pred, ey) for _, fn in plan.metrics)
+
+    def chunk(carry, hp, keys, data, eval_data, start):
+        optimizer = plan.make_optimizer(hp)
+        shuffle_key, step_key = keys
+        x, y = data
+
+        def permutation(step):
+            return jax.random.permutation(jax.random.fold_in(shuffle_key, step // plan.n_batches), plan.n_examples)
+
+        def body(c, _):
+            params, opt_state, state, step, perm, bad = c
+            b = step % plan.n_batches
+            if plan.shuffle:
+                perm = lax.cond(b == 0, lambda: permutation(step), lambda: perm)
+                idx = lax.dynamic_slice_in_dim(perm, b * B, B)
+                xb, yb = jnp.take(x, idx, axis=0), jnp.take(y, idx, axis=0)
+            else:
+                xb, yb = lax.dynamic_slice_in_dim(x, b * B, B), lax.dynamic_slice_in_dim(y, b * B, B)
+            if plan.sharding is not None:
+                xb = lax.with_sharding_constraint(xb, plan.sharding)
+                yb = lax.with_sharding_constraint(yb, plan.sharding)
+            k = None if step_key is None else jax.random.fold_in(step_key, step)
+            new_params, new_opt, new_state, value, grads = step_fn(params, opt_state, optimizer, xb, yb, state, k)
+            if plan.nan_guard:
+                # freeze everything at the first non-finite loss or gradient; remember where it happened
+                finite = tree_all_finite(grads)
+                ok = jnp.isfinite(value) & jnp.all(finite) & (bad[0] < 0)
+                keep = lambda new, old: jax.tree.map(lambda a, b_: jnp.where(ok, a, b_), new, old)  # noqa: E731
+                new_params, new_opt, new_state = keep(new_params, params), keep(new_opt, opt_state), \
+                    keep(new_state, state)
+                first = (bad[0] < 0) & ~ok
+                bad = (jnp.where(first, step, bad[0]), jnp.where(first, finite, bad[1]))
+            done = step + 1
+            if plan.eval_every is not None:
+                is_eval = (done % plan.eval_every == 0) | (done == plan.steps)
+                nan = tuple(jnp.full((), jnp.nan, jnp.float32) for _ in plan.metrics)
+                ev = lax.cond(is_eval,
+                              lambda: tuple(v.astype(jnp.float32)
+                                            for v in evaluate(new_params, new_state, *eval_data)),
+                              lambda: nan)
+            else:
+                ev = ()
+            return (new_params, new_opt, new_state, done, perm, bad), (value.astype(jnp.float32), ev)
+
+        params, opt_state, state, bad = carry
+        perm = permutation(start) if plan.shuffle else jnp.zeros((0,), jnp.int32)
+        c0 = (params, opt_state, state, jnp.asarray(start, jnp.int32), perm, bad)
+        c, out = lax.scan(body, c0, None, length=length, unroll=plan.unroll)
+        params, opt_state, state, _, _, bad = c
+        return (params, opt_state, state, bad), out
+
+    return chunk

@@ -1,0 +1,105 @@
+"""One training step, written once: ``grads = dL/dparams``, then ``params -= optimizer(grads)``.
+
+:func:`update` is the step itself (pure, not compiled); :func:`make_step` compiles it for a user,
+and the compiled loop of ``fit`` runs the same function inside its ``lax.scan``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from bpjax import _errors
+from bpjax.core import Layer, check_model, is_contextual
+from bpjax.grad import BACKWARDS, gradients
+from bpjax.losses import as_loss
+
+__all__ = ["BACKWARDS", "check_optimizer", "make_step", "update"]
+
+
+def check_optimizer(where: str, optimizer) -> optax.GradientTransformation:
+    """``optimizer`` must be an optax ``GradientTransformation`` (``optax.adam(1e-3)``, not ``optax.adam``)."""
+    if not isinstance(optimizer, optax.GradientTransformation):
+        hint = " (did you forget to call it, e.g. optax.adam(1e-3)?)" if callable(optimizer) else ""
+        raise _errors.BpjaxTypeError(where, f"optimizer must be an optax GradientTransformation (e.g. "
+                                            f"optax.adam(1e-3)){hint}, got {type(optimizer).__name__}")
+    return optimizer
+
+
+def update(model: Layer, loss, backward: str = "manual"):
+    """The step: ``fn(params, opt_state, optimizer, x, y, state, key) -> (params, opt_state, state, value, grads)``.
+
+    ``value, new_state, grads`` from the one gradient path (:func:`bpjax.grad.gradients`), then
+    ``updates, opt_state = optimizer.update(grads, opt_state, params)`` and
+    ``params = optax.apply_updates(params, updates)``. ``state`` is ``()`` for a simple model.
+    """
+    vg = gradients(model, loss, backward=backward)
+
+    def step(params, opt_state, optimizer, x, y, state, key):
+        value, new_state, grads = vg(params, x, y, state, key, True)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, new_state, value, grads
+
+    return step
+
+
+def make_step(model: Layer, loss, optimizer: optax.GradientTransformation, *, backward: str = "manual",
+              checks: bool = True, jit: bool = True, donate: bool = False):
+    """A training step for any optax optimiser (SGD, momentum, Nesterov, RMSProp, Adam, AdamW, schedules, clipping).
+
+    ``step(params, opt_state, x, y) -> (params, opt_state, loss)`` for a simple model;
+    ``step(params, opt_state, x, y, *, state, key=None) -> (params, opt_state, state, loss)`` for a
+    contextual one (batch-norm statistics, dropout keys): the state comes third, as in
+    :class:`bpjax.train.FitResult`. One step computes the gradients with the chosen ``backward``
+    and applies ``updates, opt_state = optimizer.update(grads, opt_state, params)``,
+    ``params = optax.apply_updates(params, updates)`` (:func:`update`).
+
+    Args:
+      model, loss: what to train.
+      optimizer: an optax ``GradientTransformation``; ``opt_state = optimizer.init(params)``.
+      backward: ``"manual"`` (hand-written) or ``"autodiff"`` (``jax.grad``, the reference).
+      checks: verify values inside the compiled step (labels in range, finite inputs) with
+        ``checkify``, raising a clear error after the step; costs one small device-to-host read per
+        step. With ``checks=False`` a bad label turns the loss and the gradients into NaN instead.
+      jit: compile the step (default). ``jit=False`` returns the raw function with the same
+        signature, e.g. to put inside a ``lax.scan`` of your own.
+      donate: let the compiled step write the new ``params`` and ``opt_state`` into the buffers of the
+        ones passed in (``jax.jit(..., donate_argnums=(0, 1))``): no fresh allocation per step (about 5%
+        faster on the 784-1024-1024-1024-10 MLP), but the arrays passed in are deleted by the call, so
+        always continue from the returned ones.
+    """
+    check_model(model)
+    loss = as_loss(loss)
+    check_optimizer("make_step", optimizer)
+    if backward not in BACKWARDS:
+        raise _errors.BpjaxError("make_step", f"backward must be one of {BACKWARDS}, got {backward!r}")
+    inner_step = update(model, loss, backward)
+    contextual = is_contextual(model)
+
+    def step(params, opt_state, x, y, state, key):
+        if checks:
+            _errors.check_value(model.name, jnp.all(jnp.isfinite(x)), "input x contains NaN or Inf")
+        params, opt_state, new_state, value, _ = inner_step(params, opt_state, optimizer, x, y, state, key)
+        return params, opt_state, new_state, value
+
+    if jit:
+        inner = jax.jit(_errors.checked(step) if checks else step, donate_argnums=(0, 1) if donate else ())
+
+        def compiled(*args):
+            if not checks:
+                return inner(*args)
+            err, out = inner(*args)
+            _errors.throw(err)
+            return out
+    else:
+        compiled = step
+
+    def run_contextual(params, opt_state, x, y, *, state, key=None):
+        return compiled(params, opt_state, x, y, state, key)
+
+    def run(params, opt_state, x, y):
+        params, opt_state, _, value = compiled(params, opt_state, x, y, (), None)
+        return params, opt_state, value
+
+    return run_contextual if contextual else run
