@@ -68,14 +68,14 @@ def check_tree_like(where: str, tree, like, what: str = "params") -> None:
 def positive_int(where: str, what: str, value, upper=None) -> int:
     """``value`` as an int when it is a positive int (at most ``upper``); else a :class:`BpjaxError`.
 
-    ``bool`` is refused (``True`` is an int to Python, never a width or a step count to bpjax).
+    ``bool`` is refused (``True`` is an int to Python, never a width or a step count to bpjax); a
+    non-int is a :class:`BpjaxTypeError`.
     """
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1 or \
-            (upper is not None and value > upper):
-        want = f"an int in [1, {upper}]" if upper is not None else "a positive int"
-        raise BpjaxTypeError(where, f"{what} must be {want}, got {value!r}") if not isinstance(
-            value, (int, np.integer)) or isinstance(value, bool) else BpjaxError(where, f"{what} must be {want}, "
-                                                                                       f"got {value!r}")
+    want = f"in [1, {upper}]" if upper is not None else "a positive int"
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise BpjaxTypeError(where, f"{what} must be {want}, got {value!r} of type {type(value).__name__}")
+    if value < 1 or (upper is not None and value > upper):
+        raise BpjaxError(where, f"{what} must be {want}, got {value!r}")
     return int(value)
 
 

@@ -25,13 +25,26 @@ layer needs none, e.g. in eval mode); ``train`` is a Python bool. Its backward i
 whatever the backward needs (a dropout mask, batch statistics, a feedback matrix) travels in the
 residuals. Containers (``serial`` and friends) are contextual when any child is, and then split
 the key and thread the state for their children, so the training step handles every model alike.
+
+Arguments of ``init`` and ``init_state``
+----------------------------------------
+Every layer's ``init``/``init_state`` is checked when it is called (:class:`Layer` wraps them once,
+at construction): ``key`` must be a PRNG key (``jax.random.key(0)``, or a legacy
+``jax.random.PRNGKey(0)``), or ``None`` for a layer without parameters; an int seed is refused
+with a :class:`bpjax.BpjaxTypeError` that names the layer and shows the fix, since silently turning
+``0`` into ``jax.random.key(0)`` would give every layer seeded alike the same weights. An int
+``input_shape`` is taken as a one-axis shape: ``init(key, 8)`` is ``init(key, (8,))``.
 """
 
 from __future__ import annotations
 
+import functools
+import weakref
 from typing import Any, Callable, NamedTuple, Optional, Tuple
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 from bpjax import _errors, contract
 
@@ -74,6 +87,101 @@ class Layer(NamedTuple):
         return self.name
 
 
+def check_key(where: str, key, *, what: str = "key", allow_none: bool = True):
+    """``key`` when it is one PRNG key (a typed ``jax.random.key`` or a legacy ``uint32[2]``), or ``None``.
+
+    Works on tracers (only the dtype and shape are read). Anything else is a :class:`BpjaxTypeError`
+    naming ``where`` and ``what``: an int seed (``0``, ``np.int64(42)``) gets the fix in the message,
+    an array of several keys is told to pick one.
+    """
+    if key is None and allow_none:
+        return None
+    fix = "pass jax.random.key(seed)"
+    if isinstance(key, (bool, int, np.integer)):
+        raise _errors.BpjaxTypeError(where, f"{what} must be a PRNG key, e.g. jax.random.key({int(key)}), got the "
+                                            f"int {key!r}: {fix}")
+    dtype, shape = getattr(key, "dtype", None), tuple(getattr(key, "shape", ()))
+    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        if shape == ():
+            return key
+        got = f"an array of keys of shape {shape}"
+    elif dtype is not None and jnp.dtype(dtype) == jnp.uint32 and shape == (2,):
+        return key  # a legacy raw key, jax.random.PRNGKey(seed)
+    elif key is None:
+        got = "None"
+    else:
+        got = type(key).__name__ + (f" of dtype {dtype} and shape {shape}" if dtype is not None else f" {key!r:.60}")
+    raise _errors.BpjaxTypeError(where, f"{what} must be one PRNG key (jax.random.key(seed); split keys: "
+                                        f"keys[i]), got {got}")
+
+
+def as_shape(where: str, input_shape) -> Shape:
+    """``input_shape`` as a tuple: an int ``n`` is ``(n,)``; a tuple/list of positive ints, or of such
+    shapes (multi-input layers), passes; anything else is a :class:`BpjaxTypeError` naming ``where``."""
+    if isinstance(input_shape, (int, np.integer)) and not isinstance(input_shape, bool):
+        input_shape = (input_shape,)
+
+    def ok(s) -> bool:
+        if isinstance(s, (tuple, list)):
+            return all(ok(d) for d in s) if any(isinstance(d, (tuple, list)) for d in s) else all(
+                isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 1 for d in s)
+        return False
+
+    if not ok(input_shape):
+        raise _errors.BpjaxTypeError(where, f"input_shape must be a tuple of ints >= 1 (one example, no batch "
+                                            f"axis), e.g. (40,) or (28, 28, 1), got {input_shape!r:.80}")
+    return tuple(tuple(d) if isinstance(d, list) else d for d in input_shape)
+
+
+_CHECKED: "weakref.WeakValueDictionary[Any, Callable]" = weakref.WeakValueDictionary()
+
+
+def _checked_init(fn, name: str, what: str):
+    """``fn(key, input_shape)`` with ``key`` and ``input_shape`` checked (:func:`check_key`, :func:`as_shape`).
+
+    One wrapper per (function, layer name): building a layer twice from the same functions gives equal
+    layers, as before, and a wrapper is never wrapped again (a renamed layer re-wraps the raw function).
+    """
+    if fn is None or not callable(fn):
+        return fn
+    raw = getattr(fn, "__bpjax_raw__", fn)
+    cache_key = (id(raw), name, what)
+    wrapped = _CHECKED.get(cache_key)
+    if wrapped is not None and getattr(wrapped, "__bpjax_raw__", None) is raw:
+        return wrapped
+    where = f"{name}.{what}"
+
+    @functools.wraps(raw)
+    def init(key, input_shape, *args, **kwargs):
+        key = check_key(where, key)
+        input_shape = as_shape(where, input_shape)
+        try:
+            return raw(key, input_shape, *args, **kwargs)
+        except TypeError as e:
+            if key is None and "PRNG key" in str(e):  # a layer with parameters, called without a key
+                raise _errors.BpjaxTypeError(where, "key must be a PRNG key (jax.random.key(seed)) for a layer "
+                                                    "with parameters, got None") from None
+            raise
+
+    init.__bpjax_raw__ = raw  # type: ignore[attr-defined]
+    _CHECKED[cache_key] = init
+    return init
+
+
+_layer_new = Layer.__new__
+
+
+def _new(cls, init, forward, backward, name="layer", init_state=None, children=()):
+    return _layer_new(cls, _checked_init(init, name, "init"), forward, backward, name,
+                      _checked_init(init_state, name, "init_state"), children)
+
+
+_new.__doc__ = _layer_new.__doc__
+Layer.__new__ = _new  # type: ignore[method-assign]
+# ``_replace`` builds through ``_make``: the new fields are checked as in ``Layer(...)``
+Layer._make = classmethod(lambda cls, iterable: cls(*iterable))  # type: ignore[method-assign,assignment]
+
+
 def check_model(model, where: str = "model") -> Layer:
     """``model`` itself when it is a :class:`Layer`; a :class:`BpjaxTypeError` naming ``where`` otherwise."""
     if not isinstance(model, Layer):
@@ -100,7 +208,7 @@ def init_state(layer: Layer, key: PRNGKey, input_shape: Shape) -> State:
     """The initial non-trained state of ``layer`` (``()`` for a simple layer)."""
     if layer.init_state is None:
         return ()
-    return contract.init_output(layer.name, layer.init_state(key, tuple(input_shape)))[1]
+    return contract.init_output(layer.name, layer.init_state(key, input_shape))[1]
 
 
 def init(layer: Layer, key: PRNGKey, input_shape: Shape, *, state: bool = False) -> Tuple[Shape, Any]:
@@ -109,9 +217,9 @@ def init(layer: Layer, key: PRNGKey, input_shape: Shape, *, state: bool = False)
     With ``state=True``: ``(output_shape, state)`` from ``layer.init_state`` (``()`` for a simple layer).
     """
     if state and layer.init_state is None:
-        return contract.init_output(layer.name, layer.init(key, tuple(input_shape)))[0], ()
+        return contract.init_output(layer.name, layer.init(key, input_shape))[0], ()
     fn = layer.init_state if state else layer.init
-    return contract.init_output(layer.name, fn(key, tuple(input_shape)))
+    return contract.init_output(layer.name, fn(key, input_shape))
 
 
 def apply(layer: Layer, params: Params, x: Array, *, state: State = (), key: Optional[PRNGKey] = None,
@@ -119,12 +227,31 @@ def apply(layer: Layer, params: Params, x: Array, *, state: State = (), key: Opt
     """Run any layer's forward with a uniform signature: ``-> (y, residuals, new_state)``.
 
     Simple layers ignore ``state``, ``key`` and ``train`` and return ``state`` unchanged. The
-    layer's output is checked against the contract (:mod:`bpjax.contract`).
+    layer's output is checked against the contract (:mod:`bpjax.contract`); a contextual layer's
+    ``key`` must be a PRNG key or ``None`` (:func:`check_key`).
     """
     if is_contextual(layer):
+        check_key(layer.name, key)
         return contract.forward_output(layer.name, layer.forward(params, x, state=state, key=key, train=train), True)
     y, residuals = contract.forward_output(layer.name, layer.forward(params, x), False)
     return y, residuals, state
+
+
+def tag_mode(train: bool, residuals: Residuals) -> dict:
+    """Residuals that remember the mode they were made in: ``{"train": residuals}`` or ``{"eval": residuals}``.
+
+    The one convention for a backward that differs between modes (BatchNorm's statistics, Dropout's
+    mask, a rematerialised block's recompute): the backward keeps its signature and reads the mode
+    from the residuals with :func:`read_mode`. The mode is a dict key, so it stays static under
+    ``jit``, ``vmap`` and ``scan``.
+    """
+    return {("train" if train else "eval"): residuals}
+
+
+def read_mode(saved: dict) -> Tuple[bool, Residuals]:
+    """``(train, residuals)`` from residuals made by :func:`tag_mode`."""
+    (mode, residuals), = saved.items()
+    return mode == "train", residuals
 
 
 def vjp(layer: Layer, params: Params, residuals: Residuals, dy, like_x=None) -> Tuple[Params, Any]:

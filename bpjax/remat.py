@@ -18,7 +18,7 @@ import jax
 from jax import lax
 
 from bpjax import _errors
-from bpjax.core import Layer, apply, is_contextual, vjp
+from bpjax.core import Layer, apply, is_contextual, read_mode, tag_mode, vjp
 
 
 def remat(block: Layer, *, name: str | None = None) -> Layer:
@@ -50,12 +50,12 @@ def remat(block: Layer, *, name: str | None = None) -> Layer:
 
     def forward_ctx(params, x, *, state, key, train):
         y, _, new_state = apply(block, params, x, state=state, key=key, train=train)
-        return y, {("train" if train else "eval"): (x, state, key)}, new_state  # train is static: a dict key
+        return y, tag_mode(train, (x, state, key)), new_state
 
     def backward_ctx(params, saved, dy):
-        (mode, (x, state, key)), = saved.items()
+        train, (x, state, key) = read_mode(saved)
         params, x, state, key, dy = lax.optimization_barrier((params, x, state, key, dy))
-        _, residuals, _ = apply(block, params, x, state=state, key=key, train=mode == "train")
+        _, residuals, _ = apply(block, params, x, state=state, key=key, train=train)
         return vjp(block, params, residuals, dy, x)
 
     return Layer(block.init, forward_ctx, backward_ctx, name, block.init_state, (block,))

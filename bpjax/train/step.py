@@ -22,7 +22,7 @@ def check_optimizer(where: str, optimizer) -> optax.GradientTransformation:
     """``optimizer`` must be an optax ``GradientTransformation`` (``optax.adam(1e-3)``, not ``optax.adam``)."""
     if not isinstance(optimizer, optax.GradientTransformation):
         hint = " (did you forget to call it, e.g. optax.adam(1e-3)?)" if callable(optimizer) else ""
-        raise _errors.BpjaxTypeError(where, f"optimizer must be an optax GradientTransformation (e.g. "
+        raise _errors.BpjaxTypeError(where, f"optimizer: expected an optax GradientTransformation (e.g. "
                                             f"optax.adam(1e-3)){hint}, got {type(optimizer).__name__}")
     return optimizer
 
