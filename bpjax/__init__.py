@@ -22,6 +22,7 @@ from bpjax.combinators import serial
 from bpjax.core import Layer, apply, init_state, is_contextual
 from bpjax.grad import as_custom_vjp, autodiff_value_and_grad, predict, value_and_grad
 from bpjax.gradcheck import GradientReport, check_gradients, check_layer
+from bpjax.tied import tie
 
 __version__ = "0.1.0"
 
@@ -31,7 +32,7 @@ _LAZY_ATTRS = {"per_example_grads": "per_example"}
 __all__ = ["BpjaxError", "BpjaxTypeError", "GradientReport", "Layer", "Residual", "apply", "as_custom_vjp",
            "autodiff_value_and_grad", "check_gradients", "check_layer", "fan_in_concat", "fan_in_sum", "fan_out",
            "init_state", "is_contextual", "layers", "losses", "parallel", "predict", "serial", "train",
-           "value_and_grad", *_LAZY_MODULES, *_LAZY_ATTRS]
+           "tie", "value_and_grad", *_LAZY_MODULES, *_LAZY_ATTRS]
 
 
 def __getattr__(name):

@@ -133,6 +133,95 @@ def test_causal_large_scores_stay_finite():
     assert all(bool(jnp.all(jnp.isfinite(a))) for a in [y, dx, *jax.tree.leaves(g)])
 
 
+def _lengths_mask(lengths, T):
+    """``(B, T)`` bool: True at the first ``lengths[b]`` positions of row ``b`` (right padding)."""
+    return jnp.arange(T)[None, :] < jnp.asarray(lengths)[:, None]
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_padding_mask_f64_and_finite_differences(causal):
+    # The mask input (x, mask) checked like the causal mask: manual vs jax.vjp in float64 at 1e-10 and
+    # central differences (the _check tolerances), with lengths 5, 2 and 0: a fully padded row included.
+    layer = L.MultiHeadSelfAttention(2, causal=causal)
+    jl = _jitted(layer)
+    mask = _lengths_mask([5, 2, 0], 5)
+    with jax.enable_x64(True):
+        params, x = _setup(layer, (3, 5, 8), jnp.float64)
+        r64 = bp.check_layer(jl, params, (x, mask), rtol=1e-10, finite_differences=True, fd_directions=2)
+    assert r64.ok, str(r64)
+    assert r64.max_rel_error <= 1e-10 and r64.max_fd_rel_error <= 1e-6
+    params, x = _setup(layer, (3, 5, 8), jnp.float32)
+    r32 = bp.check_layer(jl, params, (x, mask), finite_differences=False)
+    assert r32.ok, str(r32)
+
+
+def test_padding_mask_hides_the_padded_keys():
+    # A padded sequence gives, at its real positions, exactly what the unpadded sequence gives (up to
+    # the order of the sums: f32 roundoff, 1e-6 on O(1) outputs); the padding values do not matter.
+    layer = L.MultiHeadSelfAttention(2)
+    p, x = _setup(layer, (2, 6, 8), jnp.float32)
+    mask = _lengths_mask([4, 6], 6)
+    y, _ = layer.forward(p, (x, mask))
+    y_short, _ = layer.forward(p, x[:1, :4])
+    np.testing.assert_allclose(y[0, :4], y_short[0], rtol=1e-6, atol=1e-6)
+    x_other_pads = x.at[0, 4:].set(100.0)
+    np.testing.assert_array_equal(layer.forward(p, (x_other_pads, mask))[0][0, :4], y[0, :4])
+    # and the unmasked layer does see the padding (so the test can fail)
+    assert float(jnp.max(jnp.abs(layer.forward(p, x)[0][0, :4] - y_short[0]))) > 1e-3
+    # no gradient flows into the padded inputs from the real outputs
+    dy = jnp.zeros_like(y).at[0, :4].set(1.0)
+    _, (dx, dmask) = layer.backward(p, layer.forward(p, (x, mask))[1], dy)
+    assert np.all(np.asarray(dx[0, 4:]) == 0) and float(jnp.max(jnp.abs(dx[0, :4]))) > 0
+    assert dmask.dtype == jax.dtypes.float0 and dmask.shape == mask.shape
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_fully_masked_rows_are_finite(causal):
+    # An all-padding sequence: every query row sees no key. p = 0 there, so y = bo, and neither the
+    # forward, the manual backward nor jax.vjp of the forward produces NaN.
+    layer = L.MultiHeadSelfAttention(2, causal=causal)
+    p, x = _setup(layer, (2, 4, 8), jnp.float32, scale=1e3)
+    mask = jnp.zeros((2, 4), bool).at[1, :2].set(True)
+    y, res = layer.forward(p, (x, mask))
+    np.testing.assert_array_equal(y[0], jnp.broadcast_to(p["bo"], (4, 8)))
+    dy = jnp.ones_like(y)
+    g, (dx, _) = layer.backward(p, res, dy)
+    ref_p, ref_x = jax.vjp(lambda p, x: layer.forward(p, (x, mask))[0], p, x)[1](dy)
+    for a in [y, dx, ref_x, *jax.tree.leaves(g), *jax.tree.leaves(ref_p)]:
+        assert bool(jnp.all(jnp.isfinite(a)))
+    assert np.all(np.asarray(dx[0]) == 0)
+
+
+def test_padding_mask_errors():
+    layer = L.MultiHeadSelfAttention(2)
+    _, p = layer.init(jax.random.key(0), (5, 8))
+    x = jnp.ones((2, 5, 8))
+    with pytest.raises(bp.BpjaxError, match=r"mask must have shape \(B, T\) = \(2, 5\).*got \(2, 4\)"):
+        layer.forward(p, (x, jnp.ones((2, 4), bool)))
+    with pytest.raises(bp.BpjaxTypeError, match="mask must be boolean.*got dtype float32"):
+        layer.forward(p, (x, jnp.ones((2, 5))))
+    with pytest.raises(bp.BpjaxError, match=r"pair \(x, mask\).*length 3"):
+        layer.forward(p, (x, x, x))
+    # an integer 0/1 mask is the boolean one
+    ints, bools = jnp.asarray([[1, 1, 1, 0, 0]] * 2), _lengths_mask([3, 3], 5)
+    np.testing.assert_array_equal(layer.forward(p, (x, ints))[0], layer.forward(p, (x, bools))[0])
+
+
+def test_attention_keywords():
+    # init=, stddev=, dtype= are keyword-only; dtype sets every parameter's dtype
+    layer = L.MultiHeadSelfAttention(2, init="normal", stddev=0.02, dtype=jnp.float16, bias=False)
+    _, p = layer.init(jax.random.key(0), (5, 8))
+    assert sorted(p) == ["Wk", "Wo", "Wq", "Wv"] and all(a.dtype == jnp.float16 for a in p.values())
+    assert 0.01 < float(jnp.std(p["Wq"].astype(jnp.float32))) < 0.03
+    block = L.TransformerBlock(2, mlp_features=12, dtype=jnp.float16, init="normal", stddev=0.02)
+    _, bp_ = block.init(jax.random.key(0), (5, 8))
+    assert {a.dtype for a in jax.tree.leaves(bp_)} == {jnp.dtype(jnp.float16)}
+    with pytest.raises(TypeError):
+        L.TransformerBlock(2, 12)  # mlp_features is keyword-only
+    with pytest.raises(bp.BpjaxTypeError, match="dtype must be a real floating-point dtype"):
+        L.MultiHeadSelfAttention(2, dtype=jnp.int32)
+
+
 @pytest.mark.slow
 def test_attention_under_jit_and_as_custom_vjp():
     layer = L.MultiHeadSelfAttention(2, causal=True)
@@ -171,7 +260,7 @@ def test_attention_errors():
 
 
 def test_transformer_block_f32():
-    layer = L.TransformerBlock(2, mlp_dim=12)
+    layer = L.TransformerBlock(2, mlp_features=12)
     out_shape, params = layer.init(jax.random.key(0), (5, 8))
     assert out_shape == (5, 8)
     shapes = jax.tree.map(jnp.shape, params)
@@ -187,8 +276,9 @@ def _token_xent(logits, targets):
 
 
 def _tiny_lm(embed, blocks, vocab=7):
-    """embed -> blocks x TransformerBlock(2 heads, width 8, mlp 16, causal) -> LayerNorm -> Dense(vocab) logits."""
-    return bp.serial(embed, *[L.TransformerBlock(2, mlp_dim=16) for _ in range(blocks)], L.LayerNorm(), L.Dense(vocab))
+    """embed -> blocks x TransformerBlock(2 heads, width 8, mlp_features 16, causal) -> LayerNorm -> Dense(vocab)."""
+    return bp.serial(embed, *[L.TransformerBlock(2, mlp_features=16) for _ in range(blocks)], L.LayerNorm(),
+                     L.Dense(vocab))
 
 
 def test_tiny_causal_transformer_check_gradients_f64():
@@ -227,12 +317,12 @@ def test_tiny_causal_transformer_with_embedding_f64():
 
 
 def test_transformer_block_errors():
-    with pytest.raises(bp.BpjaxError, match="mlp_dim must be a positive int, got 0"):
-        L.TransformerBlock(2, mlp_dim=0)
+    with pytest.raises(bp.BpjaxError, match="mlp_features must be a positive int, got 0"):
+        L.TransformerBlock(2, mlp_features=0)
     with pytest.raises(bp.BpjaxError, match=r"TransformerBlock.*MultiHeadSelfAttention.*D=8 is not divisible by "
                                             r"num_heads=3"):
-        L.TransformerBlock(3, mlp_dim=4).init(jax.random.key(0), (5, 8))
-    layer = L.TransformerBlock(2, mlp_dim=4)
+        L.TransformerBlock(3, mlp_features=4).init(jax.random.key(0), (5, 8))
+    layer = L.TransformerBlock(2, mlp_features=4)
     _, p = layer.init(jax.random.key(0), (5, 8))
     with pytest.raises(bp.BpjaxError, match=r"TransformerBlock.*rank-3 input \(B, T, D\).*\(5, 8\)"):
         layer.forward(p, jnp.ones((5, 8)))

@@ -11,13 +11,16 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax import lax
 
 from bpjax import _errors
 from bpjax.branching import Residual
 from bpjax.combinators import serial
 from bpjax.core import Layer
+from bpjax.initializers import Initializer, initializer, param_dtype
 from bpjax.layers.activations import Gelu
-from bpjax.layers.dense import Dense, initializer
+from bpjax.layers.dense import Dense
 from bpjax.layers.norm import LayerNorm
 
 _PROJ = ("q", "k", "v")
@@ -40,22 +43,73 @@ def _causal_mask(T):
     return jnp.tril(jnp.ones((T, T), bool))
 
 
+def _visible(T, causal, key_mask):
+    """Which keys each query sees, ``(B or 1, 1, T, T)`` bool, or None when every key is visible."""
+    allowed = _causal_mask(T)[None, None] if causal else None
+    if key_mask is not None:
+        keys = key_mask[:, None, None, :]                        # (B, 1, 1, T): key j is a real token
+        allowed = keys if allowed is None else allowed & keys
+    return allowed
+
+
+def _masked_softmax(s, allowed):
+    """``p = softmax(where(allowed, s, -inf), -1)`` with a row that sees no key at all set to ``p = 0``.
+
+    The row maximum is taken over the visible entries; a row with none has maximum ``-inf``, which
+    is replaced by 0 so that ``exp(-inf - 0) = 0`` everywhere and the denominator ``0`` by 1: no
+    ``-inf - (-inf)``, no ``0 / 0``, no NaN, in the forward and in ``jax.vjp`` of it. The maximum
+    only shifts the exponent (softmax is shift-invariant), so it gets no gradient.
+    """
+    if allowed is not None:
+        s = jnp.where(allowed, s, -jnp.inf)
+    m = jnp.max(s, axis=-1, keepdims=True)
+    if allowed is not None:
+        m = jnp.where(jnp.isfinite(m), m, 0)
+    e = jnp.exp(s - lax.stop_gradient(m))                        # masked entries: exactly 0
+    den = jnp.sum(e, axis=-1, keepdims=True)
+    return e / (jnp.where(den > 0, den, 1) if allowed is not None else den)
+
+
+def _split_input(name, x):
+    """``x`` or ``(x, key_mask)`` -> ``(x, key_mask or None)``, the mask checked and made boolean."""
+    if not isinstance(x, (tuple, list)):
+        return x, None
+    if len(x) != 2:
+        raise _errors.BpjaxError(name, f"expected x: (B, T, D) or a pair (x, mask) with mask: (B, T), got a "
+                                       f"{type(x).__name__} of length {len(x)}")
+    x, mask = x
+    dtype = jnp.result_type(mask)
+    if not (dtype == jnp.bool_ or jnp.issubdtype(dtype, jnp.integer)):
+        raise _errors.BpjaxTypeError(name, f"mask must be boolean (or integer 0/1), True where a key is a real "
+                                           f"token, got dtype {dtype}")
+    if jnp.ndim(x) != 3 or jnp.shape(mask) != jnp.shape(x)[:2]:
+        raise _errors.BpjaxError(name, f"mask must have shape (B, T) = {tuple(jnp.shape(x)[:2])} to match x of "
+                                       f"shape {tuple(jnp.shape(x))}, got {tuple(jnp.shape(mask))}")
+    return x, jnp.asarray(mask).astype(bool)
+
+
 def MultiHeadSelfAttention(num_heads: int, *, head_dim: int | None = None, causal: bool = False,
-                           bias: bool = True, name: str | None = None) -> Layer:
+                           bias: bool = True, init: Initializer = "glorot_uniform", stddev: float = 1.0,
+                           dtype=None, name: str | None = None) -> Layer:
     """Multi-head scaled dot-product self-attention, ``x: (B, T, D) -> y: (B, T, D)``.
 
     Params: ``{"Wq", "Wk", "Wv": (D, H*hd), "bq", "bk", "bv": (H*hd,), "Wo": (H*hd, D), "bo": (D,)}``
-    (separate, unfused projections; no biases when ``bias=False``). Forward::
+    (separate, unfused projections, so each has its own bias key; no biases when ``bias=False``).
+
+    The input is ``x`` or a pair ``(x, mask)`` for variable-length (padded) batches: ``mask: (B, T)``
+    bool, True where position ``j`` holds a real token; query ``t`` then sees only the keys ``j``
+    with ``mask[b, j]`` (and ``j <= t`` when ``causal``). Forward::
 
         q = x @ Wq + bq,  k = x @ Wk + bk,  v = x @ Wv + bv     # (B, T, H*hd) -> heads (B, H, T, hd)
         s = q @ k^T / sqrt(hd)                                    # (B, H, T, T)
-        s = where(j <= t, s, -inf)                                # causal only
+        s = where(visible(t, j), s, -inf)                         # causal: j <= t; padded: mask[b, j]
         p = softmax(s, -1)                                        # masked entries are exactly 0
         o = p @ v                                                 # (B, H, T, hd) -> a: (B, T, H*hd)
         y = a @ Wo + bo                                           # (B, T, D)
 
-    Every query attends at least to itself, so a causal row always keeps a finite maximum and the
-    softmax never sees an all ``-inf`` row (no NaN). The forward saves ``x, q, k, v, p, a``.
+    A query row that sees no key at all (a sequence of padding only) gets ``p = 0``, so its ``o``
+    is 0 and ``y = bo``: finite, never NaN (see :func:`_masked_softmax`). Padded query rows are
+    computed like the others; a loss should ignore them. The forward saves ``x, q, k, v, p, a``.
 
     Backward (``dy: (B, T, D)``)::
 
@@ -65,20 +119,27 @@ def MultiHeadSelfAttention(num_heads: int, *, head_dim: int | None = None, causa
         dq = ds @ k / sqrt(hd),  dk = ds^T @ q / sqrt(hd)
         dW* = x^T d*,  db* = sum d*,  dx = dq Wq^T + dk Wk^T + dv Wv^T
 
+    With a mask input, ``dx`` is the pair ``(dx, dmask)``, ``dmask`` a ``float0`` zeros array (the
+    mask is not differentiable).
+
     Args:
       num_heads: number of heads ``H``.
       head_dim: width ``hd`` of each head; default ``D // H`` (then ``D`` must be divisible by ``H``).
       causal: mask future positions (query ``t`` sees keys ``j <= t``).
       bias: add the biases ``bq, bk, bv, bo``.
+      init: initialiser of the four weight matrices (a name from :mod:`bpjax.initializers` or a
+        callable); biases start at zero.
+      stddev: standard deviation for ``init="normal"`` (GPT-2 uses 0.02).
+      dtype: parameter dtype; default the canonical float.
       name: display name (default ``MultiHeadSelfAttention(H)``, plus ``causal`` when set).
     """
-    for arg, val in (("num_heads", num_heads), ("head_dim", 1 if head_dim is None else head_dim)):
-        if not isinstance(val, int) or isinstance(val, bool) or val < 1:
-            raise _errors.BpjaxError("MultiHeadSelfAttention", f"{arg} must be a positive int, got {val!r}")
-    H = num_heads
+    H = _errors.positive_int("MultiHeadSelfAttention", "num_heads", num_heads)
+    if head_dim is not None:
+        head_dim = _errors.positive_int("MultiHeadSelfAttention", "head_dim", head_dim)
     name = name or f"MultiHeadSelfAttention({H}{', causal' if causal else ''})"
+    param_dtype(name, dtype)
     keys = sorted([f"W{c}" for c in (*_PROJ, "o")] + ([f"b{c}" for c in (*_PROJ, "o")] if bias else []))
-    w_init = initializer("glorot_uniform")
+    w_init = initializer(init, stddev)
 
     def width(D):
         """``H * hd`` for model width ``D``, or an error when ``hd`` defaults and ``H`` does not divide ``D``."""
@@ -87,12 +148,14 @@ def MultiHeadSelfAttention(num_heads: int, *, head_dim: int | None = None, causa
                                            f"expected D a multiple of {H} (or pass head_dim)")
         return H * (head_dim or D // H)
 
-    def init(key, input_shape):
+    def init_fn(key, input_shape):
+        if len(input_shape) == 2 and all(isinstance(s, (tuple, list)) for s in input_shape):
+            input_shape = input_shape[0]                          # ((T, D), (T,)): x with its mask
         if len(input_shape) != 2:
             raise _errors.BpjaxError(name, f"expected an input shape (T, D) (one sequence, no batch axis), "
                                            f"got {tuple(input_shape)}")
         D = int(input_shape[-1])
-        HD, dt = width(D), jnp.zeros(()).dtype
+        HD, dt = width(D), param_dtype(name, dtype)
         kq, kk, kv, ko = jax.random.split(key, 4)
         params = {"Wq": w_init(kq, (D, HD), dt), "Wk": w_init(kk, (D, HD), dt),
                   "Wv": w_init(kv, (D, HD), dt), "Wo": w_init(ko, (HD, D), dt)}
@@ -122,20 +185,18 @@ def MultiHeadSelfAttention(num_heads: int, *, head_dim: int | None = None, causa
                                                f"input width D={D} and {H} heads, got {tuple(params[k].shape)}")
 
     def forward(params, x):
+        x, key_mask = _split_input(name, x)
         check(params, x)
         T, hd = x.shape[1], params["Wq"].shape[1] // H
         q, k, v = (_heads(x @ params[f"W{c}"] + (params[f"b{c}"] if bias else 0), H) for c in _PROJ)
         s = jnp.einsum("bhtd,bhjd->bhtj", q, k) / math.sqrt(hd)  # s = q k^T / sqrt(hd): (B, H, T, T)
-        if causal:
-            s = jnp.where(_causal_mask(T), s, -jnp.inf)
-        e = jnp.exp(s - jnp.max(s, axis=-1, keepdims=True))     # the diagonal keeps every row's max finite
-        p = e / jnp.sum(e, axis=-1, keepdims=True)              # p = softmax(s)
+        p = _masked_softmax(s, _visible(T, causal, key_mask))    # p = softmax(s), 0 where masked
         a = _merge(jnp.einsum("bhtj,bhjd->bhtd", p, v))         # o = p v, heads merged: (B, T, H*hd)
         y = a @ params["Wo"] + (params["bo"] if bias else 0)
-        return y, (x, q, k, v, p, a)
+        return y, (x, q, k, v, p, a, () if key_mask is None else (key_mask,))
 
     def backward(params, residuals, dy):
-        x, q, k, v, p, a = residuals
+        x, q, k, v, p, a, masked = residuals
         hd = q.shape[-1]
         grads = {}
         # in the forward pass this was: y = a @ Wo + bo
@@ -164,47 +225,58 @@ def MultiHeadSelfAttention(num_heads: int, *, head_dim: int | None = None, causa
             # (softmax is shift-invariant: bk adds q_t . bk to a whole row of s). Write the exact zero
             # instead of summing roundoff.
             grads["bk"] = jnp.zeros_like(params["bk"])
-        return {key: grads[key] for key in keys}, dx
+        grads = {key: grads[key] for key in keys}
+        if masked:  # the input was (x, mask): the mask is boolean, its cotangent float0
+            return grads, (dx, np.zeros(masked[0].shape, jax.dtypes.float0))
+        return grads, dx
 
-    return Layer(init, forward, backward, name)
+    return Layer(init_fn, forward, backward, name)
 
 
-def TransformerBlock(num_heads: int, *, mlp_dim: int, causal: bool = True, name: str | None = None) -> Layer:
+def TransformerBlock(num_heads: int, *, mlp_features: int, causal: bool = True, bias: bool = True,
+                     init: Initializer = "glorot_uniform", stddev: float = 1.0, dtype=None,
+                     name: str | None = None) -> Layer:
     """A pre-norm transformer block, ``x: (B, T, D) -> (B, T, D)``, composed of bpjax layers::
 
-        x = x + MultiHeadSelfAttention(LayerNorm(x))           # Residual(serial(LayerNorm, attention))
-        x = x + Dense(D)(Gelu(Dense(mlp_dim)(LayerNorm(x))))   # Residual(serial(LayerNorm, MLP))
+        x = x + MultiHeadSelfAttention(LayerNorm(x))                  # Residual(serial(LayerNorm, attention))
+        x = x + Dense(D)(Gelu(Dense(mlp_features)(LayerNorm(x))))     # Residual(serial(LayerNorm, MLP))
 
     Params are the composed model's: ``((ln1, attn), (ln2, dense1, (), dense2))`` with ``ln*``
-    ``{"scale", "bias": (D,)}``, ``attn`` as in :func:`MultiHeadSelfAttention`, ``dense1``
-    ``{"W": (D, mlp_dim), "b"}``, ``dense2`` ``{"W": (mlp_dim, D), "b"}``. The backward is the
-    composition's own: ``serial`` runs the two residual blocks in reverse, each ``Residual`` adds
-    ``dy`` to its block's input gradient.
+    LayerNorm's ``{"scale", bias}`` of shape ``(D,)``, ``attn`` as in :func:`MultiHeadSelfAttention`,
+    ``dense1`` ``{"W": (D, mlp_features), "b"}``, ``dense2`` ``{"W": (mlp_features, D), "b"}``. The
+    backward is the composition's own: ``serial`` runs the two residual blocks in reverse, each
+    ``Residual`` adds ``dy`` to its block's input gradient.
 
     Args:
       num_heads: attention heads (must divide ``D``).
-      mlp_dim: hidden width of the MLP.
+      mlp_features: hidden width of the MLP (GPT-2: ``4 D``).
       causal: mask future positions in the attention (default True, as in a decoder).
-      name: display name (default ``TransformerBlock(H, mlp_dim=..., causal)``).
+      bias: biases in the attention and the MLP (the layer norms keep theirs).
+      init, stddev: initialiser of every weight matrix (attention and MLP), as in :func:`Dense`.
+      dtype: parameter dtype of every sub-layer (layer norms included); default the canonical float.
+      name: display name (default ``TransformerBlock(H, mlp_features=..., causal)``).
     """
-    for arg, val in (("num_heads", num_heads), ("mlp_dim", mlp_dim)):
-        if not isinstance(val, int) or isinstance(val, bool) or val < 1:
-            raise _errors.BpjaxError("TransformerBlock", f"{arg} must be a positive int, got {val!r}")
-    name = name or f"TransformerBlock({num_heads}, mlp_dim={mlp_dim}{', causal' if causal else ''})"
+    num_heads = _errors.positive_int("TransformerBlock", "num_heads", num_heads)
+    mlp_features = _errors.positive_int("TransformerBlock", "mlp_features", mlp_features)
+    name = name or f"TransformerBlock({num_heads}, mlp_features={mlp_features}{', causal' if causal else ''})"
+    param_dtype(name, dtype)
+    w = dict(init=init, stddev=stddev, bias=bias, dtype=dtype)
 
     @functools.lru_cache(maxsize=None)
     def block(D: int) -> Layer:
         """The composed block for model width ``D`` (the last Dense needs ``D`` by name)."""
-        attn = serial(LayerNorm(), MultiHeadSelfAttention(num_heads, causal=causal))
-        mlp = serial(LayerNorm(), Dense(mlp_dim), Gelu(), Dense(D))
+        attn = serial(LayerNorm(), MultiHeadSelfAttention(num_heads, causal=causal, **w))
+        mlp = serial(LayerNorm(), Dense(mlp_features, **w), Gelu(), Dense(D, **w))
         return serial(Residual(attn), Residual(mlp), name=name)
 
-    def init(key, input_shape):
+    def init_fn(key, input_shape):
         if len(input_shape) != 2:
             raise _errors.BpjaxError(name, f"expected an input shape (T, D) (one sequence, no batch axis), "
                                            f"got {tuple(input_shape)}")
         with _errors.context(name):
-            return block(int(input_shape[-1])).init(key, tuple(input_shape))
+            shape, params = block(int(input_shape[-1])).init(key, tuple(input_shape))
+        dt = param_dtype(name, dtype)  # the layer norms draw in the canonical float: cast them too
+        return shape, jax.tree.map(lambda a: a.astype(dt), params)
 
     def forward(params, x):
         _errors.check_floating(name, x)
@@ -218,4 +290,4 @@ def TransformerBlock(num_heads: int, *, mlp_dim: int, causal: bool = True, name:
         with _errors.context(name):
             return block(dy.shape[-1]).backward(params, residuals, dy)
 
-    return Layer(init, forward, backward, name)
+    return Layer(init_fn, forward, backward, name)
