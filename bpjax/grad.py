@@ -18,12 +18,56 @@ from __future__ import annotations
 from typing import Optional
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 from bpjax import _errors
-from bpjax.core import Layer, apply, check_model, is_contextual, vjp
+from bpjax.core import Layer, apply, check_key, check_model, is_contextual, vjp
 from bpjax.losses import as_loss
 
 BACKWARDS = ("manual", "autodiff")
+
+
+def as_data(where: str, what: str, a):
+    """``a`` as a JAX array when it is a (nested) list or tuple of Python numbers; arrays, numpy arrays and
+    pytrees of arrays (a tuple input of a multi-input model) pass unchanged."""
+    if isinstance(a, (list, tuple)) and a and all(isinstance(v, (bool, int, float)) for v in jax.tree.leaves(a)):
+        try:
+            return jnp.asarray(np.asarray(a))
+        except ValueError:
+            raise _errors.BpjaxTypeError(where, f"{what} must be an array; got a ragged nested {type(a).__name__} "
+                                                f"of numbers") from None
+    return a
+
+
+def check_finite(where: str, what: str, x) -> None:
+    """Raise a :class:`BpjaxError` at once when a concrete floating leaf of ``x`` holds NaN or Inf.
+
+    Traced leaves pass: inside ``jit`` a NaN input gives a NaN loss and NaN gradients by itself
+    (and bpjax's checked training step reports it through ``checkify``).
+    """
+    for path, a in jax.tree_util.tree_leaves_with_path(x):
+        if not _errors.is_concrete(a) or not jnp.issubdtype(jnp.result_type(a), jnp.inexact):
+            continue
+        bad = ~np.isfinite(np.asarray(a))
+        if bad.any():
+            first = int(np.argwhere(bad)[0][0]) if bad.ndim else 0
+            name = what + jax.tree_util.keystr(path)
+            raise _errors.BpjaxError(where, f"{name} contains NaN or Inf ({int(bad.sum())} entries, first at "
+                                            f"example {first}); expected finite values")
+
+
+def check_inputs(where: str, x, y, key=None):
+    """The eager argument checks of every public function that takes data, in one place.
+
+    ``x`` and ``y`` as arrays (:func:`as_data`), ``key`` a PRNG key or ``None``
+    (:func:`bpjax.core.check_key`), a concrete ``x`` finite (:func:`check_finite`). Targets are the
+    loss's to check (it raises at once on concrete ones). Returns ``(x, y)``.
+    """
+    check_key(where, key)
+    x, y = as_data(where, "input x", x), as_data(where, "target y", y)
+    check_finite(where, "input x", x)
+    return x, y
 
 
 def _state(model: Layer, state, where: str):
@@ -35,24 +79,32 @@ def _state(model: Layer, state, where: str):
     return state
 
 
-def gradients(model: Layer, loss, *, backward: str = "manual", wrt_input: bool = False):
+def gradients(model: Layer, loss, *, backward: str = "manual", wrt_input: bool = False,
+              where: Optional[str] = None):
     """The one gradient path: ``fn(params, x, y, state=None, key=None, train=True) -> (value, new_state, grads)``.
 
     ``grads`` has the structure of ``params`` (``(dparams, dx)`` with ``wrt_input=True``);
     ``new_state`` is ``()`` for a simple model. A contextual model needs ``state``.
 
+    Every call runs :func:`check_inputs` first, so every caller gets the same rule: concrete data are
+    checked at once (a NaN input raises); traced data (inside ``jit``, ``vmap``, ``lax.scan``) are
+    checked by the loss's traced value checks (``checkify`` or NaN), at no cost per step.
+
     Args:
       model, loss: what to differentiate: ``value = loss(model(params, x), y)``.
       backward: ``"manual"`` (the hand-written backward) or ``"autodiff"`` (``jax.grad``).
       wrt_input: also return the gradient with respect to ``x``.
+      where: the public function named in errors (default: the model's name).
     """
     check_model(model)
     loss = as_loss(loss)
     if backward not in BACKWARDS:
         raise _errors.BpjaxError("backward", f"expected one of {BACKWARDS}, got {backward!r}")
+    where = model.name if where is None else where
 
     if backward == "manual":
         def manual(params, x, y, state=None, key=None, train=True):
+            x, y = check_inputs(where, x, y, key)
             state = _state(model, state, model.name)
             pred, residuals, new_state = apply(model, params, x, state=state, key=key, train=train)
             value, dpred = loss.value_and_grad(pred, y)
@@ -68,6 +120,7 @@ def gradients(model: Layer, loss, *, backward: str = "manual", wrt_input: bool =
     grad_fn = jax.value_and_grad(objective, argnums=(0, 1) if wrt_input else 0, has_aux=True, allow_int=True)
 
     def autodiff(params, x, y, state=None, key=None, train=True):
+        x, y = check_inputs(where, x, y, key)
         (value, new_state), grads = grad_fn(params, x, y, _state(model, state, model.name), key, train)
         return value, new_state, grads
 
@@ -98,13 +151,14 @@ def value_and_grad(model: Layer, loss, *, backward: str = "manual", wrt_input: b
     ``has_aux`` convention of ``jax.value_and_grad``. With ``wrt_input=True``, ``grads`` is
     ``(dparams, dx)``.
     """
-    return _public(model, gradients(model, loss, backward=backward, wrt_input=wrt_input))
+    return _public(model, gradients(model, loss, backward=backward, wrt_input=wrt_input, where="value_and_grad"))
 
 
 def autodiff_value_and_grad(model: Layer, loss, *, wrt_input: bool = False):
     """The reference: ``jax.value_and_grad`` of the same forward and loss value (same signature as
     :func:`value_and_grad`). The forward is bpjax's, so only the backward differs."""
-    return _public(model, gradients(model, loss, backward="autodiff", wrt_input=wrt_input))
+    return _public(model, gradients(model, loss, backward="autodiff", wrt_input=wrt_input,
+                                    where="autodiff_value_and_grad"))
 
 
 def as_custom_vjp(model: Layer, *, train: bool = True):
@@ -113,7 +167,8 @@ def as_custom_vjp(model: Layer, *, train: bool = True):
     ``jax.grad`` of any user function of its output then runs bpjax's backward. Simple models give
     ``f(params, x) -> y``; contextual ones ``f(params, x, state, key=None) -> (y, new_state)``
     (``state`` and ``key`` get no gradient; ``train`` is fixed here). Works under ``jit`` and
-    ``vmap`` (reverse mode only: JAX does not run forward mode through a custom VJP).
+    ``vmap`` (reverse mode only: JAX does not run forward mode through a custom VJP). A concrete
+    ``x`` is checked at once (:func:`check_inputs`).
     """
     check_model(model)
 
@@ -132,11 +187,16 @@ def as_custom_vjp(model: Layer, *, train: bool = True):
         return dparams, dx, None, None
 
     g.defvjp(g_fwd, g_bwd)
+
+    def contextual(params, x, state, key=None):
+        x, _ = check_inputs("as_custom_vjp", x, None, key)
+        return g(params, x, state, key)
+
     if is_contextual(model):
-        return g
+        return contextual
 
     def f(params, x):
-        return g(params, x, ())[0]
+        return contextual(params, x, ())[0]
 
     return f
 
@@ -144,4 +204,5 @@ def as_custom_vjp(model: Layer, *, train: bool = True):
 def predict(model: Layer, params, x, *, state=None, key: Optional[jax.Array] = None, train: bool = False):
     """The model's output (eval mode by default): ``y = model(params, x)``."""
     check_model(model)
+    x, _ = check_inputs("predict", x, None, key)
     return apply(model, params, x, state=_state(model, state, model.name), key=key, train=train)[0]

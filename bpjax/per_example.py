@@ -19,8 +19,9 @@ import jax
 import jax.numpy as jnp
 
 from bpjax import _errors
-from bpjax.core import Layer, check_model
-from bpjax.grad import gradients
+from bpjax.core import Layer, apply, check_model
+from bpjax.grad import _state, check_inputs, gradients
+from bpjax.losses import as_loss
 
 
 def per_example_grads(model: Layer, loss):
@@ -31,14 +32,27 @@ def per_example_grads(model: Layer, loss):
     leading axis ``B`` on every leaf (``grads[...][i]`` is example ``i``'s gradient). State updates
     (batch-norm running statistics) are discarded. Their mean over ``i`` is the batch gradient of a
     mean loss (for models without batch statistics).
+
+    Concrete inputs are checked at once, as by every function that takes data (a NaN in ``x``, or a
+    target the loss refuses, raises a :class:`bpjax.BpjaxError`): inside the ``vmap`` the examples are
+    traced, so the loss's own checks could only turn a bad example's results into NaN. Traced
+    inputs (inside your ``jit``) get exactly that: NaN loss and gradients for the bad examples.
     """
     check_model(model)
-    vg = gradients(model, loss)
+    loss = as_loss(loss)
+    where = "per_example_grads"
+    vg = gradients(model, loss, where=where)
 
     def fn(params, x, y, *, state=None, key=None, train=True):
+        x, y = check_inputs(where, x, y, key)
         if jnp.ndim(x) < 1 or jnp.ndim(y) < 1 or jnp.shape(x)[0] != jnp.shape(y)[0]:
-            raise _errors.BpjaxError("per_example_grads", f"expected x (B, ...) and y (B, ...) with the same "
-                                                          f"batch size, got x {jnp.shape(x)} and y {jnp.shape(y)}")
+            raise _errors.BpjaxError(where, f"expected x (B, ...) and y (B, ...) with the same "
+                                            f"batch size, got x {jnp.shape(x)} and y {jnp.shape(y)}")
+        if _errors.is_concrete(y):  # the loss's whole-batch target check, on the model's output shape
+            st = _state(model, state, model.name)
+            pred = jax.eval_shape(lambda p, xb: apply(model, p, xb, state=st, key=key, train=train)[0], params, x)
+            with _errors.context(f"{where}:"):
+                loss.check_targets(y, pred.shape)
 
         def one(xi, yi):  # a batch of one: (1, ...)
             value, _, g = vg(params, xi[None], yi[None], state, key, train)

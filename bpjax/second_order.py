@@ -17,12 +17,13 @@ import jax.flatten_util
 import jax.numpy as jnp
 
 from bpjax import _errors
-from bpjax.core import Layer, check_model
+from bpjax.core import Layer, check_key, check_model
 from bpjax.grad import gradients
 
 
-def _grad_of_params(model, loss, x, y, state, key, train):
-    vg = gradients(model, loss)
+def _grad_of_params(model, loss, x, y, state, key, train, where):
+    """``g(params) = dL/dparams`` at the data; the data checked at once when concrete (the one gradient path)."""
+    vg = gradients(model, loss, where=where)
 
     def g(params):
         return vg(params, x, y, state, key, train)[2]
@@ -40,7 +41,7 @@ def hvp(model: Layer, loss):
 
     def fn(params, x, y, v, *, state=None, key=None, train=True):
         _errors.check_tree_like("hvp", v, params, "vector v")
-        g = _grad_of_params(model, loss, x, y, state, key, train)
+        g = _grad_of_params(model, loss, x, y, state, key, train, "hvp")
         return jax.jvp(g, (params,), (v,))[1]
 
     return fn
@@ -56,7 +57,7 @@ def hessian(model: Layer, loss):
 
     def fn(params, x, y, *, state=None, key=None, train=True):
         flat, unravel = jax.flatten_util.ravel_pytree(params)
-        g = _grad_of_params(model, loss, x, y, state, key, train)
+        g = _grad_of_params(model, loss, x, y, state, key, train, "hessian")
         return jax.jacfwd(lambda f: jax.flatten_util.ravel_pytree(g(unravel(f)))[0])(flat)
 
     return fn
@@ -70,17 +71,18 @@ def top_eigenvalue(model: Layer, loss, *, iters: int = 20):
 
     Returns ``fn(params, x, y, key, *, state=None, train=True) -> (lambda, v)``; jit-able (``iters`` static).
     """
-    if not isinstance(iters, int) or iters < 1:
-        raise _errors.BpjaxError("top_eigenvalue", f"iters must be a positive int, got {iters!r}")
-    h = hvp(model, loss)
+    iters = _errors.positive_int("top_eigenvalue", "iters", iters)
+    check_model(model)
 
     def fn(params, x, y, key, *, state=None, train=True):
+        check_key("top_eigenvalue", key, allow_none=False)
+        g = _grad_of_params(model, loss, x, y, state, None, train, "top_eigenvalue")
         flat, unravel = jax.flatten_util.ravel_pytree(params)
         v = jax.random.normal(key, flat.shape, flat.dtype)
         v = v / jnp.linalg.norm(v)
 
         def Hv(v):
-            return jax.flatten_util.ravel_pytree(h(params, x, y, unravel(v), state=state, train=train))[0]
+            return jax.flatten_util.ravel_pytree(jax.jvp(g, (params,), (unravel(v),))[1])[0]
 
         def body(_, v):
             w = Hv(v)

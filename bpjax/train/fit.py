@@ -17,7 +17,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from bpjax import _errors
-from bpjax.core import Layer, apply, check_model, is_contextual
+from bpjax.core import Layer, check_key, check_model, is_contextual
 from bpjax.grad import BACKWARDS
 from bpjax.losses import as_loss
 from bpjax.train.cache import cached
@@ -26,7 +26,15 @@ from bpjax.train.history import FitResult
 from bpjax.train.loop import Fixed, Metric, Plan
 from bpjax.train.sharding import data_parallel_mesh, replicate
 from bpjax.train.step import check_optimizer
-from bpjax.train.validate import check_data, check_targets, resolve_metrics
+from bpjax.train.validate import (
+    check_data,
+    check_factory,
+    check_keys,
+    check_opt_state,
+    check_targets,
+    resolve_metrics,
+    trace_forward,
+)
 
 __all__ = ["fit", "fit_many", "init_many"]
 
@@ -50,18 +58,15 @@ def prepare(model, loss, params, train_data, *, steps, batch_size, key, shuffle,
                                         f"state=bp.init_state(model, key, input_shape)")
     state = () if state is None else state
     # trace one forward + loss on a batch now: shape errors surface here, not deep inside the scan
-    pred = jax.eval_shape(lambda p, s, xb: apply(model, p, xb, state=s, key=None if key is None else
-                                                 jax.random.key(0), train=True)[0],
-                          params, state, x[:batch_size])
+    pred = trace_forward(where, "train_data", model, params, state, x, batch_size,
+                         key=None if key is None else jax.random.key(0))
     jax.eval_shape(loss.value, pred, y[:batch_size])
     check_targets(where, "train_data", loss, y, pred.shape)
-    metrics = resolve_metrics(where, metrics, y)
+    metrics = resolve_metrics(where, metrics, y, pred.shape)
     if eval_data is not None:
         ex, ey = check_data(where, eval_data, "eval_data")
         if ex.shape[1:] != x.shape[1:] or ex.dtype != x.dtype:  # else the train trace above covers it
-            with _errors.context(f"{where} eval_data:"):  # a wrong feature size names eval_data, not the layer only
-                jax.eval_shape(lambda p, s, xb: apply(model, p, xb, state=s, key=None, train=False)[0],
-                               params, state, ex[:batch_size])
+            trace_forward(where, "eval_data", model, params, state, ex, batch_size, train=False)
         check_targets(where, "eval_data", loss, ey, pred.shape)
         eval_every = steps if eval_every is None else _errors.positive_int(where, "eval_every", eval_every)
         eval_arrays = (ex, ey)
@@ -164,6 +169,7 @@ def fit(model: Layer, loss, optimizer: optax.GradientTransformation, params, tra
     """
     where = "fit"
     check_optimizer(where, optimizer)
+    check_key(where, key)
     if data_parallel and mesh is None:
         mesh = data_parallel_mesh()
     plan, data, eval_arrays, state = prepare(
@@ -175,7 +181,7 @@ def fit(model: Layer, loss, optimizer: optax.GradientTransformation, params, tra
     if opt_state is None:
         opt_state = optimizer.init(params)
     else:
-        _errors.check_tree_like(where, opt_state, jax.eval_shape(optimizer.init, params), "opt_state")
+        check_opt_state(where, optimizer, params, opt_state)
     if mesh is not None:
         params, opt_state, state = replicate((params, opt_state, state), mesh)
     keys = split_key(key, plan.shuffle or is_contextual(model))
@@ -227,10 +233,7 @@ def fit_many(model: Layer, loss, optimizer, params, train_data: Tuple[Any, Any],
       :class:`FitResult` whose params/opt_state/state leaves and history arrays have a leading axis ``N``.
     """
     where = "fit_many"
-    factory = Fixed(optimizer) if isinstance(optimizer, optax.GradientTransformation) else optimizer
-    if not callable(factory):
-        raise _errors.BpjaxTypeError(where, f"optimizer must be an optax GradientTransformation or a function "
-                                            f"hp -> GradientTransformation, got {type(optimizer).__name__}")
+    factory, keys = check_factory(where, optimizer, hparams), check_keys(where, keys)
     sizes: Dict[str, Any] = {}
     if keys is not None:
         sizes["keys"] = len(keys)

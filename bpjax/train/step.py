@@ -11,9 +11,10 @@ import jax.numpy as jnp
 import optax
 
 from bpjax import _errors
-from bpjax.core import Layer, check_model, is_contextual
-from bpjax.grad import BACKWARDS, gradients
+from bpjax.core import Layer, check_key, check_model, is_contextual
+from bpjax.grad import BACKWARDS, as_data, gradients
 from bpjax.losses import as_loss
+from bpjax.train.validate import check_opt_state
 
 __all__ = ["BACKWARDS", "check_optimizer", "make_step", "update"]
 
@@ -67,7 +68,14 @@ def make_step(model: Layer, loss, optimizer: optax.GradientTransformation, *, ba
       donate: let the compiled step write the new ``params`` and ``opt_state`` into the buffers of the
         ones passed in (``jax.jit(..., donate_argnums=(0, 1))``): no fresh allocation per step (about 5%
         faster on the 784-1024-1024-1024-10 MLP), but the arrays passed in are deleted by the call, so
-        always continue from the returned ones.
+        always continue from the returned ones (passing a deleted one again raises a ``BpjaxError``
+        naming ``make_step(donate=True)``).
+
+    Checks: ``opt_state`` must match ``optimizer.init(params)`` (structure and shapes; checked while
+    the step is traced, so once per structure), ``key`` must be a PRNG key, and Python lists of
+    numbers are taken as arrays. The step may itself be put inside your own ``jax.jit`` (or
+    ``lax.scan``): there no error can be raised from values, so the ``checkify`` report is dropped
+    and a failed value check turns the loss and the gradients into NaN, as with ``checks=False``.
     """
     check_model(model)
     loss = as_loss(loss)
@@ -78,8 +86,11 @@ def make_step(model: Layer, loss, optimizer: optax.GradientTransformation, *, ba
     contextual = is_contextual(model)
 
     def step(params, opt_state, x, y, state, key):
+        check_opt_state("make_step", optimizer, params, opt_state)  # static: runs once per traced structure
         if checks:
-            _errors.check_value(model.name, jnp.all(jnp.isfinite(x)), "input x contains NaN or Inf")
+            finite = [jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(x) if jnp.issubdtype(a.dtype, jnp.inexact)]
+            if finite:
+                _errors.check_value(model.name, jnp.all(jnp.stack(finite)), "input x contains NaN or Inf")
         params, opt_state, new_state, value, _ = inner_step(params, opt_state, optimizer, x, y, state, key)
         return params, opt_state, new_state, value
 
@@ -87,19 +98,41 @@ def make_step(model: Layer, loss, optimizer: optax.GradientTransformation, *, ba
         inner = jax.jit(_errors.checked(step) if checks else step, donate_argnums=(0, 1) if donate else ())
 
         def compiled(*args):
+            try:
+                out = inner(*args)
+            except (ValueError, RuntimeError) as e:
+                if "deleted or donated" not in str(e):
+                    raise
+                raise _deleted_error(args, donate) from None
             if not checks:
-                return inner(*args)
-            err, out = inner(*args)
-            _errors.throw(err)
+                return out
+            err, out = out
+            if not isinstance(out[3], jax.core.Tracer):  # inside a user's jit: no values to raise on
+                _errors.throw(err)
             return out
     else:
         compiled = step
 
     def run_contextual(params, opt_state, x, y, *, state, key=None):
-        return compiled(params, opt_state, x, y, state, key)
+        check_key("make_step step", key)
+        return compiled(params, opt_state, as_data("make_step step", "x", x), as_data("make_step step", "y", y),
+                        state, key)
 
     def run(params, opt_state, x, y):
-        params, opt_state, _, value = compiled(params, opt_state, x, y, (), None)
+        params, opt_state, _, value = run_contextual(params, opt_state, x, y, state=(), key=None)
         return params, opt_state, value
 
     return run_contextual if contextual else run
+
+
+def _deleted_error(args, donate: bool) -> _errors.BpjaxError:
+    """The error for arrays deleted before the step ran: which argument, and (when donating) why."""
+    names = ("params", "opt_state", "x", "y", "state")
+    gone = [f"{n}{jax.tree_util.keystr(p)}" for n, tree in zip(names, args)
+            for p, a in jax.tree_util.tree_leaves_with_path(tree) if isinstance(a, jax.Array) and a.is_deleted()]
+    where = "make_step(donate=True) step" if donate else "make_step step"
+    why = (" were donated to an earlier call of this step, which wrote its results into their buffers: "
+           "continue from the arrays it returned (params, opt_state, ... = step(params, opt_state, ...))"
+           if donate else " were deleted (donated to another jitted function, or .delete()d)")
+    return _errors.BpjaxError(where, f"{', '.join(gone[:4]) or 'an argument'}{' ...' if len(gone) > 4 else ''}"
+                                     f"{why}; expected live arrays")
