@@ -5,8 +5,9 @@ description``; the name is also the module under ``experiments/`` that holds it.
 
     def run(cfg: experiments.common.Config) -> dict      # returns the metrics, writes cfg.out/...
 
-and, optionally, ``QUICK_SECONDS`` (a rough bound for its ``--quick`` run). To add an experiment,
-write the module and add its line here.
+and, optionally, ``DEFAULT_SEEDS`` (the number of seeds without ``--seeds``). It trains with
+``bp.train.fit`` / ``fit_many`` and writes ``results.json``, a CSV table and ``<name>.png``
+(:mod:`experiments.common`). To add an experiment, write the module and add its line here.
 """
 
 from __future__ import annotations

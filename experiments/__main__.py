@@ -1,4 +1,10 @@
-"""Command line: ``python -m experiments <name> [--quick] [--backward manual|autodiff] [--seeds N] [--out DIR]``."""
+"""Command line: ``python -m experiments <name> [--quick] [--backward manual|autodiff] [--seeds N] [--out DIR] [--force]
+[--publish]``.
+
+A results folder that already holds a ``results.json`` is refused before anything runs (``--force``
+overwrites it). ``--publish`` copies a full run's ``results.json`` to ``docs/results/<name>.json`` and
+its figure ``<name>.png`` to ``docs/figures/``, where the README's numbers and pictures come from.
+"""
 
 from __future__ import annotations
 
@@ -37,25 +43,38 @@ def parser() -> argparse.ArgumentParser:
                    help="independent runs, trained side by side with vmap (default: per experiment)")
     p.add_argument("--out", type=Path, default=None, help="results folder (default results/<name>/)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--force", action="store_true", help="overwrite the results folder's existing results.json")
+    p.add_argument("--publish", action="store_true",
+                   help="after a full run, copy results.json to docs/results/<name>.json, <name>.png to docs/figures/")
     return p
 
 
 def main(argv=None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
     if args.name == "list":
         for name, doc in experiments.available().items():
             print(f"{name:<20} {doc}")
         return 0
-    from experiments.common import Config
+    from experiments import common
 
+    out = args.out if args.out is not None else Path("results") / args.name
+    if (out / "results.json").exists() and not args.force:
+        p.error(f"{out / 'results.json'} exists already: pass --force to overwrite it, or --out another folder")
+    if args.publish and args.quick:
+        p.error("--publish copies a full run to docs/: run without --quick")
     module = experiments.load(args.name)
     seeds = args.seeds if args.seeds is not None else getattr(module, "DEFAULT_SEEDS", 1)
-    cfg = Config(name=args.name, quick=args.quick, backward=args.backward, seeds=seeds,
-                 out=args.out if args.out is not None else Path("results") / args.name,
-                 extra={"progress": not args.no_progress})
+    cfg = common.Config(name=args.name, quick=args.quick, backward=args.backward, seeds=seeds, out=out,
+                        extra={"progress": not args.no_progress})
     start = time.perf_counter()
     module.run(cfg)
-    print(f"[{args.name}] done in {time.perf_counter() - start:.1f} s; results in {cfg.out}/")
+    seconds = time.perf_counter() - start
+    common.record_seconds(cfg, seconds)
+    print(f"[{args.name}] done in {seconds:.1f} s; results in {cfg.out}/")
+    if args.publish:
+        for path in common.publish(cfg, Path(__file__).resolve().parent.parent / "docs"):
+            print(f"[{args.name}] published {path}")
     return 0
 
 

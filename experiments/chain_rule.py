@@ -2,7 +2,8 @@
 
 Part 1: ``L = (w x - 10)^2`` at ``w = 2, x = 3``. Forward ``u = w x = 6``, ``e = u - 10 = -4``,
 ``L = e^2 = 16``; backward ``dL/de = 2 e = -8``, ``de/du = 1``, ``du/dw = x = 3``, so
-``dL/dw = 2 e * 1 * x = -24`` (and ``dL/dx = 2 e w = -16``).
+``dL/dw = 2 e * 1 * x = -24`` (and ``dL/dx = 2 e w = -16``), beside ``jax.grad`` and bpjax's
+``serial(Dense(1, bias=False))`` with the mse loss.
 
 Part 2: ``z1 = x W1 + b1``, ``a1 = sigmoid(z1)``, ``z2 = a1 W2 + b2``, ``L = mean((z2 - y)^2)``;
 backward in the reverse order: ``dz2 = 2 (z2 - y) / N``, ``dW2 = a1^T dz2``, ``db2 = sum dz2``,
@@ -36,10 +37,17 @@ def _scalar(cfg) -> dict:
     dL_dw = dL_du * X      # u = w x      =>  du/dw = x
     dL_dx = dL_du * W      #                  du/dx = w
     ref_w, ref_x = jax.grad(lambda w, x: (w * x - TARGET) ** 2, argnums=(0, 1))(W, X)
+    # the same through bpjax: Dense(1) without bias (W = [[w]]) on x = [[3]], mse against [[10]]
+    model = bp.serial(bp.layers.Dense(1, bias=False))
+    value, (grads, dx) = bp.value_and_grad(model, bp.losses.mse, wrt_input=True)(
+        ({"W": jnp.array([[W]])},), jnp.array([[X]]), jnp.array([[TARGET]]))
     cfg.log(f"L = (w x - 10)^2 at w = {W:g}, x = {X:g}:  u = w x = {u:g},  e = u - 10 = {e:g},  L = e^2 = {L:g}")
     cfg.log(f"  dL/de = 2e = {dL_de:g};  dL/du = dL/de * 1 = {dL_du:g};  dL/dw = dL/du * x = {dL_dw:g}  "
             f"(jax.grad: {float(ref_w):g});  dL/dx = dL/du * w = {dL_dx:g}  (jax.grad: {float(ref_x):g})")
-    return {"L": L, "dL_dw": dL_dw, "dL_dx": dL_dx, "jax_dL_dw": float(ref_w), "jax_dL_dx": float(ref_x)}
+    cfg.log(f"  bpjax serial(Dense(1, bias=False)) with mse: L = {float(value):g}, "
+            f"dL/dW = {float(grads[0]['W'][0, 0]):g}, dL/dx = {float(dx[0, 0]):g}")
+    return {"L": L, "dL_dw": dL_dw, "dL_dx": dL_dx, "jax_dL_dw": float(ref_w), "jax_dL_dx": float(ref_x),
+            "bpjax_L": float(value), "bpjax_dL_dw": float(grads[0]["W"][0, 0]), "bpjax_dL_dx": float(dx[0, 0])}
 
 
 def _two_layer(cfg) -> dict:
@@ -82,7 +90,7 @@ def _two_layer(cfg) -> dict:
             f"z2 = a1 W2 + b2 {tuple(z2.shape)};  L = mean((z2 - y)^2) = {float(L):.6f}")
     cfg.log("  backward (reverse order), each against jax.grad in float64:")
     errors = {}
-    for name, value in manual.items():
+    for name, value in common.progress(manual.items(), cfg, "backward steps vs jax.grad"):
         err = float(jnp.max(jnp.abs(value - ref[name])) / jnp.max(jnp.abs(ref[name])))
         errors[name] = err
         cfg.log(f"    {name:<4}= {maths[name]:<22} shape {str(tuple(value.shape)):<8} |{name}|max = "
@@ -95,16 +103,36 @@ def _two_layer(cfg) -> dict:
     lib_err = max(float(jnp.max(jnp.abs(v - manual[k]))) for k, v in lib.items())
     cfg.log(f"  bpjax serial(Dense, Sigmoid, Dense) backward vs the lines above: max abs difference {lib_err:.1e}")
     return {"loss": float(L), "rel_error_vs_jax_grad": errors, "max_rel_error": max(errors.values()),
-            "bpjax_max_abs_difference": lib_err, "bpjax_loss": float(value)}
+            "bpjax_max_abs_difference": lib_err, "bpjax_loss": float(value), "maths": maths,
+            "shapes": {k: tuple(v.shape) for k, v in manual.items()}}
 
 
 def run(cfg: common.Config) -> dict:
     with jax.enable_x64(True):
         metrics = {"scalar": _scalar(cfg), "two_layer": _two_layer(cfg), "rtol": RTOL}
-    metrics["all_match"] = (metrics["scalar"]["dL_dw"] == metrics["scalar"]["jax_dL_dw"] == -24.0
-                            and metrics["two_layer"]["max_rel_error"] < RTOL
-                            and metrics["two_layer"]["bpjax_max_abs_difference"] < RTOL)
+    one, two = metrics["scalar"], metrics["two_layer"]
+    metrics["all_match"] = (one["bpjax_dL_dw"] == one["jax_dL_dw"] == one["dL_dw"]
+                            and one["bpjax_dL_dx"] == one["jax_dL_dx"] == one["dL_dx"]
+                            and two["max_rel_error"] < RTOL and two["bpjax_max_abs_difference"] < RTOL)
     common.write_results(cfg, {"w": W, "x": X, "target": TARGET, "network": f"{D_IN}-{D_HIDDEN}-{D_OUT} sigmoid, MSE",
                                "batch": B, "dtype": "float64"}, metrics)
+    header = ["quantity", "maths", "shape", "rel error vs jax.grad (float64)"]
+    rows = [[k, two["maths"][k], "x".join(map(str, two["shapes"][k])), e]
+            for k, e in two["rel_error_vs_jax_grad"].items()]
+    common.write_csv(cfg.out / "chain_rule.csv", header, rows)
+    w = np.linspace(0.0, 5.0, 101)
+    floor = 1e-18  # an exact match (error 0) is drawn at this floor of the log scale
+    names = list(two["rel_error_vs_jax_grad"])
+    common.plot_panels(cfg.out / f"{cfg.name}.png", [
+        {"title": "L(w) = (w x - 10)^2 at x = 3, and its tangent at w = 2", "xlabel": "w", "ylabel": "L",
+         "lines": {"L(w)": (w, (w * X - TARGET) ** 2),
+                   f"slope dL/dw = {one['bpjax_dL_dw']:g} (bpjax)": (w, one["L"] + one["bpjax_dL_dw"] * (w - W),
+                                                                        {"ls": "--"})},
+         "points": {"w = 2": ([W], [one["L"]])}, "ylim": (-20, 110)},
+        {"title": "2-layer net: each backward quantity vs jax.grad", "xlabel": "quantity",
+         "ylabel": f"relative error (0 drawn at {floor:g})", "logy": True,
+         "points": {"float64": (names, [max(two["rel_error_vs_jax_grad"][k], floor) for k in names])},
+         "hlines": {f"rtol {RTOL:g}": RTOL}},
+    ], title="the chain rule by hand")
     cfg.log(f"\nall hand-written gradients match jax.grad (rtol {RTOL:g}): {metrics['all_match']}")
     return metrics

@@ -1,11 +1,13 @@
-"""Shared code for the experiments: the run configuration, a compiled training loop, results and plots.
+"""Shared code for the experiments: the run configuration, results, tables, plots, progress and gradient checks.
 
-Every experiment writes to its results folder (default ``results/<name>/``):
+Every experiment trains with the library's trainer (:func:`bpjax.train.fit`, or
+:func:`bpjax.train.fit_many` for seeds and sweeps) and writes to its results folder (default
+``results/<name>/``):
 
 - ``results.json``: the experiment's name, its configuration, the versions of everything it ran
   on, and its metrics (the numbers the README quotes);
-- optional CSV tables and PNG pictures (matplotlib with the Agg backend, imported only when a
-  picture is drawn, so ``import bpjax`` and ``import experiments`` stay light).
+- at least one CSV table and one PNG picture, the main one named ``<name>.png`` (matplotlib with
+  the Agg backend, imported only when a picture is drawn, so ``import experiments`` stays light).
 """
 
 from __future__ import annotations
@@ -13,17 +15,19 @@ from __future__ import annotations
 import csv
 import json
 import platform
+import shutil
 import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 import bpjax as bp
 
@@ -36,9 +40,10 @@ class Config:
       name: the experiment's name (its module under ``experiments``).
       quick: a few-seconds version (fewer steps, smaller sweeps) for the tests.
       backward: ``"manual"`` (bpjax's hand-written backward) or ``"autodiff"`` (``jax.grad``).
-      seeds: number of independent runs (initialisations), trained side by side with ``vmap``.
+      seeds: number of independent runs (initialisations), trained side by side by ``fit_many``.
       out: the results folder.
-      verbose: print progress and tables.
+      verbose: print tables and gradient checks.
+      extra: other command-line choices; ``extra["progress"]`` (default True) shows progress bars.
     """
 
     name: str
@@ -48,6 +53,11 @@ class Config:
     out: Path = Path("results")
     verbose: bool = True
     extra: dict = field(default_factory=dict)
+
+    @property
+    def progress(self) -> bool:
+        """Show progress bars (fit's ``verbose``, :func:`progress` for other loops)."""
+        return bool(self.extra.get("progress", True))
 
     def log(self, *args) -> None:
         if self.verbose:
@@ -100,6 +110,49 @@ def write_results(cfg: Config, config: dict, metrics: dict) -> Path:
     path = cfg.out / "results.json"
     path.write_text(json.dumps(_jsonable(record), indent=2) + "\n")
     return path
+
+
+def record_seconds(cfg: Config, seconds: float) -> None:
+    """Add the run's wall time (``seconds``, compilation included) to its ``results.json``."""
+    path = cfg.out / "results.json"
+    record = json.loads(path.read_text())
+    record["seconds"] = round(seconds, 1)
+    path.write_text(json.dumps(record, indent=2) + "\n")
+
+
+PUBLISHED_LIMIT = 50_000  # bytes: a docs/results file above this loses its long curves
+
+
+def _size(x) -> int:
+    return sum(_size(v) for v in x) if isinstance(x, list) else 1
+
+
+def _without_long_lists(x, limit: int):
+    """``x`` with every list of more than ``limit`` numbers replaced by a note of its length."""
+    if isinstance(x, dict):
+        return {k: _without_long_lists(v, limit) for k, v in x.items()}
+    if isinstance(x, list):
+        if _size(x) > limit:
+            return f"omitted from the committed copy: {_size(x)} values (see the run's own results.json)"
+        return [_without_long_lists(v, limit) for v in x]
+    return x
+
+
+def publish(cfg: Config, docs: Path) -> List[Path]:
+    """Copy ``results.json`` to ``docs/results/<name>.json`` (long curves dropped above 50 kB) and the figure
+    ``<name>.png`` to ``docs/figures/``; return the paths written."""
+    record = json.loads((cfg.out / "results.json").read_text())
+    text = json.dumps(record, indent=2) + "\n"
+    for limit in (1000, 300, 100, 30):
+        if len(text) <= PUBLISHED_LIMIT:
+            break
+        text = json.dumps(_without_long_lists(record, limit), indent=2) + "\n"
+    written = [docs / "results" / f"{cfg.name}.json", docs / "figures" / f"{cfg.name}.png"]
+    for path in written:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    written[0].write_text(text)
+    shutil.copyfile(cfg.out / f"{cfg.name}.png", written[1])
+    return written
 
 
 def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence]) -> Path:
@@ -161,155 +214,82 @@ def plot_panels(path: Path, panels: List[dict], title: Optional[str] = None) -> 
     return path
 
 
-# ----------------------------------------------------------------------------- training
+# ----------------------------------------------------------------------------- progress and checks
 
-def init_runs(model: bp.Layer, keys: jax.Array, input_shape) -> tuple:
-    """Initialise one model per key, stacked on a leading run axis: ``(params, state)``."""
-    input_shape = tuple(input_shape)
-    params = jax.vmap(lambda k: model.init(k, input_shape)[1])(keys)
-    state = jax.vmap(lambda k: bp.init_state(model, k, input_shape))(keys)
-    return params, state
+def progress(items, cfg: Config, desc: str):
+    """A tqdm bar over ``items`` for the loops that are not training runs (fit shows its own bar)."""
+    from tqdm.auto import tqdm
 
-
-@dataclass
-class History:
-    """What :func:`train` measured; arrays carry a run axis ``S`` (seeds or swept settings).
-
-    Attributes:
-      loss: ``(steps, S)`` training loss of every step (on that step's batch).
-      eval_steps: ``(E,)`` the steps after which the model was evaluated.
-      test_acc, test_loss, train_acc: ``(E, S)``.
-      grad_checks: ``[(step, max relative error)]``, manual vs ``jax.grad`` on run 0.
-      params, state: the final (stacked) parameters and state.
-      seconds: wall time of training (compilation included).
-    """
-
-    loss: np.ndarray
-    eval_steps: np.ndarray
-    test_acc: np.ndarray
-    test_loss: np.ndarray
-    train_acc: np.ndarray
-    grad_checks: List[tuple]
-    params: object
-    state: object
-    seconds: float
-
-    @property
-    def final_test_acc(self) -> np.ndarray:
-        return self.test_acc[-1]
+    return tqdm(items, desc=desc, disable=not cfg.progress, leave=False)
 
 
-def to_float64(tree):
-    """Cast the floating leaves of ``tree`` to float64 (call inside ``jax.enable_x64(True)``)."""
-    return jax.tree.map(lambda a: jnp.asarray(a, jnp.float64) if jnp.issubdtype(jnp.result_type(a), jnp.floating)
-                        else a, tree)
+def model0(tree):
+    """Model 0 of a :func:`bpjax.train.fit_many` pytree (every leaf has a leading model axis ``N``)."""
+    return jax.tree.map(lambda a: a[0], tree)
 
 
-def check_run0(model: bp.Layer, loss, runs, batch, key) -> "bp.GradientReport":
-    """:func:`bpjax.check_gradients` of run 0 of stacked ``(params, state)`` on ``batch = (x, y)``, in float64.
+def float64_check(model: bp.Layer, loss, params, x, y, *, state=None, key=None) -> "bp.GradientReport":
+    """:func:`bpjax.check_gradients` at ``(params, x)`` cast to float64 (labels ``y`` as they are).
 
     Float64, because late in training the loss nears zero: ``dz = softmax(z) - y`` then cancels to
     a few float32 ulps of 1, and float32 gradients computed in two orders can differ by far more
     than any fixed relative tolerance while both are right. In float64 both are exact to ~1e-16 and
-    the default ``rtol=1e-10`` separates a wrong backward from roundoff.
+    check_gradients' default ``rtol=1e-10`` separates a wrong backward from roundoff.
     """
-    p0, s0 = jax.tree.map(lambda a: a[0], runs)
     with jax.enable_x64(True):
-        p0, s0, (xb, yb) = to_float64((p0, s0, batch))
-        ctx = {"state": s0, "key": key} if bp.is_contextual(model) else {}
-        return bp.check_gradients(model, loss, p0, xb, yb, **ctx)
+        params, x, state = optax.tree_utils.tree_cast((params, jnp.asarray(x), state), jnp.float64)
+        return bp.check_gradients(model, loss, params, x, jnp.asarray(y), state=state, key=key)
 
 
-def train(model: bp.Layer, loss, optimizer, data: Dict[str, np.ndarray], params, opt_state, *, state=(),
-          steps: int, batch: int = 100, backward: str = "manual", eval_every: int = 500,
-          check_every: int = 0, key: Optional[jax.Array] = None, desc: str = "train",
-          progress: bool = True, verbose: bool = True) -> History:
-    """Train ``S`` runs side by side (``vmap``), ``eval_every`` steps per compiled ``lax.scan``.
+class GradientChecks:
+    """A :func:`bpjax.train.fit_many` ``callback``: manual vs ``jax.grad`` on model 0, in float64.
 
-    Batches are taken in order, the MNIST-1D recipe: step ``t`` uses rows
-    ``(t * batch + i) % N`` for ``i < batch``. Every run sees the same batches; runs differ in
-    their initial ``params`` (seeds) or in their ``opt_state`` (e.g. a learning rate injected with
-    ``optax.inject_hyperparams``).
-
-    Args:
-      model, loss, optimizer: what to train and how (an optax transformation).
-      data: ``x, y, x_test, y_test`` arrays.
-      params, opt_state, state: stacked on a leading run axis ``S``.
-      steps, batch: number of steps and batch size.
-      backward: ``"manual"`` or ``"autodiff"`` (see :func:`bpjax.train.make_step`).
-      eval_every: steps per compiled chunk; test accuracy and loss are measured after each chunk.
-      check_every: every this many steps (a multiple of ``eval_every``; 0 = never) compare run 0's
-        manual gradients with ``jax.grad`` on the current batch (:func:`bpjax.check_gradients`).
-      key: PRNG key for stochastic layers (dropout); split per step and per run.
-      desc, progress, verbose: progress bar label, whether to show it, print gradient checks.
+    Every ``every`` steps (and after the last step), model 0's params are checked with
+    :func:`float64_check` on the batch of the step just taken; with ``shuffle=False`` step ``s``
+    trains on rows ``b*B .. b*B+B-1``, ``b = s mod (N // B)``. ``records`` collects
+    ``(steps_done, max relative error)``.
     """
-    loss_fn = bp.losses.as_loss(loss)
+
+    def __init__(self, model: bp.Layer, loss, train_data, *, batch_size: int, steps: int, every: int,
+                 log=print):
+        self.model, self.loss, self.batch_size, self.steps, self.every, self.log = \
+            model, loss, batch_size, steps, every, log
+        self.x, self.y = (np.asarray(a) for a in train_data)
+        self.records: List[tuple] = []
+
+    def __call__(self, done: int, result: "bp.train.FitResult") -> None:
+        if done % self.every and done != self.steps:
+            return
+        B = self.batch_size
+        b = (done - 1) % (len(self.x) // B)
+        xb, yb = self.x[b * B:(b + 1) * B], self.y[b * B:(b + 1) * B]
+        contextual = bp.is_contextual(self.model)
+        report = float64_check(self.model, self.loss, model0(result.params), xb, yb,
+                               state=model0(result.state) if contextual else None,
+                               key=jax.random.key(done) if contextual else None)
+        self.records.append((done, report.max_rel_error))
+        self.log(f"step {done:5d}: manual vs jax.grad (float64) max rel error {report.max_rel_error:.2e} "
+                 f"({'OK' if report.ok else 'MISMATCH'}, rtol {report.rtol:g})")
+
+    @property
+    def max_rel_error(self) -> float:
+        return max(e for _, e in self.records)
+
+
+def evaluate_many(model: bp.Layer, x, y, loss=bp.losses.softmax_cross_entropy):
+    """``fn(params, state) -> (accuracy (N,), loss (N,))`` of ``N`` stacked models on ``(x, y)``, eval mode, jitted.
+
+    For what fit's one ``eval_data`` does not measure (the training set, a subset, a second test set).
+    """
+    x, y = jnp.asarray(x), jnp.asarray(y)
     contextual = bp.is_contextual(model)
-    step = bp.train.make_step(model, loss_fn, optimizer, backward=backward, checks=False, jit=False)
-    x, y = jnp.asarray(data["x"]), jnp.asarray(data["y"])
-    x_test, y_test = jnp.asarray(data["x_test"]), jnp.asarray(data["y_test"])
-    n = x.shape[0]
-    key = jax.random.key(0) if key is None else key
-    n_runs = jax.tree.leaves(params)[0].shape[0]
 
-    def one(p, o, s, xb, yb, k):
-        if contextual:
-            return step(p, o, xb, yb, state=s, key=k)
-        p, o, v = step(p, o, xb, yb)
-        return p, o, v, s
+    def one(p, s):
+        pred = bp.predict(model, p, x, state=s if contextual else None)
+        return bp.losses.accuracy(pred, y), loss.value(pred, y)
 
-    many = jax.vmap(one, in_axes=(0, 0, 0, None, None, 0))
-
-    def batch_at(t):
-        idx = (t * batch + jnp.arange(batch)) % n
-        return x[idx], y[idx]
-
-    def body(carry, t):
-        p, o, s = carry
-        xb, yb = batch_at(t)
-        keys = jax.random.split(jax.random.fold_in(key, t), n_runs)
-        p, o, v, s = many(p, o, s, xb, yb, keys)
-        return (p, o, s), v
-
-    @jax.jit
-    def chunk(p, o, s, t0, ts):
-        return jax.lax.scan(body, (p, o, s), t0 + ts)
-
-    @jax.jit
-    def evaluate(p, s):
-        def ev(p, s):
-            kw = {"state": s} if contextual else {}
-            logits = bp.predict(model, p, x_test, **kw)
-            train_logits = bp.predict(model, p, x, **kw)
-            return (bp.losses.accuracy(logits, y_test), loss_fn.value(logits, y_test),
-                    bp.losses.accuracy(train_logits, y))
-        return jax.vmap(ev)(p, s)
-
-    from tqdm.auto import tqdm
-
-    losses, evals, eval_steps, checks = [], [], [], []
-    t, start = 0, time.perf_counter()
-    bar = tqdm(total=steps, desc=desc, disable=not progress, leave=False, unit="step")
-    while t < steps:
-        m = min(eval_every, steps - t)
-        (params, opt_state, state), v = chunk(params, opt_state, state, t, jnp.arange(m))
-        t += m
-        losses.append(np.asarray(v))
-        evals.append([np.asarray(a) for a in evaluate(params, state)])
-        eval_steps.append(t)
-        bar.update(m)
-        bar.set_postfix(loss=f"{float(np.mean(v[-1])):.3f}", test_acc=f"{float(np.mean(evals[-1][0])):.3f}")
-        if check_every and (t % check_every == 0 or t == steps):
-            report = check_run0(model, loss_fn, (params, state), batch_at(t - 1), jax.random.key(t))
-            checks.append((t, report.max_rel_error))
-            if verbose:
-                bar.write(f"step {t:5d}: manual vs jax.grad (float64) max rel error {report.max_rel_error:.2e} "
-                          f"({'OK' if report.ok else 'MISMATCH'}, rtol {report.rtol:g})")
-    bar.close()
-    seconds = time.perf_counter() - start
-    ev = [np.stack(e) for e in zip(*evals)]
-    return History(np.concatenate(losses), np.asarray(eval_steps), ev[0], ev[1], ev[2], checks,
-                   params, state, seconds)
+    jitted = jax.jit(jax.vmap(one))
+    return lambda params, state: tuple(np.asarray(a) for a in jitted(params, state))
 
 
 def mean_std(a) -> tuple:

@@ -10,10 +10,12 @@ with one shared 10-way output, Adam ``1e-3``, batches of 100, hand-written backw
   input, and after a few hundred steps the network answers 5-9 for everything: task A collapses.
 - Rehearsal: a memory of ``MEMORY_PER_CLASS`` task-A training images per class (50 in all, kept
   from phase 1) and ``k`` of them mixed into each phase-2 batch of 100 (``100 - k`` task-B rows,
-  ``k`` memory rows taken in turn); ``k = 5`` and ``10`` (5% and 10% of the batch).
+  ``k`` memory rows taken in turn); ``k = 5`` and ``10`` (5% and 10% of the batch). The batches are
+  laid out as one epoch (:func:`rehearsal_epoch`) that ``fit`` takes in order.
 
-Every variant continues from the same phase-1 weights; accuracies on the task-A and task-B test
-images are measured every ``EVAL_EVERY`` steps of both phases.
+Each phase is one :func:`bpjax.train.fit_many` call (one model per seed). Every variant continues
+from the same phase-1 weights; fit evaluates the whole test set every ``EVAL_EVERY`` steps of both
+phases, with one metric per task (accuracy on the test rows of that task's labels).
 """
 
 from __future__ import annotations
@@ -37,7 +39,6 @@ QUICK_REHEARSAL = (0, 10)
 STEPS, QUICK_STEPS = 1000, 200  # per phase
 EVAL_EVERY = 50
 DEFAULT_SEEDS = 3
-QUICK_SECONDS = 15
 
 
 def mlp() -> bp.Layer:
@@ -46,89 +47,76 @@ def mlp() -> bp.Layer:
 
 
 def task(x, y, classes) -> tuple:
-    """The rows of ``x, y`` whose label is in ``classes``, as device arrays."""
+    """The rows of ``x, y`` whose label is in ``classes``."""
     keep = np.isin(y, classes)
-    return jnp.asarray(x[keep]), jnp.asarray(y[keep])
+    return x[keep], y[keep]
 
 
-def make_phase(model, optimizer, train_set, memory, n_memory: int, tests: dict, backward: str):
-    """A compiled chunk of ``EVAL_EVERY`` steps for ``S`` runs (vmapped), then the test accuracies.
+def mixed_epoch(train_set, memory, n_memory: int = 0) -> tuple:
+    """One epoch of batches laid out in order for ``fit(shuffle=False)``: ``(x, y)`` of ``n_b * BATCH`` rows.
 
-    Step ``t`` trains on ``BATCH - n_memory`` rows of ``train_set`` (rows ``(t * b + i) mod N``, in
-    order) and ``n_memory`` rows of ``memory`` (rows ``(t * n_memory + i) mod M``).
-
-    Returns:
-      ``chunk(params, opt_state, t0) -> (params, opt_state, losses (EVAL_EVERY, S), {test: (S,)})``.
+    Batch ``j`` holds ``BATCH - n_memory`` rows of ``train_set`` (rows ``(j * b + i) mod N``,
+    ``b = BATCH - n_memory``, so every training row appears once per epoch) followed by ``n_memory``
+    rows of ``memory`` taken in turn (rows ``(j * n_memory + i) mod M``); ``n_b = ceil(N / b)``.
     """
-    vg = bp.train.grad_fn(model, bp.losses.softmax_cross_entropy, backward)
     (x, y), (xm, ym) = train_set, memory
     b = BATCH - n_memory
-
-    def step(p, o, xb, yb):
-        value, grads = vg(p, xb, yb)
-        updates, o = optimizer.update(grads, o, p)
-        return optax.apply_updates(p, updates), o, value
-
-    many = jax.vmap(step, in_axes=(0, 0, None, None))
-
-    def body(carry, t):
-        idx = (t * b + jnp.arange(b)) % x.shape[0]
-        xb, yb = x[idx], y[idx]
-        if n_memory:
-            mem = (t * n_memory + jnp.arange(n_memory)) % xm.shape[0]
-            xb, yb = jnp.concatenate([xb, xm[mem]]), jnp.concatenate([yb, ym[mem]])
-        p, o, value = many(*carry, xb, yb)
-        return (p, o), value
-
-    def accuracies(p):
-        acc = lambda q, xt, yt: bp.losses.accuracy(bp.predict(model, q, xt), yt)  # noqa: E731
-        return {name: jax.vmap(acc, in_axes=(0, None, None))(p, *xy) for name, xy in tests.items()}
-
-    @jax.jit
-    def chunk(p, o, t0):
-        (p, o), losses = jax.lax.scan(body, (p, o), t0 + jnp.arange(EVAL_EVERY))
-        return p, o, losses, accuracies(p)
-
-    return chunk
+    n_b = -(-len(x) // b)
+    rows = (np.arange(n_b)[:, None] * b + np.arange(b)) % len(x)               # (n_b, b)
+    mem = (np.arange(n_b)[:, None] * n_memory + np.arange(n_memory)) % len(xm)  # (n_b, n_memory)
+    xb = np.concatenate([x[rows], xm[mem]], 1).reshape(n_b * BATCH, *x.shape[1:])
+    yb = np.concatenate([y[rows], ym[mem]], 1).reshape(n_b * BATCH)
+    return xb, yb
 
 
-def train_phase(chunk, optimizer, params, steps: int) -> tuple:
-    """Run ``steps`` steps (a multiple of ``EVAL_EVERY``) from a fresh optimiser state: ``(params, {test: (E, S)})``."""
-    opt_state = jax.vmap(optimizer.init)(params)
-    curves = []
-    for t0 in range(0, steps, EVAL_EVERY):
-        params, opt_state, _, acc = chunk(params, opt_state, t0)
-        curves.append(acc)
-    return params, {k: np.stack([np.asarray(c[k]) for c in curves]) for k in curves[0]}
+def task_accuracy(classes):
+    """A fit metric ``(logits, y) -> accuracy on the rows whose label is in classes`` (eval_data holds both tasks)."""
+    classes = jnp.asarray(classes)
+
+    def metric(logits, y):
+        mine = jnp.isin(y, classes)
+        return jnp.sum(mine & (jnp.argmax(logits, -1) == y)) / jnp.sum(mine)
+
+    return metric
+
+
+METRICS = {"A (0-4)": task_accuracy(TASK_A), "B (5-9)": task_accuracy(TASK_B)}  # one object: fit caches on it
+
+
+def train_phase(model, params, keys, train_data, test, steps: int, cfg) -> tuple:
+    """``steps`` steps of every seed from a fresh Adam state: ``(params, {task: (S, E) test accuracy})``."""
+    r = bp.train.fit_many(model, bp.losses.softmax_cross_entropy, optax.adam(LEARNING_RATE), params, train_data,
+                          keys=keys, steps=steps, batch_size=BATCH, eval_data=test, eval_every=EVAL_EVERY,
+                          metrics=METRICS, backward=cfg.backward, verbose=cfg.progress)
+    return r.params, {t: r.history[f"eval_{t}"] for t in METRICS}
 
 
 def run(cfg: common.Config) -> dict:
     steps = QUICK_STEPS if cfg.quick else STEPS
     d = data.digits()
     train_a, train_b = task(d["x"], d["y"], TASK_A), task(d["x"], d["y"], TASK_B)
-    tests = {"A (0-4)": task(d["x_test"], d["y_test"], TASK_A), "B (5-9)": task(d["x_test"], d["y_test"], TASK_B)}
-    ya = np.asarray(train_a[1])
-    keep = np.concatenate([np.flatnonzero(ya == c)[:MEMORY_PER_CLASS] for c in TASK_A])
-    memory = (train_a[0][np.sort(keep)], train_a[1][np.sort(keep)])  # in data order: classes interleaved
-    model, optimizer = mlp(), optax.adam(LEARNING_RATE)
-    params, _ = common.init_runs(model, jax.random.split(jax.random.key(0), cfg.seeds), d["x"].shape[1:])
+    test = (d["x_test"], d["y_test"])  # both tasks; the metrics split it by label
+    ya = train_a[1]
+    keep = np.sort(np.concatenate([np.flatnonzero(ya == c)[:MEMORY_PER_CLASS] for c in TASK_A]))
+    memory = (train_a[0][keep], train_a[1][keep])  # in data order: classes interleaved
+    model = mlp()
+    keys = jax.random.split(jax.random.key(0), cfg.seeds)
+    params = bp.train.init_many(model, keys, d["x"].shape[1:])
 
-    phase1 = make_phase(model, optimizer, train_a, memory, 0, tests, cfg.backward)
-    params_a, curve_a = train_phase(phase1, optimizer, params, steps)
-    after_a = {k: float(v[-1].mean()) for k, v in curve_a.items()}
+    params_a, curve_a = train_phase(model, params, keys, mixed_epoch(train_a, memory), test, steps, cfg)
+    after_a = {k: float(v[:, -1].mean()) for k, v in curve_a.items()}
     cfg.log(f"phase 1 (task A, {steps} steps): test acc A {after_a['A (0-4)']:.3f}, B {after_a['B (5-9)']:.3f}")
     variants, rows, lines = {}, [], {}
     for k in QUICK_REHEARSAL if cfg.quick else REHEARSAL:
         name = "no rehearsal" if k == 0 else f"rehearsal {k}/{BATCH} per batch"
-        phase2 = make_phase(model, optimizer, train_b, memory, k, tests, cfg.backward)
-        _, curve_b = train_phase(phase2, optimizer, params_a, steps)
-        a, b = curve_b["A (0-4)"][-1], curve_b["B (5-9)"][-1]
+        _, curve_b = train_phase(model, params_a, keys, mixed_epoch(train_b, memory, k), test, steps, cfg)
+        a, b = curve_b["A (0-4)"][:, -1], curve_b["B (5-9)"][:, -1]
         variants[name] = {"memory_rows_per_batch": k, "task_a_acc": float(a.mean()), "task_b_acc": float(b.mean()),
                           "task_a_acc_per_seed": a, "task_a_drop_points": 100 * (after_a["A (0-4)"] - float(a.mean())),
-                          "task_a_min_during_phase2": float(curve_b["A (0-4)"].mean(1).min())}
+                          "task_a_min_during_phase2": float(curve_b["A (0-4)"].mean(0).min())}
         rows.append([name, after_a["A (0-4)"], float(a.mean()), float(b.mean()), variants[name]["task_a_drop_points"]])
         cfg.log(f"phase 2, {name:<26}: test acc A {a.mean():.3f}, B {b.mean():.3f}")
-        lines[name] = {t: np.concatenate([curve_a[t].mean(1), curve_b[t].mean(1)]) for t in tests}
+        lines[name] = {t: np.concatenate([curve_a[t].mean(0), curve_b[t].mean(0)]) for t in METRICS}
     header = ["phase 2", "A after phase 1", "A after phase 2", "B after phase 2", "A drop (points)"]
     cfg.log(common.markdown_table(header, rows))
     common.write_csv(cfg.out / "forgetting.csv", header, rows)
@@ -138,11 +126,12 @@ def run(cfg: common.Config) -> dict:
                                "model": "Flatten Dense(128) Relu Dense(10)", "optimizer": f"adam({LEARNING_RATE}), "
                                "fresh state per phase", "steps_per_phase": steps, "batch": BATCH,
                                "memory": f"{MEMORY_PER_CLASS} task-A training images per class",
-                               "seeds": cfg.seeds}, metrics)
+                               "seeds": cfg.seeds, "trainer": "bp.train.fit_many(keys=seeds, shuffle=False) per phase"},
+                         metrics)
     x = np.arange(1, 2 * steps // EVAL_EVERY + 1) * EVAL_EVERY
-    common.plot_panels(cfg.out / "forgetting.png", [
+    common.plot_panels(cfg.out / f"{cfg.name}.png", [
         {"title": f"test accuracy on task {t}", "xlabel": "step", "ylabel": "accuracy", "ylim": (-0.02, 1.02),
          "lines": {**{name: (x, curve[t]) for name, curve in lines.items()},
-                   "phase 2 starts": ([steps, steps], [0, 1], {"c": "gray", "ls": "--", "lw": 1})}} for t in tests
+                   "phase 2 starts": ([steps, steps], [0, 1], {"c": "gray", "ls": "--", "lw": 1})}} for t in METRICS
     ], title="catastrophic forgetting: digits 0-4 then 5-9")
     return metrics

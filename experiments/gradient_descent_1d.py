@@ -4,18 +4,25 @@ Near ``x``, ``f(x + h) ~ f(x) + f'(x) h`` (the local linear approximation, error
 step ``h = -lr f'(x) = -lr cos(x)`` lowers ``f`` when ``lr`` is small enough. From ``x = 2`` the
 nearest minimum is ``x* = 3 pi / 2`` where ``f''(x*) = 1``: a step of ``lr`` multiplies the distance
 to ``x*`` by about ``1 - lr``. So a tiny rate crawls, ``lr = 1`` converges in a few steps,
-``1 < lr < 2`` overshoots and oscillates around ``x*`` (converging slower), and a larger rate
-jumps out of the basin.
+``1 < lr < 2`` overshoots and oscillates around ``x*`` (converging slower), and above 2 ``x*`` is
+unstable: ``lr = 3`` never reaches it but settles into a 2-cycle on both sides of it
+(3.217 <-> 6.208, inside the basin ``(pi/2, 5 pi/2)``).
+
+In bpjax terms ``x`` is the one weight of ``Dense(1, bias=False)`` applied to the input ``1``,
+followed by a ``Sin`` layer (``a = sin(z)``, backward ``dz = da * cos(z)``), and the loss is the
+output itself; every rate trains in one ``bp.train.fit_many`` sweep (``optax.sgd``, one step per
+chunk so its ``callback`` records ``x`` after every step).
 """
 
 from __future__ import annotations
 
 import math
 
-import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
+import bpjax as bp
 from experiments import common
 
 X0 = 2.0
@@ -25,41 +32,58 @@ STEPS = 30
 H = [1.0, 0.3, 0.1, 0.03, 0.01]
 
 
-def descend(lr, steps: int):
-    """``x_{t+1} = x_t - lr * f'(x_t)`` with ``f'`` from ``jax.grad(jnp.sin)``; returns ``x_0..x_steps``."""
-    df = jax.grad(jnp.sin)
+def sine_model() -> bp.Layer:
+    """``f(x) = sin(x)`` as a model of its weight: ``z = 1 @ W`` (``W = [[x]]``), ``a = sin(z)``."""
+    return bp.serial(bp.layers.Dense(1, bias=False), bp.layers.elementwise("Sin", jnp.sin, jnp.cos))
 
-    def step(x, _):
-        x = x - lr * df(x)
-        return x, x
 
-    _, xs = jax.lax.scan(step, jnp.asarray(X0), None, length=steps)
-    return jnp.concatenate([jnp.asarray([X0]), xs])
+def height(pred, target):
+    """The loss is the model's output: ``L = mean(a) = sin(x)`` (``target`` is unused)."""
+    return jnp.mean(pred)
+
+
+HEIGHT = bp.losses.as_loss(height)  # one object: fit keeps its compiled program per loss
+
+
+def descend(rates, steps: int, progress: bool) -> np.ndarray:
+    """``x_{t+1} = x_t - lr f'(x_t)`` for every rate (one ``fit_many`` sweep); ``(len(rates), steps + 1)``."""
+    model = sine_model()
+    one, zero = jnp.ones((1, 1)), jnp.zeros((1, 1))  # the input 1 and an unused target
+    params = ({"W": jnp.full((len(rates), 1, 1), X0)}, ())
+    path = [np.full(len(rates), X0)]
+    bp.train.fit_many(model, HEIGHT, optax.sgd, params, (one, zero), hparams=jnp.asarray(rates, jnp.float32),
+                      steps=steps, batch_size=1, chunk_size=1, verbose=progress,
+                      callback=lambda done, r: path.append(np.asarray(r.params[0]["W"][:, 0, 0])))
+    return np.stack(path, 1)
 
 
 def run(cfg: common.Config) -> dict:
     steps = 15 if cfg.quick else STEPS
     # the local linear approximation and its error, f(x0 + h) - (f(x0) + f'(x0) h) ~ -sin(x0) h^2 / 2
-    lin = [(h, math.sin(X0 + h) - (math.sin(X0) + math.cos(X0) * h)) for h in H]
-    cfg.log(f"f(x) = sin(x), x0 = {X0}: f'(x0) = cos(x0) = {math.cos(X0):.4f} (jax.grad: "
-            f"{float(jax.grad(jnp.sin)(X0)):.4f}); linear-approximation error vs h:")
+    _, grads = bp.value_and_grad(sine_model(), HEIGHT)(({"W": jnp.full((1, 1), X0)}, ()), jnp.ones((1, 1)),
+                                                       jnp.zeros((1, 1)))
+    slope = float(grads[0]["W"][0, 0])
+    lin = [(h, math.sin(X0 + h) - (math.sin(X0) + slope * h)) for h in H]
+    cfg.log(f"f(x) = sin(x), x0 = {X0}: f'(x0) = {slope:.4f} (bpjax backward; cos(x0) = {math.cos(X0):.4f}); "
+            f"linear-approximation error vs h:")
     for h, err in lin:
         cfg.log(f"  h = {h:<5g} error {err:+.2e}   error / h^2 = {err / h**2:+.4f} "
                 f"(-sin(x0)/2 = {-math.sin(X0) / 2:+.4f})")
-    traj = np.asarray(jax.vmap(lambda lr: descend(lr, steps))(jnp.asarray(list(RATES.values()))))
-    rows, metrics = [], {"x_star": X_STAR, "steps": steps, "runs": {}}
+    traj = descend(list(RATES.values()), steps, cfg.progress)
+    rows, metrics = [], {"x_star": X_STAR, "steps": steps, "slope_at_x0": slope, "runs": {}}
     for (label, lr), xs in zip(RATES.items(), traj):
         dist = xs - X_STAR
         sign_changes = int(np.sum(np.diff(np.sign(dist)) != 0))
-        r = {"lr": lr, "x_final": float(xs[-1]), "f_final": float(np.sin(xs[-1])), "distance": float(abs(dist[-1])),
-             "overshoots": sign_changes, "first_step": float(xs[1] - xs[0])}
+        r = {"lr": lr, "x_final": float(xs[-1]), "x_last_three": xs[-3:], "f_final": float(np.sin(xs[-1])),
+             "distance": float(abs(dist[-1])), "overshoots": sign_changes, "first_step": float(xs[1] - xs[0])}
         metrics["runs"][label] = r
         rows.append([label, lr, r["x_final"], r["f_final"], r["distance"], sign_changes])
     header = ["learning rate", "lr", f"x after {steps} steps", "sin(x)", "|x - 3pi/2|", "times x crossed 3pi/2"]
     cfg.log(common.markdown_table(header, rows))
     common.write_csv(cfg.out / "trajectories.csv", ["step", *RATES], [[t, *traj[:, t]] for t in range(steps + 1)])
     metrics["linear_approximation_error"] = lin
-    common.write_results(cfg, {"f": "sin(x)", "x0": X0, "rates": RATES, "steps": steps}, metrics)
+    common.write_results(cfg, {"f": "sin(x)", "x0": X0, "rates": RATES, "steps": steps,
+                               "trainer": "bp.train.fit_many(optax.sgd, hparams=rates)"}, metrics)
     grid = np.linspace(0, 3 * np.pi, 400)
     panels = []
     for (label, lr), xs in zip(RATES.items(), traj):
@@ -68,5 +92,5 @@ def run(cfg: common.Config) -> dict:
                        "lines": {"sin(x)": (grid, np.sin(grid), {"c": "k", "lw": 1}),
                                  "path": (shown, np.sin(shown), {"marker": "o", "ms": 3, "alpha": 0.7})},
                        "points": {"x0 = 2": ([X0], [np.sin(X0)])}})
-    common.plot_panels(cfg.out / "trajectories.png", panels, title="gradient descent on sin(x) from x = 2")
+    common.plot_panels(cfg.out / f"{cfg.name}.png", panels, title="gradient descent on sin(x) from x = 2")
     return metrics

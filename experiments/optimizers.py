@@ -1,7 +1,8 @@
 """Optimisers compared on the MNIST-1D MLP: SGD, momentum, Nesterov, RMSProp, Adam, AdamW and weight decay.
 
-Every run starts from the same weights and sees the same batches; only the update rule differs
-(each an optax transformation fed bpjax's hand-written gradients):
+Every run starts from the same weights and sees the same batches (in order); only the update rule
+differs (each an optax transformation fed bpjax's hand-written gradients by
+:func:`bpjax.train.fit_many`, one model per seed):
 
 - SGD: ``W <- W - lr g``; momentum: ``v <- 0.9 v + g``, ``W <- W - lr v``; Nesterov looks ahead.
 - RMSProp: divide by a running RMS of ``g``; Adam: momentum plus RMSProp with bias correction.
@@ -38,31 +39,34 @@ def run(cfg: common.Config) -> dict:
     steps = QUICK_STEPS if cfg.quick else STEPS
     d = data.mnist1d()
     model = zoo.mnist1d_mlp()
-    params, state = common.init_runs(model, jax.random.split(jax.random.key(0), cfg.seeds), d["x"].shape[1:])
+    keys = jax.random.split(jax.random.key(0), cfg.seeds)
+    params = bp.train.init_many(model, keys, d["x"].shape[1:])
+    on_train = common.evaluate_many(model, d["x"], d["y"])
     rows, curves, results = [], {}, {}
     for name in QUICK if cfg.quick else OPTIMIZERS:
-        optimizer = OPTIMIZERS[name]()
-        h = common.train(model, bp.losses.softmax_cross_entropy, optimizer, d, params,
-                         jax.vmap(optimizer.init)(params), state=state, steps=steps, batch=BATCH,
-                         backward=cfg.backward, eval_every=steps, desc=name,
-                         progress=cfg.extra.get("progress", True), verbose=cfg.verbose)
+        r = bp.train.fit_many(model, bp.losses.softmax_cross_entropy, OPTIMIZERS[name](), params, (d["x"], d["y"]),
+                              keys=keys, steps=steps, batch_size=BATCH, eval_data=(d["x_test"], d["y_test"]),
+                              backward=cfg.backward, verbose=cfg.progress)
+        h = r.history
         last = min(100, steps // 5)
-        r = {"train_loss": float(np.mean(h.loss[-last:])), "train_acc_percent": float(100 * h.train_acc[-1].mean()),
-             "test_acc_percent": float(100 * h.test_acc[-1].mean()),
-             "test_acc_std": common.mean_std(100 * h.test_acc[-1])[1], "seconds": h.seconds}
-        results[name] = r
-        rows.append([name, r["train_loss"], r["train_acc_percent"], r["test_acc_percent"]])
-        curves[name] = h.loss.mean(1)
-        cfg.log(f"{name:<34} train loss {r['train_loss']:.3f}  train {r['train_acc_percent']:.1f}%  "
-                f"test {r['test_acc_percent']:.1f}%")
+        test = 100 * h["eval_accuracy"][:, -1]
+        res = {"train_loss": float(np.mean(h["loss"][:, -last:])),
+               "train_acc_percent": float(100 * np.mean(on_train(r.params, r.state)[0])),
+               "test_acc_percent": float(test.mean()), "test_acc_std": common.mean_std(test)[1]}
+        results[name] = res
+        rows.append([name, res["train_loss"], res["train_acc_percent"], res["test_acc_percent"]])
+        curves[name] = h["loss"].mean(0)
+        cfg.log(f"{name:<34} train loss {res['train_loss']:.3f}  train {res['train_acc_percent']:.1f}%  "
+                f"test {res['test_acc_percent']:.1f}%")
     header = ["optimizer", "train loss (last steps)", "train acc %", "test acc %"]
     cfg.log(common.markdown_table(header, rows))
     common.write_csv(cfg.out / "optimizers.csv", header, rows)
     common.write_results(cfg, {"model": model.name, "steps": steps, "batch": BATCH, "seeds": cfg.seeds,
-                               "optimizers": list(OPTIMIZERS)}, {"optimizers": results})
+                               "optimizers": list(OPTIMIZERS), "trainer": "bp.train.fit_many(keys=seeds)"},
+                         {"optimizers": results})
     k = 25
     smooth = lambda v: np.convolve(v, np.ones(k) / k, mode="valid")  # noqa: E731
-    common.plot_panels(cfg.out / "optimizers.png", [
+    common.plot_panels(cfg.out / f"{cfg.name}.png", [
         {"title": f"training loss ({k}-step mean)", "xlabel": "step", "ylabel": "cross-entropy", "logy": True,
          "lines": {name: (np.arange(k, steps + 1), smooth(c)) for name, c in curves.items()}},
     ], title="optimisers on the MNIST-1D MLP (same init, same batches)")

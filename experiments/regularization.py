@@ -7,7 +7,8 @@ that can memorise learns the clean examples first and then the wrong labels too 
 test accuracy falls from its early peak. That memorisation is the overfitting made visible.
 
 Model: a wide MLP ``Flatten, Dense(256), Relu, Dense(256), Relu, Dense(10)`` (about 85k weights
-for 300 examples), Adam ``1e-3``, batches of 100 in order. Settings, from the same initial weights:
+for 300 examples), Adam ``1e-3``, batches of 100 in order, one model per seed in
+:func:`bpjax.train.fit_many`. Settings, from the same initial weights:
 
 - none: ``optax.adam``;
 - weight decay: ``optax.adamw(1e-3, weight_decay=WD)``, i.e. ``W <- W - lr (adam(g) + WD W)``;
@@ -26,7 +27,6 @@ only delays memorisation (4% at 300 steps, 80% at 2000, gap 24 points); both: ga
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -42,8 +42,8 @@ WD = 10.0
 DROP_IN, DROP_HIDDEN = 0.2, 0.5
 STEPS, QUICK_STEPS = 2000, 300
 BATCH = 100
+EVAL_EVERY = 100
 DEFAULT_SEEDS = 3
-QUICK_SECONDS = 20
 QUICK_SETTINGS = 3  # --quick leaves out "both"
 
 
@@ -71,18 +71,6 @@ def noisy_labels(y: np.ndarray, fraction: float, seed: int = 0) -> tuple:
     return y_noisy, flipped
 
 
-def evaluate(model, params, state, x, y) -> tuple:
-    """Per-run ``(accuracy, cross-entropy)`` in evaluation mode on the whole of ``x, y``: two ``(S,)`` arrays."""
-    xent = bp.losses.softmax_cross_entropy
-
-    def one(p, s):
-        logits = bp.predict(model, p, jnp.asarray(x), **({"state": s} if bp.is_contextual(model) else {}))
-        return bp.losses.accuracy(logits, jnp.asarray(y)), xent.value(logits, jnp.asarray(y))
-
-    acc, loss = jax.jit(jax.vmap(one))(params, state)
-    return np.asarray(acc), np.asarray(loss)
-
-
 def run(cfg: common.Config) -> dict:
     steps = QUICK_STEPS if cfg.quick else STEPS
     d = data.digits(n_train=N_TRAIN)
@@ -92,27 +80,33 @@ def run(cfg: common.Config) -> dict:
     names = list(SETTINGS)[:QUICK_SETTINGS] if cfg.quick else list(SETTINGS)
     for name in names:
         dropout, make_optimizer = SETTINGS[name]
-        model, optimizer = mlp(dropout), make_optimizer()
-        params, state = common.init_runs(model, keys, d["x"].shape[1:])  # Dropout has no params: same weights
-        h = common.train(model, bp.losses.softmax_cross_entropy, optimizer, d, params,
-                         jax.vmap(optimizer.init)(params), state=state, steps=steps, batch=BATCH,
-                         backward=cfg.backward, eval_every=100, key=jax.random.key(1), desc=name,
-                         progress=cfg.extra.get("progress", True), verbose=cfg.verbose)
-        train_acc, train_loss = evaluate(model, h.params, h.state, d["x"], d["y"])
-        test_acc, test_loss = evaluate(model, h.params, h.state, d["x_test"], d["y_test"])
-        memorised = evaluate(model, h.params, h.state, d["x"][flipped], d["y"][flipped])[0]
-        r = {"train_acc": float(train_acc.mean()), "test_acc": float(test_acc.mean()),
-             "test_acc_std": common.mean_std(test_acc)[1],
-             "acc_gap": float((train_acc - test_acc).mean()),
-             "train_loss": float(train_loss.mean()), "test_loss": float(test_loss.mean()),
-             "loss_gap": float((test_loss - train_loss).mean()), "memorised": float(memorised.mean()),
-             "peak_test_acc": float(h.test_acc.mean(1).max()), "seconds": h.seconds}
-        results[name] = r
-        rows.append([name, r["train_acc"], r["test_acc"], r["acc_gap"], r["memorised"], r["train_loss"],
-                     r["test_loss"]])
-        curves[name] = (h.eval_steps, h.test_acc.mean(1), h.test_loss.mean(1), h.train_acc.mean(1))
-        cfg.log(f"{name:<18} train acc {r['train_acc']:.3f}  test acc {r['test_acc']:.3f}  gap {r['acc_gap']:.3f}  "
-                f"memorised {r['memorised']:.3f}")
+        model = mlp(dropout)
+        shape = d["x"].shape[1:]
+        on_train, train_curve = common.evaluate_many(model, d["x"], d["y"]), []
+        r = bp.train.fit_many(model, bp.losses.softmax_cross_entropy, make_optimizer(),
+                              bp.train.init_many(model, keys, shape),  # Dropout has no params: same weights
+                              (d["x"], d["y"]), keys=keys, steps=steps, batch_size=BATCH,
+                              state=bp.init_state(model, keys[0], shape) if dropout else None,
+                              eval_data=(d["x_test"], d["y_test"]), eval_every=EVAL_EVERY, backward=cfg.backward,
+                              chunk_size=EVAL_EVERY, verbose=cfg.progress,
+                              callback=lambda done, r: train_curve.append(on_train(r.params, r.state)[0]))
+        h = r.history
+        train_acc, train_loss = on_train(r.params, r.state)
+        test_acc, test_loss = h["eval_accuracy"][:, -1], h["eval_loss"][:, -1]
+        memorised = common.evaluate_many(model, d["x"][flipped], d["y"][flipped])(r.params, r.state)[0]
+        res = {"train_acc": float(train_acc.mean()), "test_acc": float(test_acc.mean()),
+               "test_acc_std": common.mean_std(test_acc)[1],
+               "acc_gap": float((train_acc - test_acc).mean()),
+               "train_loss": float(train_loss.mean()), "test_loss": float(test_loss.mean()),
+               "loss_gap": float((test_loss - train_loss).mean()), "memorised": float(memorised.mean()),
+               "peak_test_acc": float(h["eval_accuracy"].mean(0).max())}
+        results[name] = res
+        rows.append([name, res["train_acc"], res["test_acc"], res["acc_gap"], res["memorised"], res["train_loss"],
+                     res["test_loss"]])
+        curves[name] = (h["eval_step"], h["eval_accuracy"].mean(0), h["eval_loss"].mean(0),
+                        np.stack(train_curve).mean(1))
+        cfg.log(f"{name:<18} train acc {res['train_acc']:.3f}  test acc {res['test_acc']:.3f}  "
+                f"gap {res['acc_gap']:.3f}  memorised {res['memorised']:.3f}")
     header = ["setting", "train acc (noisy labels)", "test acc", "gap", "wrong labels memorised", "train loss",
               "test loss"]
     cfg.log(common.markdown_table(header, rows))
@@ -122,8 +116,9 @@ def run(cfg: common.Config) -> dict:
                                "model": f"Flatten Dense({WIDTH}) Relu Dense({WIDTH}) Relu Dense(10)",
                                "optimizer": f"adam({LEARNING_RATE}) / adamw({LEARNING_RATE}, weight_decay={WD})",
                                "dropout": [DROP_IN, DROP_HIDDEN], "steps": steps, "batch": BATCH,
-                               "seeds": cfg.seeds}, {"settings": results})
-    common.plot_panels(cfg.out / "regularization.png", [
+                               "seeds": cfg.seeds, "trainer": "bp.train.fit_many(keys=seeds, shuffle=False)"},
+                         {"settings": results})
+    common.plot_panels(cfg.out / f"{cfg.name}.png", [
         {"title": "accuracy: test (solid), noisy training set (dashed)", "xlabel": "step", "ylabel": "accuracy",
          "lines": {**{n: (c[0], c[1], {"c": f"C{i}"}) for i, (n, c) in enumerate(curves.items())},
                    **{f"{n} (train)": (c[0], c[3], {"c": f"C{i}", "ls": "--"})

@@ -1,4 +1,5 @@
-"""The experiments' --quick runs: each writes its results and its key claim holds in the numbers."""
+"""The experiments' --quick runs: each writes its results, a CSV table and its figure, and its key claim holds in
+the numbers bpjax produced."""
 
 import json
 
@@ -6,6 +7,7 @@ import numpy as np
 import pytest
 
 import experiments
+from experiments import common
 from experiments.__main__ import main, parser
 
 
@@ -13,8 +15,10 @@ def run(name, tmp_path, *args):
     out = tmp_path / name
     assert main([name, "--quick", "--no-progress", "--out", str(out), *args]) == 0
     record = json.loads((out / "results.json").read_text())
-    assert record["experiment"] == name
+    assert record["experiment"] == name and record["seconds"] > 0
     assert record["versions"]["jax"] and record["config"]
+    assert list(out.glob("*.csv")), f"{name} wrote no CSV table"
+    assert (out / f"{name}.png").stat().st_size > 10_000  # the figure the README shows (docs/figures/<name>.png)
     return record["metrics"], out
 
 
@@ -38,25 +42,55 @@ def test_bad_command_lines_are_argparse_errors(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+def test_an_existing_results_folder_is_refused_before_running(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "done"
+    out.mkdir()
+    (out / "results.json").write_text("{}")
+    monkeypatch.setattr(experiments, "load", lambda name: pytest.fail("the experiment was loaded"))
+    with pytest.raises(SystemExit) as e:
+        main(["chain_rule", "--out", str(out)])
+    assert e.value.code == 2
+    assert f"{out / 'results.json'} exists already: pass --force to overwrite it" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["chain_rule", "--quick", "--publish", "--out", str(tmp_path / "new")])
+    assert "--publish copies a full run to docs/: run without --quick" in capsys.readouterr().err
+
+
 def test_mnist1d_mlp_quick(tmp_path):
     m, out = run("mnist1d_mlp", tmp_path)
     # 500 steps of Adam: far above chance (10%) but short of the 6000-step ~65%.
     assert 40 < m["test_accuracy_percent"] < 75
     assert m["final_train_loss"] < 0.6 * m["initial_loss"]
     # the manual gradients agree with jax.grad to float64 roundoff (check_gradients' rtol 1e-10)
-    assert len(m["grad_checks"]) == 2 and m["grad_check_max_rel_error"] < 1e-10
-    assert (out / "curves.png").stat().st_size > 10_000
+    assert [s for s, _ in m["grad_checks"]] == [250, 500] and m["grad_check_max_rel_error"] < 1e-10
+    assert m["curve"]["step"] == [250, 500] and m["train_accuracy_percent"] > m["test_accuracy_percent"]
 
 
 def test_chain_rule(tmp_path):
-    m, _ = run("chain_rule", tmp_path)
-    assert m["scalar"]["dL_dw"] == m["scalar"]["jax_dL_dw"] == -24.0
-    assert m["scalar"]["dL_dx"] == -16.0 and m["scalar"]["L"] == 16.0
+    m, out = run("chain_rule", tmp_path)
+    # bpjax's Dense(1, bias=False) + mse backward gives the hand-derived -24 and -16 exactly, as jax.grad does
+    one = m["scalar"]
+    assert one["bpjax_L"] == 16.0 and one["bpjax_dL_dw"] == one["jax_dL_dw"] == -24.0
+    assert one["bpjax_dL_dx"] == one["jax_dL_dx"] == -16.0
     two = m["two_layer"]
     assert set(two["rel_error_vs_jax_grad"]) == {"dz2", "dW2", "db2", "da1", "dz1", "dW1", "db1", "dx"}
     # float64 roundoff is ~1e-16 per operation; 1e-12 leaves room for a few hundred operations
     assert two["max_rel_error"] < 1e-12 and two["bpjax_max_abs_difference"] < 1e-12
     assert m["all_match"] is True
+
+
+def test_publish_copies_the_results_and_the_figure_dropping_long_curves(tmp_path):
+    cfg = common.Config(name="demo", out=tmp_path / "out")
+    cfg.out.mkdir()
+    (cfg.out / "results.json").write_text(json.dumps({"metrics": {"accuracy": 0.5, "curve": list(range(20_000)),
+                                                                  "per_seed": [0.4, 0.6]}}, indent=2))
+    (cfg.out / "demo.png").write_bytes(b"png")
+    written = common.publish(cfg, tmp_path / "docs")
+    assert written == [tmp_path / "docs" / "results" / "demo.json", tmp_path / "docs" / "figures" / "demo.png"]
+    copy = json.loads(written[0].read_text())
+    assert copy["metrics"]["accuracy"] == 0.5 and copy["metrics"]["per_seed"] == [0.4, 0.6]
+    assert copy["metrics"]["curve"].startswith("omitted from the committed copy: 20000 values")
+    assert len(written[0].read_text()) <= common.PUBLISHED_LIMIT and written[1].read_bytes() == b"png"
 
 
 def test_gradient_descent_1d(tmp_path):
@@ -67,10 +101,14 @@ def test_gradient_descent_1d(tmp_path):
     assert small["distance"] > 1.0 and small["overshoots"] == 0          # crawls, never reaches 3pi/2
     assert good["distance"] < 1e-4 and abs(good["f_final"] + 1) < 1e-6  # converges to the minimum -1
     assert osc["overshoots"] >= 10 and osc["distance"] < good["distance"] + 0.1  # overshoots each step
-    assert large["distance"] > 0.5 and large["overshoots"] >= 5          # leaves the basin
+    # above lr 2 the minimum is unstable: lr 3 jumps across it every step into a 2-cycle 3.217 <-> 6.208,
+    # both inside the basin (pi/2, 5 pi/2) of 3 pi / 2
+    x13, x14, x15 = large["x_last_three"]
+    assert large["overshoots"] == m["steps"] - 1 and abs(x13 - x15) < 1e-3 and abs(x14 - x15) > 2.9
+    assert all(np.pi / 2 < x < 5 * np.pi / 2 for x in (x14, x15)) and abs(x15 - 3.217) < 1e-3
+    assert abs(m["slope_at_x0"] - np.cos(2.0)) < 1e-6  # the Sin layer's backward: f'(2) = cos(2)
     # the linear approximation's error shrinks like h^2: error / h^2 tends to -sin(2) / 2
     assert abs(m["linear_approximation_error"][-1][1] / 0.01 ** 2 + np.sin(2.0) / 2) < 1e-2
-    assert (out / "trajectories.png").exists()
     assert (out / "trajectories.csv").read_text().count("\n") == 1 + 16  # header, steps 0..15
 
 
@@ -83,7 +121,7 @@ def test_learning_rate_sweep(tmp_path):
     assert 0 < best < len(rates) - 1 and 1e-3 <= m["best_rate"] <= 1e-1
     assert acc[best] > acc[0] + 10 and acc[best] > acc[-1] + 5
     assert m["final_train_loss"][0] > m["final_train_loss"][best]
-    assert (out / "sweep.csv").exists() and (out / "learning_rate.png").exists()
+    assert (out / "sweep.csv").read_text().count("\n") == 1 + 5
 
 
 def test_optimizers(tmp_path):
@@ -99,12 +137,12 @@ def test_optimizers(tmp_path):
 
 def test_regression_matches_least_squares(tmp_path):
     m, out = run("regression", tmp_path)
-    assert abs(m["least_squares_test_mse"] - 2004.5) < 0.1  # the published figure, to its one decimal
-    # gradient descent reaches the least-squares optimum: same error and (to 1e-3) the same weights
+    # gradient descent through bp.train.fit reaches the least-squares optimum (numpy lstsq, float64):
+    # the same test error to within 1 (of ~2004.5), the same training error to 0.1%, the same weights to 1e-3
     assert abs(m["gd_test_mse"] - m["least_squares_test_mse"]) < 1.0
     assert m["gd_train_mse"] < 1.001 * m["least_squares_train_mse"] < m["initial_train_mse"] / 5
-    assert m["weight_rel_diff"] < 1e-3 and m["grad_check_max_rel_error"] < 1e-10  # float64 check
-    assert (out / "regression.png").exists()
+    assert m["weight_rel_diff"] < 1e-3 and abs(m["bias_gd"] - m["bias_ls"]) < 1e-3 * abs(m["bias_ls"])
+    assert m["grad_check_max_rel_error"] < 1e-10  # float64 check at the start
 
 
 def test_mnist1d_table_ordering(tmp_path):
@@ -120,7 +158,6 @@ def test_mnist1d_table_ordering(tmp_path):
 
 def test_digits_cnn_beside_svc(tmp_path):
     m, out = run("digits", tmp_path, "--seeds", "1")
-    assert abs(m["svc_test_accuracy"] - 0.969) < 1e-3  # scikit-learn's example, recomputed in the run
     assert m["n_train"] == 898 and m["n_test"] == 899
     # 300 Adam steps (~21 epochs) of the small CNN: measured 0.949; the full run (2000 steps) reaches ~0.958
     assert m["test_accuracy"] > 0.93 and m["train_accuracy"] > 0.98
@@ -129,7 +166,6 @@ def test_digits_cnn_beside_svc(tmp_path):
     assert set(m["grad_checks"]) == {"init", "trained"} and m["grad_check_max_rel_error"] < 1e-10
     # ... while on the raw images tied max-pool windows make the two valid subgradients differ (measured 0.095)
     assert m["tie_subgradient_rel_difference"] > 1e-3
-    assert (out / "digits.png").stat().st_size > 10_000
 
 
 def test_regularization_closes_the_gap(tmp_path):
@@ -155,4 +191,3 @@ def test_forgetting_and_rehearsal(tmp_path):
     assert plain["task_a_drop_points"] > 30 and plain["task_a_acc"] < 0.1 and plain["task_b_acc"] > 0.9
     # 10 stored old images per batch of 100 keep a good part of A (measured 0.69) at no cost to B
     assert rehearsal["task_a_acc"] > plain["task_a_acc"] + 0.4 and rehearsal["task_b_acc"] > 0.9
-    assert (out / "forgetting.png").stat().st_size > 10_000

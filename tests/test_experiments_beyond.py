@@ -14,7 +14,7 @@ def test_vanishing_gradients_quick(tmp_path):
     assert configs["sigmoid, Glorot"]["first_over_last_hidden_init"] < 1e-3          # vanishing
     assert configs["relu, N(0,1) (exploding)"]["max_norm_init"] > 1e3                 # exploding
     assert 1e-2 < configs["relu, He"]["first_over_last_hidden_init"] < 1e2            # kept in range
-    assert (out / "vanishing_gradients.png").stat().st_size > 10_000
+    assert (out / "grad_norms.csv").exists()
 
 
 def test_alignment_quick(tmp_path):
@@ -28,16 +28,23 @@ def test_alignment_quick(tmp_path):
         assert np.nanmax(fa_angle) > 5.0        # feedback alignment: a real angle to the gradient
         for rule in ("BP", "FA", "DFA", "sign"):
             assert metrics[ds][rule]["test_accuracy_mean"] > 0.15  # all four learn (chance is 0.1)
-    assert (out / "alignment.png").exists()
 
 
 def test_hessian_quick(tmp_path):
     metrics, _ = run("hessian", tmp_path)
     assert metrics["init_rel_diff"] < 1e-4  # power iteration on the manual HVP == on jax.grad's HVP (f32)
     assert metrics["init_manual"] > 0
+    # the sweep trained both rates: lambda_max measured after each chunk, SGD learnt at both rates
+    for lr in ("0.05", "0.2"):
+        run_ = metrics[f"lr_{lr}"]
+        assert len(run_["lambda_max"]) == 3 and run_["test_accuracy"] > 0.15
 
 
 def test_dp_sgd_quick(tmp_path):
     metrics, _ = run("dp_sgd", tmp_path)
     assert metrics["per_example_max_rel_error"] < 1e-5  # f32 per-example grads vs vmap(grad)
-    assert metrics["SGD (non-private)"]["test_accuracy"] > 0.15
+    # the private backward without noise equals optax's aggregate of bpjax's per-example gradients (f32)
+    assert metrics["private_backward_max_rel_error"] < 1e-5
+    plain, private = metrics["SGD (non-private)"], metrics["DP-SGD clip 1, sigma 1"]
+    # plain SGD learns; clipped and noised updates learn more slowly in the same 100 steps
+    assert plain["test_accuracy"] > 0.25 and plain["final_loss"] < private["final_loss"]
