@@ -30,6 +30,9 @@ EXPERIMENTS = {
                            "batch/layer norm; Nielsen's figures",
     "alignment": "BP, feedback alignment, DFA and sign symmetry on MNIST-1D and digits, with alignment angles",
     "hessian": "top Hessian eigenvalue during SGD by power iteration on the manual-rule HVP",
+    "gpt": "a character-level GPT (tied embeddings) on Python's own source at nanoGPT's CPU shape, beside the "
+           "bigram floor; samples",
+    "char_rnn": "LSTM and GRU language models on the same corpus, truncated BPTT with the state carried",
     "dp_sgd": "DP-SGD with per-example gradients from the hand-written backward and optax",
 }
 

@@ -211,38 +211,58 @@ def _recurrent(cell: _Cell, hidden: int, return_sequences: bool, recurrent_init:
                                            f"(shape (B, T, {D_w})), got shape {(B, T, D)}")
 
     def forward(params, x):
-        """``x: (B, T, D) -> y: (B, T, H)`` (``return_sequences``) or ``(B, H)`` (the last state)."""
+        """``x: (B, T, D) -> y: (B, T, H)`` (``return_sequences``) or ``(B, H)`` (the last state).
+
+        With ``x = (x, carry0)``, ``carry0`` the initial state ``(h_0,)`` (LSTM: ``(h_0, c_0)``), each
+        ``(B, H)``, or ``None`` for zeros: ``-> (y, carry_T)``, the state after the last step too
+        (truncated BPTT carries it to the next chunk); the backward then takes ``(dy, dcarry_T)`` and
+        returns ``(dx, dcarry0)``.
+        """
+        x, carry0 = (x if isinstance(x, (tuple, list)) and len(x) == 2 else (x, False))
         check(params, x)
         B = x.shape[0]
         xp = jnp.einsum("btd,dg->tbg", x, params["Wx"]) + params["b"]  # (T, B, G*H), hoisted out of the loop
-        carry0 = tuple(jnp.zeros((B, H), xp.dtype) for _ in range(cell.n_carry))  # h_0 = 0 (c_0 = 0)
-        _, out = lax.scan(lambda c, xp_t: cell.step(params, c, xp_t), carry0, xp, unroll=unroll)
+        given, zero = carry0 is not False, carry0 is None
+        if not given or zero:
+            carry0 = tuple(jnp.zeros((B, H), xp.dtype) for _ in range(cell.n_carry))  # h_0 = 0 (c_0 = 0)
+        if not isinstance(carry0, (tuple, list)) or len(carry0) != cell.n_carry or any(
+                jnp.shape(c) != (B, H) for c in carry0):
+            raise _errors.BpjaxError(name, f"the initial state must be a tuple of {cell.n_carry} arrays of shape "
+                                           f"{(B, H)} ((h,) or (h, c)), got "
+                                           f"{jax.tree.map(jnp.shape, carry0)!r:.120}")
+        carry0 = tuple(jnp.asarray(c, xp.dtype) for c in carry0)
+        carry_T, out = lax.scan(lambda c, xp_t: cell.step(params, c, xp_t), carry0, xp, unroll=unroll)
         hs = out[..., :H]                                         # (T, B, H): h_1 .. h_T
         y = jnp.swapaxes(hs, 0, 1) if return_sequences else hs[-1]
-        return y, (x, out)
+        if not given:
+            return y, (x, out)
+        return (y, carry_T), (x, out, carry0, *([()] if zero else []))  # a trailing () marks carry0 = None
 
     def backward(params, residuals, dy):
-        x, out = residuals
+        x, out, *given = residuals
         B = x.shape[0]
         hs = out[..., :H]
         saved = out if cell.gates == 1 else out[..., H:]          # SimpleRNN's backward reads h_t itself
-        h_prev = jnp.concatenate([jnp.zeros_like(hs[:1]), hs[:-1]], axis=0)  # the forward read h_0 = 0, h_1, ..
-        zeros = tuple(jnp.zeros((B, H), hs.dtype) for _ in range(cell.n_carry))
+        h0 = given[0][0][None] if given else jnp.zeros_like(hs[:1])
+        h_prev = jnp.concatenate([h0, hs[:-1]], axis=0)           # the forward read h_0, h_1, ..
+        dcarry_T = tuple(jnp.zeros((B, H), hs.dtype) for _ in range(cell.n_carry))
+        if given:  # y was (y, carry_T): carry_T's cotangent enters the last step's carry
+            dy, dcarry_T = dy[0], tuple(d.astype(hs.dtype) for d in dy[1])
         if return_sequences:
             # y = all states: step t gets dy_t from above plus dh from step t+1
             def body(dcarry, inp):
                 dy_t, saved_t, h_prev_t = inp
                 return cell.back(params, dcarry, dcarry[0] + dy_t, saved_t, h_prev_t)
 
-            dcarry0, xs = zeros, (jnp.swapaxes(dy, 0, 1), saved, h_prev)
+            dcarry0, xs = dcarry_T, (jnp.swapaxes(dy, 0, 1), saved, h_prev)
         else:
             # y = h_T only: dy enters as the carry of the last step, no per-step input
             def body(dcarry, inp):
                 return cell.back(params, dcarry, dcarry[0], *inp)
 
-            dcarry0, xs = (dy.astype(hs.dtype), *zeros[1:]), (saved, h_prev)
+            dcarry0, xs = (dcarry_T[0] + dy.astype(hs.dtype), *dcarry_T[1:]), (saved, h_prev)
         # go in the reverse order of the forward pass: t = T-1, ..., 0
-        _, dout = lax.scan(body, dcarry0, xs, reverse=True, unroll=unroll)
+        dcarry_init, dout = lax.scan(body, dcarry0, xs, reverse=True, unroll=unroll)
         dgx, dgh = cell.split(dout)                               # (T, B, G*H) each
         # hoisted out of the loop: xp_t = x_t @ Wx + b and a_t = ... + h_{t-1} @ Wh
         grads = {"Wx": jnp.einsum("btd,tbg->dg", x, dgx),        # dWx = sum_t x_t^T @ dgx_t
@@ -251,7 +271,9 @@ def _recurrent(cell: _Cell, hidden: int, return_sequences: bool, recurrent_init:
         if "bhn" in cell.extra:
             grads["bhn"] = dgh[..., 2 * H:].sum((0, 1))          # hn = h Whn + bhn
         dx = jnp.einsum("tbg,dg->btd", dgx, params["Wx"])        # dx_t = dgx_t @ Wx^T
-        return grads, dx
+        if not given:
+            return grads, dx
+        return grads, (dx, None if len(given) > 1 else dcarry_init)
 
     return Layer(init, forward, backward, name)
 
