@@ -7,7 +7,9 @@ The forward pass never changes; only the backward does. Per layer (``Dense(..., 
     sign_symmetry       da_prev = dz @ B.T     B = mean(|W|) sign(W)
 
 and alike for ``Conv1D``/``Conv2D``: ``dx`` is the transposed convolution of ``dy`` with a feedback
-kernel ``B`` (shape of ``W``) in place of ``W``; ``dW`` and ``db`` stay exact for every rule.
+kernel ``B`` (shape of ``W``) in place of ``W``; ``dW`` and ``db`` stay exact for every rule. The
+per-layer machinery (:data:`BACKWARD_RULES`, :func:`rule_tag`, :func:`with_backward_rule`,
+:func:`sign_feedback`) comes first below; the layers with weights ``W`` import it from here.
 
 and for a whole serial model, :func:`DFA` (direct feedback alignment, Nokland 2016): the output
 error ``e = dL/dy`` (``(B, C)``) goes straight to every hidden layer through a fixed ``B_l``.
@@ -28,9 +30,77 @@ from bpjax.combinators import serial
 from bpjax.core import Layer, apply, is_contextual
 from bpjax.core import init_state as _init_state
 from bpjax.grad import autodiff_value_and_grad, value_and_grad
-from bpjax.layers.dense import BACKWARD_RULES, Initializer, initializer, sign_feedback
+from bpjax.initializers import Initializer, initializer
 
-__all__ = ["BACKWARD_RULES", "DFA", "angle", "feedback_angles", "gradient_angles", "sign_feedback"]
+__all__ = ["BACKWARD_RULES", "DFA", "angle", "feedback_angles", "gradient_angles", "rule_tag", "sign_feedback",
+           "with_backward_rule"]
+
+
+BACKWARD_RULES = ("exact", "feedback_alignment", "sign_symmetry")
+
+
+def sign_feedback(W: jax.Array) -> jax.Array:
+    """The sign-symmetry feedback matrix ``B = mean(|W|) * sign(W)``, shape of ``W``.
+
+    ``sign(W)`` scaled by one number: the closest matrix to ``W`` (in Frobenius norm) with ``W``'s
+    sign pattern and a single magnitude, so the backward signal keeps the size of the exact one.
+    The scale does not change any angle (Liao, Leibo and Poggio 2016, "uniform sign-concordant").
+    """
+    return jnp.mean(jnp.abs(W)) * jnp.sign(W)
+
+
+def rule_tag(where: str, backward_rule: str) -> str:
+    """Check ``backward_rule`` (raising a :class:`BpjaxError` naming ``where``); its tag for layer names."""
+    if backward_rule not in BACKWARD_RULES:
+        raise _errors.BpjaxError(where, f"unknown backward_rule {backward_rule!r}; expected one of {BACKWARD_RULES}")
+    return {"exact": "", "feedback_alignment": ", FA", "sign_symmetry": ", sign"}[backward_rule]
+
+
+def with_backward_rule(name: str, backward_rule: str, init_fn, forward, backward_with,
+                       feedback_init: Initializer, stddev: float = 1.0) -> Layer:
+    """The layer ``(init_fn, forward)`` with the backward of ``backward_rule``, for any layer with weights ``W``.
+
+    ``backward_with(B, residuals, dz) -> (grads, dx)`` is the exact backward with ``B`` standing for
+    ``W`` wherever the input gradient needs it (``dW``, ``db`` never use it). It gets ``B = W``
+    (``"exact"``), ``B = sign_feedback(W)`` (``"sign_symmetry"``), or a fixed random ``B`` with the
+    shape of ``W`` drawn by ``feedback_init`` (``"feedback_alignment"``: the layer becomes contextual,
+    ``state = {"B": B}``, and ``B`` travels to the backward in the residuals ``(residuals, B)``).
+    """
+    if backward_rule == "exact":
+        def backward(params, residuals, dz):
+            return backward_with(params["W"], residuals, dz)
+        return Layer(init_fn, forward, backward, name)
+
+    if backward_rule == "sign_symmetry":
+        def backward_sign(params, residuals, dz):
+            return backward_with(sign_feedback(params["W"]), residuals, dz)
+        return Layer(init_fn, forward, backward_sign, name)
+
+    with _errors.context(name):  # a bad feedback_init names the layer
+        b_init = initializer(feedback_init, stddev)
+
+    def init_state(key, input_shape):
+        out_shape, params = init_fn(key, input_shape)  # same shapes; B gets its own key below
+        W = params["W"]
+        return out_shape, {"B": b_init(jax.random.fold_in(key, 1), W.shape, W.dtype)}
+
+    def forward_fa(params, x, *, state, key=None, train=True):
+        if not isinstance(state, dict) or set(state) != {"B"}:
+            got = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise _errors.BpjaxError(name, f"state does not match the layer: expected keys ['B'], got {got} "
+                                           f"(use bp.init_state(model, key, input_shape))")
+        z, residuals = forward(params, x)
+        B = state["B"]
+        if B.shape != params["W"].shape:
+            raise _errors.BpjaxError(name, f"feedback weights B must have the shape of W {tuple(params['W'].shape)}, "
+                                           f"got {tuple(B.shape)}")
+        return z, (residuals, B), state  # the backward needs the layer's residuals and the fixed B
+
+    def backward_fa(params, residuals, dz):
+        inner, B = residuals
+        return backward_with(B, inner, dz)
+
+    return Layer(init_fn, forward_fa, backward_fa, name, init_state)
 
 
 def angle(a, b) -> jax.Array:

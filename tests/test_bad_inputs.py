@@ -130,7 +130,7 @@ CASES = [
         L.Embedding(10, 4)), E, ["Embedding(10, 4)", "[0, 10)", "max 12"]),
     ("conv channels", lambda t: (lambda c: c.forward(c.init(jax.random.key(0), (8, 2))[1], jnp.ones((1, 8, 5))))(
         L.Conv1D(3, 3)), E, ["Conv1D(3, 3)", "expected 2 input channels", "(1, 8, 5)"]),
-    ("conv stride", lambda t: L.Conv1D(3, 3, stride=0), E, ["Conv1D", "stride must be an int >= 1", "got 0"]),
+    ("conv stride", lambda t: L.Conv1D(3, 3, stride=0), E, ["Conv1D", "stride must be a positive int", "got 0"]),
     ("lstm rank", lambda t: (lambda c: c.forward(c.init(jax.random.key(0), (4, 2))[1], jnp.ones((4, 2))))(L.LSTM(3)),
      E, ["LSTM(3)", "rank-3 input (B, T, D)", "(4, 2)"]),
     ("attention heads", lambda t: L.MultiHeadSelfAttention(4).init(jax.random.key(0), (4, 6)), E,

@@ -146,10 +146,18 @@ def test_conv_channel_mismatch_and_groups_errors():
     groups_msg = r"Conv2D\(4, \(3, 3\)\).*groups=2 must divide the input channels, got C_in=3"
     with pytest.raises(bp.BpjaxError, match=groups_msg):
         L.Conv2D(4, 3, groups=2).init(jax.random.key(0), (8, 8, 3))
-    with pytest.raises(bp.BpjaxError, match="groups must be a positive int dividing features=4"):
+    with pytest.raises(bp.BpjaxError, match="groups must divide features=4, got groups=3"):
         L.Conv1D(4, 3, groups=3)
-    with pytest.raises(bp.BpjaxError, match="kernel_size must be an int >= 1 or a tuple of 2"):
+    with pytest.raises(bp.BpjaxError, match="kernel_size must be a positive int or a tuple of 2"):
         L.Conv2D(4, (3, 3, 3))
+    with pytest.raises(bp.BpjaxError, match=r"Conv2D: kernel_size\[1\] must be a positive int, got 0"):
+        L.Conv2D(4, (3, 0))
+    with pytest.raises(bp.BpjaxTypeError, match="Conv1D: features must be a positive int, got True"):
+        L.Conv1D(True, 3)  # a bool is not a width
+    with pytest.raises(bp.BpjaxTypeError, match="Conv1D: stride must be a positive int, got False"):
+        L.Conv1D(4, 3, stride=False)
+    with pytest.raises(bp.BpjaxError, match="padding must be"):
+        L.Conv1D(4, 3, padding=True)
     with pytest.raises(bp.BpjaxError, match="padding must be"):
         L.Conv1D(4, 3, padding="FULL")
     with pytest.raises(bp.BpjaxError, match="bigger than the padded input"):

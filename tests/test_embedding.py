@@ -33,8 +33,8 @@ def _table_as_input(layer, ids):
     return bp.Layer(init, forward, backward, f"{layer.name} wrt E")
 
 
-def _check_case(vocab, dim, ids_shape):
-    layer = L.Embedding(vocab, dim)
+def _check_case(vocab, features, ids_shape):
+    layer = L.Embedding(vocab, features)
     _, params = layer.init(jax.random.key(0), ids_shape[1:])
     ids = jax.random.randint(jax.random.key(1), ids_shape, 0, vocab)
     E = params["E"]
@@ -49,14 +49,14 @@ def _check_case(vocab, dim, ids_shape):
     y, res = layer.forward(params, ids)
     _, dx = layer.backward(params, res, jnp.ones_like(y))
     assert dx.dtype == jax.dtypes.float0 and dx.shape == ids.shape
-    assert y.shape == (*ids_shape, dim)
+    assert y.shape == (*ids_shape, features)
 
 
 IDS_SHAPES = st.lists(st.integers(1, 5), min_size=1, max_size=3).map(tuple)
 test_embedding_backward = settings(max_examples=4)(
-    given(vocab=st.integers(1, 12), dim=st.integers(1, 5), ids_shape=IDS_SHAPES)(_check_case))
+    given(vocab=st.integers(1, 12), features=st.integers(1, 5), ids_shape=IDS_SHAPES)(_check_case))
 test_embedding_backward_many = pytest.mark.slow(settings(max_examples=25)(
-    given(vocab=st.integers(1, 12), dim=st.integers(1, 5), ids_shape=IDS_SHAPES)(_check_case)))
+    given(vocab=st.integers(1, 12), features=st.integers(1, 5), ids_shape=IDS_SHAPES)(_check_case)))
 
 
 def test_embedding_repeated_ids_accumulate():
@@ -109,6 +109,6 @@ def test_embedding_errors():
         layer.forward({"E": jnp.ones((4, 2))}, jnp.array([[0, 1]]))
     with pytest.raises(bp.BpjaxError, match="rank-1 or"):
         layer.forward(params, jnp.array(3))
-    for bad in ((0, 2), (5, -1), (2.5, 2)):
-        with pytest.raises(bp.BpjaxError, match="must be a positive int"):
+    for bad, what in (((0, 2), "vocab"), ((5, -1), "features"), ((2.5, 2), "vocab"), ((5, True), "features")):
+        with pytest.raises(bp.BpjaxError, match=f"Embedding: {what} must be a positive int"):
             L.Embedding(*bad)

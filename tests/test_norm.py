@@ -26,7 +26,7 @@ def _setup(layer, shape, seed=0):
     k = jax.random.split(jax.random.key(seed), 4)
     C = shape[-1]
     _, params = layer.init(k[0], shape[1:])
-    params = {"scale": 1 + 0.5 * jax.random.normal(k[1], (C,)), "bias": jax.random.normal(k[2], (C,))}
+    params = {"scale": 1 + 0.5 * jax.random.normal(k[1], (C,)), "b": jax.random.normal(k[2], (C,))}
     state = bp.init_state(layer, k[0], shape[1:])
     if state != ():
         state = {"mean": jax.random.normal(k[3], (C,)), "var": 0.5 + jax.random.uniform(k[3], (C,))}
@@ -65,7 +65,7 @@ def test_batchnorm_running_statistics_by_hand():
     layer = L.BatchNorm(momentum=0.8, eps=1e-3)
     params, state, x = _setup(layer, (6, 3, 4), seed=3)
     xs, m0, v0 = np.asarray(x, np.float64), np.asarray(state["mean"], np.float64), np.asarray(state["var"], np.float64)
-    scale, bias = np.asarray(params["scale"], np.float64), np.asarray(params["bias"], np.float64)
+    scale, bias = np.asarray(params["scale"], np.float64), np.asarray(params["b"], np.float64)
 
     y, _, new = layer.forward(params, x, state=state, key=None, train=True)
     flat = xs.reshape(-1, 4)  # N = 18 rows per channel

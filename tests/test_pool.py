@@ -23,7 +23,8 @@ def settings(draw):
     padding = draw(st.one_of(st.sampled_from(["SAME", "VALID"]),
                              st.tuples(*[st.tuples(st.integers(0, k - 1), st.integers(0, k - 1)) for k in window])))
     sizes = tuple(draw(st.integers(k, k + (5 if n == 2 else 9))) for k in window)
-    return POOLS[n, kind](window, stride, padding), (draw(st.integers(1, 3)), *sizes, draw(st.integers(1, 3)))
+    layer = POOLS[n, kind](window, stride=stride, padding=padding)
+    return layer, (draw(st.integers(1, 3)), *sizes, draw(st.integers(1, 3)))
 
 
 def _check(layer, shape, seed=0):
@@ -80,7 +81,7 @@ def test_max_pool_tie_goes_to_first_maximum():
 
 def test_max_pool_overlapping_windows_add_up():
     x = jnp.array([[0.0, 5.0, 1.0, 2.0]])[..., None]  # windows of 2 at stride 1: [0 5] [5 1] [1 2]
-    layer = L.MaxPool1D(2, 1)
+    layer = L.MaxPool1D(2, stride=1)
     y, res = layer.forward((), x)
     _, dx = layer.backward((), res, jnp.ones_like(y))
     assert dx[0, :, 0].tolist() == [0.0, 2.0, 0.0, 1.0]
@@ -96,8 +97,8 @@ def test_avg_pool_same_padding_does_not_count_padded_zeros():
 
 
 def test_pool_in_a_model_gradients():
-    model = bp.serial(L.Conv2D(4, 3), L.Relu(), L.MaxPool2D(2), L.AvgPool2D(2, 1, "SAME"), L.GlobalAvgPool(),
-                      L.Dense(3))
+    model = bp.serial(L.Conv2D(4, 3), L.Relu(), L.MaxPool2D(2), L.AvgPool2D(2, stride=1, padding="SAME"),
+                      L.GlobalAvgPool(), L.Dense(3))
     out_shape, params = model.init(jax.random.key(0), (8, 8, 2))
     assert out_shape == (3,)
     x = jax.random.normal(jax.random.key(1), (4, 8, 8, 2))
@@ -115,8 +116,10 @@ def test_pool_errors():
         L.MaxPool2D(5).forward((), jnp.zeros((1, 4, 8, 1)))
     with pytest.raises(bp.BpjaxError, match=r"padding \(2, 2\) .* must be smaller than the window 2"):
         L.AvgPool1D(2, padding=2).init(None, (8, 1))
-    with pytest.raises(bp.BpjaxError, match="window must be an int >= 1"):
+    with pytest.raises(bp.BpjaxError, match="window must be a positive int, got 0"):
         L.MaxPool1D(0)
+    with pytest.raises(TypeError, match="positional"):
+        L.MaxPool2D(2, 2)  # stride and padding are keyword-only: MaxPool2D(2, stride=2)
     with pytest.raises(bp.BpjaxError, match=r"GlobalAvgPool: expected a rank-3 or"):
         L.GlobalAvgPool().forward((), jnp.zeros((2, 3)))
     with pytest.raises(bp.BpjaxTypeError, match="MaxPool1D.*floating-point"):

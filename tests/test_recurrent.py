@@ -191,6 +191,14 @@ def test_init(getkey):
     for g in range(3):
         block = p["Wh"][:, 4 * g:4 * (g + 1)]
         np.testing.assert_allclose(block.T @ block, np.eye(4), atol=1e-5)
+    # an explicit init draws Wx and Wh (glorot over the whole (D, 3H) matrix) and zeroes the biases;
+    # recurrent_init then redraws each (H, H) block of Wh
+    _, p = GRU(4, init="glorot_uniform", recurrent_init="orthogonal", dtype=jnp.float32).init(getkey(), (2, 3))
+    assert float(jnp.max(jnp.abs(p["Wx"]))) <= np.sqrt(6 / (3 + 12)) and float(jnp.std(p["Wx"])) > 0
+    np.testing.assert_array_equal(p["b"], 0.0)
+    np.testing.assert_array_equal(p["bhn"], 0.0)
+    block = p["Wh"][:, 4:8]
+    np.testing.assert_allclose(block.T @ block, np.eye(4), atol=1e-5)  # float32 roundoff of a 4x4 QR
     assert SimpleRNN(3, return_sequences=False).init(getkey(), (4, 2))[0] == (3,)
     assert Bidirectional(GRU(6)).init(getkey(), (40, 1))[0] == (40, 12)
 
@@ -227,10 +235,12 @@ def test_errors(cell, getkey):
         layer.forward(p8, jnp.zeros((2, 5, 3)))
     with pytest.raises(bp.BpjaxError, match=rf"{cell}\(4\).*input shape \(T, D\)"):
         layer.init(getkey(), (5,))
-    with pytest.raises(bp.BpjaxError, match=rf"{cell}: hidden must be a positive int, got 0"):
+    with pytest.raises(bp.BpjaxError, match=rf"{cell}: features must be a positive int, got 0"):
         CELLS[cell](0)
-    with pytest.raises(bp.BpjaxError, match=rf"{cell}: recurrent_init"):
-        CELLS[cell](3, recurrent_init="zeros")
+    with pytest.raises(bp.BpjaxTypeError, match=rf"{cell}: features must be a positive int, got True"):
+        CELLS[cell](True)
+    with pytest.raises(bp.BpjaxError, match=rf"{cell}\(3\) initializer: unknown init 'uniform'"):
+        CELLS[cell](3, recurrent_init="uniform")
     with pytest.raises(bp.BpjaxError, match=rf"{cell}: unroll"):
         CELLS[cell](3, unroll=0)
 

@@ -6,9 +6,9 @@ Modules load on first use, so ``import bpjax`` stays light.
 
 import importlib
 
-# name -> module under bpjax.layers
+# name -> module under bpjax.layers (``initializer`` lives in bpjax.initializers, re-exported here)
 _WHERE = {
-    "Dense": "dense", "initializer": "dense",
+    "Dense": "dense", "initializer": "bpjax.initializers",
     "Identity": "activations", "Sigmoid": "activations", "Tanh": "activations", "Relu": "activations",
     "LeakyRelu": "activations", "Elu": "activations", "Gelu": "activations", "Softplus": "activations",
     "Softmax": "activations", "LogSoftmax": "activations", "elementwise": "activations",
@@ -27,7 +27,8 @@ __all__ = sorted(_WHERE)
 def __getattr__(name):
     if name not in _WHERE:
         raise AttributeError(f"module 'bpjax.layers' has no attribute {name!r}")
-    module = importlib.import_module(f"bpjax.layers.{_WHERE[name]}")
+    where = _WHERE[name]
+    module = importlib.import_module(where if "." in where else f"bpjax.layers.{where}")
     value = getattr(module, name)
     globals()[name] = value
     return value

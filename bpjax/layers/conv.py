@@ -33,7 +33,8 @@ from jax import lax
 
 from bpjax import _errors
 from bpjax.core import Layer
-from bpjax.layers.dense import initializer, rule_tag, with_backward_rule
+from bpjax.initializers import Initializer, initializer, param_dtype
+from bpjax.rules import rule_tag, with_backward_rule
 
 IntOrTuple = Union[int, Sequence[int]]
 Padding = Union[str, int, Sequence[Tuple[int, int]]]
@@ -44,24 +45,26 @@ _SPATIAL = {1: "W", 2: "HW"}  # spatial letters of the lax dimension-number stri
 IM2COL_MAX_ELEMENTS = 1 << 17
 
 
-def tuple_arg(where: str, what: str, value, n: int, minimum: int = 1) -> Tuple[int, ...]:
-    """``value`` (an int or a length-``n`` sequence of ints, each ``>= minimum``) as an ``n``-tuple."""
-    vals = (value,) * n if isinstance(value, int) else tuple(value) if isinstance(value, (tuple, list)) else None
-    if vals is None or len(vals) != n or not all(isinstance(v, int) and v >= minimum for v in vals):
-        raise _errors.BpjaxError(where, f"{what} must be an int >= {minimum} or a tuple of {n} such ints, "
-                                        f"got {value!r}")
-    return vals
+def tuple_arg(where: str, what: str, value, n: int) -> Tuple[int, ...]:
+    """``value`` (a positive int, or a length-``n`` tuple or list of them) as an ``n``-tuple of ints."""
+    if not isinstance(value, (tuple, list)):
+        return (_errors.positive_int(where, what, value),) * n
+    if len(value) != n:
+        raise _errors.BpjaxError(where, f"{what} must be a positive int or a tuple of {n} of them, got {value!r}")
+    return tuple(_errors.positive_int(where, f"{what}[{i}]", v) for i, v in enumerate(value))
 
 
 def padding_arg(where: str, padding, n: int):
     """Validate ``padding``: ``"SAME"``, ``"VALID"``, an int ``>= 0``, or ``n`` pairs ``(lo, hi)`` of ints ``>= 0``."""
     if isinstance(padding, str) and padding.upper() in ("SAME", "VALID"):
         return padding.upper()
-    if isinstance(padding, int) and padding >= 0:
+    def count(v):
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+    if count(padding):
         return ((padding, padding),) * n
     if isinstance(padding, (tuple, list)) and len(padding) == n and all(
-            isinstance(p, (tuple, list)) and len(p) == 2 and all(isinstance(v, int) and v >= 0 for v in p)
-            for p in padding):
+            isinstance(p, (tuple, list)) and len(p) == 2 and all(count(v) for v in p) for p in padding):
         return tuple((int(lo), int(hi)) for lo, hi in padding)
     raise _errors.BpjaxError(where, f"padding must be 'SAME', 'VALID', an int >= 0 or {n} pairs (lo, hi) of "
                                     f"ints >= 0, got {padding!r}")
@@ -136,22 +139,23 @@ def col2im(dP, sizes, ks, stride, dilation, pads):
     return dx
 
 
-def _conv(n: int, cls: str, features, kernel_size, stride, padding, dilation, groups, bias, init, dtype, name,
-          backward_rule="exact", feedback_init=None):
-    if not isinstance(features, int) or features < 1:
-        raise _errors.BpjaxError(cls, f"features must be a positive int, got {features!r}")
+def _conv(n: int, cls: str, features, kernel_size, stride, padding, dilation, groups, bias, init, stddev, dtype,
+          name, backward_rule, feedback_init):
+    features = _errors.positive_int(cls, "features", features)
     ks = tuple_arg(cls, "kernel_size", kernel_size, n)
     stride = tuple_arg(cls, "stride", stride, n)
     dilation = tuple_arg(cls, "dilation", dilation, n)
     padding = padding_arg(cls, padding, n)
-    if not isinstance(groups, int) or groups < 1 or features % groups:
-        raise _errors.BpjaxError(cls, f"groups must be a positive int dividing features={features}, got {groups!r}")
+    if features % _errors.positive_int(cls, "groups", groups):
+        raise _errors.BpjaxError(cls, f"groups must divide features={features}, got groups={groups}")
     tag = rule_tag(cls, backward_rule)
     name = name or f"{cls}({features}, {ks if n > 1 else ks[0]}{tag})"
+    param_dtype(name, dtype)
     k_eff = tuple((k - 1) * d + 1 for k, d in zip(ks, dilation))
     G, F = groups, features
     sp = _SPATIAL[n]
-    w_init = initializer(init)
+    with _errors.context(name):  # a bad init names the layer
+        w_init = initializer(init, stddev)
 
     def geometry(in_shape):
         """``in_shape`` (L, C_in) or (H, W, C_in) -> pads and output spatial sizes; checks the groups."""
@@ -163,7 +167,7 @@ def _conv(n: int, cls: str, features, kernel_size, stride, padding, dilation, gr
 
     def init_fn(key, input_shape):
         input_shape, out = init_geometry(name, n, input_shape, geometry)
-        dt = dtype or jnp.zeros(()).dtype
+        dt = param_dtype(name, dtype)
         params = {"W": w_init(key, (*ks, input_shape[-1] // G, F), dt)}
         if bias:
             params["b"] = jnp.zeros((F,), dt)
@@ -257,12 +261,13 @@ def _conv(n: int, cls: str, features, kernel_size, stride, padding, dilation, gr
         return grads, dx
 
     feedback = feedback_init if feedback_init is not None else init
-    return with_backward_rule(name, backward_rule, init_fn, forward, backward_with, feedback)
+    return with_backward_rule(name, backward_rule, init_fn, forward, backward_with, feedback, stddev)
 
 
 def Conv1D(features: int, kernel_size: IntOrTuple, *, stride: IntOrTuple = 1, padding: Padding = "SAME",
-           dilation: IntOrTuple = 1, groups: int = 1, bias: bool = True, init="he_normal", dtype=None,
-           name: str | None = None, backward_rule: str = "exact", feedback_init=None) -> Layer:
+           dilation: IntOrTuple = 1, groups: int = 1, bias: bool = True, init: Initializer = "he_normal",
+           stddev: float = 1.0, dtype=None, name: str | None = None, backward_rule: str = "exact",
+           feedback_init: Initializer | None = None) -> Layer:
     """1-D convolution over ``x: (B, L, C_in)`` with ``W: (K, C_in // groups, features)``, ``b: (features,)``.
 
     Forward: ``y[b, t, o] = b[o] + sum_{k, c} x_pad[b, t s + k d, c'] W[k, c, o]`` (``c'`` the input
@@ -282,8 +287,10 @@ def Conv1D(features: int, kernel_size: IntOrTuple, *, stride: IntOrTuple = 1, pa
       groups: ``C_in`` and ``features`` split into ``groups`` blocks; block ``g`` of the output sees
         only block ``g`` of the input (``groups = C_in`` is a depthwise convolution).
       bias: add ``b`` (params are ``{"W"}`` only when False).
-      init: weight initialiser (:func:`bpjax.layers.dense.initializer`; fan-in ``K * C_in // groups``).
-      dtype: parameter dtype (default the canonical float).
+      init: weight initialiser (a name from :mod:`bpjax.initializers` or a callable; fan-in
+        ``K * C_in // groups``); biases start at zero.
+      stddev: standard deviation for ``init="normal"`` (and ``feedback_init="normal"``).
+      dtype: parameter dtype (default the canonical float: float32, or float64 with x64 on).
       name: display name (default ``Conv1D(features, K)``, with ``, FA`` or ``, sign`` for those rules).
       backward_rule: how ``dx`` is computed; ``dW`` and ``db`` are always the exact ones above, and
         both backward formulations (im2col and convolutions) take the same rule.
@@ -297,23 +304,25 @@ def Conv1D(features: int, kernel_size: IntOrTuple, *, stride: IntOrTuple = 1, pa
           (:func:`bpjax.rules.sign_feedback`); no state.
       feedback_init: initialiser of ``B`` for ``"feedback_alignment"`` (default: ``init``).
     """
-    return _conv(1, "Conv1D", features, kernel_size, stride, padding, dilation, groups, bias, init, dtype, name,
-                 backward_rule, feedback_init)
+    return _conv(1, "Conv1D", features, kernel_size, stride, padding, dilation, groups, bias, init, stddev, dtype,
+                 name, backward_rule, feedback_init)
 
 
 def Conv2D(features: int, kernel_size: IntOrTuple, *, stride: IntOrTuple = 1, padding: Padding = "SAME",
-           dilation: IntOrTuple = 1, groups: int = 1, bias: bool = True, init="he_normal", dtype=None,
-           name: str | None = None, backward_rule: str = "exact", feedback_init=None) -> Layer:
+           dilation: IntOrTuple = 1, groups: int = 1, bias: bool = True, init: Initializer = "he_normal",
+           stddev: float = 1.0, dtype=None, name: str | None = None, backward_rule: str = "exact",
+           feedback_init: Initializer | None = None) -> Layer:
     """2-D convolution over ``x: (B, H, W, C_in)`` with ``W: (KH, KW, C_in // groups, features)``.
 
     The forward, backward and arguments are those of :func:`Conv1D` on two spatial axes:
     ``y: (B, H_out, W_out, features)``; ``kernel_size``, ``stride`` and ``dilation`` are an int or a
     2-tuple, ``padding`` ``"SAME"``, ``"VALID"``, an int or ``[(lo_h, hi_h), (lo_w, hi_w)]``;
-    ``db = dy.sum((0, 1, 2))``; ``backward_rule`` (``"exact"``, ``"feedback_alignment"``,
-    ``"sign_symmetry"``) and ``feedback_init`` swap ``W`` for a feedback kernel ``B`` in ``dx`` only.
+    ``db = dy.sum((0, 1, 2))``; ``init``, ``stddev``, ``dtype`` and ``name`` as there;
+    ``backward_rule`` (``"exact"``, ``"feedback_alignment"``, ``"sign_symmetry"``) and
+    ``feedback_init`` swap ``W`` for a feedback kernel ``B`` in ``dx`` only.
     """
-    return _conv(2, "Conv2D", features, kernel_size, stride, padding, dilation, groups, bias, init, dtype, name,
-                 backward_rule, feedback_init)
+    return _conv(2, "Conv2D", features, kernel_size, stride, padding, dilation, groups, bias, init, stddev, dtype,
+                 name, backward_rule, feedback_init)
 
 
 __all__ = ["Conv1D", "Conv2D"]

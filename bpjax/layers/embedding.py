@@ -8,17 +8,17 @@ import numpy as np
 
 from bpjax import _errors
 from bpjax.core import Layer
-from bpjax.layers.dense import Initializer, initializer
+from bpjax.initializers import Initializer, initializer, param_dtype
 
 
-def Embedding(vocab: int, dim: int, *, init: Initializer = "normal", stddev: float = 1.0,
+def Embedding(vocab: int, features: int, *, init: Initializer = "normal", stddev: float = 1.0, dtype=None,
               name: str | None = None) -> Layer:
-    """A table of ``vocab`` vectors of width ``dim``, indexed by integer ids.
+    """A table of ``vocab`` vectors of width ``features``, indexed by integer ids.
 
-    Forward: ``ids: (B, ...)`` integers in ``[0, vocab)``, ``E: (vocab, dim)``,
-    ``y = E[ids]: (B, ..., dim)``.
+    Forward: ``ids: (B, ...)`` integers in ``[0, vocab)``, ``E: (vocab, features)``,
+    ``y = E[ids]: (B, ..., features)``.
 
-    Backward: ``dE = zeros(vocab, dim).at[ids].add(dy)`` (a scatter-add: an id that occurs k times
+    Backward: ``dE = zeros(vocab, features).at[ids].add(dy)`` (a scatter-add: an id that occurs k times
     receives the sum of its k cotangent rows); the ids are integers, so ``dx`` is a ``float0``
     zeros array of ``ids``'s shape (JAX's cotangent type for integer inputs).
 
@@ -27,26 +27,28 @@ def Embedding(vocab: int, dim: int, *, init: Initializer = "normal", stddev: flo
 
     Args:
       vocab: number of rows of ``E``.
-      dim: width of each embedding vector.
+      features: width of each embedding vector.
       init: initialiser name or callable (see :func:`bpjax.layers.initializer`); default
         ``"normal"``, ``N(0, stddev^2)`` with ``stddev=1`` as in PyTorch's ``nn.Embedding``.
       stddev: standard deviation for ``init="normal"``.
-      name: display name (default ``Embedding(vocab, dim)``).
+      dtype: dtype of ``E``; default the canonical float (float32, or float64 with x64 on).
+      name: display name (default ``Embedding(vocab, features)``).
     """
-    for arg, value in (("vocab", vocab), ("dim", dim)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise _errors.BpjaxError("Embedding", f"{arg} must be a positive int, got {value!r}")
-    name = name or f"Embedding({vocab}, {dim})"
-    e_init = initializer(init, stddev)
+    vocab = _errors.positive_int("Embedding", "vocab", vocab)
+    features = _errors.positive_int("Embedding", "features", features)
+    name = name or f"Embedding({vocab}, {features})"
+    param_dtype(name, dtype)
+    with _errors.context(name):  # a bad init names the layer
+        e_init = initializer(init, stddev)
 
     def init_fn(key, input_shape):
-        return (*input_shape, dim), {"E": e_init(key, (vocab, dim), jnp.zeros(()).dtype)}
+        return (*input_shape, features), {"E": e_init(key, (vocab, features), param_dtype(name, dtype))}
 
     def forward(params, ids):
-        if not isinstance(params, dict) or set(params) != {"E"} or jnp.shape(params["E"]) != (vocab, dim):
+        if not isinstance(params, dict) or set(params) != {"E"} or jnp.shape(params["E"]) != (vocab, features):
             got = {k: tuple(jnp.shape(v)) for k, v in params.items()} if isinstance(params, dict) \
                 else type(params).__name__
-            raise _errors.BpjaxError(name, f"params do not match the layer: expected {{'E': ({vocab}, {dim})}}, "
+            raise _errors.BpjaxError(name, f"params do not match the layer: expected {{'E': ({vocab}, {features})}}, "
                                            f"got {got}")
         dtype = jnp.result_type(ids)
         if not jnp.issubdtype(dtype, jnp.integer):

@@ -117,7 +117,7 @@ def _pool(n: int, kind: str, window, stride, padding, name):
     return Layer(init, forward_avg, backward_avg, name)
 
 
-def MaxPool1D(window: IntOrTuple, stride: IntOrTuple | None = None, padding: Padding = "VALID", *,
+def MaxPool1D(window: IntOrTuple, *, stride: IntOrTuple | None = None, padding: Padding = "VALID",
               name: str | None = None) -> Layer:
     """Max over windows of ``x: (B, L, C)`` -> ``(B, L_out, C)``; gradient to the first maximum of each window.
 
@@ -131,13 +131,13 @@ def MaxPool1D(window: IntOrTuple, stride: IntOrTuple | None = None, padding: Pad
     return _pool(1, "Max", window, stride, padding, name)
 
 
-def MaxPool2D(window: IntOrTuple, stride: IntOrTuple | None = None, padding: Padding = "VALID", *,
+def MaxPool2D(window: IntOrTuple, *, stride: IntOrTuple | None = None, padding: Padding = "VALID",
               name: str | None = None) -> Layer:
     """Max over windows of ``x: (B, H, W, C)`` -> ``(B, H_out, W_out, C)``; as :func:`MaxPool1D` on two axes."""
     return _pool(2, "Max", window, stride, padding, name)
 
 
-def AvgPool1D(window: IntOrTuple, stride: IntOrTuple | None = None, padding: Padding = "VALID", *,
+def AvgPool1D(window: IntOrTuple, *, stride: IntOrTuple | None = None, padding: Padding = "VALID",
               name: str | None = None) -> Layer:
     """Mean over windows of ``x: (B, L, C)`` -> ``(B, L_out, C)``; padded zeros are not counted.
 
@@ -147,7 +147,7 @@ def AvgPool1D(window: IntOrTuple, stride: IntOrTuple | None = None, padding: Pad
     return _pool(1, "Avg", window, stride, padding, name)
 
 
-def AvgPool2D(window: IntOrTuple, stride: IntOrTuple | None = None, padding: Padding = "VALID", *,
+def AvgPool2D(window: IntOrTuple, *, stride: IntOrTuple | None = None, padding: Padding = "VALID",
               name: str | None = None) -> Layer:
     """Mean over windows of ``x: (B, H, W, C)`` -> ``(B, H_out, W_out, C)``; as :func:`AvgPool1D` on two axes."""
     return _pool(2, "Avg", window, stride, padding, name)

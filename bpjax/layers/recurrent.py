@@ -1,8 +1,16 @@
 """Recurrent layers (SimpleRNN, GRU, LSTM, Bidirectional) with backpropagation through time written by hand.
 
-Every cell shares one layout (``G`` gates, hidden size ``H``, input size ``D``)::
+Every cell shares one layout (``G`` gates, hidden size ``H = features``, input size ``D``)::
 
     Wx: (D, G*H)   Wh: (H, G*H)   b: (G*H,)          (GRU adds bhn: (H,))
+
+The bias of the input projection is ``b``, as in every layer; GRU's second bias ``bhn`` (inside
+``r * (h Whn + bhn)``, where it cannot fold into ``b``) keeps its own name.
+
+Initialisation: by default PyTorch's, every weight and bias ``~ U(-1/sqrt(H), 1/sqrt(H))``. With
+``init=`` (a name from :mod:`bpjax.initializers` or a callable) ``Wx`` and ``Wh`` are drawn by it
+and the biases start at zero; ``recurrent_init=`` then draws each ``(H, H)`` gate block of ``Wh``
+(``"orthogonal"``: an orthogonal map per gate).
 
 Forward: the input projection of all steps is one matmul outside the loop,
 ``xp = x @ Wx + b: (T, B, G*H)``, then one ``lax.scan`` over time runs the cell and saves exactly
@@ -31,6 +39,7 @@ from jax import lax
 
 from bpjax import _errors
 from bpjax.core import Layer
+from bpjax.initializers import Initializer, initializer, param_dtype
 
 
 class _Cell(NamedTuple):
@@ -161,30 +170,32 @@ def _shapes(cell, D, H):
     return {"Wx": (D, G * H), "Wh": (H, G * H), "b": (G * H,), **{k: (H,) for k in cell.extra}}
 
 
-def _recurrent(cell: _Cell, hidden: int, return_sequences: bool, recurrent_init: str, forget_bias,
+def _recurrent(cell: _Cell, features: int, return_sequences: bool, init, recurrent_init, forget_bias,
                unroll: int, dtype, name) -> Layer:
-    if not isinstance(hidden, int) or isinstance(hidden, bool) or hidden < 1:
-        raise _errors.BpjaxError(cell.kind, f"hidden must be a positive int, got {hidden!r}")
-    if recurrent_init not in ("uniform", "orthogonal"):
-        raise _errors.BpjaxError(cell.kind, f"recurrent_init must be 'uniform' or 'orthogonal', "
-                                            f"got {recurrent_init!r}")
-    if not isinstance(unroll, int) or isinstance(unroll, bool) or unroll < 1:
-        raise _errors.BpjaxError(cell.kind, f"unroll must be a positive int, got {unroll!r}")
-    H, G = hidden, cell.gates
-    name = name or f"{cell.kind}({hidden})"
+    H = _errors.positive_int(cell.kind, "features", features)
+    unroll = _errors.positive_int(cell.kind, "unroll", unroll)
+    G = cell.gates
+    name = name or f"{cell.kind}({H})"
+    param_dtype(name, dtype)
+    with _errors.context(name):  # a bad init names the layer
+        w_init = None if init is None else initializer(init)
+        r_init = None if recurrent_init is None else initializer(recurrent_init)
 
-    def init(key, input_shape):
+    def init_fn(key, input_shape):
         if len(input_shape) != 2 or input_shape[0] < 1:
             raise _errors.BpjaxError(name, f"expected an input shape (T, D) with T >= 1 (one example, no "
                                            f"batch axis), got {tuple(input_shape)}")
-        dt = dtype or jnp.zeros(()).dtype
-        k = 1.0 / math.sqrt(H)  # PyTorch: every weight and bias ~ U(-1/sqrt(H), 1/sqrt(H))
+        dt = param_dtype(name, dtype)
         shapes = _shapes(cell, int(input_shape[1]), H)
         keys = jax.random.split(key, len(shapes))
-        params = {n: jax.random.uniform(kk, s, dt, -k, k) for kk, (n, s) in zip(keys, shapes.items())}
-        if recurrent_init == "orthogonal":  # one orthogonal (H, H) block per gate
-            ortho = jax.nn.initializers.orthogonal()
-            blocks = [ortho(kk, (H, H), dt) for kk in jax.random.split(keys[1], G)]
+        if w_init is None:
+            k = 1.0 / math.sqrt(H)  # PyTorch: every weight and bias ~ U(-1/sqrt(H), 1/sqrt(H))
+            params = {n: jax.random.uniform(kk, s, dt, -k, k) for kk, (n, s) in zip(keys, shapes.items())}
+        else:  # Wx, Wh by init; the biases start at zero
+            params = {n: w_init(kk, s, dt) if n in ("Wx", "Wh") else jnp.zeros(s, dt)
+                      for kk, (n, s) in zip(keys, shapes.items())}
+        if r_init is not None:  # Wh: one (H, H) block per gate
+            blocks = [r_init(kk, (H, H), dt) for kk in jax.random.split(keys[1], G)]
             params["Wh"] = jnp.concatenate(blocks, axis=1)
         if forget_bias is not None:
             params["b"] = params["b"].at[H:2 * H].set(forget_bias)
@@ -275,27 +286,34 @@ def _recurrent(cell: _Cell, hidden: int, return_sequences: bool, recurrent_init:
             return grads, dx
         return grads, (dx, None if len(given) > 1 else dcarry_init)
 
-    return Layer(init, forward, backward, name)
+    return Layer(init_fn, forward, backward, name)
 
 
-def SimpleRNN(hidden: int, *, return_sequences: bool = True, recurrent_init: str = "uniform",
-              unroll: int = 1, dtype=None, name: str | None = None) -> Layer:
+def SimpleRNN(features: int, *, return_sequences: bool = True, init: Initializer | None = None,
+              recurrent_init: Initializer | None = None, unroll: int = 1, dtype=None,
+              name: str | None = None) -> Layer:
     """Elman RNN: ``h_t = tanh(x_t @ Wx + h_{t-1} @ Wh + b)``, ``h_0 = 0``.
 
-    Params: ``Wx: (D, H)``, ``Wh: (H, H)``, ``b: (H,)``, all ``~ U(-1/sqrt(H), 1/sqrt(H))`` (PyTorch).
+    Params: ``Wx: (D, H)``, ``Wh: (H, H)``, ``b: (H,)``, all ``~ U(-1/sqrt(H), 1/sqrt(H))`` (PyTorch)
+    by default.
 
     Args:
-      hidden: ``H``, the state size.
+      features: ``H``, the state size.
       return_sequences: ``x: (B, T, D) -> (B, T, H)`` (every ``h_t``) if True, else ``(B, H)`` (``h_T``).
-      recurrent_init: ``"uniform"`` or ``"orthogonal"`` (an orthogonal ``(H, H)`` block per gate).
+      init: initialiser of ``Wx`` and ``Wh`` (then the biases start at zero); default ``None``,
+        PyTorch's uniform draw of every weight and bias.
+      recurrent_init: initialiser of each ``(H, H)`` gate block of ``Wh`` (e.g. ``"orthogonal"``);
+        default ``None``, as ``init``.
+      unroll: time steps per loop iteration of both scans (a speed knob; the result is the same).
       dtype: parameter dtype; default the canonical float.
       name: display name (default ``SimpleRNN(H)``).
     """
-    return _recurrent(_CELLS["SimpleRNN"], hidden, return_sequences, recurrent_init, None, unroll, dtype, name)
+    return _recurrent(_CELLS["SimpleRNN"], features, return_sequences, init, recurrent_init, None, unroll, dtype,
+                      name)
 
 
-def GRU(hidden: int, *, return_sequences: bool = True, recurrent_init: str = "uniform",
-        unroll: int = 1, dtype=None, name: str | None = None) -> Layer:
+def GRU(features: int, *, return_sequences: bool = True, init: Initializer | None = None,
+        recurrent_init: Initializer | None = None, unroll: int = 1, dtype=None, name: str | None = None) -> Layer:
     """Gated recurrent unit, PyTorch's convention (gates ``[r | z | n]``, ``h_0 = 0``)::
 
         r  = sigmoid(x Wxr + h Whr + br)
@@ -304,28 +322,31 @@ def GRU(hidden: int, *, return_sequences: bool = True, recurrent_init: str = "un
         h' = (1 - z) * n + z * h
 
     Params: ``Wx: (D, 3H)``, ``Wh: (H, 3H)``, ``b: (3H,) = [br | bz | bxn]`` and ``bhn: (H,)``
-    (PyTorch's ``b_ih + b_hh`` for r and z folded into one bias), all ``~ U(-1/sqrt(H), 1/sqrt(H))``.
-    Arguments as for :func:`SimpleRNN`.
+    (PyTorch's ``b_ih + b_hh`` for r and z folded into one bias), all ``~ U(-1/sqrt(H), 1/sqrt(H))``
+    by default. Arguments as for :func:`SimpleRNN`.
     """
-    return _recurrent(_CELLS["GRU"], hidden, return_sequences, recurrent_init, None, unroll, dtype, name)
+    return _recurrent(_CELLS["GRU"], features, return_sequences, init, recurrent_init, None, unroll, dtype, name)
 
 
-def LSTM(hidden: int, *, return_sequences: bool = True, recurrent_init: str = "uniform",
-         forget_bias: float | None = 1.0, unroll: int = 1, dtype=None, name: str | None = None) -> Layer:
+def LSTM(features: int, *, return_sequences: bool = True, init: Initializer | None = None,
+         recurrent_init: Initializer | None = None, forget_bias: float | None = 1.0, unroll: int = 1, dtype=None,
+         name: str | None = None) -> Layer:
     """Long short-term memory, PyTorch's convention (gates ``[i | f | g | o]``, ``h_0 = c_0 = 0``)::
 
         i, f, o = sigmoid(x Wx + h Wh + b) on their slices,  g = tanh(...) on its slice
         c' = f * c + i * g
         h' = o * tanh(c')
 
-    Params: ``Wx: (D, 4H)``, ``Wh: (H, 4H)``, ``b: (4H,)``, all ``~ U(-1/sqrt(H), 1/sqrt(H))``.
+    Params: ``Wx: (D, 4H)``, ``Wh: (H, 4H)``, ``b: (4H,)``, all ``~ U(-1/sqrt(H), 1/sqrt(H))`` by default.
 
     Args:
       forget_bias: initial value of the forget-gate bias ``b[H:2H]`` (1.0 as Jozefowicz et al. 2015
-        and Keras' ``unit_forget_bias``); ``None`` keeps the uniform draw (PyTorch).
+        and Keras' ``unit_forget_bias``); ``None`` keeps the initial draw (PyTorch's uniform one, or
+        zero with ``init=``).
       Others as for :func:`SimpleRNN`.
     """
-    return _recurrent(_CELLS["LSTM"], hidden, return_sequences, recurrent_init, forget_bias, unroll, dtype, name)
+    return _recurrent(_CELLS["LSTM"], features, return_sequences, init, recurrent_init, forget_bias, unroll, dtype,
+                      name)
 
 
 def _stack(params):

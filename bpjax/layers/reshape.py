@@ -10,9 +10,13 @@ from bpjax import _errors
 from bpjax.core import Layer
 
 
-def Flatten() -> Layer:
-    """``(B, d1, d2, ...) -> (B, d1 * d2 * ...)``; backward reshapes ``dy`` back to ``x``'s shape."""
-    name = "Flatten"
+def Flatten(*, name: str | None = None) -> Layer:
+    """``(B, d1, d2, ...) -> (B, d1 * d2 * ...)``; backward reshapes ``dy`` back to ``x``'s shape.
+
+    Args:
+      name: display name (default ``Flatten``).
+    """
+    name = name or "Flatten"
 
     def init(key, input_shape):
         if not isinstance(input_shape, (tuple, list)) or not all(
@@ -27,6 +31,7 @@ def Flatten() -> Layer:
         return x.reshape(x.shape[0], -1), jnp.zeros((0, *x.shape[1:]), x.dtype)
 
     def backward(params, like, dy):
+        # in the forward pass this was: y = x.reshape(B, -1), so now dx = dy.reshape(x.shape)
         return (), dy.reshape(dy.shape[0], *like.shape[1:])
 
     return Layer(init, forward, backward, name)
