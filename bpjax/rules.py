@@ -26,10 +26,10 @@ import jax
 import jax.numpy as jnp
 
 from bpjax import _errors
-from bpjax.combinators import serial
-from bpjax.core import Layer, apply, is_contextual
+from bpjax.combinators import serial, serial_backward
+from bpjax.core import Layer, apply
 from bpjax.core import init_state as _init_state
-from bpjax.grad import autodiff_value_and_grad, value_and_grad
+from bpjax.grad import gradients
 from bpjax.initializers import Initializer, initializer
 
 __all__ = ["BACKWARD_RULES", "DFA", "angle", "feedback_angles", "gradient_angles", "rule_tag", "sign_feedback",
@@ -127,13 +127,12 @@ def gradient_angles(model: Layer, loss):
     Returns ``fn(params, x, y, *, state=None, key=None, train=True) -> angles``, ``angles`` a pytree
     with the structure of ``params`` and one scalar per leaf; jit-able.
     """
-    manual = value_and_grad(model, loss)
-    true = autodiff_value_and_grad(model, loss)
+    manual = gradients(model, loss)
+    true = gradients(model, loss, backward="autodiff")
 
     def fn(params, x, y, *, state=None, key=None, train=True):
-        kw = dict(state=state, key=key, train=train) if is_contextual(model) else {}
-        _, g_rule = manual(params, x, y, **kw)
-        _, g_true = true(params, x, y, **kw)
+        g_rule = manual(params, x, y, state, key, train)[2]
+        g_true = true(params, x, y, state, key, train)[2]
         return jax.tree.map(angle, g_rule, g_true)
 
     return fn
@@ -230,12 +229,10 @@ def DFA(*layers: Layer, feedback_init: Initializer = "glorot_uniform", name: Opt
         residuals, Bs = saved
         _errors.check_ndim(name, dy, 2, "output gradient")
         e = dy                                     # the output error e = dL/dy: (B, C)
-        dparams, d = [None] * len(layers), dy
-        for i in reversed(range(len(layers))):     # go in the reverse order of the forward pass
-            with _errors.context(f"serial[{i}]"):
-                dparams[i], d = layers[i].backward(params[i], residuals[i], d)
-            if not isinstance(Bs[i], tuple):
-                d = e @ Bs[i]                      # DFA: da_{l-1} = e @ B_l instead of dz_l @ W_l.T
-        return tuple(dparams), d
+
+        def direct(i, d):                          # DFA: da_{l-1} = e @ B_l instead of dz_l @ W_l.T
+            return d if isinstance(Bs[i], tuple) else e @ Bs[i]
+
+        return serial_backward(layers, params, residuals, dy, after=direct)
 
     return Layer(init, forward, backward, name, init_state)
