@@ -49,11 +49,17 @@ def check_finite(where: str, what: str, x) -> None:
     for path, a in jax.tree_util.tree_leaves_with_path(x):
         if not _errors.is_concrete(a) or not jnp.issubdtype(jnp.result_type(a), jnp.inexact):
             continue
-        bad = ~np.isfinite(np.asarray(a))
-        if bad.any():
-            first = int(np.argwhere(bad)[0][0]) if bad.ndim else 0
+        if isinstance(a, jax.Array) and not a.is_fully_addressable:  # spans other processes: count on the devices
+            finite = jnp.isfinite(a)
+            n_bad = int(jnp.sum(~finite))
+            first = int(jnp.argmax(~finite.reshape(a.shape[0], -1).all(1))) if n_bad and a.ndim else 0
+        else:
+            bad = ~np.isfinite(np.asarray(a))
+            n_bad = int(bad.sum())
+            first = int(np.argwhere(bad)[0][0]) if n_bad and bad.ndim else 0
+        if n_bad:
             name = what + jax.tree_util.keystr(path)
-            raise _errors.BpjaxError(where, f"{name} contains NaN or Inf ({int(bad.sum())} entries, first at "
+            raise _errors.BpjaxError(where, f"{name} contains NaN or Inf ({n_bad} entries, first at "
                                             f"example {first}); expected finite values")
 
 

@@ -7,6 +7,8 @@ The package reads top-down:
 - :mod:`~bpjax.train.driver`: chunks one after another, with progress, checkpoints and callbacks;
 - :mod:`~bpjax.train.resume`: checkpoint and resume; :mod:`~bpjax.train.history`: what a run returns;
 - :mod:`~bpjax.train.validate`: eager checks of the inputs; :mod:`~bpjax.train.sharding`: many devices;
+- :mod:`~bpjax.train.stream`: batches streamed from an iterable; :mod:`~bpjax.train.distributed` and
+  :mod:`~bpjax.train.launch`: many processes;
 - :mod:`~bpjax.train.fit`: ``fit``, ``fit_many`` and ``init_many``, which tie the above together.
 
 One order everywhere: ``params, opt_state, state`` (state only for contextual models in
@@ -15,10 +17,12 @@ One order everywhere: ``params, opt_state, state`` (state only for contextual mo
 
 from bpjax.grad import BACKWARDS
 from bpjax.train.cache import clear_cache
+from bpjax.train.distributed import every_process, initialize, process_local
 from bpjax.train.fit import fit, fit_many, init_many
 from bpjax.train.history import FitResult
+from bpjax.train.resume import resume_step
 from bpjax.train.sharding import data_parallel_mesh, replicate, shard_batch
 from bpjax.train.step import make_step
 
-__all__ = ["BACKWARDS", "FitResult", "clear_cache", "data_parallel_mesh", "fit", "fit_many", "init_many",
-           "make_step", "replicate", "shard_batch"]
+__all__ = ["BACKWARDS", "FitResult", "clear_cache", "data_parallel_mesh", "every_process", "fit", "fit_many",
+           "init_many", "initialize", "make_step", "process_local", "replicate", "resume_step", "shard_batch"]

@@ -1,21 +1,26 @@
 """The driver of a run: compiled chunks one after the other, with progress, checkpoints, callbacks and history.
 
 Between two chunks (never inside the compiled program) it updates the progress bar, checks the
-NaN guard, writes a checkpoint and calls the user's ``callback``.
+NaN guard, writes a checkpoint and calls the user's ``callback``. A streamed run's next block is
+read and sent while the current chunk runs. With several processes, the bar and the callback
+run in process 0 (a callback wrapped in :func:`~bpjax.train.distributed.every_process` in all),
+and every process stops where any of them raised.
 """
 
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 
 from bpjax import _errors
-from bpjax.train import resume
+from bpjax.train import distributed, resume
 from bpjax.train.cache import compiled_chunk
 from bpjax.train.history import FitResult, history
 from bpjax.train.loop import Plan
+from bpjax.train.stream import Stream
+
+STREAM_CHUNK = 100  # default steps per chunk of a streamed run: the batches on the devices at once, twice
 
 
 def chunk_bounds(start: int, steps: int, chunk_size: int, checkpoint_every) -> list:
@@ -29,21 +34,24 @@ def chunk_bounds(start: int, steps: int, chunk_size: int, checkpoint_every) -> l
     return list(zip(cuts[:-1], cuts[1:]))
 
 
-def default_chunk(steps: int, verbose: bool) -> int:
-    """One chunk when silent; about 20 (a divisor of ``steps`` when one is near, to compile once) with a bar."""
-    if not verbose:
+def default_chunk(steps: int, verbose: bool, streamed: bool = False) -> int:
+    """One chunk when silent; about 20 (a divisor of ``steps`` when one is near, to compile once) with a bar;
+    at most about ``STREAM_CHUNK`` steps when streamed."""
+    target = max(1, math.ceil(steps / 20)) if verbose else steps
+    if streamed:
+        target = min(target, STREAM_CHUNK)
+    if target == steps:
         return steps
-    target = max(1, math.ceil(steps / 20))
     for d in range(target, min(steps, 2 * target) + 1):
         if steps % d == 0:
             return d
     return target
 
 
-def chunking(where: str, steps: int, chunk_size, checkpoint_path, checkpoint_every, verbose):
+def chunking(where: str, steps: int, chunk_size, checkpoint_path, checkpoint_every, verbose, streamed=False):
     """Validated ``(chunk_size, checkpoint_every)``; a checkpoint path alone saves after every chunk."""
     if chunk_size is None:
-        chunk_size = default_chunk(steps, verbose)
+        chunk_size = default_chunk(steps, verbose, streamed)
     chunk_size = _errors.positive_int(where, "chunk_size", chunk_size)
     if checkpoint_every is not None:
         checkpoint_every = _errors.positive_int(where, "checkpoint_every", checkpoint_every)
@@ -63,22 +71,33 @@ def progress_bar(total: int, initial: int, desc: str):
 
 def run(plan: Plan, carry, hp, keys, data, eval_data, *, batched: int, verbose, chunk_size,
         checkpoint_path, checkpoint_every, callback, desc):
-    """Run ``plan.steps`` steps in chunks from a fresh start or from the checkpoint; returns ``(carry, history)``."""
+    """Run ``plan.steps`` steps in chunks from a fresh start or from the checkpoint; returns ``(carry, history)``.
+
+    ``data`` is the device-resident ``(x, y)`` or a :class:`~bpjax.train.stream.Stream`.
+    """
     steps = plan.steps
     names = [n for n, _ in plan.metrics]
     losses, evals = [], []
-    start = 0
-    if checkpoint_path is not None and os.path.exists(checkpoint_path):
-        carry, start, loss0, evals0 = resume.resume(plan, carry, checkpoint_path, names, batched)
+    start = resume.resume_step(checkpoint_path) if checkpoint_path is not None else 0
+    if start:
+        carry, loss0, evals0 = resume.resume(plan, carry, checkpoint_path, names, batched, start)
         losses.append(loss0)
         evals.append(evals0)
 
-    bar = progress_bar(steps, start, desc) if verbose else None
+    bounds = chunk_bounds(start, steps, chunk_size, checkpoint_every)
+    stream = data if isinstance(data, Stream) else None
+    block = stream.take(bounds[0][1] - bounds[0][0]) if stream is not None and bounds else data
+    bar = progress_bar(steps, start, desc) if verbose and distributed.is_main() else None
     try:
-        for lo, hi in chunk_bounds(start, steps, chunk_size, checkpoint_every):
-            carry, (loss_c, ev_c) = compiled_chunk(plan, hi - lo, batched)(carry, hp, keys, data, eval_data, lo)
+        for k, (lo, hi) in enumerate(bounds):
+            carry, (loss_c, ev_c, finite) = compiled_chunk(plan, hi - lo, batched)(carry, hp, keys, block,
+                                                                                   eval_data, lo)
+            if stream is not None and k + 1 < len(bounds):  # read and send the next block while this one runs
+                block = stream.take(bounds[k + 1][1] - bounds[k + 1][0])
             losses.append(np.asarray(loss_c))
             evals.append(tuple(np.asarray(e) for e in ev_c))
+            if stream is not None:
+                resume.raise_if_bad_input(finite, lo)
             if plan.nan_guard:
                 resume.raise_if_bad(carry, batched)
             if bar is not None:
@@ -92,7 +111,9 @@ def run(plan: Plan, carry, hp, keys, data, eval_data, *, batched: int, verbose, 
             if save:
                 resume.save(checkpoint_path, plan, carry, so_far, hi)
             if callback is not None:
-                callback(hi, FitResult(carry[0], carry[1], carry[2], so_far))
+                distributed.on_main(lambda: callback(hi, FitResult(carry[0], carry[1], carry[2], so_far)),
+                                    f"the callback at step {hi}",
+                                    all_processes=isinstance(callback, distributed.EveryProcess))
     finally:
         if bar is not None:
             bar.close()

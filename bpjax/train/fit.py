@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
 from bpjax import _errors
 from bpjax.core import Layer, check_key, check_model, is_contextual
@@ -24,8 +24,16 @@ from bpjax.train.cache import cached
 from bpjax.train.driver import chunking, run
 from bpjax.train.history import FitResult
 from bpjax.train.loop import Fixed, Metric, Plan
-from bpjax.train.sharding import data_parallel_mesh, replicate
+from bpjax.train.sharding import (
+    check_mesh,
+    data_parallel_mesh,
+    data_sharding,
+    replicate,
+    shard_rows,
+    split_or_replicate,
+)
 from bpjax.train.step import check_optimizer
+from bpjax.train.stream import Stream, is_stream
 from bpjax.train.validate import (
     check_data,
     check_factory,
@@ -41,15 +49,28 @@ __all__ = ["fit", "fit_many", "init_many"]
 
 def prepare(model, loss, params, train_data, *, steps, batch_size, key, shuffle, eval_data, eval_every,
              backward, state, metrics, nan_guard, unroll, make_optimizer, hp0, mesh, where):
-    """Validate eagerly and build the static plan and the device-resident data."""
+    """Validate eagerly and build the static plan and the data: device-resident ``(x, y)`` (laid out over the
+    mesh's data axis on a mesh) or a :class:`~bpjax.train.stream.Stream` of batches."""
     check_model(model, where)
     loss_key, loss = loss, as_loss(loss)  # the plan keeps the caller's loss: as_loss wraps a function anew
     if backward not in BACKWARDS:
         raise _errors.BpjaxError(where, f"backward must be one of {BACKWARDS}, got {backward!r}")
-    x, y = check_data(where, train_data, "train_data")
-    N = int(x.shape[0])
+    check_mesh(where, mesh)
+    streamed = isinstance(train_data, Stream) or is_stream(train_data)
+    if streamed:  # the checks below see the first batch; the chunks check that every batch is finite
+        batch_size = _errors.positive_int(where, "batch_size", batch_size)
+        if shuffle:
+            raise _errors.BpjaxError(where, "shuffle=True needs train_data=(x, y) on the devices; a stream of "
+                                            "batches comes in the order its iterator yields them")
+        stream = train_data if isinstance(train_data, Stream) else Stream(where, train_data, batch_size, mesh)
+        (x, y), N = check_data(where, stream.first, "train_data batch 0"), batch_size
+    else:  # on a mesh, laid out over the data axis first: no device ever holds the whole set
+        train_data, N = shard_rows(train_data, mesh) if mesh is not None else (train_data, None)
+        x, y = check_data(where, train_data, "train_data")
+        N = int(x.shape[0]) if N is None else N
     steps = _errors.positive_int(where, "steps", steps)
     batch_size = _errors.positive_int(where, "batch_size", batch_size, upper=N)
+    sharding = data_sharding(where, mesh, batch_size)
     unroll = _errors.positive_int(where, "unroll", unroll)
     if shuffle and key is None:
         raise _errors.BpjaxError(where, "shuffle=True needs key=jax.random.key(...)")
@@ -75,21 +96,12 @@ def prepare(model, loss, params, train_data, *, steps, batch_size, key, shuffle,
             raise _errors.BpjaxError(where, "eval_every is set but eval_data is None")
         eval_arrays = ()
     jax.eval_shape(lambda p, h: make_optimizer(h).init(p), params, hp0)
-    sharding = None
     if mesh is not None:
-        if not isinstance(mesh, Mesh):
-            raise _errors.BpjaxTypeError(where, f"mesh must be a jax.sharding.Mesh, got {type(mesh).__name__}")
-        n_dev = mesh.shape[mesh.axis_names[0]]
-        if batch_size % n_dev:
-            raise _errors.BpjaxError(where, f"batch_size={batch_size} must be divisible by the {n_dev} devices "
-                                            f"of the mesh axis {mesh.axis_names[0]!r}")
-        sharding = NamedSharding(mesh, PartitionSpec(mesh.axis_names[0]))
-        x, y = replicate((x, y), mesh)
-        eval_arrays = replicate(eval_arrays, mesh)
+        eval_arrays = split_or_replicate(eval_arrays, mesh)
     plan = Plan(model, loss_key, make_optimizer, backward, batch_size, N // batch_size, N, bool(shuffle), steps,
                  eval_every if eval_data is not None else None, tuple(metrics.items()), bool(nan_guard), sharding,
-                 unroll)
-    return plan, (x, y), eval_arrays, state
+                 unroll, streamed)
+    return plan, stream if streamed else (x, y), eval_arrays, state
 
 
 def split_key(key, needed):
@@ -138,7 +150,11 @@ def fit(model: Layer, loss, optimizer: optax.GradientTransformation, params, tra
       model, loss: what to train (a contextual model needs ``state``; it gets a fresh key each step).
       optimizer: an optax ``GradientTransformation``.
       params: initial parameters (``model.init(key, x.shape[1:])[1]``).
-      train_data: ``(x, y)``, ``x: (N, ...)``, ``y: (N, ...)`` (integer labels ``(N,)`` or targets).
+      train_data: ``(x, y)``, ``x: (N, ...)``, ``y: (N, ...)`` (integer labels ``(N,)`` or targets), kept on
+        the devices; or an iterable (not a tuple/list) of batches ``(xb: (B, ...), yb: (B, ...))``, one
+        per step, streamed to the devices a chunk ahead of the compiled program
+        (:mod:`bpjax.train.stream`; its position is the caller's: resuming at step ``s``, it must
+        yield the batch of step ``s`` first; :func:`bpjax.train.resume_step`).
       steps: number of optimiser steps.
       batch_size: ``B`` in ``[1, N]``; an epoch is ``N // B`` batches.
       key: PRNG key for shuffling and for contextual layers (dropout). Needed with ``shuffle=True``.
@@ -151,18 +167,26 @@ def fit(model: Layer, loss, optimizer: optax.GradientTransformation, params, tra
       metrics: names (``"loss"``, ``"accuracy"``) or a dict ``name -> fn(pred, y)``; default loss and,
         for integer labels, accuracy.
       verbose: show a tqdm progress bar (updated between chunks, never inside the compiled program).
-      chunk_size: steps per compiled chunk; default the whole run when silent, about 1/20 of it otherwise.
+      chunk_size: steps per compiled chunk; default the whole run when silent, about 1/20 of it otherwise
+        (at most about 100 steps for streamed data: the batches on the devices at once, twice).
       unroll: ``lax.scan`` unroll factor.
       mesh, data_parallel: data parallelism. ``mesh`` is a :class:`jax.sharding.Mesh` whose first axis
-        splits the batch; ``data_parallel=True`` builds one over all devices
-        (:func:`data_parallel_mesh`). Params and data are replicated, each batch is sharded, and the
-        compiler inserts the gradient all-reduce. ``batch_size`` must divide evenly.
+        splits the data; ``data_parallel=True`` builds one over all devices of all processes
+        (:func:`data_parallel_mesh`). Each of its ``D`` devices holds ``ceil(N / D)`` rows of the training
+        set (:func:`bpjax.train.sharding.shard_rows`; ``train_data`` may be host arrays or global
+        arrays from :func:`bpjax.train.process_local`) and ``B / D`` rows of each batch, the same
+        batches as on one device; the evaluation set is split too when its rows divide evenly.
+        Params are replicated and the compiler inserts the gradient all-reduce. ``batch_size`` must
+        divide evenly. With several processes (:func:`bpjax.train.initialize`), process 0 alone
+        shows progress, writes checkpoints and runs ``callback``.
       checkpoint_path, checkpoint_every: save params, opt_state, state, the step and the history every
         ``checkpoint_every`` steps (atomic, :mod:`bpjax.checkpoint`); when the file exists, the run
         resumes from it and ends exactly as an uninterrupted run would.
       nan_guard: stop at the first non-finite loss or gradient and raise a ``BpjaxError`` naming the
         step and the first non-finite gradient leaf (``err.params`` holds the last finite params).
-      callback: ``callback(steps_done, FitResult)`` between chunks (logging, early stopping by raising).
+      callback: ``callback(steps_done, FitResult)`` between chunks (logging, early stopping by raising),
+        in process 0 only unless wrapped in :func:`bpjax.train.every_process`; when it raises, every
+        process stops.
 
     Returns:
       :class:`FitResult` ``(params, opt_state, state, history)``.
@@ -177,15 +201,15 @@ def fit(model: Layer, loss, optimizer: optax.GradientTransformation, params, tra
         eval_data=eval_data, eval_every=eval_every, backward=backward, state=state, metrics=metrics,
         nan_guard=nan_guard, unroll=unroll, make_optimizer=Fixed(optimizer), hp0=None, mesh=mesh, where=where)
     chunk_size, checkpoint_every = chunking(where, plan.steps, chunk_size, checkpoint_path, checkpoint_every,
-                                             verbose)
+                                             verbose, plan.streamed)
     if opt_state is None:
         opt_state = optimizer.init(params)
     else:
         check_opt_state(where, optimizer, params, opt_state)
-    if mesh is not None:
-        params, opt_state, state = replicate((params, opt_state, state), mesh)
     keys = split_key(key, plan.shuffle or is_contextual(model))
     carry = (params, opt_state, state, no_bad(params))
+    if mesh is not None:  # every input of the program on the mesh: a process can only pass its own devices'
+        carry, keys = replicate((carry, keys), mesh)
     carry, history = run(plan, carry, None, keys, data, eval_arrays, batched=0, verbose=verbose,
                           chunk_size=chunk_size, checkpoint_path=checkpoint_path, checkpoint_every=checkpoint_every,
                           callback=callback, desc=f"fit {model.name}"[:40])
@@ -210,7 +234,7 @@ def fit_many(model: Layer, loss, optimizer, params, train_data: Tuple[Any, Any],
              backward: str = "manual", state=None, metrics=None, verbose: bool = True,
              chunk_size: Optional[int] = None, unroll: int = 1, nan_guard: bool = False,
              checkpoint_path: Optional[str] = None, checkpoint_every: Optional[int] = None,
-             callback=None) -> FitResult:
+             callback=None, mesh: Optional[Mesh] = None, data_parallel: bool = False) -> FitResult:
     """Train ``N`` models in one call: :func:`fit` under ``jax.vmap`` over seeds and/or hyperparameters.
 
     Model ``i`` is trained exactly as ``fit(model, loss, optimizer(hparams[i]), params[i], ...,
@@ -227,6 +251,8 @@ def fit_many(model: Layer, loss, optimizer, params, train_data: Tuple[Any, Any],
       keys: ``(N,)`` PRNG keys (``jax.random.split(key, N)``): one per model, for shuffling/dropout.
       hparams: a pytree whose leaves have a leading axis ``N``; passed to the optimizer factory.
       state: one model state, shared as the starting state of every model (contextual models).
+      mesh, data_parallel: as in :func:`fit`: the data (and each model's batch) split over the mesh's
+        first axis, every model's params replicated.
       others: as in :func:`fit`.
 
     Returns:
@@ -234,6 +260,8 @@ def fit_many(model: Layer, loss, optimizer, params, train_data: Tuple[Any, Any],
     """
     where = "fit_many"
     factory, keys = check_factory(where, optimizer, hparams), check_keys(where, keys)
+    if data_parallel and mesh is None:
+        mesh = data_parallel_mesh()
     sizes: Dict[str, Any] = {}
     if keys is not None:
         sizes["keys"] = len(keys)
@@ -251,17 +279,19 @@ def fit_many(model: Layer, loss, optimizer, params, train_data: Tuple[Any, Any],
     if params is None:
         if keys is None:
             raise _errors.BpjaxError(where, "params=None needs keys to initialise the models")
-        x0 = jnp.asarray(train_data[0])
+        if is_stream(train_data):  # the input shape from the first batch (kept and trained on)
+            train_data = Stream(where, train_data, batch_size, mesh)
+        x0 = train_data.first[0] if isinstance(train_data, Stream) else train_data[0]
         init_keys, keys = split_many(keys)
-        params = init_many(model, init_keys, x0.shape[1:])
+        params = init_many(model, init_keys, np.shape(x0)[1:])
     first = lambda tree: jax.tree.map(lambda a: a[0], tree)  # noqa: E731
     plan, data, eval_arrays, state = prepare(
         model, loss, first(params), train_data, steps=steps, batch_size=batch_size,
         key=None if keys is None else keys[0], shuffle=shuffle, eval_data=eval_data, eval_every=eval_every,
         backward=backward, state=state, metrics=metrics, nan_guard=nan_guard, unroll=unroll,
-        make_optimizer=factory, hp0=None if hparams is None else first(hparams), mesh=None, where=where)
+        make_optimizer=factory, hp0=None if hparams is None else first(hparams), mesh=mesh, where=where)
     chunk_size, checkpoint_every = chunking(where, plan.steps, chunk_size, checkpoint_path, checkpoint_every,
-                                             verbose)
+                                             verbose, plan.streamed)
     opt_state = cached(("opt_init", factory), lambda: jax.jit(jax.vmap(lambda p, h: factory(h).init(p))))(
         params, hparams)
     states = jax.tree.map(lambda a: jnp.broadcast_to(a, (n, *jnp.shape(a))), state)
@@ -272,6 +302,8 @@ def fit_many(model: Layer, loss, optimizer, params, train_data: Tuple[Any, Any],
         run_keys = split_many(keys)
     bad = jax.tree.map(lambda a: jnp.broadcast_to(a, (n, *a.shape)), no_bad(first(params)))
     carry = (params, opt_state, states, bad)
+    if mesh is not None:
+        carry, run_keys, hparams = replicate((carry, run_keys, hparams), mesh)
     carry, history = run(plan, carry, hparams, run_keys, data, eval_arrays, batched=n, verbose=verbose,
                           chunk_size=chunk_size, checkpoint_path=checkpoint_path, checkpoint_every=checkpoint_every,
                           callback=callback, desc=f"fit_many x{n}")

@@ -3,6 +3,8 @@
 A run is a ``lax.scan`` over steps. The data lives on the device; step ``s`` takes batch
 ``b = s mod n_b`` (``n_b = N // batch_size``, a ragged tail is dropped) of epoch ``e = s // n_b``:
 rows ``b*B .. b*B+B-1`` in order, or of ``permutation(fold_in(shuffle_key, e), N)`` when shuffled.
+On a mesh the same rows are gathered from the data's shards (:func:`bpjax.train.sharding.take_rows`).
+A streamed run (:mod:`bpjax.train.stream`) instead scans over the chunk's block of batches.
 A contextual model gets the key ``fold_in(step_key, s)`` at step ``s``. Both are functions of the
 step alone, so a run split into chunks (for the progress bar, checkpoints, the NaN guard) or
 stopped and resumed from a checkpoint computes exactly the same steps.
@@ -19,10 +21,11 @@ import jax
 import jax.numpy as jnp
 import optax
 from jax import lax
-from jax.sharding import NamedSharding
+from jax.sharding import NamedSharding, PartitionSpec
 
 from bpjax.core import Layer, apply
 from bpjax.losses import as_loss
+from bpjax.train.sharding import take_rows
 from bpjax.train.step import update
 
 Metric = Callable[[jax.Array, jax.Array], jax.Array]
@@ -55,6 +58,7 @@ class Plan(NamedTuple):
     nan_guard: bool
     sharding: Optional[NamedSharding]
     unroll: int
+    streamed: bool = False
 
 
 def tree_all_finite(tree):
@@ -62,8 +66,19 @@ def tree_all_finite(tree):
     return jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]) if leaves else jnp.ones((0,), bool)
 
 
+def all_finite(*arrays):
+    """Whether every floating entry of ``arrays`` is finite (integer arrays always are)."""
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in arrays if jnp.issubdtype(a.dtype, jnp.inexact)]
+                             or [jnp.asarray(True)]))
+
+
 def make_chunk(plan: Plan, length: int):
-    """``chunk(carry, hp, keys, data, eval_data, start) -> (carry, (losses, eval_values))``."""
+    """``chunk(carry, hp, keys, data, eval_data, start) -> (carry, (losses, eval_values, inputs_finite))``.
+
+    ``data`` is the device-resident ``(x, y)`` (laid out by :func:`~bpjax.train.sharding.shard_rows`
+    on a mesh), or for a streamed run the chunk's block ``(xs: (length, B, ...), ys)``;
+    ``inputs_finite: (length,)`` says whether each streamed batch was finite (``()`` otherwise).
+    """
     model, loss = plan.model, as_loss(plan.loss)
     step_fn = update(model, loss, plan.backward)
     B = plan.batch_size
@@ -75,20 +90,31 @@ def make_chunk(plan: Plan, length: int):
     def chunk(carry, hp, keys, data, eval_data, start):
         optimizer = plan.make_optimizer(hp)
         shuffle_key, step_key = keys
-        x, y = data
+        x, y = data  # streamed: the block, scanned over below
 
         def permutation(step):
             return jax.random.permutation(jax.random.fold_in(shuffle_key, step // plan.n_batches), plan.n_examples)
 
-        def body(c, _):
-            params, opt_state, state, step, perm, bad = c
+        def batch(step, perm):
+            """``(xb, yb, perm)``: the rows of step ``step`` (``perm``: this epoch's permutation)."""
             b = step % plan.n_batches
             if plan.shuffle:
                 perm = lax.cond(b == 0, lambda: permutation(step), lambda: perm)
                 idx = lax.dynamic_slice_in_dim(perm, b * B, B)
-                xb, yb = jnp.take(x, idx, axis=0), jnp.take(y, idx, axis=0)
             else:
-                xb, yb = lax.dynamic_slice_in_dim(x, b * B, B), lax.dynamic_slice_in_dim(y, b * B, B)
+                idx = b * B + jnp.arange(B)
+            if plan.sharding is not None:
+                return (*take_rows((x, y), idx, plan.sharding.mesh), perm)
+            if plan.shuffle:
+                return jnp.take(x, idx, axis=0), jnp.take(y, idx, axis=0), perm
+            return lax.dynamic_slice_in_dim(x, b * B, B), lax.dynamic_slice_in_dim(y, b * B, B), perm
+
+        def body(c, streamed_batch):
+            params, opt_state, state, step, perm, bad = c
+            if plan.streamed:
+                xb, yb = streamed_batch
+            else:
+                xb, yb, perm = batch(step, perm)
             if plan.sharding is not None:
                 xb = lax.with_sharding_constraint(xb, plan.sharding)
                 yb = lax.with_sharding_constraint(yb, plan.sharding)
@@ -113,13 +139,16 @@ def make_chunk(plan: Plan, length: int):
                               lambda: nan)
             else:
                 ev = ()
-            return (new_params, new_opt, new_state, done, perm, bad), (value.astype(jnp.float32), ev)
+            finite = all_finite(xb, yb) if plan.streamed else ()
+            return (new_params, new_opt, new_state, done, perm, bad), (value.astype(jnp.float32), ev, finite)
 
         params, opt_state, state, bad = carry
         perm = permutation(start) if plan.shuffle else jnp.zeros((0,), jnp.int32)
         c0 = (params, opt_state, state, jnp.asarray(start, jnp.int32), perm, bad)
-        c, out = lax.scan(body, c0, None, length=length, unroll=plan.unroll)
+        c, out = lax.scan(body, c0, data if plan.streamed else None, length=length, unroll=plan.unroll)
         params, opt_state, state, _, _, bad = c
+        if plan.sharding is not None:  # what the driver reads on the host: in full on every device
+            out, bad = lax.with_sharding_constraint((out, bad), NamedSharding(plan.sharding.mesh, PartitionSpec()))
         return (params, opt_state, state, bad), out
 
     return chunk
