@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from bpjax import _errors
-from bpjax.core import Layer
+from bpjax.core import Layer, read_mode, tag_mode
 
 
 def Dropout(rate: float, *, name: str | None = None) -> Layer:
@@ -38,15 +38,16 @@ def Dropout(rate: float, *, name: str | None = None) -> Layer:
         _errors.check_floating(name, x)
         _errors.check_ndim(name, x, tuple(range(1, 8)))
         if not train or rate == 0:
-            return x, (), state  # identity: nothing to remember
+            return x, tag_mode(False, ()), state  # identity (eval, or rate 0): nothing to remember
         if key is None:
             raise _errors.BpjaxError(name, "train mode with rate > 0 needs a PRNG key: pass key=jax.random.key(...) "
                                            "(or train=False for evaluation)")
         mask = jax.random.bernoulli(key, 1.0 - rate, x.shape)
-        return jnp.where(mask, x * scale, 0), mask, state  # the backward reuses this mask
+        return jnp.where(mask, x * scale, 0), tag_mode(True, mask), state  # the backward reuses this mask
 
-    def backward(params, mask, dy):
-        if isinstance(mask, tuple):  # identity in the forward
+    def backward(params, saved, dy):
+        dropped, mask = read_mode(saved)
+        if not dropped:  # identity in the forward
             return (), dy
         # in the forward pass this was: y = where(mask, x * scale, 0)
         return (), jnp.where(mask, dy * scale, 0)

@@ -12,7 +12,7 @@ import math
 import jax.numpy as jnp
 
 from bpjax import _errors
-from bpjax.core import Layer
+from bpjax.core import Layer, read_mode, tag_mode
 from bpjax.initializers import Initializer, initializer, param_dtype
 
 
@@ -125,7 +125,7 @@ def BatchNorm(*, momentum: float = 0.9, eps: float = 1e-5, init: Initializer = "
         if not train:
             rstd = 1.0 / jnp.sqrt(state["var"].astype(x.dtype) + eps)
             xhat = (x - state["mean"].astype(x.dtype)) * rstd
-            return params["scale"] * xhat + params["b"], {"xhat": xhat, "running_rstd": rstd}, state
+            return params["scale"] * xhat + params["b"], tag_mode(False, (xhat, rstd)), state
         N = math.prod(x.shape[:-1])
         if N < 2:
             raise _errors.BpjaxError(name, f"train mode needs more than one value per channel, got input shape "
@@ -138,13 +138,14 @@ def BatchNorm(*, momentum: float = 0.9, eps: float = 1e-5, init: Initializer = "
         y = params["scale"] * xhat + params["b"]
         new_state = {"mean": (momentum * state["mean"] + (1 - momentum) * mean).astype(state["mean"].dtype),
                      "var": (momentum * state["var"] + (1 - momentum) * var * (N / (N - 1))).astype(state["var"].dtype)}
-        return y, {"xhat": xhat, "batch_rstd": rstd}, new_state  # cache xhat and rstd for the backward
+        return y, tag_mode(True, (xhat, rstd)), new_state  # cache xhat and rstd for the backward
 
     def backward(params, res, dy):
-        if "running_rstd" in res:  # eval: y = scale * (x - mean_run) * rstd_run + b, an affine map
-            return _normalise_backward(params, res["xhat"], res["running_rstd"], dy, None)
+        train, (xhat, rstd) = read_mode(res)
+        if not train:  # eval: y = scale * (x - mean_run) * rstd_run + b, an affine map
+            return _normalise_backward(params, xhat, rstd, dy, None)
         # train: y = scale * (x - mean(x)) * rstd(x) + b, the statistics depend on x
-        return _normalise_backward(params, res["xhat"], res["batch_rstd"], dy, tuple(range(dy.ndim - 1)))
+        return _normalise_backward(params, xhat, rstd, dy, tuple(range(dy.ndim - 1)))
 
     return Layer(init_fn, forward, backward, name, init_state)
 
