@@ -258,12 +258,6 @@ def _xent_validate(target, pred_shape, dtype):
     return t, ok
 
 
-def _complement(x, top, rest_x):
-    """``sum_{j != c} x_j`` for every ``c``: ``sum(x) - x_c``, except at the largest entry ``top``, where
-    that difference cancels (``x_top`` holds nearly all of the sum) and ``rest_x`` is used instead."""
-    return jnp.where(top, rest_x, jnp.sum(x, axis=-1, keepdims=True) - x)
-
-
 def _xent(z, y, grad=True):
     # L = -mean_i sum_c y_ic logp_ic, a sum of terms >= 0; logp accurate in every entry (log_softmax_parts)
     B = z.shape[0]
@@ -271,13 +265,12 @@ def _xent(z, y, grad=True):
     value = -jnp.sum(y * logp) / B
     if not grad:
         return value
-    # dL/dz = (p S - y) / B, S = sum_c y_c (fused), written p_c (S - y_c) - y_c (1 - p_c): two terms of fixed
-    # sign, and 1 - p_c = sum_{j != c} p_j, so neither cancels where p_c rounds to 1 (a confident right answer)
+    # dL/dz = (p S - y) / B, S = sum_c y_c (fused), written p (S - y) - y (1 - p): two terms of fixed sign,
+    # with 1 - p = rest / (1 + rest) at the maximum, so neither cancels where p rounds to 1 (a confident
+    # right answer: p - 1 = 0 there, the true value is -rest); elsewhere p <= 1/2 and 1 - p is exact enough
     p = jnp.exp(logp)
-    q = _complement(p, top, rest / (1 + rest))  # 1 - p
-    top_y = jax.nn.one_hot(jnp.argmax(y, axis=-1), y.shape[-1], dtype=jnp.bool_)
-    s_minus_y = _complement(y, top_y, jnp.sum(jnp.where(top_y, 0, y), axis=-1, keepdims=True))  # S - y
-    return value, (p * s_minus_y - y * q) / B
+    q = jnp.where(top, rest / (1 + rest), 1 - p)
+    return value, (p * (jnp.sum(y, axis=-1, keepdims=True) - y) - y * q) / B
 
 
 softmax_cross_entropy = _loss("softmax_cross_entropy", _xent_validate, _xent, min_rank=2, max_rank=2)

@@ -1,5 +1,7 @@
 """Losses: hand-written dL/dpred vs jax.grad (f32 and f64) and finite differences; values vs formulas."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -114,7 +116,7 @@ def _xent_both(z, y):
             jax.value_and_grad(losses.softmax_cross_entropy.value)(z, y))
 
 
-@settings(max_examples=10)
+@settings(max_examples=5)  # one compile per shape: 5 shapes keep the file fast
 @given(batch=st.integers(1, 17), classes=st.integers(2, 12))
 def test_cross_entropy_any_shape(batch, classes):
     z = jax.random.normal(jax.random.key(batch), (batch, classes))
@@ -161,3 +163,250 @@ def test_mse_shape_mismatch():
     expected = r"mse: prediction and target shapes differ: prediction \(3, 2\), target \(3,\)"
     with pytest.raises(ValueError, match=expected):
         losses.mse(jnp.zeros((3, 2)), jnp.zeros((3,)))
+
+
+# ----------------------------------------------------------------------------------------------
+# a failed value check inside a user's own jit: the value AND every gradient are NaN
+
+_MODEL = bp.serial(bp.layers.Dense(4), bp.layers.Tanh(), bp.layers.Dense(C))
+_X = jax.random.normal(jax.random.key(3), (B, 6))
+_OK_LABELS = jnp.arange(B) % C
+
+
+def _bad(kind):
+    """(loss, invalid target, a valid target of the same kind) for each failed value check."""
+    probs = jnp.full((B, C), 1.0 / C)
+    half = jnp.full((B, C), 0.5)
+    return {
+        "label = C": (losses.softmax_cross_entropy, _OK_LABELS.at[2].set(C), _OK_LABELS),
+        "label -1": (losses.softmax_cross_entropy, _OK_LABELS.at[0].set(-1), _OK_LABELS),
+        "negative soft target": (losses.softmax_cross_entropy, probs.at[1, 1].set(-0.2), probs),
+        "NaN soft target": (losses.softmax_cross_entropy, probs.at[1, 1].set(jnp.nan), probs),
+        "bce target -1": (losses.binary_cross_entropy, half.at[0, 0].set(-1.0), half),
+        "bce target NaN": (losses.binary_cross_entropy, half.at[3, 2].set(jnp.nan), half),
+        "bce int target 2": (losses.binary_cross_entropy, jnp.ones((B, C), jnp.int32).at[0, 0].set(2),
+                             jnp.ones((B, C), jnp.int32)),
+        "mse NaN target": (losses.mse, half.at[4, 0].set(jnp.nan), half),
+        "mse Inf target": (losses.mse, half.at[4, 0].set(jnp.inf), half),
+    }[kind]
+
+
+BAD_KINDS = ["label = C", "label -1", "negative soft target", "NaN soft target", "bce target -1",
+             "bce target NaN", "bce int target 2", "mse NaN target", "mse Inf target"]
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted(loss, backward):
+    """One jitted gradient function per loss and backward, shared by the cases (it retraces per target dtype)."""
+    return jax.jit((bp.value_and_grad if backward == "manual" else bp.autodiff_value_and_grad)(_MODEL, loss))
+
+
+@pytest.mark.parametrize("backward", ["manual", "autodiff"])
+@pytest.mark.parametrize("kind", BAD_KINDS)
+def test_failed_check_inside_user_jit_gives_nan_value_and_nan_gradients(kind, backward):
+    loss, bad, good = _bad(kind)
+    _, params = _MODEL.init(jax.random.key(0), (6,))
+    fn = _jitted(loss, backward)
+    value, grads = fn(params, _X, bad)
+    assert bool(jnp.isnan(value))
+    assert all(bool(jnp.all(jnp.isnan(g))) for g in jax.tree.leaves(grads))  # every entry of every leaf
+    value, grads = fn(params, _X, good)  # the same compiled function on valid targets: finite, not poisoned
+    assert bool(jnp.isfinite(value)) and all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
+
+
+@pytest.mark.parametrize("backward", ["manual", "autodiff"])
+def test_out_of_range_embedding_id_inside_user_jit_gives_nan_gradients(backward):
+    model = bp.serial(bp.layers.Embedding(10, 4), bp.layers.Flatten(), bp.layers.Dense(C))
+    _, params = model.init(jax.random.key(0), (2,))
+    ids = jnp.array([[1, 2], [3, 10], [4, 5], [6, 7], [8, 9], [0, 1], [2, 3]])  # 10 is out of [0, 10)
+    make = bp.value_and_grad if backward == "manual" else bp.autodiff_value_and_grad
+    value, grads = jax.jit(make(model, losses.softmax_cross_entropy))(params, ids, _OK_LABELS)
+    assert bool(jnp.isnan(value))
+    assert bool(jnp.all(jnp.isnan(grads[2]["W"]))) and bool(jnp.all(jnp.isnan(grads[2]["b"])))
+    # the rows of E that the batch looks up get NaN (the other rows receive no gradient at all, as always)
+    assert bool(jnp.all(jnp.isnan(grads[0]["E"][jnp.arange(10)])))
+
+
+def test_a_poisoned_optimizer_step_inside_user_jit_leaves_no_plausible_params():
+    import optax
+
+    opt = optax.adam(1e-2)
+    _, params = _MODEL.init(jax.random.key(0), (6,))
+    vg = bp.value_and_grad(_MODEL, losses.binary_cross_entropy)
+
+    @jax.jit
+    def step(params, opt_state, x, y):
+        value, grads = vg(params, x, y)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, value
+
+    new, _, value = step(params, opt.init(params), _X, -jnp.ones((B, C)))
+    assert bool(jnp.isnan(value)) and all(bool(jnp.all(jnp.isnan(p))) for p in jax.tree.leaves(new))
+
+
+# ----------------------------------------------------------------------------------------------
+# Loss.check_targets: the targets of a whole dataset, no forward pass
+
+
+def _raises(fn, cls, where, *parts):
+    """``fn()`` raises ``cls`` at ``where`` with every string of ``parts`` in the message."""
+    with pytest.raises(cls) as e:
+        fn()
+    assert e.value.where == where, str(e.value)
+    for part in parts:
+        assert part in e.value.message, (part, str(e.value))
+
+
+N = 40  # a dataset larger than the batch whose prediction shape is passed
+
+
+@pytest.mark.parametrize("target", [np.arange(N) % C, (np.arange(N) % C).tolist(), jnp.arange(N) % C,
+                                    np.full((N, C), 1.0 / C), np.full((N, C), 0.3), np.zeros((N, C))],
+                         ids=["numpy int64", "list", "jax int32", "soft", "rows summing to 1.5", "zero rows"])
+def test_cross_entropy_check_targets_accepts(target):
+    # rows of soft targets need not sum to 1: a row is a distribution times its weight (documented)
+    assert losses.softmax_cross_entropy.check_targets(target, (B, C)) is None
+
+
+@pytest.mark.parametrize("target,cls,parts", [
+    (np.arange(N) % (C + 1), bp.BpjaxError, ["labels must lie in [0, 5)", "got min 0 and max 5"]),
+    (np.arange(N) % C - 1, bp.BpjaxError, ["labels must lie in [0, 5)", "got min -1 and max 3"]),
+    ((np.arange(N) % C)[:, None], bp.BpjaxError, [f"integer labels must have shape ({N},)", f"got ({N}, 1)",
+                                                  "squeeze"]),
+    (np.full((N, C), 0.2) - np.eye(N, C), bp.BpjaxError, ["finite and >= 0", "got min -0.8", "0 NaN or Inf"]),
+    (np.where(np.eye(N, C) > 0, np.nan, 0.2), bp.BpjaxError, ["finite and >= 0", f"{C} NaN or Inf"]),
+    (np.zeros(N), bp.BpjaxError, [f"probabilities of shape ({N}, {C})", "float labels?"]),
+    (np.zeros((N, C + 1)), bp.BpjaxError, [f"probabilities of shape ({N}, {C})", f"got ({N}, {C + 1})"]),
+    (np.zeros(N, bool), bp.BpjaxTypeError, ["integer class ids", "got dtype bool"]),
+], ids=["label = C", "label -1", "labels (N, 1)", "negative soft", "NaN soft", "float labels", "soft width",
+        "bool"])
+def test_cross_entropy_check_targets_refuses(target, cls, parts):
+    _raises(lambda: losses.softmax_cross_entropy.check_targets(target, (B, C)), cls, "softmax_cross_entropy", *parts)
+
+
+def test_cross_entropy_check_targets_needs_rank_2_logits():
+    _raises(lambda: losses.softmax_cross_entropy.check_targets(np.zeros(N, int), (B,)), bp.BpjaxError,
+            "softmax_cross_entropy", "rank-2 logits (B, C)", f"got shape ({N},)")
+
+
+@pytest.mark.parametrize("target", [np.ones((N, 1), np.int64), np.zeros((N, 1), np.int32), np.ones((N, 1), bool),
+                                    np.full((N, 1), 0.3), [[0], [1]] * (N // 2)],
+                         ids=["int ones", "int zeros", "bool", "probabilities", "list"])
+def test_bce_check_targets_accepts_float_and_integer_0_1(target):
+    assert losses.binary_cross_entropy.check_targets(target, (B, 1)) is None
+
+
+def test_bce_integer_targets_are_treated_as_floats():
+    z = jax.random.normal(jax.random.key(0), (B, 1))
+    t = (jnp.arange(B) % 2)[:, None]
+    a = losses.binary_cross_entropy.value_and_grad(z, t)
+    b = losses.binary_cross_entropy.value_and_grad(z, t.astype(jnp.float32))
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+
+
+@pytest.mark.parametrize("target,cls,parts", [
+    (-np.ones((N, 1)), bp.BpjaxError, ["targets must lie in [0, 1]", "got min -1.0 and max -1.0"]),
+    (np.full((N, 1), 2), bp.BpjaxError, ["targets must lie in [0, 1]", "got min 2.0 and max 2.0"]),
+    (np.where(np.arange(N)[:, None] == 3, np.nan, 1.0), bp.BpjaxError, ["targets must lie in [0, 1]",
+                                                                         "1 NaN or Inf"]),
+    (np.ones(N), bp.BpjaxError, [f"logits ({N}, 1)", f"target ({N},)",
+                                 f"reshape the target to ({N}, 1)"]),
+    (np.array([["a"]] * N), bp.BpjaxTypeError, ["numeric target", "dtype <U1"]),
+], ids=["target -1", "int target 2", "NaN target", "target (N,)", "strings"])
+def test_bce_check_targets_refuses(target, cls, parts):
+    _raises(lambda: losses.binary_cross_entropy.check_targets(target, (B, 1)), cls, "binary_cross_entropy", *parts)
+
+
+@pytest.mark.parametrize("target", [np.zeros((N, 2)), np.arange(2 * N).reshape(N, 2), [[1.5, 2.5]] * N],
+                         ids=["float", "int", "list"])
+def test_mse_check_targets_accepts(target):
+    assert losses.mse.check_targets(target, (B, 2)) is None
+
+
+@pytest.mark.parametrize("target,parts", [
+    (np.zeros(N), [f"prediction ({N}, 1)", f"target ({N},)", f"reshape the target to ({N}, 1)", "broadcast"]),
+    (np.zeros((N, 1, 1)), [f"prediction ({N}, 1)", f"target ({N}, 1, 1)"]),
+    (np.where(np.arange(N)[:, None] == 0, np.nan, 0.0), ["expected finite targets", "got 1 NaN or Inf"]),
+    (np.where(np.arange(N)[:, None] < 2, -np.inf, 0.0), ["expected finite targets", "got 2 NaN or Inf"]),
+], ids=["(N,) against (B, 1)", "extra axis", "NaN", "-Inf"])
+def test_mse_check_targets_refuses(target, parts):
+    _raises(lambda: losses.mse.check_targets(target, (B, 1)), bp.BpjaxError, "mse", *parts)
+
+
+def test_mse_refuses_a_broadcasting_target_when_called():
+    # (N,) against (N, 1) would broadcast pred - target to (N, N): refused, never silently averaged
+    _raises(lambda: losses.mse(jnp.zeros((N, 1)), jnp.zeros(N)), bp.BpjaxError, "mse",
+            f"prediction ({N}, 1), target ({N},)", f"reshape the target to ({N}, 1)")
+
+
+def test_check_targets_needs_a_batch_axis():
+    _raises(lambda: losses.mse.check_targets(np.float32(1.0), (B, 1)), bp.BpjaxError, "mse",
+            "batch axis first", "target shape ()")
+
+
+def test_plain_function_loss_checks_no_targets():
+    loss = losses.as_loss(lambda pred, target: jnp.mean(jnp.abs(pred - target)))
+    assert loss.check_targets(np.full((N, 3), np.nan), (B, 1)) is None  # the function defines no rule
+
+
+# ----------------------------------------------------------------------------------------------
+# plain-function losses: a non-scalar result names the loss
+
+
+def my_loss(pred, target):
+    return jnp.abs(pred - target).sum(1)  # forgot the mean: shape (B,)
+
+
+@pytest.mark.parametrize("call", ["value", "value_and_grad", "bp.value_and_grad", "bp.autodiff_value_and_grad"])
+def test_loss_that_forgot_the_mean_names_the_loss(call):
+    _, params = _MODEL.init(jax.random.key(0), (6,))
+    t = jnp.zeros((B, C))
+    fns = {"value": lambda: losses.as_loss(my_loss).value(jnp.zeros((B, C)), t),
+           "value_and_grad": lambda: losses.as_loss(my_loss).value_and_grad(jnp.zeros((B, C)), t),
+           "bp.value_and_grad": lambda: bp.value_and_grad(_MODEL, my_loss)(params, _X, t),
+           "bp.autodiff_value_and_grad": lambda: bp.autodiff_value_and_grad(_MODEL, my_loss)(params, _X, t)}
+    _raises(fns[call], bp.BpjaxError, "loss my_loss", f"returned shape ({B},), expected a scalar",
+            "did you forget the mean?")
+
+
+@pytest.mark.parametrize("returns,part", [(lambda p, t: jnp.sum(p > t), "returned dtype int32"),
+                                          (lambda p, t: None, "returned a NoneType"),
+                                          (lambda p, t: (jnp.mean(p), 0.0), "returned a tuple")],
+                         ids=["int", "None", "tuple"])
+def test_loss_returning_a_non_float_names_the_loss(returns, part):
+    _raises(lambda: losses.as_loss(returns).value(jnp.zeros((B, C)), jnp.zeros((B, C))), bp.BpjaxTypeError,
+            "loss <lambda>", part)
+
+
+# ----------------------------------------------------------------------------------------------
+# Python lists and numpy arrays as pred / target
+
+
+def test_lists_and_numpy_arrays_are_converted():
+    z = np.random.default_rng(0).normal(size=(B, C)).astype(np.float32)
+    y = np.arange(B) % C
+    ref = losses.softmax_cross_entropy.value_and_grad(jnp.asarray(z), jnp.asarray(y))
+    for pred, target in ((z.tolist(), y.tolist()), (z, y), (z, y.astype(np.int64))):
+        value, dz = losses.softmax_cross_entropy.value_and_grad(pred, target)
+        np.testing.assert_array_equal(value, ref[0])
+        np.testing.assert_array_equal(dz, ref[1])
+    assert float(losses.mse([[1.0], [2.0]], [[1.0], [4.0]])) == 2.0
+
+
+def test_float64_numpy_target_is_cast_to_the_prediction_dtype():
+    with jax.enable_x64(True):
+        value, dz = losses.mse.value_and_grad(jnp.zeros((B, 2), jnp.float32), np.ones((B, 2)))
+    assert value.dtype == jnp.float32 and dz.dtype == jnp.float32
+
+
+@pytest.mark.parametrize("pred,target,cls,where,part", [
+    ([[1.0, 2.0], [3.0]], [0, 1], bp.BpjaxTypeError, "softmax_cross_entropy", "ragged or non-numeric"),
+    (jnp.zeros((2, 3)), [[0.5, "a", 0.5]] * 2, bp.BpjaxTypeError, "softmax_cross_entropy", "dtype <U32"),
+    (jnp.zeros((2, 3)), {"y": 1}, bp.BpjaxTypeError, "softmax_cross_entropy", "target as an array"),
+    (None, jnp.zeros((2, 3)), bp.BpjaxTypeError, "mse", "got NoneType"),
+    ([[1, 2]], [[1, 2]], bp.BpjaxTypeError, "mse", "floating-point prediction"),
+], ids=["ragged list", "strings", "dict", "None", "integer prediction"])
+def test_unconvertible_inputs_get_a_clear_error(pred, target, cls, where, part):
+    loss = losses.mse if where == "mse" else losses.softmax_cross_entropy
+    _raises(lambda: loss(pred, target), cls, where, part)

@@ -150,21 +150,23 @@ def Softplus() -> Layer:
 def log_softmax_parts(z):
     """``logp = z - logsumexp(z)`` over the last axis, accurate in every entry, the largest included.
 
-    ``logp_m = -log1p(rest)`` at the first maximum ``m``, ``rest = sum_{j != m} exp(z_j - z_m)``: the
-    usual ``shifted - log(sum(exp(shifted)))`` rounds ``log(1 + rest)`` to 0 once ``rest < eps``
-    (``z_m - z_j > 17`` in float32), where the true ``logp_m`` is ``-rest``.
+    With ``M = max(z)`` and ``rest = sum_z exp(z - M) - 1`` (the mass beyond one maximal entry, summed
+    without forming the 1), ``logp = (z - M) - log1p(rest)``: the usual ``log(sum(exp(z - M)))``
+    rounds ``log(1 + rest)`` to 0 once ``rest < eps`` (``M - z_j > 17`` in float32), where the true
+    largest ``logp`` is ``-rest``. ``jax.grad`` of this form is right, ties included (``max`` shares
+    its cotangent among the tied entries).
 
     Args:
       z: ``(..., C)`` logits.
 
     Returns:
-      ``(logp, top, rest)``: ``logp: (..., C)``; ``top``: bool ``(..., C)``, True at the first maximum;
-      ``rest: (..., 1)``, so that ``1 - softmax(z)_m = rest / (1 + rest)`` without cancellation.
+      ``(logp, top, rest)``: ``logp: (..., C)``; ``top``: bool ``(..., C)``, True where ``z = M``;
+      ``rest: (..., 1)``, so that ``1 - softmax(z) = rest / (1 + rest)`` where ``top``, without cancellation.
     """
-    top = jax.nn.one_hot(jnp.argmax(z, axis=-1), z.shape[-1], dtype=jnp.bool_)
-    z_m = jnp.sum(jnp.where(top, z, 0), axis=-1, keepdims=True)  # differentiable gather of the maximum
-    shifted = z - z_m  # <= 0, exactly 0 at m
-    rest = jnp.sum(jnp.where(top, 0, jnp.exp(shifted)), axis=-1, keepdims=True)
+    shifted = z - jnp.max(z, axis=-1, keepdims=True)  # <= 0, exactly 0 at the maxima
+    top = shifted == 0
+    rest = jnp.sum(jnp.where(top, 0, jnp.exp(shifted)), axis=-1, keepdims=True) + \
+        (jnp.sum(top, axis=-1, keepdims=True) - 1).astype(z.dtype)  # + the other tied maxima, exp(0) = 1 each
     return shifted - jnp.log1p(rest), top, rest
 
 
@@ -174,10 +176,10 @@ def _axis_layer(name, f, backward):
 
 def _softmax_backward(params, a, da):
     # in the forward pass this was: a = softmax(z), so dz = a * (da - sum(da * a, -1)). The bracket is
-    # unchanged by da -> da - da_m (sum(a) = 1); taking da_m at the largest a removes the cancellation
-    # da_m - sum(da * a) where a_m rounds to 1
-    top = jax.nn.one_hot(jnp.argmax(a, axis=-1), a.shape[-1], dtype=jnp.bool_)
-    d = da - jnp.sum(jnp.where(top, da, 0), axis=-1, keepdims=True)
+    # unchanged by da -> da - da_m (sum(a) = 1); taking da_m at the largest a (their mean for ties)
+    # removes the cancellation da_m - sum(da * a) where a_m rounds to 1
+    top = a == jnp.max(a, axis=-1, keepdims=True)
+    d = da - jnp.sum(jnp.where(top, da, 0), axis=-1, keepdims=True) / jnp.sum(top, axis=-1, keepdims=True)
     return (), a * (d - jnp.sum(d * a, axis=-1, keepdims=True))
 
 
