@@ -1,6 +1,6 @@
 """bpjax benchmarks, every comparison measured side by side in one process.
 
-    python -m benchmarks [--quick] [--out results/bench] [--models mlp,cnn,gru]
+    python -m benchmarks [--quick] [--out results/bench] [--models mlp,cnn,gru] [--no-torch] [--no-gpt]
 
 1. MNIST-1D recipe (Adam 1e-2, batch 100, batches in order, cross-entropy, 6000 steps): manual
    backward vs jax.grad (vs PyTorch eager when torch is installed): wall time, steps/s, test accuracy.
@@ -9,6 +9,8 @@
 3. Memory kept for the backward pass: manual residuals vs jax.grad's saved residuals, and the
    compiled gradient programs' temp bytes (``compiled.memory_analysis()``).
 4. vmap scaling: N seeds in one ``fit_many`` call vs N separate ``fit`` runs.
+5. GPT training at nanoGPT's CPU shape (:mod:`benchmarks.bench_gpt`): tokens/s manual vs jax.grad vs
+   PyTorch eager, residual bytes, fraction of the matmul ceiling.
 
 Writes ``<out>.json`` and ``<out>.md`` (a markdown table with the machine described).
 """
@@ -231,11 +233,23 @@ def large_mlp(repeats):
         fns[b + "_grad"] = lambda grad=grad: grad(p, x, y)
         fns[b + "_fit"] = lambda b=b: bp.train.fit(model, XENT, opt, p, (xs, ys), steps=n_fit, batch_size=B,
                                                    backward=b, verbose=False).params
+    # Adam's update is three memory-bound passes over every leaf; optax.flatten runs it over one flat buffer
+    flat = optax.flatten(opt)
+    flat_step = bp.train.make_step(model, XENT, flat, checks=False, donate=True)
+    flat_carry = {"p": jax.tree.map(jnp.copy, p), "s": flat.init(p)}
+
+    def flat_one_step():
+        flat_carry["p"], flat_carry["s"], v = flat_step(flat_carry["p"], flat_carry["s"], x, y)
+        return v
+
+    fns["manual_flat_adam"] = flat_one_step
     for f in fns.values():
         jax.block_until_ready(f())
     best = interleaved(fns, repeats)
     g = 2 * 1024 ** 3 / best["matmul"][0] / 1e9
     out = {"flop_per_step": flops, "matmul_gflops": g, "matmul_ms": 1e3 * best["matmul"][0], "repeats": repeats}
+    wall = best["manual_flat_adam"][0]
+    out["manual_flat_adam"] = {"ms_per_step": 1e3 * wall, "fraction_of_matmul": flops / wall / 1e9 / g}
     for b in ("manual", "autodiff"):
         wall, cpu, _ = best[b]
         gw, fw = best[b + "_grad"][0], best[b + "_fit"][0] / n_fit
@@ -347,6 +361,13 @@ def markdown(r) -> str:
         lines.append(f"| {b} | {e['ms_per_step']:.2f} | {e['gflops']:.1f} | {e['fraction_of_matmul']:.2f} | "
                      f"{e['fit_ms_per_step']:.2f} | {e['fit_fraction_of_matmul']:.2f} | "
                      f"{e['grad_ms']:.2f} | {e['grad_fraction_of_matmul']:.2f} |")
+    if "manual_flat_adam" in L:
+        e = L["manual_flat_adam"]
+        lines += ["", f"Manual, Adam over one flat buffer (`optax.flatten(optax.adam(1e-3))`): {e['ms_per_step']:.2f} "
+                      f"ms/step, {e['fraction_of_matmul']:.2f} of the matmul ceiling."]
+    if r.get("gpt"):
+        from benchmarks import bench_gpt
+        lines += bench_gpt.markdown(r["gpt"])
     lines += ["", "## Memory kept for the backward pass (batch 100)", "",
               "| model | manual residuals | jax.grad residuals | manual temp | jax.grad temp |",
               "|---|---|---|---|---|"]
@@ -367,17 +388,31 @@ def _fmt_load(load):
     return "n/a" if load is None else "(" + ", ".join(f"{v:.2f}" for v in load) + ")"
 
 
+MNIST1D_MODELS = ("mlp", "cnn", "gru")
+
+
+def _models(text: str) -> list:
+    """``--models``: a comma-separated subset of :data:`MNIST1D_MODELS` (an argparse error otherwise)."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    bad = [n for n in names if n not in MNIST1D_MODELS]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated subset of {','.join(MNIST1D_MODELS)}, got "
+                                         f"{text!r}" + (f" (unknown: {', '.join(bad)})" if bad else ""))
+    return names
+
+
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="a fast smoke run (few steps, one repeat)")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "bench"),
                     help="output prefix (.json and .md); default benchmarks/results/bench")
-    ap.add_argument("--models", default=None, help="comma-separated subset of mlp,cnn,gru")
+    ap.add_argument("--models", default=None, type=_models, help="comma-separated subset of mlp,cnn,gru")
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch eager runs")
+    ap.add_argument("--no-gpt", action="store_true", help="skip the GPT training section")
     args = ap.parse_args(argv)
     steps = 200 if args.quick else 6000
     repeats = 1 if args.quick else 2
-    names = args.models.split(",") if args.models else (["mlp"] if args.quick else ["mlp", "cnn", "gru"])
+    names = args.models or (["mlp"] if args.quick else ["mlp", "cnn", "gru"])
     r = {"machine": machine(), "quick": args.quick, "steps": steps, "mnist1d": {}, "grad_only": {}, "memory": {}}
     for name in names:
         print(f"MNIST-1D {name} ...", flush=True)
@@ -389,6 +424,10 @@ def main(argv=None):
             print(f"  skipped {name}: {e}")
     print("large MLP step ...", flush=True)
     r["large_mlp"] = large_mlp(3 if args.quick else 20)
+    if not args.no_gpt:
+        from benchmarks import bench_gpt
+        print("GPT training ...", flush=True)
+        r["gpt"] = bench_gpt.bench(1 if args.quick else 3, with_torch=not args.no_torch)
     print("vmap scaling ...", flush=True)
     r["vmap"] = vmap_scaling(2 if args.quick else 8, 100 if args.quick else 2000)
     r["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
