@@ -23,7 +23,7 @@ def _carry(cell, seed):
     return tuple(_x(seed + i, (B, H)) for i in range(n))
 
 
-@pytest.mark.parametrize("make", [L.LSTM, L.GRU])
+@pytest.mark.parametrize("make", [L.LSTM, pytest.param(L.GRU, marks=pytest.mark.slow)])
 def test_initial_state_f64_and_finite_differences(make):
     # (x, carry0) -> (y, carry_T): manual vs jax.vjp in float64 at 1e-10 and central differences, the
     # gradient of the initial state included (check_layer draws a cotangent for y and for carry_T).
@@ -35,7 +35,7 @@ def test_initial_state_f64_and_finite_differences(make):
     assert sum(row.name.startswith("input x") for row in r.rows) == 1 + len(_carry(cell, 2))
 
 
-@pytest.mark.parametrize("make", [L.LSTM, L.GRU, L.SimpleRNN])
+@pytest.mark.parametrize("make", [L.LSTM, *(pytest.param(m, marks=pytest.mark.slow) for m in (L.GRU, L.SimpleRNN))])
 def test_chunks_carried_equal_the_whole_sequence(make):
     # Two chunks, the second from the state the first ended in, are the whole sequence: the same steps.
     cell = make(H)

@@ -94,6 +94,7 @@ def test_tie_gradients_f64_f32_and_finite_differences():
     assert r32.ok, str(r32)
 
 
+@pytest.mark.slow
 def test_tie_without_transpose_and_with_a_contextual_model():
     # The same matrix in two Dense layers (no transpose), with dropout in between: check_gradients threads
     # the key and state through tie; float64, rtol 1e-10, and finite differences at the same dropout mask.
@@ -183,7 +184,7 @@ def test_token_cross_entropy_is_the_mean_over_positions():
 
 
 def test_generate():
-    model = _gpt()
+    model = zoo.gpt(V, context=T, features=8, num_layers=1, num_heads=2)  # one block: generate compiles its loop
     p = _params(model)
     forward = jax.jit(lambda p, ids: model.forward(p, ids)[0])
     prompt = jnp.asarray([[1, 2, 3], [4, 5, 6]], jnp.int32)
