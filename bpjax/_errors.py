@@ -95,7 +95,9 @@ def check_value(where: str, ok, message: str, **fmt) -> jax.Array:
     """
     if is_concrete(ok):
         if not bool(ok):
-            values = {k: np.asarray(v).tolist() for k, v in fmt.items()}
+            # a float scalar keeps its dtype, whose shortest repr is printed (0.2, not 0.20000000298023224)
+            values = {k: str(a[()]) if a.ndim == 0 and a.dtype.kind == "f" else a.tolist()
+                      for k, a in ((k, np.asarray(v)) for k, v in fmt.items())}
             raise BpjaxError(where, message.format(**values))
         return jnp.asarray(True)
     if _CHECKIFY_DEPTH[0] > 0:

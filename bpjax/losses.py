@@ -151,12 +151,9 @@ def _same_shape(where: str, pred_shape, target, what: str = "prediction") -> Non
 
 
 def _range(t):
-    """Values for the message of a failed range check: the min and max of the finite entries and the
-    number of NaN/Inf entries."""
-    finite = jnp.isfinite(t)
-    big = jnp.asarray(jnp.inf, t.dtype)
-    return dict(lo=jnp.min(jnp.where(finite, t, big)), hi=jnp.max(jnp.where(finite, t, -big)),
-                n=jnp.sum(~finite))
+    """Values for the message of a failed range check: min and max over the non-NaN entries (nan when
+    all are NaN) and the number of NaN entries."""
+    return dict(lo=jnp.nanmin(t), hi=jnp.nanmax(t), n=jnp.sum(jnp.isnan(t)))
 
 
 def _check_targets_with(where: str, validate):
@@ -253,8 +250,8 @@ def _xent_validate(target, pred_shape, dtype):
                                         f"logits, got {shape}{hint}")
     t = target.astype(dtype)
     ok = _errors.check_value(where, jnp.all((t >= 0) & jnp.isfinite(t)),  # False for NaN too
-                             "probability targets must be finite and >= 0, got min {lo} and max {hi} "
-                             "of the finite entries and {n} NaN or Inf entries", **_range(t))
+                             "probability targets must be finite and >= 0, got min {lo}, max {hi} "
+                             "and {n} NaN entries", **_range(t))
     return t, ok
 
 
@@ -288,8 +285,7 @@ def _bce_validate(target, pred_shape, dtype):
     _same_shape(where, pred_shape, target, "logits")
     t = target.astype(dtype)
     ok = _errors.check_value(where, jnp.all((t >= 0) & (t <= 1)),  # False for NaN too
-                             "targets must lie in [0, 1], got min {lo} and max {hi} of the finite entries "
-                             "and {n} NaN or Inf entries", **_range(t))
+                             "targets must lie in [0, 1], got min {lo}, max {hi} and {n} NaN entries", **_range(t))
     return t, ok
 
 
