@@ -11,6 +11,7 @@
 4. vmap scaling: N seeds in one ``fit_many`` call vs N separate ``fit`` runs.
 5. GPT training at nanoGPT's CPU shape (:mod:`benchmarks.bench_gpt`): tokens/s manual vs jax.grad vs
    PyTorch eager, residual bytes, fraction of the matmul ceiling.
+6. Streamed vs device-resident training data, data bytes per device: ``python -m benchmarks.bench_stream``.
 
 Writes ``<out>.json`` and ``<out>.md`` (a markdown table with the machine described).
 """

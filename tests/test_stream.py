@@ -94,10 +94,11 @@ def test_streamed_checkpoint_and_resume(tmp_path):
 
 
 def test_streamed_chunks_default_to_a_bounded_block():
-    assert default_chunk(6000, verbose=False, streamed=True) == 100
-    assert default_chunk(6000, verbose=True, streamed=True) == 100
-    assert default_chunk(30, verbose=False, streamed=True) == 30
-    assert default_chunk(6000, verbose=False) == 6000
+    mnist1d_batch = 100 * 40 * 4 + 100 * 4  # bytes
+    assert default_chunk(6000, verbose=False, batch_bytes=mnist1d_batch) == 300  # 1/20 of the run
+    assert default_chunk(6000, verbose=True, batch_bytes=mnist1d_batch) == 300
+    assert default_chunk(6000, verbose=False, batch_bytes=1 << 20) == 16  # 16 MB blocks at most
+    assert default_chunk(6000, verbose=False) == 6000  # resident and silent: one chunk
 
 
 def test_bad_streams_are_named():

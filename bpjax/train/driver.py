@@ -20,7 +20,7 @@ from bpjax.train.history import FitResult, history
 from bpjax.train.loop import Plan
 from bpjax.train.stream import Stream
 
-STREAM_CHUNK = 100  # default steps per chunk of a streamed run: the batches on the devices at once, twice
+STREAM_BLOCK_BYTES = 16 << 20  # a streamed run's default block of batches at most (two are on the devices)
 
 
 def chunk_bounds(start: int, steps: int, chunk_size: int, checkpoint_every) -> list:
@@ -34,12 +34,17 @@ def chunk_bounds(start: int, steps: int, chunk_size: int, checkpoint_every) -> l
     return list(zip(cuts[:-1], cuts[1:]))
 
 
-def default_chunk(steps: int, verbose: bool, streamed: bool = False) -> int:
-    """One chunk when silent; about 20 (a divisor of ``steps`` when one is near, to compile once) with a bar;
-    at most about ``STREAM_CHUNK`` steps when streamed."""
-    target = max(1, math.ceil(steps / 20)) if verbose else steps
+def default_chunk(steps: int, verbose: bool, batch_bytes=None) -> int:
+    """One chunk when silent; about 20 (a divisor of ``steps`` when one is near, to compile once) with a bar.
+
+    A streamed run (``batch_bytes``: one batch's bytes) always takes about 20 chunks, each a block of
+    at most ``STREAM_BLOCK_BYTES``: few enough for the per-chunk cost to vanish, and the next block
+    is read while the current one trains.
+    """
+    streamed = batch_bytes is not None
+    target = max(1, math.ceil(steps / 20)) if verbose or streamed else steps
     if streamed:
-        target = min(target, STREAM_CHUNK)
+        target = min(target, max(1, STREAM_BLOCK_BYTES // max(1, batch_bytes)))
     if target == steps:
         return steps
     for d in range(target, min(steps, 2 * target) + 1):
@@ -48,10 +53,10 @@ def default_chunk(steps: int, verbose: bool, streamed: bool = False) -> int:
     return target
 
 
-def chunking(where: str, steps: int, chunk_size, checkpoint_path, checkpoint_every, verbose, streamed=False):
+def chunking(where: str, steps: int, chunk_size, checkpoint_path, checkpoint_every, verbose, batch_bytes=None):
     """Validated ``(chunk_size, checkpoint_every)``; a checkpoint path alone saves after every chunk."""
     if chunk_size is None:
-        chunk_size = default_chunk(steps, verbose, streamed)
+        chunk_size = default_chunk(steps, verbose, batch_bytes)
     chunk_size = _errors.positive_int(where, "chunk_size", chunk_size)
     if checkpoint_every is not None:
         checkpoint_every = _errors.positive_int(where, "checkpoint_every", checkpoint_every)

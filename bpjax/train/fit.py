@@ -42,6 +42,7 @@ from bpjax.train.validate import (
     check_targets,
     resolve_metrics,
     trace_forward,
+    trace_loss,
 )
 
 __all__ = ["fit", "fit_many", "init_many"]
@@ -81,7 +82,7 @@ def prepare(model, loss, params, train_data, *, steps, batch_size, key, shuffle,
     # trace one forward + loss on a batch now: shape errors surface here, not deep inside the scan
     pred = trace_forward(where, "train_data", model, params, state, x, batch_size,
                          key=None if key is None else jax.random.key(0))
-    jax.eval_shape(loss.value, pred, y[:batch_size])
+    trace_loss(where, "train_data", loss, pred, y, batch_size)
     check_targets(where, "train_data", loss, y, pred.shape)
     metrics = resolve_metrics(where, metrics, y, pred.shape)
     if eval_data is not None:
@@ -168,7 +169,7 @@ def fit(model: Layer, loss, optimizer: optax.GradientTransformation, params, tra
         for integer labels, accuracy.
       verbose: show a tqdm progress bar (updated between chunks, never inside the compiled program).
       chunk_size: steps per compiled chunk; default the whole run when silent, about 1/20 of it otherwise
-        (at most about 100 steps for streamed data: the batches on the devices at once, twice).
+        (streamed data: about 1/20 of it, a block of at most 16 MB of batches).
       unroll: ``lax.scan`` unroll factor.
       mesh, data_parallel: data parallelism. ``mesh`` is a :class:`jax.sharding.Mesh` whose first axis
         splits the data; ``data_parallel=True`` builds one over all devices of all processes
@@ -201,7 +202,7 @@ def fit(model: Layer, loss, optimizer: optax.GradientTransformation, params, tra
         eval_data=eval_data, eval_every=eval_every, backward=backward, state=state, metrics=metrics,
         nan_guard=nan_guard, unroll=unroll, make_optimizer=Fixed(optimizer), hp0=None, mesh=mesh, where=where)
     chunk_size, checkpoint_every = chunking(where, plan.steps, chunk_size, checkpoint_path, checkpoint_every,
-                                             verbose, plan.streamed)
+                                             verbose, data.batch_bytes if plan.streamed else None)
     if opt_state is None:
         opt_state = optimizer.init(params)
     else:
@@ -259,6 +260,7 @@ def fit_many(model: Layer, loss, optimizer, params, train_data: Tuple[Any, Any],
       :class:`FitResult` whose params/opt_state/state leaves and history arrays have a leading axis ``N``.
     """
     where = "fit_many"
+    check_model(model, where)
     factory, keys = check_factory(where, optimizer, hparams), check_keys(where, keys)
     if data_parallel and mesh is None:
         mesh = data_parallel_mesh()
@@ -291,7 +293,7 @@ def fit_many(model: Layer, loss, optimizer, params, train_data: Tuple[Any, Any],
         backward=backward, state=state, metrics=metrics, nan_guard=nan_guard, unroll=unroll,
         make_optimizer=factory, hp0=None if hparams is None else first(hparams), mesh=mesh, where=where)
     chunk_size, checkpoint_every = chunking(where, plan.steps, chunk_size, checkpoint_path, checkpoint_every,
-                                             verbose, plan.streamed)
+                                             verbose, data.batch_bytes if plan.streamed else None)
     opt_state = cached(("opt_init", factory), lambda: jax.jit(jax.vmap(lambda p, h: factory(h).init(p))))(
         params, hparams)
     states = jax.tree.map(lambda a: jnp.broadcast_to(a, (n, *jnp.shape(a))), state)

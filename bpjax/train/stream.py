@@ -30,6 +30,15 @@ from bpjax import _errors
 __all__ = ["Stream", "is_stream"]
 
 
+def aligned_empty(shape, dtype, align: int = 64) -> np.ndarray:
+    """``np.empty(shape, dtype)`` starting on an ``align``-byte boundary: a CPU device then uses the host
+    buffer as it is (``jax.device_put`` copies a misaligned one)."""
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    raw = np.empty(nbytes + align, np.uint8)
+    start = (-raw.ctypes.data) % align
+    return raw[start:start + nbytes].view(dtype).reshape(shape)
+
+
 def is_stream(data) -> bool:
     """Whether ``train_data`` is a stream of batches: an iterable other than a tuple/list pair, an array or a str."""
     return (hasattr(data, "__iter__") and not isinstance(data, (tuple, list, str, bytes, dict))
@@ -73,12 +82,18 @@ class Stream:
         self.read += 1
         return xb, yb
 
+    @property
+    def batch_bytes(self) -> int:
+        """Bytes of one batch as this process reads it (``xb`` and ``yb``)."""
+        (sx, dx), (sy, dy) = self.spec
+        return int(np.prod(sx)) * np.dtype(dx).itemsize + int(np.prod(sy)) * np.dtype(dy).itemsize
+
     def take(self, n: int):
         """The next ``n`` batches as a device block ``(xs: (n, B, ...), ys: (n, B, ...))`` (transfer started)."""
         first, self.first = self.first, None
         batches = list(itertools.chain([first] if first is not None else [],
                                        (self.next_batch() for _ in range(n - (first is not None)))))
-        block = tuple(np.stack(part) for part in zip(*batches))
+        block = tuple(np.stack(part, out=aligned_empty((n, *part[0].shape), part[0].dtype)) for part in zip(*batches))
         if self.mesh is None:
             return jax.device_put(block)
         sharding = NamedSharding(self.mesh, PartitionSpec(None, self.mesh.axis_names[0]))
