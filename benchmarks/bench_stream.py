@@ -142,12 +142,10 @@ def main(argv=None):
     r["device_bytes"] = bytes_in_subprocess()
     r["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out + ".json", "w") as f:
-        json.dump(r, f, indent=1, default=float)
-    md = markdown(r)
-    with open(args.out + ".md", "w") as f:
-        f.write(md)
-    print(md)
+    for suffix, text in ((".json", json.dumps(r, indent=1, default=float)), (".md", markdown(r))):
+        with open(args.out + suffix, "w") as f:
+            f.write(text)
+    print(markdown(r))
     return r
 
 
