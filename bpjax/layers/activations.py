@@ -49,33 +49,27 @@ def Identity() -> Layer:
     return elementwise("Identity", lambda z: z, lambda z: jnp.ones_like(z))
 
 
-def _sigmoid_grad(z):
-    # a (1 - a) with 1 - a = sigmoid(-z): no cancellation where a rounds to 1 (z > 17 in float32)
-    return jax.nn.sigmoid(z) * jax.nn.sigmoid(-z)
-
-
 def Sigmoid() -> Layer:
-    """``a = 1 / (1 + exp(-z))``; backward ``dz = da * a * (1 - a)``, as ``sigmoid(z) * sigmoid(-z)``.
+    """``a = 1 / (1 + exp(-z))``; backward ``dz = da * a * (1 - a)``, from the saved output ``a`` (as llm.c).
 
-    The forward keeps ``z``: ``1 - a`` computed from a saved ``a`` is 0 once ``a`` rounds to 1
-    (``z > 17`` in float32, ``z > 37`` in float64), where the true ``a (1 - a)`` is ``exp(-z)``.
+    Keeping ``a`` rather than ``z`` lets the next layer's residual (its input ``a``) be the same array:
+    a Dense-Sigmoid stack keeps one activation per layer instead of two (the gradient program of a
+    6-block Dense-Tanh-Dense-Gelu MLP at batch 512: 18.5 MiB of temporaries instead of 21.5 MiB).
+    The price: once ``a`` rounds to 1 (``z > 17`` in float32) ``1 - a`` is 0 where the true
+    derivative is ``exp(-z)`` < eps, an absolute error below eps (``jax.grad`` of ``jax.nn.sigmoid``
+    rounds the same way).
     """
-    return elementwise("Sigmoid", jax.nn.sigmoid, _sigmoid_grad)
-
-
-def _tanh_grad(z):
-    # 1 - a^2 = sech(z)^2 = 4 u / (1 + u)^2 with u = exp(-2|z|) in (0, 1]: no cancellation where a rounds to +-1
-    u = jnp.exp(-2 * jnp.abs(z))
-    return 4 * u / ((1 + u) * (1 + u))
+    return elementwise("Sigmoid", jax.nn.sigmoid, lambda a: a * (1 - a), keep="a")
 
 
 def Tanh() -> Layer:
-    """``a = tanh(z)``; backward ``dz = da * (1 - a^2)``, as ``4 u / (1 + u)^2`` with ``u = exp(-2|z|)``.
+    """``a = tanh(z)``; backward ``dz = da * (1 - a^2)``, from the saved output ``a`` (as llm.c).
 
-    The forward keeps ``z``: ``1 - a^2`` from a saved ``a`` is 0 once ``|a|`` rounds to 1
-    (``|z| > 9`` in float32, ``|z| > 19`` in float64), where the true value is ``4 exp(-2|z|)``.
+    As for :func:`Sigmoid`, the output is kept so that the next layer shares it; once ``|a|`` rounds
+    to 1 (``|z| > 9`` in float32) ``1 - a^2`` is 0 where the true value ``4 exp(-2|z|)`` is below
+    eps: an absolute error below eps.
     """
-    return elementwise("Tanh", jnp.tanh, _tanh_grad)
+    return elementwise("Tanh", jnp.tanh, lambda a: 1 - a * a, keep="a")
 
 
 def Relu() -> Layer:
