@@ -96,10 +96,9 @@ def check_key(where: str, key, *, what: str = "key", allow_none: bool = True):
     """
     if key is None and allow_none:
         return None
-    fix = "pass jax.random.key(seed)"
     if isinstance(key, (bool, int, np.integer)):
-        raise _errors.BpjaxTypeError(where, f"{what} must be a PRNG key, e.g. jax.random.key({int(key)}), got the "
-                                            f"int {key!r}: {fix}")
+        raise _errors.BpjaxTypeError(where, f"{what} must be a PRNG key, got the int {key}: pass "
+                                            f"jax.random.key({int(key)}) (an int seed is not taken as a key)")
     dtype, shape = getattr(key, "dtype", None), tuple(getattr(key, "shape", ()))
     if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
         if shape == ():
@@ -109,9 +108,11 @@ def check_key(where: str, key, *, what: str = "key", allow_none: bool = True):
         return key  # a legacy raw key, jax.random.PRNGKey(seed)
     elif key is None:
         got = "None"
+    elif dtype is not None:
+        got = f"an array of dtype {dtype} and shape {shape}" + (" (an int seed?)" if shape == () else "")
     else:
-        got = type(key).__name__ + (f" of dtype {dtype} and shape {shape}" if dtype is not None else f" {key!r:.60}")
-    raise _errors.BpjaxTypeError(where, f"{what} must be one PRNG key (jax.random.key(seed); split keys: "
+        got = f"{type(key).__name__} {key!r:.60}"
+    raise _errors.BpjaxTypeError(where, f"{what} must be one PRNG key (jax.random.key(seed); of split keys, "
                                         f"keys[i]), got {got}")
 
 

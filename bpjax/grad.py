@@ -29,11 +29,16 @@ BACKWARDS = ("manual", "autodiff")
 
 
 def as_data(where: str, what: str, a):
-    """``a`` as a JAX array when it is a (nested) list or tuple of Python numbers; arrays, numpy arrays and
-    pytrees of arrays (a tuple input of a multi-input model) pass unchanged."""
-    if isinstance(a, (list, tuple)) and a and all(isinstance(v, (bool, int, float)) for v in jax.tree.leaves(a)):
-        try:
-            return jnp.asarray(np.asarray(a))
+    """``a`` as a JAX array when it is a (nested) list or tuple of numbers; arrays, numpy arrays and
+    pytrees of arrays (a tuple input of a multi-input model) pass unchanged; a string is refused."""
+    if isinstance(a, (str, bytes)):
+        raise _errors.BpjaxTypeError(where, f"{what} must be an array (or nested lists of numbers), got "
+                                            f"{type(a).__name__} {a!r:.40}")
+    if isinstance(a, (list, tuple)) and a and all(isinstance(v, (bool, int, float)) or np.shape(v) == ()
+                                                  for v in jax.tree.leaves(a)):
+        try:  # numbers (or scalars traced by a user's jit, which passes a list as a pytree of scalars)
+            return jnp.asarray(a) if any(isinstance(v, jax.Array) for v in jax.tree.leaves(a)) else \
+                jnp.asarray(np.asarray(a))
         except ValueError:
             raise _errors.BpjaxTypeError(where, f"{what} must be an array; got a ragged nested {type(a).__name__} "
                                                 f"of numbers") from None

@@ -208,9 +208,9 @@ CASES = [
     ("fit nan data", lambda t: _fit(train_data=(F("x").at[3, 1].set(jnp.nan), F("y"))), E,
      ["fit", "train_data x contains NaN or Inf", "example 3"]),
     ("fit labels", lambda t: _fit(train_data=(F("x"), F("y").at[2].set(7))), E,
-     ["fit", "[0, 3) for a model with 3 outputs", "max 7"]),
+     ["fit train_data", "softmax_cross_entropy", "[0, 3)", "max 7"]),
     ("fit int data", lambda t: _fit(train_data=(F("x").astype(jnp.int32), F("y"))), T,
-     ["fit", "floating-point train_data x", "int32"]),
+     ["fit train_data", "serial[0] Dense(4)", "floating-point input", "int32"]),
     ("fit empty data", lambda t: _fit(train_data=(F("x")[:0], F("y")[:0])), E,
      ["fit", "non-empty leading (example) axis", "x (0, 5)"]),
     ("fit other params", lambda t: _fit(params=F("other")), E, ["serial[2] Dense(3)", "expected W (D_in, 3)",
@@ -241,14 +241,21 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("fn, exc, fragments", [pytest.param(*c[1:], id=c[0]) for c in CASES])
-def test_bad_input_gives_clear_error(tmp_path, fn, exc, fragments):
+def assert_clear_error(fn, tmp_path, exc, fragments):
+    """``fn(tmp_path)`` raises ``exc`` (a bpjax error) whose message holds every fragment: the place, the
+    expected and the received. Shared by every battery file (``tests/test_bad_inputs_*.py``)."""
     with pytest.raises(exc) as e:
         fn(tmp_path)
+    assert isinstance(e.value, bp.BpjaxError), f"{type(e.value).__name__} is not a bpjax error: {e.value}"
     message = str(e.value)
     for fragment in fragments:
         assert fragment in message, f"{fragment!r} not in {message!r}"
     assert "Traceback" not in message and "dot_general" not in message  # no XLA internals leak through
+
+
+@pytest.mark.parametrize("fn, exc, fragments", [pytest.param(*c[1:], id=c[0]) for c in CASES])
+def test_bad_input_gives_clear_error(tmp_path, fn, exc, fragments):
+    assert_clear_error(fn, tmp_path, exc, fragments)
 
 
 def test_battery_size():

@@ -169,7 +169,7 @@ def fit(model: Layer, loss, optimizer: optax.GradientTransformation, params, tra
         for integer labels, accuracy.
       verbose: show a tqdm progress bar (updated between chunks, never inside the compiled program).
       chunk_size: steps per compiled chunk; default the whole run when silent, about 1/20 of it otherwise
-        (streamed data: about 1/20 of it, a block of at most 16 MB of batches).
+        (at most about 100 steps for streamed data: the batches on the devices at once, twice).
       unroll: ``lax.scan`` unroll factor.
       mesh, data_parallel: data parallelism. ``mesh`` is a :class:`jax.sharding.Mesh` whose first axis
         splits the data; ``data_parallel=True`` builds one over all devices of all processes
@@ -202,7 +202,7 @@ def fit(model: Layer, loss, optimizer: optax.GradientTransformation, params, tra
         eval_data=eval_data, eval_every=eval_every, backward=backward, state=state, metrics=metrics,
         nan_guard=nan_guard, unroll=unroll, make_optimizer=Fixed(optimizer), hp0=None, mesh=mesh, where=where)
     chunk_size, checkpoint_every = chunking(where, plan.steps, chunk_size, checkpoint_path, checkpoint_every,
-                                             verbose, data.batch_bytes if plan.streamed else None)
+                                             verbose, plan.streamed)
     if opt_state is None:
         opt_state = optimizer.init(params)
     else:
@@ -293,7 +293,7 @@ def fit_many(model: Layer, loss, optimizer, params, train_data: Tuple[Any, Any],
         backward=backward, state=state, metrics=metrics, nan_guard=nan_guard, unroll=unroll,
         make_optimizer=factory, hp0=None if hparams is None else first(hparams), mesh=mesh, where=where)
     chunk_size, checkpoint_every = chunking(where, plan.steps, chunk_size, checkpoint_path, checkpoint_every,
-                                             verbose, data.batch_bytes if plan.streamed else None)
+                                             verbose, plan.streamed)
     opt_state = cached(("opt_init", factory), lambda: jax.jit(jax.vmap(lambda p, h: factory(h).init(p))))(
         params, hparams)
     states = jax.tree.map(lambda a: jnp.broadcast_to(a, (n, *jnp.shape(a))), state)

@@ -12,7 +12,7 @@ import optax
 
 from bpjax import _errors
 from bpjax.core import Layer, check_key, check_model, is_contextual
-from bpjax.grad import BACKWARDS, as_data, gradients
+from bpjax.grad import BACKWARDS, as_data, check_finite, gradients
 from bpjax.losses import as_loss
 from bpjax.train.validate import check_opt_state
 
@@ -88,6 +88,7 @@ def make_step(model: Layer, loss, optimizer: optax.GradientTransformation, *, ba
     def step(params, opt_state, x, y, state, key):
         check_opt_state("make_step", optimizer, params, opt_state)  # static: runs once per traced structure
         if checks:
+            check_finite(model.name, "input x", x)  # concrete x (jit=False): at once, with the count and the example
             finite = [jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(x) if jnp.issubdtype(a.dtype, jnp.inexact)]
             if finite:
                 _errors.check_value(model.name, jnp.all(jnp.stack(finite)), "input x contains NaN or Inf")
@@ -101,7 +102,7 @@ def make_step(model: Layer, loss, optimizer: optax.GradientTransformation, *, ba
             try:
                 out = inner(*args)
             except (ValueError, RuntimeError) as e:
-                if "deleted or donated" not in str(e):
+                if "deleted" not in str(e):  # "Buffer has been deleted or donated", "Array has been deleted"
                     raise
                 raise _deleted_error(args, donate) from None
             if not checks:
@@ -113,7 +114,7 @@ def make_step(model: Layer, loss, optimizer: optax.GradientTransformation, *, ba
     else:
         compiled = step
 
-    def run_contextual(params, opt_state, x, y, *, state, key=None):
+    def run_contextual(params, opt_state, x, y, *, state=None, key=None):
         check_key("make_step step", key)
         return compiled(params, opt_state, as_data("make_step step", "x", x), as_data("make_step step", "y", y),
                         state, key)

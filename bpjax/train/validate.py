@@ -50,6 +50,12 @@ def trace_forward(where: str, what: str, model, params, state, x, batch_size: in
                               params, state, x[:batch_size])
 
 
+def trace_loss(where: str, what: str, loss, pred, y, batch_size: int) -> None:
+    """The loss on one batch: ``pred`` (a shape struct) against ``y``; traced, not run; errors name the dataset."""
+    with _errors.context(f"{where} {what}:"):
+        jax.eval_shape(loss.value, pred, y[:batch_size])
+
+
 def as_array(where: str, what: str, a):
     """``a`` as a JAX array (numpy arrays and nested lists of numbers too), or a clear error."""
     try:
