@@ -18,7 +18,9 @@ import importlib.util
 import os
 
 import numpy as np
+import pytest
 
+import bpjax as bp
 from bpjax.train.launch import launch
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "multiprocess_worker.py")
@@ -71,3 +73,21 @@ def test_two_processes_train_as_one_device(tmp_path):
     assert int(procs[0]["resume/start"]) == int(procs[1]["resume/start"]) == 6
     # an every_process callback ran in both
     np.testing.assert_array_equal(procs[1]["stream/callback_steps"], [5, 10])
+
+
+def test_launch_sets_the_variables_and_stops_every_process_when_one_fails(tmp_path):
+    script = tmp_path / "job.py"
+    script.write_text(
+        "import os, sys, time\n"
+        "keys = ('BPJAX_COORDINATOR_ADDRESS', 'BPJAX_NUM_PROCESSES', 'BPJAX_PROCESS_ID', 'XLA_FLAGS')\n"
+        "print(*[os.environ[k] for k in keys], sep='|', flush=True)\n"
+        "sys.exit(3) if os.environ['BPJAX_PROCESS_ID'] == '1' else time.sleep(120)\n")
+    with pytest.raises(bp.BpjaxError, match=r"process 1 of 2 exited with code 3"):
+        launch([str(script)], processes=2, cpu_devices=3, timeout=100, log_dir=str(tmp_path))
+    lines = [(tmp_path / f"process_{i}.log").read_text().split("|") for i in (0, 1)]
+    assert lines[0][0] == lines[1][0] and lines[0][0].startswith("127.0.0.1:")
+    assert [ln[1:3] for ln in lines] == [["2", "0"], ["2", "1"]]
+    assert "--xla_force_host_platform_device_count=3" in lines[0][3]
+    (tmp_path / "sleep.py").write_text("import time; time.sleep(120)")
+    with pytest.raises(bp.BpjaxError, match="the job ran past the timeout of 1"):  # both killed, not waited for
+        launch([str(tmp_path / "sleep.py")], processes=2, timeout=1)

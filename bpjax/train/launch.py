@@ -72,7 +72,7 @@ def launch(argv: Sequence[str], *, processes: int, cpu_devices: Optional[int] = 
     deadline = None if timeout is None else time.monotonic() + timeout
     failed, why = None, ""
     try:
-        while any(p.poll() is None for p in procs):
+        while [p.poll() for p in procs].count(None):  # poll every process, every round
             bad = [i for i, p in enumerate(procs) if p.returncode not in (None, 0)]
             if bad:
                 failed, why = bad[0], f"exited with code {procs[bad[0]].returncode}"
