@@ -1,0 +1,84 @@
+"""The README's code blocks are tests: every ```python block runs, in order, in one namespace.
+
+A reader pastes the blocks of ``README.md`` one after another into one Python session; this test
+does the same. The data the snippets need (``x, y, x_test, y_test, key, my_loss``) comes from a
+visible ```python block of the README itself, so nothing is supplied behind the reader's back.
+Signatures and pseudo-code are fenced as ```text and are not run; every fence names its language.
+"""
+
+import re
+import textwrap
+import traceback
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+# The names the README's data block must define for the snippets after it.
+DATA_NAMES = ("x", "y", "x_test", "y_test", "key", "my_loss")
+FENCE = re.compile(r"^```(\S*)[ \t]*$")
+
+
+def blocks(text: str):
+    """Fenced blocks of ``text`` as ``(language, first_line_number, source)``, in order of appearance."""
+    out, lang, start, body = [], None, 0, []
+    for number, line in enumerate(text.splitlines(), 1):
+        match = FENCE.match(line)
+        if lang is None and match:
+            lang, start, body = match.group(1), number + 1, []
+        elif lang is not None and line.rstrip() == "```":
+            out.append((lang, start, "\n".join(body) + "\n"))
+            lang = None
+        elif lang is not None:
+            body.append(line)
+    if lang is not None:
+        raise AssertionError(f"README.md: the block opened at line {start - 1} is never closed")
+    return out
+
+
+def python_blocks():
+    return [(line, src) for lang, line, src in blocks(README.read_text()) if lang == "python"]
+
+
+def test_every_block_names_its_language():
+    unnamed = [line - 1 for lang, line, _ in blocks(README.read_text()) if not lang]
+    assert not unnamed, f"README.md: fences without a language at lines {unnamed} (use python, bash or text)"
+
+
+def test_the_data_block_is_visible_and_first_to_need_data():
+    """The first block that defines the snippets' data defines all of it, before any block uses it."""
+    srcs = python_blocks()
+    defining = [i for i, (_, src) in enumerate(srcs) if re.search(r"^x, y\b|^x, x_test\b", src, re.M)]
+    assert defining, "README.md: no ```python block defines the snippets' data (x, y, x_test, y_test, key, my_loss)"
+    ns: dict = {}
+    line, src = srcs[defining[0]]
+    exec(compile(src, f"README.md:{line}", "exec"), ns)
+    missing = [n for n in DATA_NAMES if n not in ns]
+    assert not missing, f"README.md:{line}: the data block does not define {missing}"
+    for earlier_line, earlier in srcs[:defining[0]]:
+        used = [n for n in DATA_NAMES if re.search(rf"\b{n}\b", earlier)]
+        assert not used, f"README.md:{earlier_line}: uses {used} before the data block at line {line}"
+
+
+def test_readme_python_blocks_run_in_order(capsys):
+    """Paste every ```python block of README.md, in order, into one namespace."""
+    srcs = python_blocks()
+    assert len(srcs) >= 6, f"README.md has only {len(srcs)} python blocks; the collector reads the wrong file?"
+    ns: dict = {"__name__": "__readme__"}
+    for line, src in srcs:
+        try:
+            exec(compile(src, f"README.md:{line}", "exec"), ns)
+        except Exception:  # noqa: BLE001 - any failure of a pasted block is the finding, reported with the block
+            pytest.fail(f"README.md: the ```python block starting at line {line} fails when pasted after the "
+                        f"blocks before it:\n\n{textwrap.indent(src, '    ')}\n{traceback.format_exc()}",
+                        pytrace=False)
+
+
+def test_the_dense_block_is_verbatim_from_dense_py():
+    """The README says its Dense forward/backward are verbatim from ``bpjax/layers/dense.py``: they are."""
+    source = (ROOT / "bpjax" / "layers" / "dense.py").read_text()
+    src = next((s for _, s in python_blocks() if s.startswith("def forward(params, a_prev):")), None)
+    assert src is not None, "README.md: the Dense forward/backward block is missing"
+    indented = textwrap.indent(src.rstrip("\n"), "    ", lambda s: s.strip() != "")
+    assert indented in source, "README.md's Dense block differs from the code in bpjax/layers/dense.py"
