@@ -31,7 +31,7 @@ from experiments import common, gpt, text
 EMBED = 64
 FEATURES = {"lstm": 405, "gru": 472}  # 0.81M parameters each, the GPT's budget
 BATCH, CONTEXT, STEPS = gpt.BATCH, gpt.CONTEXT, gpt.STEPS
-QUICK = {"features": {"lstm": 64, "gru": 64}, "context": 32, "steps": 100, "eval_every": 50}
+QUICK = {"features": {"lstm": 64, "gru": 64}, "context": 32, "steps": 80, "eval_every": 40}  # no final check
 
 
 def streamed_loss(model, params, ids, *, batch: int, context: int) -> float:
@@ -69,8 +69,8 @@ def run_cell(cfg: common.Config, cell: str, corpus, features: int, context: int,
                      verbose=cfg.progress)
     seconds = time.perf_counter() - t0
     b = (steps - 1) % (len(x) // BATCH)  # the last step's batch, from the state the run ended in: truncation
-    last = text.float64_check(model, r.params, x[b * BATCH:(b + 1) * BATCH], y[b * BATCH:(b + 1) * BATCH],
-                              state=r.state)
+    last = first if cfg.quick else text.float64_check(model, r.params, x[b * BATCH:(b + 1) * BATCH],
+                                                      y[b * BATCH:(b + 1) * BATCH], state=r.state)
     vx, vy = text.chunks(corpus.val, context)
     n = (len(vx) // 256) * 256
     return {"model": model, "params": r.params, "state": r.state, "history": r.history, "metrics": {
