@@ -229,7 +229,7 @@ def model0(tree):
 
 
 def float64_check(model: bp.Layer, loss, params, x, y, *, state=None, key=None) -> "bp.GradientReport":
-    """:func:`bpjax.check_gradients` at ``(params, x)`` cast to float64 (labels ``y`` as they are).
+    """:func:`bpjax.check_gradients` at ``(params, x)`` cast to float64 (labels ``y`` and integer ``x`` as they are).
 
     Float64, because late in training the loss nears zero: ``dz = softmax(z) - y`` then cancels to
     a few float32 ulps of 1, and float32 gradients computed in two orders can differ by far more
@@ -237,7 +237,9 @@ def float64_check(model: bp.Layer, loss, params, x, y, *, state=None, key=None) 
     check_gradients' default ``rtol=1e-10`` separates a wrong backward from roundoff.
     """
     with jax.enable_x64(True):
-        params, x, state = optax.tree_utils.tree_cast((params, jnp.asarray(x), state), jnp.float64)
+        params, state = optax.tree_utils.tree_cast((params, state), jnp.float64)
+        x = jnp.asarray(x)
+        x = x.astype(jnp.float64) if jnp.issubdtype(x.dtype, jnp.floating) else x  # token ids stay integer
         return bp.check_gradients(model, loss, params, x, jnp.asarray(y), state=state, key=key)
 
 

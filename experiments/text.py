@@ -176,16 +176,8 @@ def samples(model, params, prompts, length: int, *, context: int, temperature: f
 
 
 def float64_check(model, params, x, y, *, state=None, key=None):
-    """:func:`bpjax.check_gradients` of the token loss at ``params`` (and ``state``) cast to float64, the ids
-    ``x, y`` as they are (:func:`experiments.common.float64_check` casts ``x``, which must stay integer here)."""
-    import jax
-    import jax.numpy as jnp
-    import optax
-
-    import bpjax as bp
+    """:func:`experiments.common.float64_check` of the token loss (the ids ``x, y`` stay integer)."""
     from bpjax import zoo
+    from experiments import common
 
-    with jax.enable_x64(True):
-        params, state = optax.tree_utils.tree_cast((params, state), jnp.float64)
-        return bp.check_gradients(model, zoo.token_cross_entropy, params, jnp.asarray(x), jnp.asarray(y),
-                                  state=state, key=key)
+    return common.float64_check(model, zoo.token_cross_entropy, params, x, y, state=state, key=key)
