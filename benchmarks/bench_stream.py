@@ -15,7 +15,8 @@ Each is compiled by a first call, then the three run interleaved ``repeats`` tim
 round); the best wall and process CPU times are kept. Reported: ``streamed / resident`` throughput =
 resident time / streamed time (CPU and wall), and the largest parameter difference (the same
 batches, so the same run). Also the bytes of the training set held per device when ``fit`` lays
-it out over 1, 2, 4 and 8 simulated CPU devices (a subprocess with ``XLA_FLAGS``).
+it out over 1, 2, 4 and 8 simulated CPU devices (a subprocess with ``XLA_FLAGS``), and the MLP's
+parameter bytes per device on 2-D meshes (data x model: weight matrices split by columns).
 
 Writes ``<out>.json`` and ``<out>.md`` (default ``benchmarks/results/bench_stream``).
 """
@@ -87,6 +88,11 @@ def device_bytes_table() -> dict:
         per_device = sharding.device_bytes(data)
         out[D] = {"max": max(per_device.values()), "min": min(per_device.values()), "devices": len(per_device)}
     out["total_bytes"] = int(x.nbytes + y.nbytes)
+    _, params = zoo.MODELS["mlp"]().init(jax.random.key(0), (40,))  # and the MLP's params on (data, model) meshes
+    out["mlp_param_bytes"] = {
+        f"{d}x{m}": max(sharding.device_bytes(sharding.shard_params(params, jax.sharding.Mesh(
+            np.asarray(jax.devices()).reshape(d, m), ("data", "model")))).values())
+        for d, m in ((8, 1), (4, 2), (2, 4))}
     return out
 
 
@@ -120,6 +126,9 @@ def markdown(r: dict) -> str:
               "| devices | bytes per device | fraction of the set |", "|---|---|---|"]
     for D in ("1", "2", "4", "8"):
         lines.append(f"| {D} | {t[D]['max']} | {t[D]['max'] / t['total_bytes']:.3f} |")
+    lines += ["", "## MNIST-1D MLP parameter bytes per device, mesh (data x model)", "",
+              "| mesh | bytes per device |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in t["mlp_param_bytes"].items()]
     return "\n".join(lines) + "\n"
 
 

@@ -91,3 +91,15 @@ def test_launch_sets_the_variables_and_stops_every_process_when_one_fails(tmp_pa
     (tmp_path / "sleep.py").write_text("import time; time.sleep(120)")
     with pytest.raises(bp.BpjaxError, match="the job ran past the timeout of 1"):  # both killed, not waited for
         launch([str(tmp_path / "sleep.py")], processes=2, timeout=1)
+
+
+def test_initialize_alone_is_one_process_and_half_a_configuration_is_refused(monkeypatch):
+    for k in ("BPJAX_COORDINATOR_ADDRESS", "BPJAX_NUM_PROCESSES", "BPJAX_PROCESS_ID"):
+        monkeypatch.delenv(k, raising=False)
+    assert bp.train.initialize() is False  # a script run without the launcher: nothing to start
+    monkeypatch.setenv("BPJAX_NUM_PROCESSES", "2")
+    with pytest.raises(bp.BpjaxError, match=r"together, got none for \['BPJAX_COORDINATOR_ADDRESS', "
+                                            r"'BPJAX_PROCESS_ID'\]"):
+        bp.train.initialize()
+    with pytest.raises(bp.BpjaxError, match=r"process_id must lie in \[0, 2\), got 5"):
+        bp.train.initialize("127.0.0.1:1", process_id=5)

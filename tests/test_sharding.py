@@ -86,7 +86,21 @@ SCRIPT = textwrap.dedent("""
     close(resident.params, streamed.params, "streamed params")
     np.testing.assert_allclose(resident.history["loss"], streamed.history["loss"], rtol=1e-5, atol=1e-6)
 
-    # 5. the helpers: a batch split over the mesh, one row block per device
+    # 5. a 2-D mesh (data 4 x model 2): the weight matrices split by columns, the same run
+    mesh2 = jax.sharding.Mesh(np.asarray(jax.devices()).reshape(4, 2), ("data", "model"))
+    tp = bp.train.fit(model, XENT, adam, p0, (x, y), mesh=mesh2, **kw)
+    close(single.params, tp.params, "2-D mesh params")
+    np.testing.assert_allclose(single.history["loss"], tp.history["loss"], rtol=1e-5, atol=1e-6)
+    W1, b1, W2 = tp.params[0]["W"], tp.params[0]["b"], tp.params[2]["W"]
+    assert {s.data.shape for s in W1.addressable_shards} == {(12, 16)} and b1.sharding.is_fully_replicated
+    assert {s.data.shape for s in W2.addressable_shards} == {(32, 2)}
+    mu = tp.opt_state[0].mu[0]["W"]  # Adam's moments lie as their params do
+    assert {s.data.shape for s in mu.addressable_shards} == {(12, 16)}
+    full, split = (max(sharding.device_bytes(p).values()) for p in (sharded.params, tp.params))
+    assert (full, split) == ((12 * 32 + 32 + 32 * 4 + 4) * 4, (12 * 16 + 32 + 32 * 2 + 4) * 4), (full, split)
+    print("PARAM-BYTES", {"replicated": full, "data4_model2": split})
+
+    # 6. the helpers: a batch split over the mesh, one row block per device
     mesh = bp.train.data_parallel_mesh()
     xb = bp.train.shard_batch(jnp.asarray(x[:64]), mesh)
     assert {s.data.shape for s in xb.addressable_shards} == {(8, 12)}

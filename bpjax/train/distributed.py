@@ -33,21 +33,29 @@ ENV = ("BPJAX_COORDINATOR_ADDRESS", "BPJAX_NUM_PROCESSES", "BPJAX_PROCESS_ID")
 
 
 def initialize(coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
-               process_id: Optional[int] = None) -> None:
+               process_id: Optional[int] = None) -> bool:
     """``jax.distributed.initialize(coordinator_address, num_processes, process_id)``, CPU collectives gloo.
 
     Call it first in every process, before any other use of jax. Arguments left ``None`` are read
     from ``BPJAX_COORDINATOR_ADDRESS`` (``"host:port"`` of process 0), ``BPJAX_NUM_PROCESSES`` and
-    ``BPJAX_PROCESS_ID`` (what ``python -m bpjax.train.launch`` sets).
+    ``BPJAX_PROCESS_ID`` (what ``python -m bpjax.train.launch`` sets). With no argument and none of
+    the variables, the script runs as one process and nothing is done.
+
+    Returns:
+      ``True`` when it started the distributed runtime, ``False`` for one process.
     """
     env = [os.environ.get(k) for k in ENV]
     coordinator_address = coordinator_address or env[0]
     num_processes = num_processes if num_processes is not None else env[1]
     process_id = process_id if process_id is not None else env[2]
-    missing = [k for k, v in zip(ENV, (coordinator_address, num_processes, process_id)) if v is None]
+    given = (coordinator_address, num_processes, process_id)
+    if all(v is None for v in given):
+        return False
+    missing = [k for k, v in zip(ENV, given) if v is None]
     if missing:
         raise _errors.BpjaxError("initialize", f"expected coordinator_address, num_processes and process_id "
-                                               f"(or the variables {', '.join(ENV)}), got none for {missing}")
+                                               f"(or the variables {', '.join(ENV)}) together, got none for "
+                                               f"{missing}")
     num_processes = _errors.positive_int("initialize", "num_processes", int(num_processes))
     process_id = int(process_id)
     if not 0 <= process_id < num_processes:
@@ -55,6 +63,7 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
                                process_id=process_id)
+    return True
 
 
 def is_main() -> bool:

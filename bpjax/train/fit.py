@@ -29,6 +29,7 @@ from bpjax.train.sharding import (
     data_parallel_mesh,
     data_sharding,
     replicate,
+    shard_params,
     shard_rows,
     split_or_replicate,
 )
@@ -169,7 +170,7 @@ def fit(model: Layer, loss, optimizer: optax.GradientTransformation, params, tra
         for integer labels, accuracy.
       verbose: show a tqdm progress bar (updated between chunks, never inside the compiled program).
       chunk_size: steps per compiled chunk; default the whole run when silent, about 1/20 of it otherwise
-        (at most about 100 steps for streamed data: the batches on the devices at once, twice).
+        (streamed data: about 1/20 of it, a block of at most 16 MB of batches).
       unroll: ``lax.scan`` unroll factor.
       mesh, data_parallel: data parallelism. ``mesh`` is a :class:`jax.sharding.Mesh` whose first axis
         splits the data; ``data_parallel=True`` builds one over all devices of all processes
@@ -177,9 +178,11 @@ def fit(model: Layer, loss, optimizer: optax.GradientTransformation, params, tra
         set (:func:`bpjax.train.sharding.shard_rows`; ``train_data`` may be host arrays or global
         arrays from :func:`bpjax.train.process_local`) and ``B / D`` rows of each batch, the same
         batches as on one device; the evaluation set is split too when its rows divide evenly.
-        Params are replicated and the compiler inserts the gradient all-reduce. ``batch_size`` must
-        divide evenly. With several processes (:func:`bpjax.train.initialize`), process 0 alone
-        shows progress, writes checkpoints and runs ``callback``.
+        Params are replicated and the compiler inserts the gradient all-reduce; on a 2-D mesh
+        ``(data, model)`` the weight matrices are also split by columns over ``model``
+        (:func:`bpjax.train.sharding.param_spec`). ``batch_size`` must divide evenly. With several
+        processes (:func:`bpjax.train.initialize`), process 0 alone shows progress, writes
+        checkpoints and runs ``callback``.
       checkpoint_path, checkpoint_every: save params, opt_state, state, the step and the history every
         ``checkpoint_every`` steps (atomic, :mod:`bpjax.checkpoint`); when the file exists, the run
         resumes from it and ends exactly as an uninterrupted run would.
@@ -202,7 +205,7 @@ def fit(model: Layer, loss, optimizer: optax.GradientTransformation, params, tra
         eval_data=eval_data, eval_every=eval_every, backward=backward, state=state, metrics=metrics,
         nan_guard=nan_guard, unroll=unroll, make_optimizer=Fixed(optimizer), hp0=None, mesh=mesh, where=where)
     chunk_size, checkpoint_every = chunking(where, plan.steps, chunk_size, checkpoint_path, checkpoint_every,
-                                             verbose, plan.streamed)
+                                             verbose, data.batch_bytes if plan.streamed else None)
     if opt_state is None:
         opt_state = optimizer.init(params)
     else:
@@ -210,7 +213,7 @@ def fit(model: Layer, loss, optimizer: optax.GradientTransformation, params, tra
     keys = split_key(key, plan.shuffle or is_contextual(model))
     carry = (params, opt_state, state, no_bad(params))
     if mesh is not None:  # every input of the program on the mesh: a process can only pass its own devices'
-        carry, keys = replicate((carry, keys), mesh)
+        carry, keys = (*shard_params(carry[:2], mesh), *replicate(carry[2:], mesh)), replicate(keys, mesh)
     carry, history = run(plan, carry, None, keys, data, eval_arrays, batched=0, verbose=verbose,
                           chunk_size=chunk_size, checkpoint_path=checkpoint_path, checkpoint_every=checkpoint_every,
                           callback=callback, desc=f"fit {model.name}"[:40])
@@ -293,7 +296,7 @@ def fit_many(model: Layer, loss, optimizer, params, train_data: Tuple[Any, Any],
         backward=backward, state=state, metrics=metrics, nan_guard=nan_guard, unroll=unroll,
         make_optimizer=factory, hp0=None if hparams is None else first(hparams), mesh=mesh, where=where)
     chunk_size, checkpoint_every = chunking(where, plan.steps, chunk_size, checkpoint_path, checkpoint_every,
-                                             verbose, plan.streamed)
+                                             verbose, data.batch_bytes if plan.streamed else None)
     opt_state = cached(("opt_init", factory), lambda: jax.jit(jax.vmap(lambda p, h: factory(h).init(p))))(
         params, hparams)
     states = jax.tree.map(lambda a: jnp.broadcast_to(a, (n, *jnp.shape(a))), state)
@@ -305,7 +308,8 @@ def fit_many(model: Layer, loss, optimizer, params, train_data: Tuple[Any, Any],
     bad = jax.tree.map(lambda a: jnp.broadcast_to(a, (n, *a.shape)), no_bad(first(params)))
     carry = (params, opt_state, states, bad)
     if mesh is not None:
-        carry, run_keys, hparams = replicate((carry, run_keys, hparams), mesh)
+        carry = (*shard_params(carry[:2], mesh, lead=1), *replicate(carry[2:], mesh))
+        run_keys, hparams = replicate((run_keys, hparams), mesh)
     carry, history = run(plan, carry, hparams, run_keys, data, eval_arrays, batched=n, verbose=verbose,
                           chunk_size=chunk_size, checkpoint_path=checkpoint_path, checkpoint_every=checkpoint_every,
                           callback=callback, desc=f"fit_many x{n}")

@@ -25,7 +25,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from bpjax.core import Layer, apply
 from bpjax.losses import as_loss
-from bpjax.train.sharding import take_rows
+from bpjax.train.sharding import constrain_params, take_rows
 from bpjax.train.step import update
 
 Metric = Callable[[jax.Array, jax.Array], jax.Array]
@@ -149,6 +149,7 @@ def make_chunk(plan: Plan, length: int):
         params, opt_state, state, _, _, bad = c
         if plan.sharding is not None:  # what the driver reads on the host: in full on every device
             out, bad = lax.with_sharding_constraint((out, bad), NamedSharding(plan.sharding.mesh, PartitionSpec()))
+            params, opt_state = constrain_params((params, opt_state), plan.sharding.mesh)
         return (params, opt_state, state, bad), out
 
     return chunk

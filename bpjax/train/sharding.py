@@ -7,7 +7,9 @@ whole set: each keeps ``1/D`` of it.
 A step's batch is ``B`` global row ids ``idx`` (in order or from the epoch's permutation, exactly
 as on one device); :func:`take_rows` gathers them from the shards into a batch split over the
 same axis, ``B/D`` rows per device, with one reduce-scatter of ``B`` rows. Parameters are
-replicated and the compiler inserts the gradient all-reduce.
+replicated and the compiler inserts the gradient all-reduce; on a 2-D mesh ``(data, model)`` the
+weight matrices are split by columns over ``model`` as well (:func:`param_spec`), and the same
+hand-written backward runs partitioned by the compiler.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from bpjax import _errors
 
-__all__ = ["data_parallel_mesh", "replicate", "shard_batch", "shard_rows", "take_rows", "device_bytes"]
+__all__ = ["data_parallel_mesh", "device_bytes", "param_spec", "replicate", "shard_batch", "shard_params",
+           "shard_rows", "take_rows"]
 
 
 def data_parallel_mesh(devices: Optional[Sequence[jax.Device]] = None, axis: str = "data") -> Mesh:
@@ -64,6 +67,30 @@ def shard_batch(x, mesh: Mesh, axis: Optional[str] = None):
 def replicate(tree, mesh: Mesh):
     """Every leaf of ``tree`` copied in full to each device of ``mesh``."""
     return put(tree, NamedSharding(mesh, PartitionSpec()))
+
+
+def param_spec(shape, mesh: Mesh, lead: int = 0) -> PartitionSpec:
+    """Where a parameter (or optimiser-state) leaf of ``shape`` lives on ``mesh``.
+
+    On a 2-D mesh ``(data, model)``, a matrix ``W: (D_in, D_out)`` (any leaf with at least two axes
+    after ``lead`` stacking axes) whose last axis divides over ``model`` is split along it: each
+    device holds ``D_out / M`` of its columns (tensor parallelism; Dense and attention weights,
+    conv kernels). Everything else, and everything on a 1-D mesh, is replicated.
+    """
+    if len(mesh.axis_names) < 2 or len(shape) - lead < 2 or shape[-1] % mesh.shape[mesh.axis_names[1]]:
+        return PartitionSpec()
+    return PartitionSpec(*([None] * (len(shape) - 1)), mesh.axis_names[1])
+
+
+def shard_params(tree, mesh: Mesh, lead: int = 0):
+    """Every leaf of ``tree`` placed as :func:`param_spec` says (replicated on a 1-D mesh)."""
+    return jax.tree.map(lambda a: put(a, NamedSharding(mesh, param_spec(np.shape(a), mesh, lead))), tree)
+
+
+def constrain_params(tree, mesh: Mesh):
+    """Inside ``jit``: every leaf of ``tree`` kept where :func:`param_spec` puts it (so chunks agree)."""
+    return jax.tree.map(lambda a: lax.with_sharding_constraint(a, NamedSharding(mesh, param_spec(a.shape, mesh))),
+                        tree)
 
 
 def shard_rows(data: Tuple, mesh: Mesh) -> Tuple[Tuple, Optional[int]]:
