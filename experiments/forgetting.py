@@ -52,16 +52,15 @@ def task(x, y, classes) -> tuple:
     return x[keep], y[keep]
 
 
-def mixed_epoch(train_set, memory, n_memory: int = 0) -> tuple:
-    """One epoch of batches laid out in order for ``fit(shuffle=False)``: ``(x, y)`` of ``n_b * BATCH`` rows.
+def mixed_epoch(train_set, memory, n_memory: int, n_b: int) -> tuple:
+    """``n_b`` batches laid out in order for ``fit(shuffle=False)``: ``(x, y)`` of ``n_b * BATCH`` rows.
 
     Batch ``j`` holds ``BATCH - n_memory`` rows of ``train_set`` (rows ``(j * b + i) mod N``,
-    ``b = BATCH - n_memory``, so every training row appears once per epoch) followed by ``n_memory``
-    rows of ``memory`` taken in turn (rows ``(j * n_memory + i) mod M``); ``n_b = ceil(N / b)``.
+    ``b = BATCH - n_memory``; with ``n_b >= N / b`` every training row appears in each pass) followed
+    by ``n_memory`` rows of ``memory`` taken in turn (rows ``(j * n_memory + i) mod M``).
     """
     (x, y), (xm, ym) = train_set, memory
     b = BATCH - n_memory
-    n_b = -(-len(x) // b)
     rows = (np.arange(n_b)[:, None] * b + np.arange(b)) % len(x)               # (n_b, b)
     mem = (np.arange(n_b)[:, None] * n_memory + np.arange(n_memory)) % len(xm)  # (n_b, n_memory)
     xb = np.concatenate([x[rows], xm[mem]], 1).reshape(n_b * BATCH, *x.shape[1:])
@@ -80,12 +79,14 @@ def task_accuracy(classes):
     return metric
 
 
-METRICS = {"A (0-4)": task_accuracy(TASK_A), "B (5-9)": task_accuracy(TASK_B)}  # one object: fit caches on it
+# one object each: every phase has the same shapes, so fit compiles its program once for all of them
+METRICS = {"A (0-4)": task_accuracy(TASK_A), "B (5-9)": task_accuracy(TASK_B)}
+ADAM = optax.adam(LEARNING_RATE)
 
 
 def train_phase(model, params, keys, train_data, test, steps: int, cfg) -> tuple:
     """``steps`` steps of every seed from a fresh Adam state: ``(params, {task: (S, E) test accuracy})``."""
-    r = bp.train.fit_many(model, bp.losses.softmax_cross_entropy, optax.adam(LEARNING_RATE), params, train_data,
+    r = bp.train.fit_many(model, bp.losses.softmax_cross_entropy, ADAM, params, train_data,
                           keys=keys, steps=steps, batch_size=BATCH, eval_data=test, eval_every=EVAL_EVERY,
                           metrics=METRICS, backward=cfg.backward, verbose=cfg.progress)
     return r.params, {t: r.history[f"eval_{t}"] for t in METRICS}
@@ -103,13 +104,15 @@ def run(cfg: common.Config) -> dict:
     keys = jax.random.split(jax.random.key(0), cfg.seeds)
     params = bp.train.init_many(model, keys, d["x"].shape[1:])
 
-    params_a, curve_a = train_phase(model, params, keys, mixed_epoch(train_a, memory), test, steps, cfg)
+    rehearsal = QUICK_REHEARSAL if cfg.quick else REHEARSAL
+    n_b = max(-(-len(t[0]) // (BATCH - max(rehearsal))) for t in (train_a, train_b))  # batches per pass, all phases
+    params_a, curve_a = train_phase(model, params, keys, mixed_epoch(train_a, memory, 0, n_b), test, steps, cfg)
     after_a = {k: float(v[:, -1].mean()) for k, v in curve_a.items()}
     cfg.log(f"phase 1 (task A, {steps} steps): test acc A {after_a['A (0-4)']:.3f}, B {after_a['B (5-9)']:.3f}")
     variants, rows, lines = {}, [], {}
-    for k in QUICK_REHEARSAL if cfg.quick else REHEARSAL:
+    for k in rehearsal:
         name = "no rehearsal" if k == 0 else f"rehearsal {k}/{BATCH} per batch"
-        _, curve_b = train_phase(model, params_a, keys, mixed_epoch(train_b, memory, k), test, steps, cfg)
+        _, curve_b = train_phase(model, params_a, keys, mixed_epoch(train_b, memory, k, n_b), test, steps, cfg)
         a, b = curve_b["A (0-4)"][:, -1], curve_b["B (5-9)"][:, -1]
         variants[name] = {"memory_rows_per_batch": k, "task_a_acc": float(a.mean()), "task_b_acc": float(b.mean()),
                           "task_a_acc_per_seed": a, "task_a_drop_points": 100 * (after_a["A (0-4)"] - float(a.mean())),

@@ -37,13 +37,21 @@ def make_model() -> bp.Layer:
 def autodiff_top_eigenvalue(model, loss, params, x, y, key, iters):
     """The same power iteration with ``jax.jvp(jax.grad(...))`` for the reference Hessian-vector product."""
     flat, unravel = jax.flatten_util.ravel_pytree(params)
-    g = jax.grad(lambda f: loss.value(model.forward(unravel(f), x)[0], y))
-    v = jax.random.normal(key, flat.shape)
-    v = v / jnp.linalg.norm(v)
-    for _ in range(iters):
-        w = jax.jvp(g, (flat,), (v,))[1]
-        v = w / jnp.linalg.norm(w)
-    return float(jnp.vdot(v, jax.jvp(g, (flat,), (v,))[1]))
+
+    @jax.jit
+    def power(flat, x, y, key):
+        g = jax.grad(lambda f: loss.value(model.forward(unravel(f), x)[0], y))
+        hv = lambda v: jax.jvp(g, (flat,), (v,))[1]  # noqa: E731
+
+        def step(_, v):
+            w = hv(v)
+            return w / jnp.linalg.norm(w)
+
+        v = jax.random.normal(key, flat.shape)
+        v = jax.lax.fori_loop(0, iters, step, v / jnp.linalg.norm(v))
+        return jnp.vdot(v, hv(v))
+
+    return float(power(flat, x, y, key))
 
 
 def run(cfg: common.Config) -> dict:

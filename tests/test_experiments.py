@@ -148,14 +148,17 @@ def test_regression_matches_least_squares(tmp_path):
 def test_mnist1d_table_ordering(tmp_path):
     m, out = run("mnist1d", tmp_path, "--seeds", "2")
     r = m["models"]
-    assert set(r) == {"logistic", "mlp", "cnn"} and all(len(v["per_seed"]) == 2 for v in r.values())
-    # the paper's ordering holds already after 200 steps: logistic < MLP < CNN, logistic near its 32%
+    assert set(r) == {"logistic", "mlp"} and all(len(v["per_seed"]) == 2 for v in r.values())
+    # the paper's ordering holds already after 200 steps: logistic well below the MLP, logistic near its 32%
     assert 20 < r["logistic"]["test_acc_percent"] < 40
-    assert r["logistic"]["test_acc_percent"] + 10 < r["mlp"]["test_acc_percent"] < r["cnn"]["test_acc_percent"]
+    assert r["logistic"]["test_acc_percent"] + 10 < r["mlp"]["test_acc_percent"]
     assert all(v["grad_check_max_rel_error"] < 1e-10 for v in r.values())  # float64 check, see common.check_run0
-    assert (out / "table.csv").read_text().count("\n") == 4
+    assert (out / "table.csv").read_text().count("\n") == 1 + 2
 
 
+# Measured 21-27 s of CPU each (2-core machine, shared): the slow set (-m slow) runs them, the default
+# suite keeps the experiment tests under a minute.
+@pytest.mark.slow
 def test_digits_cnn_beside_svc(tmp_path):
     m, out = run("digits", tmp_path, "--seeds", "1")
     assert m["n_train"] == 898 and m["n_test"] == 899
@@ -168,6 +171,9 @@ def test_digits_cnn_beside_svc(tmp_path):
     assert m["tie_subgradient_rel_difference"] > 1e-3
 
 
+# Measured 21-27 s of CPU each (2-core machine, shared): the slow set (-m slow) runs them, the default
+# suite keeps the experiment tests under a minute.
+@pytest.mark.slow
 def test_regularization_closes_the_gap(tmp_path):
     m, out = run("regularization", tmp_path, "--seeds", "1")
     r = m["settings"]
@@ -179,7 +185,7 @@ def test_regularization_closes_the_gap(tmp_path):
     for reg in (wd, drop):
         assert reg["memorised"] < 0.3 and reg["acc_gap"] < 0.3 * none["acc_gap"]
         assert reg["test_acc"] > none["test_acc"] + 0.1 and reg["test_loss"] < none["test_loss"]
-    assert (out / "regularization.csv").read_text().count("\n") == 4
+    assert (out / "regularization.csv").read_text().count("\n") == 1 + 4  # header, the four settings
 
 
 def test_forgetting_and_rehearsal(tmp_path):
