@@ -82,3 +82,24 @@ def test_the_dense_block_is_verbatim_from_dense_py():
     assert src is not None, "README.md: the Dense forward/backward block is missing"
     indented = textwrap.indent(src.rstrip("\n"), "    ", lambda s: s.strip() != "")
     assert indented in source, "README.md's Dense block differs from the code in bpjax/layers/dense.py"
+
+
+def test_the_error_messages_shown_are_bpjax_s():
+    """The README's example error messages are, word for word, what bpjax raises for those mistakes."""
+    import jax
+    import jax.numpy as jnp
+
+    import bpjax as bp
+    from bpjax import layers as L
+
+    text = README.read_text()
+    shown = next((src for lang, _, src in blocks(text[text.index("### Errors"):]) if lang == "text"), "")
+    model = bp.serial(L.Dense(100), L.Relu(), L.Dense(10))
+    _, params = model.init(jax.random.key(0), (40,))
+    grad = bp.value_and_grad(model, bp.losses.softmax_cross_entropy)
+    raised = []
+    for x, y in ((jnp.ones((32, 30)), jnp.zeros(32, int)), (jnp.ones((32, 40)), jnp.arange(32) % 10 + 5)):
+        with pytest.raises(bp.BpjaxError) as e:
+            grad(params, x, y)
+        raised.append(str(e.value))
+    assert shown.splitlines() == raised, f"README.md's Errors block:\n{shown}\nbpjax raises:\n" + "\n".join(raised)
