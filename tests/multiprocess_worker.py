@@ -19,6 +19,7 @@ import sys
 import numpy as np
 
 N, N_EVAL, FEATURES, CLASSES, B = 96, 32, 12, 4, 16
+HUGE_ROW = 70  # in process 1's rows; with this key its batch comes after others
 
 
 class Stop(Exception):
@@ -57,18 +58,20 @@ def run(mesh, tmp: str) -> dict:
         for k, v in res.history.items():
             out[f"{name}/{k}"] = np.asarray(v)
 
-    # 1. shuffled epochs, evaluation, a progress bar and a callback (process 0's only)
+    # 1. shuffled epochs, evaluation, the NaN guard on, a progress bar and a callback (process 0's only);
+    # 2. and 3. below run the same plan: one compiled program for the three
+    kw = dict(steps=9, batch_size=B, key=jax.random.key(1), shuffle=True, eval_data=(xe, ye), eval_every=3,
+              chunk_size=3, nan_guard=True, mesh=mesh)
     seen = []
-    res = bp.train.fit(model, XENT, adam, p0, rows(x, y), steps=9, batch_size=B, key=jax.random.key(1),
-                       shuffle=True, eval_data=(xe, ye), eval_every=3, chunk_size=3, verbose=True, mesh=mesh,
-                       callback=lambda s, r: seen.append(s))
+    res = bp.train.fit(model, XENT, adam, p0, rows(x, y), verbose=True, callback=lambda s, r: seen.append(s), **kw)
     record("shuffle", res)
     out["shuffle/callback_steps"] = np.asarray(seen, np.int64)
 
-    # 2. the NaN guard: a huge learning rate overflows the params within a few steps
+    # 2. the NaN guard: one row of process 1 so large (finite) that its batch's first layer overflows
+    x_huge = x.copy()
+    x_huge[HUGE_ROW] = 3e38
     try:
-        bp.train.fit(model, XENT, optax.sgd(1e30), p0, rows(x, y), steps=6, batch_size=B, chunk_size=3,
-                     nan_guard=True, verbose=False, mesh=mesh)
+        bp.train.fit(model, XENT, adam, p0, rows(x_huge, y), verbose=False, **kw)
         raise AssertionError("the NaN guard did not stop the run")
     except bp.BpjaxError as e:
         out["nan/message"], out["nan/step"] = np.asarray(str(e)), np.asarray(e.step)
@@ -76,16 +79,14 @@ def run(mesh, tmp: str) -> dict:
             out[f"nan/param{i}"] = np.asarray(leaf)
 
     # 3. stopped by the callback at step 6, resumed: each process has its own directory (as hosts with
-    # their own disks), and only process 0 writes and reads its checkpoint. The run of 1. with another
-    # key: the same compiled program
+    # their own disks), and only process 0 writes and reads its checkpoint. The run of 1. with another key
     saves = []
     real_save = checkpoint.save
     checkpoint.save = lambda *a, **k: (saves.append(a[0]), real_save(*a, **k))[1]
     directory = os.path.join(tmp, f"disk_{p}")
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, "run.npz")
-    kw = dict(steps=9, batch_size=B, key=jax.random.key(2), shuffle=True, eval_data=(xe, ye), eval_every=3,
-              chunk_size=3, checkpoint_path=path, verbose=False, mesh=mesh)
+    kw = dict(kw, key=jax.random.key(2), checkpoint_path=path, verbose=False)
 
     def stop_at_6(step, _):
         if step == 6:
