@@ -45,10 +45,8 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
       ``True`` when it started the distributed runtime, ``False`` for one process.
     """
     env = [os.environ.get(k) for k in ENV]
-    coordinator_address = coordinator_address or env[0]
-    num_processes = num_processes if num_processes is not None else env[1]
-    process_id = process_id if process_id is not None else env[2]
-    given = (coordinator_address, num_processes, process_id)
+    given = (coordinator_address or env[0], env[1] if num_processes is None else num_processes,
+             env[2] if process_id is None else process_id)
     if all(v is None for v in given):
         return False
     missing = [k for k, v in zip(ENV, given) if v is None]
@@ -56,13 +54,16 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
         raise _errors.BpjaxError("initialize", f"expected coordinator_address, num_processes and process_id "
                                                f"(or the variables {', '.join(ENV)}) together, got none for "
                                                f"{missing}")
-    num_processes = _errors.positive_int("initialize", "num_processes", int(num_processes))
-    process_id = int(process_id)
-    if not 0 <= process_id < num_processes:
-        raise _errors.BpjaxError("initialize", f"process_id must lie in [0, {num_processes}), got {process_id}")
+    try:
+        count, index = int(given[1]), int(given[2])  # type: ignore[arg-type]  # not None: checked above
+    except ValueError:
+        raise _errors.BpjaxError("initialize", f"num_processes and process_id must be integers, got "
+                                               f"{given[1]!r} and {given[2]!r}") from None
+    count = _errors.positive_int("initialize", "num_processes", count)
+    if not 0 <= index < count:
+        raise _errors.BpjaxError("initialize", f"process_id must lie in [0, {count}), got {index}")
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                               process_id=process_id)
+    jax.distributed.initialize(coordinator_address=given[0], num_processes=count, process_id=index)
     return True
 
 

@@ -25,10 +25,10 @@ STREAM_BLOCK_BYTES = 16 << 20  # a streamed run's default block of batches at mo
 
 def chunk_bounds(start: int, steps: int, chunk_size: int, checkpoint_every) -> list:
     """``[(lo, hi), ...]`` from ``start`` to ``steps``, cut every ``chunk_size`` and ``checkpoint_every`` steps."""
-    cuts = set(range(0, steps, chunk_size)) | {steps}
+    every = set(range(0, steps, chunk_size)) | {steps}
     if checkpoint_every:
-        cuts |= set(range(0, steps, checkpoint_every))
-    cuts = sorted(c for c in cuts if c >= start)
+        every |= set(range(0, steps, checkpoint_every))
+    cuts = sorted(c for c in every if c >= start)
     if not cuts or cuts[0] != start:
         cuts = [start, *cuts]
     return list(zip(cuts[:-1], cuts[1:]))

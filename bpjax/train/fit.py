@@ -285,8 +285,10 @@ def fit_many(model: Layer, loss, optimizer, params, train_data: Tuple[Any, Any],
         if keys is None:
             raise _errors.BpjaxError(where, "params=None needs keys to initialise the models")
         if is_stream(train_data):  # the input shape from the first batch (kept and trained on)
-            train_data = Stream(where, train_data, batch_size, mesh)
-        x0 = train_data.first[0] if isinstance(train_data, Stream) else train_data[0]
+            stream = Stream(where, train_data, batch_size, mesh)
+            x0, train_data = stream.first[0], stream  # type: ignore[assignment]
+        else:
+            x0 = train_data[0]
         init_keys, keys = split_many(keys)
         params = init_many(model, init_keys, np.shape(x0)[1:])
     first = lambda tree: jax.tree.map(lambda a: a[0], tree)  # noqa: E731

@@ -103,7 +103,7 @@ def raise_if_bad(carry, batched) -> None:
     who = f"model {model}: " if batched else ""
     err = _errors.BpjaxError("fit", f"{who}non-finite {what} at step {step} (0-based); the returned params "
                                     f"are those before that step (nan_guard=True)")
-    err.params, err.step = carry[0], step
+    err.params, err.step = carry[0], step  # type: ignore[attr-defined]  # the guard's report, on the error
     raise err
 
 
