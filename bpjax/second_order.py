@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from bpjax import _errors
 from bpjax.core import Layer, check_key, check_model
-from bpjax.grad import gradients
+from bpjax.grad import check_inputs, gradients
 
 
 def _grad_of_params(model, loss, x, y, state, key, train, where):
@@ -76,6 +76,7 @@ def top_eigenvalue(model: Layer, loss, *, iters: int = 20):
 
     def fn(params, x, y, key, *, state=None, train=True):
         check_key("top_eigenvalue", key, allow_none=False)
+        x, y = check_inputs("top_eigenvalue", x, y)  # at once, before the power iteration is traced
         g = _grad_of_params(model, loss, x, y, state, None, train, "top_eigenvalue")
         flat, unravel = jax.flatten_util.ravel_pytree(params)
         v = jax.random.normal(key, flat.shape, flat.dtype)
