@@ -131,7 +131,7 @@ def as_shape(where: str, input_shape) -> Shape:
     if not ok(input_shape):
         raise _errors.BpjaxTypeError(where, f"input_shape must be a tuple of ints >= 1 (one example, no batch "
                                             f"axis), e.g. (40,) or (28, 28, 1), got {input_shape!r:.80}")
-    return tuple(tuple(d) if isinstance(d, list) else d for d in input_shape)
+    return tuple(tuple(d) if isinstance(d, list) else d for d in input_shape)  # type: ignore[misc]
 
 
 _CHECKED: "weakref.WeakValueDictionary[Any, Callable]" = weakref.WeakValueDictionary()
@@ -219,7 +219,7 @@ def init(layer: Layer, key: PRNGKey, input_shape: Shape, *, state: bool = False)
     """
     if state and layer.init_state is None:
         return contract.init_output(layer.name, layer.init(key, input_shape))[0], ()
-    fn = layer.init_state if state else layer.init
+    fn: Any = layer.init_state if state else layer.init
     return contract.init_output(layer.name, fn(key, input_shape))
 
 

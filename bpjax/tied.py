@@ -44,7 +44,7 @@ def _set(tree, path: Path, value):
     if isinstance(tree, dict):
         return {**tree, k: _set(tree[k], rest, value)}
     items = list(tree)
-    items[k] = _set(items[k], rest, value)
+    items[k] = _set(items[k], rest, value)  # type: ignore[index]
     return type(tree)(items) if isinstance(tree, list) else tuple(items)
 
 

@@ -96,7 +96,7 @@ def resolve_metrics(where: str, metrics, y, pred_shape=None) -> dict:
     if isinstance(metrics, str):
         metrics = (metrics,)
     known = {"accuracy": accuracy}
-    out = {}
+    out: dict = {}
     for m in metrics:
         if m == "loss":
             out["loss"] = None  # filled in with the training loss
@@ -121,7 +121,7 @@ def check_opt_state(where: str, optimizer, params, opt_state) -> None:
     """
     expected = jax.eval_shape(optimizer.init, params)
     got_s, want_s = jax.tree.structure(opt_state), jax.tree.structure(expected)
-    if got_s != want_s:
+    if got_s != want_s:  # type: ignore[operator]
         shapes = lambda t: [tuple(np.shape(a)) for a in jax.tree.leaves(t)]  # noqa: E731
         plain = (shapes(opt_state) == shapes(expected) and
                  any(isinstance(a, (dict, list)) for a in jax.tree.leaves(opt_state, is_leaf=lambda t: isinstance(
