@@ -59,7 +59,7 @@ def forward_output(where: str, out, contextual: bool) -> tuple:
 def _check_like(where: str, what: str, got, like) -> None:
     """``got`` has the structure of ``like``, and each leaf its shape and (inexact) dtype."""
     s_got, s_like = jax.tree.structure(got), jax.tree.structure(like)
-    if s_got != s_like:
+    if s_got != s_like:  # type: ignore[operator]
         raise _errors.BpjaxError(where, f"backward returned {what} with structure {s_got}, expected the structure "
                                         f"of {'params' if what == 'dparams' else 'the input'} {s_like}")
     for (path, g), l in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(like)):
