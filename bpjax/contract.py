@@ -33,10 +33,32 @@ def _dtype(a):
     return a.dtype if hasattr(a, "dtype") else jnp.result_type(a)
 
 
+def describe(value) -> str:
+    """A short description of a returned value for an error message: ``an array of shape (8, 3) and dtype float32``."""
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        return f"an array of shape {_shape(value)} and dtype {_dtype(value)}"
+    if isinstance(value, tuple):
+        return f"a tuple of length {len(value)}"
+    if isinstance(value, dict):
+        return f"a dict with keys {sorted(map(str, value))}"
+    return "None" if value is None else f"a {type(value).__name__}"
+
+
+_HINTS = {
+    ("init", 2): {dict: " (params alone? init returns the output shape too)"},
+    ("forward", 2): {"array": " (the residuals the backward needs are missing)",
+                     3: " (a simple layer returns no new_state; give it init_state to make it contextual)"},
+    ("forward", 3): {"array": " (the residuals the backward needs, and the new state, are missing)",
+                     2: " (a contextual layer also returns its new state, e.g. the state it was given)"},
+    ("backward", 2): {"array": " (dparams first, then dx)"},
+}
+
+
 def _pair(where: str, out, what: str, names: str, n: int = 2):
     if not isinstance(out, tuple) or len(out) != n:
-        got = f"a tuple of length {len(out)}" if isinstance(out, tuple) else f"a {type(out).__name__}"
-        raise _errors.BpjaxError(where, f"{what} must return {names}, got {got}")
+        hints = _HINTS.get((what, n), {})
+        kind = len(out) if isinstance(out, tuple) else "array" if hasattr(out, "shape") else type(out)
+        raise _errors.BpjaxError(where, f"{what} must return {names}, got {describe(out)}{hints.get(kind, '')}")
     return out
 
 
@@ -56,25 +78,33 @@ def forward_output(where: str, out, contextual: bool) -> tuple:
     return _pair(where, out, "forward", "(y, residuals)")
 
 
+def _paths(tree) -> set:
+    return {jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_leaves_with_path(tree)}
+
+
 def _check_like(where: str, what: str, got, like) -> None:
     """``got`` has the structure of ``like``, and each leaf its shape and (inexact) dtype."""
+    of = "params" if what == "dparams" else "the input"
     s_got, s_like = jax.tree.structure(got), jax.tree.structure(like)
     if s_got != s_like:  # type: ignore[operator]
+        missing, extra = sorted(_paths(like) - _paths(got)), sorted(_paths(got) - _paths(like))
+        detail = "".join([f"; missing {what}{', '.join(missing)}" if missing else "",
+                          f"; not in {of}: {what}{', '.join(extra)}" if extra else ""])
         raise _errors.BpjaxError(where, f"backward returned {what} with structure {s_got}, expected the structure "
-                                        f"of {'params' if what == 'dparams' else 'the input'} {s_like}")
+                                        f"of {of} {s_like}{detail}")
     for (path, g), l in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(like)):
         lt = _dtype(l)
         if not jnp.issubdtype(lt, jnp.inexact):
             continue  # integer inputs (ids) and integer params get no gradient
         leaf = what + jax.tree_util.keystr(path)
+        mine = f"params{jax.tree_util.keystr(path)}" if what == "dparams" else f"x{jax.tree_util.keystr(path)}"
         if _shape(g) != _shape(l):
+            hint = " (transposed?)" if _shape(g) == _shape(l)[::-1] and len(_shape(l)) > 1 else ""
             raise _errors.BpjaxError(where, f"backward returned {leaf} of shape {_shape(g)}, expected "
-                                            f"{_shape(l)} (the shape of "
-                                            f"{'its parameter' if what == 'dparams' else 'the input'})")
+                                            f"{_shape(l)} (the shape of {mine}){hint}")
         if _dtype(g) != lt:
             raise _errors.BpjaxTypeError(where, f"backward returned {leaf} of dtype {_dtype(g)}, expected "
-                                                f"{lt} (the dtype of "
-                                                f"{'its parameter' if what == 'dparams' else 'the input'})")
+                                                f"{lt} (the dtype of {mine})")
 
 
 def backward_output(where: str, out, params, like_x: Any = None) -> tuple:

@@ -1,0 +1,104 @@
+"""The three-way verdict: hand-written against the reference, and float64 finite differences as the arbiter.
+
+Each row first compares the hand-written gradient with the reference (``jax.grad``) in the model's
+dtype. Finite differences run on every row with ``finite_differences=True``, on the rows that
+disagree with ``finite_differences=None`` (the default), never with ``False``. Where they ran:
+
+- the float64 hand-written gradient must match them to ``fd_rtol`` (the maths);
+- when manual and reference disagree, each is held against them at ``max(fd_rtol, rtol)``: the one
+  that agrees is right, and the report says in words which one is wrong.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, List, Optional, Sequence, Tuple
+
+from bpjax.gradcheck import fd as _fd
+from bpjax.gradcheck import measure, report
+from bpjax.gradcheck.report import LeafCheck
+
+World = Callable[[], Tuple[list, Callable, list]]  # () -> (float64 point, value(leaves), float64 manual rows)
+
+
+def _which(rows: Sequence[LeafCheck], verdict: str) -> List[str]:
+    return [r.label or r.name for r in rows if r.verdict == verdict]
+
+
+def _listing(labels: List[str]) -> str:
+    return ", ".join(labels[:4]) + (f" and {len(labels) - 4} more" if len(labels) > 4 else "")
+
+
+def judge(names, labels, manual, reference, *, dtype, rtol: float, rtol_given: bool, finite_differences,
+          world: World, fd_eps: float, fd_rtol: float, fd_directions: int, seed: int,
+          reference_name: str) -> Tuple[List[LeafCheck], Tuple[str, ...], tuple]:
+    """Rows, sentences and tolerances of a report (see the module docstring for the verdict)."""
+    comps = measure.compare(manual, reference, rtol)
+    fd_rows = [] if finite_differences is False else \
+        list(range(len(comps))) if finite_differences else [i for i, c in enumerate(comps) if not c.agree]
+    arb = max(fd_rtol, rtol)
+    errs: dict = {}
+    if fd_rows:
+        point, value, manual64 = world()
+        errs = _fd.directional_errors(value, point, {"fd": manual64, "fd manual": manual, "fd reference": reference},
+                                      fd_rows, eps=fd_eps, directions=fd_directions, seed=seed,
+                                      smooth_tol=fd_rtol / 2)
+    rows = []
+    for i, (name, label, m, c) in enumerate(zip(names, labels, manual, comps)):
+        failed = () if c.agree else ("reference",)
+        e = errs.get(i)
+        if i not in errs:
+            verdict = report.OK if c.agree else report.UNDECIDED
+        elif e is None:  # finite differences inconclusive: every direction crossed a kink
+            verdict = report.OK if c.agree else report.UNDECIDED
+        else:
+            bad = {"fd": e["fd"] > fd_rtol, "fd manual": e["fd manual"] > arb, "fd reference": e["fd reference"] > arb}
+            failed += tuple(k for k, v in bad.items() if v)
+            manual_ok = not bad["fd"] and (c.agree or not bad["fd manual"])
+            if c.agree:
+                verdict = report.OK if manual_ok else report.BOTH_WRONG
+            elif manual_ok:
+                verdict = report.REFERENCE_WRONG if bad["fd reference"] else report.OK
+            else:
+                verdict = report.BOTH_WRONG if bad["fd reference"] else report.MANUAL_WRONG
+        rows.append(LeafCheck(name, tuple(getattr(m, "shape", ())), c.max_abs_error, c.max_rel_error, c.cosine,
+                              None if not e else e["fd"], label, verdict, None if not e else e["fd manual"],
+                              None if not e else e["fd reference"], failed))
+    notes = _sentences(rows, reference_name, finite_differences, errs, fd_rows)
+    tol = measure.tolerances(dtype, rtol, rtol_given, (fd_rtol, arb, fd_eps) if fd_rows else None)
+    return rows, notes, tol
+
+
+def _sentences(rows, ref: str, finite_differences, errs, fd_rows) -> Tuple[str, ...]:
+    out = []
+    wrong_ref, wrong_man = _which(rows, report.REFERENCE_WRONG), _which(rows, report.MANUAL_WRONG)
+    both, undecided = _which(rows, report.BOTH_WRONG), _which(rows, report.UNDECIDED)
+    if not (wrong_ref or wrong_man or both or undecided):
+        tail = ", and float64 finite differences agree" if finite_differences and len(fd_rows) == len(rows) else ""
+        resolved = [r.label or r.name for r in rows if "reference" in r.failed]
+        out.append(f"the hand-written gradient agrees with {ref} on all {len(rows)} rows{tail}" if not resolved else
+                   f"the hand-written gradient and {ref} differ on {_listing(resolved)} by less than finite "
+                   f"differences resolve: both agree with them")
+    if wrong_ref:
+        hint = " (the XLA CPU behaviour in the README, 'jax.grad under jit on XLA CPU'; reference='eager' " \
+               "avoids it)" if ref == "jax.grad under jit" else ""
+        out.append(f"{ref} disagrees with finite differences on {_listing(wrong_ref)}; the hand-written gradient "
+                   f"agrees{hint}")
+    if wrong_man:
+        out.append(f"the hand-written gradient disagrees with finite differences on {_listing(wrong_man)}; "
+                   f"{ref} agrees")
+    if both:
+        out.append(f"finite differences contradict both the hand-written gradient and {ref} on {_listing(both)}")
+    if undecided:
+        why = "finite differences are off (finite_differences=False)" if finite_differences is False else \
+            "finite differences are inconclusive (every direction crossed a kink within eps)"
+        out.append(f"the hand-written gradient and {ref} disagree on {_listing(undecided)}; {why}, so nothing "
+                   f"decides which one is wrong")
+    inconclusive = [rows[i].label or rows[i].name for i in fd_rows if errs.get(i) is None]
+    if inconclusive and not undecided:
+        out.append(f"finite differences inconclusive on {_listing(inconclusive)} (kinks within eps)")
+    return tuple(out)
+
+
+def pinned_sentence(pinned: Optional[str], what: str) -> str:
+    return f"pinned to {pinned}: the first layer, going backward, whose own backward disagrees with jax.vjp " \
+           f"of its forward ({what})"

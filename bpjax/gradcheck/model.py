@@ -1,0 +1,172 @@
+"""``check_gradients``: a whole model and loss, every parameter leaf and the input, with a three-way verdict."""
+
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bpjax import _errors
+from bpjax.core import Layer, check_model
+from bpjax.grad import gradients
+from bpjax.gradcheck import judge as _judge
+from bpjax.gradcheck import measure, paths, world64
+from bpjax.gradcheck.report import GradientReport
+from bpjax.gradcheck.sweep import sweep as sweep_layers
+from bpjax.losses import as_loss
+
+REFERENCES = {"jit": "jax.grad under jit", "eager": "jax.grad, eager (not under jit)"}
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _manual(model, loss, train, params, x, y, state, key):
+    """The hand-written ``(value, new_state, (dparams, dx))``; value checks (labels in range) through ``checkify``."""
+    fn = gradients(model, loss, wrt_input=True)
+    return _errors.checked(lambda p, x, y: fn(p, x, y, state, key, train))(params, x, y)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _manual64(model, loss, train, params, x, y, state, key):
+    return gradients(model, loss, wrt_input=True)(params, x, y, state, key, train)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _reference_jit(model, loss, train, params, x, y, state, key):
+    """``jax.grad`` of the same forward and loss, compiled alone (as ``fit(backward="autodiff")`` compiles it)."""
+    return gradients(model, loss, backward="autodiff", wrt_input=True)(params, x, y, state, key, train)
+
+
+def reference_gradients(reference: str, model, loss, train, params, x, y, state, key):
+    if reference == "jit":
+        return _reference_jit(model, loss, train, params, x, y, state, key)
+    return gradients(model, loss, backward="autodiff", wrt_input=True)(params, x, y, state, key, train)
+
+
+def check_data(where: str, x) -> None:
+    for a in jax.tree.leaves(x):
+        if _errors.is_concrete(a) and measure.inexact(a) and not bool(jnp.all(jnp.isfinite(a))):
+            raise _errors.BpjaxError(where, f"x contains NaN or Inf ({int(jnp.sum(~jnp.isfinite(a)))} entries)")
+
+
+def check_settings(where: str, rtol, fd_eps, fd_rtol, fd_directions, finite_differences, reference, sweep_) -> None:
+    """Tolerances and settings: positive numbers, a positive int, ``None``/bool switches, a known reference."""
+    for what, value in (("rtol", rtol), ("fd_eps", fd_eps), ("fd_rtol", fd_rtol)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
+            raise _errors.BpjaxError(where, f"{what} must be a positive number, got {value!r}")
+    if isinstance(fd_directions, bool) or not isinstance(fd_directions, int) or fd_directions < 1:
+        raise _errors.BpjaxError(where, f"fd_directions must be a positive int, got {fd_directions!r}")
+    for what, value in (("finite_differences", finite_differences), ("sweep", sweep_)):
+        if value is not None and not isinstance(value, bool):
+            raise _errors.BpjaxTypeError(where, f"{what} must be None (when needed), True or False, got {value!r}")
+    if reference not in REFERENCES:
+        raise _errors.BpjaxError(where, f"reference must be one of {tuple(REFERENCES)}, got {reference!r}")
+
+
+def rows_of(params, x, labels):
+    """Positions, tree-path names and labels of the rows: the inexact leaves of ``(params, x)``."""
+    flat = jax.tree_util.tree_leaves_with_path((params, x))
+    names = [("params" if path[0].idx == 0 else "input x") + jax.tree_util.keystr(path[1:]) for path, _ in flat]
+    labels = list(labels) + names[len(labels):]
+    keep = [i for i, (_, a) in enumerate(flat) if measure.inexact(a)]
+    return keep, [names[i] for i in keep], [labels[i] for i in keep]
+
+
+def make_world(run, args_before, args_after, point_tree, keep, dtype, key):
+    """The float64 copy: ``() -> (point, value(leaves), float64 manual rows)`` for :func:`bpjax.gradcheck.judge`.
+
+    ``run(*args_before, p, x, *args_after, key) -> (value, _, (dparams, dx))`` is compiled in float64;
+    ``point_tree = (params, x)``.
+    """
+    def world():
+        with jax.enable_x64(True):
+            before, after, tree = world64.to64((args_before, args_after, point_tree))
+            k64 = world64.same_draws_key(key, dtype)
+            flat, treedef = jax.tree.flatten(tree)
+
+            def value(leaves):
+                with jax.enable_x64(True):
+                    full = list(flat)
+                    for i, leaf in zip(keep, leaves):
+                        full[i] = jnp.asarray(leaf, jnp.float64)
+                    return float(run(*before, *jax.tree.unflatten(treedef, full), *after, k64)[0])
+
+            _, _, grads = run(*before, *tree, *after, k64)
+            g = jax.tree.leaves(grads)
+            return [np.asarray(flat[i]) for i in keep], value, [np.asarray(g[i]) for i in keep]
+
+    return world
+
+
+def check_gradients(model: Layer, loss, params, x, y, *, state=None, key=None, train: bool = True,
+                    rtol: Optional[float] = None, finite_differences: Optional[bool] = None,
+                    fd_eps: float = 1e-5, fd_rtol: float = 1e-6, fd_directions: int = 3, seed: int = 0,
+                    reference: str = "jit", sweep: Optional[bool] = None) -> GradientReport:
+    """Check the hand-written gradients of ``loss(model(params, x), y)``: rows, a verdict in words, the culprit layer.
+
+    Every parameter leaf and the input get a row named by layer path (``serial[2] Swish: beta``):
+    the hand-written gradient against ``jax.grad`` in the model's dtype, and where they disagree,
+    float64 finite differences (same params, same random draws) decide which one is wrong. When the
+    hand-written gradient is wrong and the model is a ``serial``, a per-layer sweep pins the bug to
+    its layer. See :mod:`bpjax.gradcheck` for the measures and tolerances; the report prints them.
+
+    Args:
+      model, loss: the model and loss (a :class:`bpjax.losses.Loss` or a plain function).
+      params, x, y: the point to check at; ``x: (B, ...)``.
+      state, key, train: the context of a contextual model (its state and PRNG key).
+      rtol: tolerance of manual vs reference (default by dtype: f64 1e-10, f32 1e-4).
+      finite_differences: ``None`` (default) on the rows where manual and reference disagree,
+        ``True`` on every row, ``False`` never.
+      fd_eps, fd_rtol, fd_directions, seed: step, tolerance, smooth random directions per row, seed.
+      reference: ``"jit"`` (``jax.grad`` compiled, as training with ``backward="autodiff"`` runs it)
+        or ``"eager"`` (op by op, not under ``jit``: immune to the XLA CPU behaviour in the README).
+      sweep: the per-layer sweep: ``None`` (default) when a row fails, ``True`` always, ``False`` never.
+
+    Returns:
+      A :class:`GradientReport`; ``print`` it, test ``report.ok``.
+    """
+    check_model(model)
+    loss = as_loss(loss)
+    for leaf in jax.tree.leaves(x):  # float inputs, or integer ids (embeddings: no input gradient)
+        dtype = jnp.result_type(leaf)
+        if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)):
+            raise _errors.BpjaxTypeError(model.name, f"expected a real floating-point input (or integer ids), "
+                                                     f"got dtype {dtype}")
+    check_data("check_gradients", x)
+    check_settings("check_gradients", rtol, fd_eps, fd_rtol, fd_directions, finite_differences, reference, sweep)
+    error, (_, _, manual) = _manual(model, loss, train, params, x, y, state, key)
+    _errors.throw(error)
+    ref = reference_gradients(reference, model, loss, train, params, x, y, state, key)[2]
+    keep, names, labels = rows_of(params, x, paths.labels(model, params))
+    m, r = jax.tree.leaves(manual), jax.tree.leaves(ref)
+    dtype = measure.model_dtype(jax.tree.leaves((params, x)))
+    tol = measure.default_rtol(dtype, rtol)
+    run64 = functools.partial(_manual64, model, loss, train) if dtype != world64.F64 else \
+        (lambda *args: _manual(model, loss, train, *args)[1])  # a float64 model: its own program
+    world = make_world(run64, (), (y, state), (params, x), keep, dtype, key)
+    rows, notes, tols = _judge.judge(names, labels, [m[i] for i in keep], [r[i] for i in keep], dtype=dtype,
+                                     rtol=tol, rtol_given=rtol is not None, finite_differences=finite_differences,
+                                     world=world, fd_eps=fd_eps, fd_rtol=fd_rtol, fd_directions=fd_directions,
+                                     seed=seed, reference_name=REFERENCES[reference])
+    sweep_rows, pinned, more = run_sweep(sweep, rows, model, loss, params, x, y, state, key, train, tol)
+    title = f"check_gradients({model.name}, {loss.name})"
+    return GradientReport(title, rows, tol, fd_rtol if any(row.fd_rel_error is not None for row in rows) else None,
+                          tols, notes + more, sweep_rows, pinned, REFERENCES[reference])
+
+
+def run_sweep(sweep, rows, model, loss, params, x, target, state, key, train, tol):
+    """The per-layer sweep when asked (``True``) or when a row fails (``None``): ``(rows, pinned, sentences)``."""
+    if not (sweep or (sweep is None and not all(row.ok for row in rows))):
+        return (), None, ()
+    if not (paths.kind(model) == "serial" and paths.per_child(model, params)):
+        return (), None, ("per-layer sweep: the model is not a bp.serial; check its layers with bp.check_layer",)
+    sweep_rows, pinned = sweep_layers(model.children, loss, params, x, target, () if state is None else state, key,
+                                      train, tol)
+    if pinned is None:
+        return sweep_rows, None, ("per-layer sweep: every layer's own backward agrees with jax.vjp of its forward",)
+    bad = [r.label.split(": ", 1)[-1] for r in sweep_rows if r.label.startswith(pinned + ":") and not r.ok]
+    return sweep_rows, pinned, (_judge.pinned_sentence(pinned, ", ".join(bad) or "its gradients"),)
+
+
