@@ -58,7 +58,7 @@ def _pair(where: str, out, what: str, names: str, n: int = 2):
     if not isinstance(out, tuple) or len(out) != n:
         hints = _HINTS.get((what, n), {})
         kind = len(out) if isinstance(out, tuple) else "array" if hasattr(out, "shape") else type(out)
-        raise _errors.BpjaxError(where, f"{what} must return {names}, got {describe(out)}{hints.get(kind, '')}")
+        raise _errors.BpjaxError(where, f"{what} must return {names}, got {describe(out)}{hints.get(kind, '')}")  # type: ignore[attr-defined]
     return out
 
 

@@ -52,7 +52,7 @@ def judge(names, labels, manual, reference, *, dtype, rtol: float, rtol_given: b
             verdict = report.OK if c.agree else report.UNDECIDED
         else:
             bad = {"fd": e["fd"] > fd_rtol, "fd manual": e["fd manual"] > arb, "fd reference": e["fd reference"] > arb}
-            failed += tuple(k for k, v in bad.items() if v)
+            failed += tuple(k for k, v in bad.items() if v)  # type: ignore[assignment]
             manual_ok = not bad["fd"] and (c.agree or not bad["fd manual"])
             if c.agree:
                 verdict = report.OK if manual_ok else report.BOTH_WRONG

@@ -94,7 +94,7 @@ def sweep(layers: tuple, loss, params, x, target, state, key, train: bool, rtol:
         entries += [(i, "input", f"{where}{layer.name}: input" + (f"[{j}]" if len(rx) > 1 else ""),
                      f"a_{i - 1}" if i else "x", m, r) for j, (m, r) in enumerate(zip(mx, rx))]
     comps = measure.compare([e[4] for e in entries], [e[5] for e in entries], rtol)
-    top = max((float(jnp.max(jnp.abs(e[5]))) for e in entries if jnp.size(e[5])), default=0.0)
+    top = max((float(jnp.max(jnp.abs(e[5]))) for e in entries if jnp.size(e[5])), default=0.0)  # type: ignore[arg-type]
     rows, failing = [], set()
     for (i, what, label, name, m, r), c in zip(entries, comps):
         verdict = report.OK if c.agree else report.MANUAL_WRONG
@@ -103,7 +103,7 @@ def sweep(layers: tuple, loss, params, x, target, state, key, train: bool, rtol:
             verdict = report.ABSORBED
         if verdict == report.MANUAL_WRONG:
             failing.add(i)
-        rows.append(LeafCheck(name, tuple(jnp.shape(m)),
+        rows.append(LeafCheck(name, tuple(jnp.shape(m)),  # type: ignore[arg-type]
                               c.max_abs_error, c.max_rel_error, c.cosine, label=label, verdict=verdict,
                               failed=() if c.agree else ("reference",)))
     if not failing:
