@@ -1,0 +1,219 @@
+"""Every number the README quotes from a benchmark or an experiment equals a committed results file.
+
+Each entry of ``CLAIMS`` is a README phrase (a regular expression whose named groups are numbers; the README's line
+breaks read as spaces)
+and, for each group, where the number comes from: a committed JSON file (``benchmarks/results/*.json``,
+``docs/results/*.json``), a path into it (or a function of the whole file, for ranges and
+ratios) and the format the README prints it in. The test re-formats the committed value and
+compares strings, so a number can no longer drift from the run that produced it: rerun the
+benchmark or the experiment, commit its JSON, and the README must follow.
+"""
+
+import importlib.util
+import json
+import re
+from pathlib import Path
+from typing import Any, Callable, Dict, NamedTuple, Tuple, Union
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+NUM = r"[-+]?[\d.]+(?:e[-+]?\d+)?"
+
+Getter = Union[str, Callable[[Any], Any]]  # "a.b.c" (keys of nested dicts) or fn(whole json)
+
+
+class Claim(NamedTuple):
+    """A README phrase; ``numbers[group] = (getter, format)``, the format a ``str.format`` spec or a function."""
+
+    name: str
+    phrase: str
+    source: str
+    numbers: Dict[str, Tuple[Getter, Union[str, Callable[[Any], str]]]]
+
+
+def get(tree, getter: Getter):
+    if callable(getter):
+        return getter(tree)
+    for part in getter.split("."):
+        tree = tree[int(part)] if isinstance(tree, list) else tree[part]
+    return tree
+
+
+def fmt(value, spec) -> str:
+    return spec(value) if callable(spec) else spec.format(value)
+
+
+def sig(value, digits: int = 2) -> str:
+    """``value`` with ``digits`` significant digits as the README prints small errors: 4.5e-7, 0, 3e-16."""
+    if value == 0:
+        return "0"
+    mantissa, exponent = f"{value:.{digits - 1}e}".split("e")
+    mantissa = mantissa.rstrip("0").rstrip(".") if "." in mantissa else mantissa
+    return f"{mantissa}e{int(exponent)}"
+
+
+def span(values, spec="{:.1f}") -> str:
+    """``min-max`` of ``values`` as the README prints a range (``1.0-1.3``)."""
+    return f"{fmt(min(values), spec)}-{fmt(max(values), spec)}"
+
+
+BENCH = "benchmarks/results/bench.json"
+LAYERS = "benchmarks/results/layer_errors.json"
+STREAM = "benchmarks/results/bench_stream.json"
+GPT, CHAR_RNN = "docs/results/gpt.json", "docs/results/char_rnn.json"
+MODELS = ("mlp", "cnn", "gru")
+
+
+def _mnist1d_row(model: str) -> Claim:
+    m = f"mnist1d.{model}"
+    return Claim(f"benchmark table, {model}",
+                 rf"\| {model.upper()} \| (?P<manual>{NUM}) s \| (?P<auto>{NUM}) s \| "
+                 rf"(?P<wall>{NUM}) \((?P<cpu>{NUM})\) \| (?P<torch>{NUM}) s \| (?P<acc>{NUM})% \|",
+                 BENCH, {"manual": (f"{m}.manual.wall_s", "{:.2f}"), "auto": (f"{m}.autodiff.wall_s", "{:.2f}"),
+                         "wall": (f"{m}.manual/autodiff_wall", "{:.2f}"), "cpu": (f"{m}.manual/autodiff", "{:.2f}"),
+                         "torch": (f"{m}.torch.wall_s", "{:.2f}"),
+                         "acc": (lambda d, m=m: 100 * get(d, f"{m}.manual.test_accuracy"), "{:.1f}")})
+
+
+def _layer_row(row: str, cell: str) -> Claim:
+    """The last cell of the row that starts with ``cell``: ``| layer | forward | backward | f32 / f64 |``."""
+    return Claim(f"layer table, {row}", rf"\| {cell}[^|]*\|[^|]*\|[^|]*\| (?P<f32>{NUM}) / (?P<f64>{NUM})(?: \(|\s*\|)",
+                 LAYERS, {"f32": (f"rows.{row}.f32", sig), "f64": (f"rows.{row}.f64", sig)})
+
+
+def _grad_only(kind: str) -> Dict[str, Tuple[Getter, str]]:
+    return {f"{kind}_{m}": (f"grad_only.{m}.manual/autodiff{'_wall' if kind == 'wall' else ''}", "{:.2f}")
+            for m in MODELS}
+
+
+def _step_fractions(backward: str):
+    """The large-MLP step's fraction of the matmul ceiling, alone and inside ``fit``, as a range."""
+    return (lambda d: [d["large_mlp"][backward][k] for k in ("fraction_of_matmul", "fit_fraction_of_matmul")],
+            lambda v: span(v, "{:.2f}"))
+
+
+# The rows of the README's layer table: the row's name in layer_errors.json -> its first cell (a regex).
+LAYER_ROWS = {"Dense": r"`Dense\(F, ", "activations": r"`Identity`, `Sigmoid`",
+              "Softmax, LogSoftmax": r"`Softmax`, `LogSoftmax` ", "Flatten": r"`Flatten` ",
+              "Conv1D, Conv2D": r"`Conv1D`, `Conv2D`", "pools": r"`MaxPool1D/2D`", "BatchNorm": r"`BatchNorm`",
+              "LayerNorm": r"`LayerNorm` ", "Dropout": r"`Dropout\(rate\)`",
+              "Embedding": r"`Embedding\(vocab, features\)`", "recurrent": r"`SimpleRNN`, `GRU`",
+              "MultiHeadSelfAttention": r"`MultiHeadSelfAttention", "TransformerBlock": r"`TransformerBlock"}
+
+CLAIMS = [
+    *[_mnist1d_row(m) for m in MODELS],
+    Claim("benchmark compile time", rf"the first manual call adds (?P<span>{NUM}-{NUM}) s of compilation", BENCH,
+          {"span": (lambda d: [d["mnist1d"][m]["manual"]["compile_wall_s"] for m in MODELS], span)}),
+    Claim("value-and-grad alone",
+          rf"manual / `jax.grad` = (?P<wall_mlp>{NUM}) \(MLP\), (?P<wall_cnn>{NUM}) \(CNN\), "
+          rf"(?P<wall_gru>{NUM}) \(GRU\) in wall-clock time \(CPU time (?P<cpu_mlp>{NUM}), (?P<cpu_cnn>{NUM}), "
+          rf"(?P<cpu_gru>{NUM})\)", BENCH, {**_grad_only("wall"), **_grad_only("cpu")}),
+    Claim("residual memory",
+          rf"MLP (?P<mlp_m>{NUM}) kB vs (?P<mlp_a>{NUM}) kB, GRU (?P<gru_m>{NUM}) MB vs (?P<gru_a>{NUM}) MB", BENCH,
+          {"mlp_m": ("memory.mlp.manual_residual_bytes", lambda b: f"{b / 1e3:.0f}"),
+           "mlp_a": ("memory.mlp.autodiff_residual_bytes", lambda b: f"{b / 1e3:.0f}"),
+           "gru_m": ("memory.gru.manual_residual_bytes", lambda b: f"{b / 1e6:.2f}"),
+           "gru_a": ("memory.gru.autodiff_residual_bytes", lambda b: f"{b / 1e6:.2f}")}),
+    Claim("large MLP step",
+          rf"runs at (?P<manual>{NUM}-{NUM}) of this machine's measured 1024³ matmul throughput, as `jax.grad`'s "
+          rf"step does \((?P<auto>{NUM}-{NUM})\); the gradient alone reaches (?P<grad>{NUM}) \(`jax.grad`: "
+          rf"(?P<grad_auto>{NUM})\)", BENCH,
+          {"manual": _step_fractions("manual"), "auto": _step_fractions("autodiff"),
+           "grad": ("large_mlp.manual.grad_fraction_of_matmul", "{:.2f}"),
+           "grad_auto": ("large_mlp.autodiff.grad_fraction_of_matmul", "{:.2f}")}),
+    Claim("fit_many speed-up", rf"`fit_many` over (?P<n>\d+) seeds costs the same as \d+ separate runs "
+                               rf"\((?P<x>{NUM})x\)", BENCH, {"n": ("vmap.n", "{}"), "x": ("vmap.speedup", "{:.2f}")}),
+    *[_layer_row(row, cell) for row, cell in LAYER_ROWS.items()],
+    Claim("streamed vs resident", rf"runs at (?P<mlp>{NUM}) of its speed on the MNIST-1D MLP and (?P<cnn>{NUM}) on "
+                                  rf"the CNN \(process CPU time, (?P<steps>\d+) steps, best of (?P<n>\d+) interleaved "
+                                  rf"runs on a shared 2-core Xeon at load average (?P<load>\d+);", STREAM,
+          {"mlp": ("throughput.mlp.streamed/resident_cpu", "{:.2f}"),
+           "cnn": ("throughput.cnn.streamed/resident_cpu", "{:.2f}"), "steps": ("steps", "{}"),
+           "n": ("repeats", "{}"), "load": ("machine.load_average.0", "{:.0f}")}),
+    Claim("tensor-parallel param bytes", r"params take (?P<b42>[\d,]+) bytes per device instead of (?P<b81>[\d,]+) "
+                                         r"\((?P<b24>[\d,]+) on a 2 x 4 mesh\)", STREAM,
+          {f"b{k[0]}{k[2]}": (f"device_bytes.mlp_param_bytes.{k}", "{:,}") for k in ("4x2", "8x1", "2x4")}),
+    Claim("generation cost", rf"would save at most (?P<save>{NUM}) of its (?P<total>{NUM}) ms per token", GPT,
+          {"save": ("metrics.generation.most_a_cache_could_save_ms_per_token", "{:.1f}"),
+           "total": ("metrics.generation.generate_ms_per_token", "{:.1f}")}),
+    Claim("language-model data", rf"(?P<modules>\d+) fixed modules of the standard library \((?P<chars>{NUM}) M "
+                                 rf"characters, (?P<vocab>\d+) symbols, 90/10 train/validation split\)", GPT,
+          {"modules": (lambda d: len(d["config"]["data"]["modules"]), "{}"),
+           "chars": ("config.data.characters", lambda c: f"{c / 1e6:.2f}"), "vocab": ("config.data.vocab", "{}")}),
+    Claim("GPT shape", r"\((?P<layers>\d+) layers, (?P<heads>\d+) heads, width (?P<width>\d+), "
+                       r"context (?P<context>\d+), batch (?P<batch>\d+), (?P<steps>\d+) iterations\)", GPT,
+          {k: (f"config.{k}", "{}") for k in ("layers", "heads", "width", "context", "batch", "steps")}),
+    *[Claim(f"char-RNN {m} budget", rf"{m.upper()}\((?P<features>\d+)\) \|", CHAR_RNN,
+            {"features": (f"config.features.{m}", "{}")}) for m in ("lstm", "gru")],
+    Claim("char-RNN parameter budget", rf"the same parameter budget \((?P<budget>{NUM}) M\) for the RNNs", CHAR_RNN,
+          {"budget": (lambda d: [d["metrics"][m]["parameters"] for m in ("lstm", "gru")],
+                      lambda ns: "/".join(sorted({f"{n / 1e6:.2f}" for n in ns})))}),  # one figure for both
+    Claim("bigram floor", rf"\| count-based bigram \(the floor\) \| (?P<a>{NUM}) \| (?P<b>{NUM}) \|", GPT,
+          {g: ("metrics.bigram_val_loss", "{:.3f}") for g in "ab"}),
+    Claim("GPT validation loss", rf"\| GPT \((?P<params>{NUM}) M\) \| (?P<a>{NUM}) \| (?P<b>{NUM}) \|", GPT,
+          {"params": ("metrics.parameters", lambda n: f"{n / 1e6:.2f}"),
+           **{g: ("metrics.val_loss", "{:.3f}") for g in "ab"}}),
+    *[Claim(f"char-RNN {m} validation loss", rf"\| {m.upper()}\(\d+\) \| (?P<streamed>{NUM}) \(state carried through "
+                                            rf"the stream\) \| (?P<windows>{NUM}) \|", CHAR_RNN,
+            {"streamed": (f"metrics.{m}.val_loss_streamed", "{:.3f}"),
+             "windows": (f"metrics.{m}.val_loss_windows", "{:.3f}")}) for m in ("lstm", "gru")],
+    Claim("language-model gradient checks", rf"during training: worst (?P<gpt>{NUM}) \(GPT\), "
+                                            rf"(?P<lstm>{NUM}) \(LSTM\), (?P<gru>{NUM}) \(GRU\)", CHAR_RNN,
+          {"gpt": (lambda d: json.loads((ROOT / GPT).read_text())["metrics"]["grad_check_max_rel_error"], "{:.1e}"),
+           **{m: (f"metrics.{m}.grad_check_max_rel_error", "{:.1e}") for m in ("lstm", "gru")}}),
+    Claim("nanoGPT reference", rf"nanoGPT reaches about (?P<ref>{NUM}) with this shape on Tiny Shakespeare", GPT,
+          {"ref": ("metrics.nanogpt_tiny_shakespeare_val_loss", "{:.2f}")}),
+]
+
+
+def _committed(source: str):
+    path = ROOT / source
+    assert path.exists(), f"{source} is not in the repository (the README quotes numbers from it)"
+    return json.loads(path.read_text())
+
+
+@pytest.mark.parametrize("claim", CLAIMS, ids=[c.name for c in CLAIMS])
+def test_readme_number_equals_committed_result(claim):
+    text = " ".join(README.read_text().split())  # a phrase may wrap across lines
+    matches = list(re.finditer(claim.phrase, text))
+    assert len(matches) == 1, (f"README.md: the phrase of {claim.name!r} occurs {len(matches)} times, expected once "
+                               f"(pattern {claim.phrase!r})")
+    data = _committed(claim.source)
+    wrong = {}
+    for group, (getter, spec) in claim.numbers.items():
+        printed, committed = matches[0].group(group), fmt(get(data, getter), spec)
+        if printed != committed:
+            wrong[group] = f"README prints {printed}, {claim.source} gives {committed}"
+    assert not wrong, f"README.md, {claim.name}: {wrong}"
+
+
+def test_the_worst_attention_leaf_is_the_key_bias():
+    """The Benchmarks section names ``bk`` as the worst leaf of attention and the transformer block: so it is."""
+    text = " ".join(README.read_text().split())
+    assert "The worst leaf of attention and the transformer block is the key bias `bk`" in text
+    rows = _committed(LAYERS)["rows"]
+    leaves = {(row, d): rows[row][f"{d}_case"].rsplit(", ", 1)[-1]
+              for row in ("MultiHeadSelfAttention", "TransformerBlock") for d in ("f32", "f64")}
+    assert all(leaf.endswith("['bk']") for leaf in leaves.values()), leaves
+
+
+def test_the_bad_input_count_is_the_batterys():
+    """The Reliability section's count of bad inputs is the length of ``tests/test_bad_inputs.py``'s battery."""
+    spec = importlib.util.spec_from_file_location("bad_inputs_battery", ROOT / "tests" / "test_bad_inputs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    text = " ".join(README.read_text().split())
+    printed = re.findall(r"A battery of (\d+) bad inputs", text)
+    assert printed == [str(len(module.CASES))], (f"README.md quotes a battery of {printed} bad inputs; "
+                                                  f"tests/test_bad_inputs.py has {len(module.CASES)}")
+
+
+def test_the_number_machinery_reads_what_it_says():
+    """The helpers format as the README prints: checked on fixed values, so a broken helper cannot pass."""
+    assert [sig(4.5e-7), sig(9.7e-16), sig(0.0), sig(3e-16), sig(1.04e-5)] == ["4.5e-7", "9.7e-16", "0", "3e-16",
+                                                                              "1e-5"]
+    assert span([1.33, 1.03, 1.18]) == "1.0-1.3"
+    assert get({"a": {"b/c": [0, 7]}}, "a.b/c.1") == 7
+    assert fmt(0.9856, "{:.2f}") == "0.99"
