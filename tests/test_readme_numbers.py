@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 NUM = r"[-+]?[\d.]+(?:e[-+]?\d+)?"
 
-Getter = Union[str, Callable[[Any], Any]]  # "a.b.c" (keys of nested dicts) or fn(whole json)
+# "a.b.c" or ("a", "b.c", "c") (keys of nested dicts, list indices as digits) or fn(whole json)
+Getter = Union[str, Tuple[str, ...], Callable[[Any], Any]]
 
 
 class Claim(NamedTuple):
@@ -36,7 +37,7 @@ class Claim(NamedTuple):
 def get(tree, getter: Getter):
     if callable(getter):
         return getter(tree)
-    for part in getter.split("."):
+    for part in getter if isinstance(getter, tuple) else getter.split("."):
         tree = tree[int(part)] if isinstance(tree, list) else tree[part]
     return tree
 
@@ -51,6 +52,12 @@ def sig(value, digits: int = 2) -> str:
         return "0"
     mantissa, exponent = f"{value:.{digits - 1}e}".split("e")
     mantissa = mantissa.rstrip("0").rstrip(".") if "." in mantissa else mantissa
+    return f"{mantissa}e{int(exponent)}"
+
+
+def sci(value, decimals: int = 1) -> str:
+    """``value`` in scientific notation with ``decimals`` kept, exponent unpadded: 2.0e-7, 3.5e-16."""
+    mantissa, exponent = f"{value:.{decimals}e}".split("e")
     return f"{mantissa}e{int(exponent)}"
 
 
@@ -94,6 +101,160 @@ def _step_fractions(backward: str):
             lambda v: span(v, "{:.2f}"))
 
 
+def R(experiment: str) -> str:
+    """The committed full run of ``python -m experiments <experiment>``."""
+    return f"docs/results/{experiment}.json"
+
+
+def pct(getter: Getter, digits: int = 1, error: bool = False) -> Tuple[Callable[[Any], Any], str]:
+    """A fraction in the file printed as a percentage (or as an error percentage, ``100 - acc``)."""
+    return (lambda d: 100 * (1 - get(d, getter)) if error else 100 * get(d, getter), f"{{:.{digits}f}}")
+
+
+MNIST1D_ROWS = {"logistic": r"logistic", "mlp": r"MLP \(40-100-100-10, residual\)",
+                "cnn": r"CNN \(3 x Conv1D, Dense\)", "gru": r"bidirectional GRU \(hidden 6\)"}
+ALIGN = ("BP", "sign", "DFA", "FA")
+
+
+def _results_claims():
+    """The Results section: the MNIST-1D table and the headline of every experiment."""
+    for m, row in MNIST1D_ROWS.items():
+        at = ("metrics", "models", m)
+        yield Claim(f"MNIST-1D table, {m}",
+                    rf"\| {row} \| (?P<mean>{NUM}) ± (?P<std>{NUM}) \| (?P<paper>{NUM}) \| (?P<nb>{NUM}) \|",
+                    R("mnist1d"), {"mean": ((*at, "test_acc_percent"), "{:.1f}"),
+                                   "std": ((*at, "test_acc_std"), "{:.1f}"), "paper": ((*at, "paper"), "{:.0f}"),
+                                   "nb": ((*at, "notebook_6000_steps"), "{:.1f}")})
+
+    def models(d):
+        return d["metrics"]["models"]
+
+    yield Claim("MNIST-1D against the published figures",
+                rf"logistic regression (?P<below>{NUM}) point below its (?P<nb>{NUM}), and all within "
+                rf"(?P<within>{NUM}) points of the paper's", R("mnist1d"),
+                {"below": (lambda d: models(d)["logistic"]["notebook_6000_steps"]
+                           - models(d)["logistic"]["test_acc_percent"], "{:.1f}"),
+                 "nb": ("metrics.models.logistic.notebook_6000_steps", "{:.1f}"),
+                 "within": (lambda d: max(m["paper"] - m["test_acc_percent"] for m in models(d).values()), "{:.1f}")})
+    yield Claim("main job", rf"reaches (?P<acc>{NUM})% and checks the hand-written gradients against `jax.grad` "
+                            rf"every (?P<every>\d+) steps: worst relative error (?P<err>{NUM})", R("mnist1d_mlp"),
+                {"acc": ("metrics.test_accuracy_percent", "{:.1f}"),
+                 "every": ("metrics.grad_checks.0.0", "{}"), "err": ("metrics.grad_check_max_rel_error", sci)})
+    yield Claim("chain rule", rf"at w=(?P<w>{NUM}), x=(?P<x>{NUM}): dL/dw = (?P<dw>{NUM}), as `jax.grad`; every "
+                              rf"dz, dW, db, da of a 2-layer net matches to (?P<err>{NUM})", R("chain_rule"),
+                {"w": ("config.w", "{:.0f}"), "x": ("config.x", "{:.0f}"), "dw": ("metrics.scalar.jax_dL_dw", "{:.0f}"),
+                 "err": ("metrics.two_layer.max_rel_error", sci)})
+
+    def run(name, *rest):
+        return ("metrics", "runs", name, *rest)
+
+    yield Claim("gradient descent on sin",
+                rf"(?P<steps>\d+) steps: lr 0.05 crawls to (?P<small>{NUM}); lr 1.0 reaches 3π/2 = (?P<star>{NUM}); "
+                rf"lr 1.8 oscillates across it (?P<over>\d+) times; .* the 2-cycle (?P<lo>{NUM}) <-> (?P<hi>{NUM})",
+                R("gradient_descent_1d"),
+                {"steps": ("metrics.steps", "{}"), "small": (run("too small (0.05)", "x_final"), "{:.2f}"),
+                 "star": (run("good (1.0)", "x_final"), "{:.3f}"),
+                 "over": (run("oscillating (1.8)", "overshoots"), "{}"),
+                 "lo": (run("too large (3.0)", "x_last_three", "1"), "{:.3f}"),
+                 "hi": (run("too large (3.0)", "x_last_three", "2"), "{:.3f}")})
+    yield Claim("learning rates",
+                rf"Adam on the MNIST-1D MLP, (?P<steps>\d+) steps: best (?P<best>{NUM}) \((?P<best_acc>{NUM})% test; "
+                rf"3e-3: (?P<acc3>{NUM})%\); 1e-4 crawls \((?P<acc0>{NUM})%\); 1.0 fails to learn \(training loss "
+                rf"(?P<loss8>{NUM}), .* (?P<acc8>{NUM})% test\)", R("learning_rate"),
+                {"steps": ("config.steps", "{}"), "best": ("metrics.best_rate", lambda r: sig(r, 1)),
+                 "best_acc": ("metrics.best_test_acc_percent", "{:.1f}"),
+                 **{f"acc{i}": (f"metrics.test_acc_percent.{i}", "{:.1f}") for i in (0, 3, 8)},
+                 "loss8": ("metrics.final_train_loss.8", "{:.2f}")})
+    opts = {"SGD": "SGD (0.1)", "momentum": "momentum (0.05, 0.9)", "Nesterov": "Nesterov (0.05, 0.9)",
+            "RMSProp": "RMSProp (1e-3)", "Adam": "Adam (1e-2)", "AdamW": "AdamW (1e-2, wd 1e-2)"}
+    yield Claim("optimizers", r"(?P<steps>\d+) steps, test %: " + ", ".join(rf"{k} (?P<{k}>{NUM})" for k in opts),
+                R("optimizers"),
+                {"steps": ("config.steps", "{}"),
+                 **{k: (("metrics", "optimizers", v, "test_acc_percent"), "{:.1f}") for k, v in opts.items()}})
+
+    def cfg(name, what):
+        return ("metrics", "configs", name, what)
+
+    yield Claim("vanishing gradients",
+                rf"gradients shrink (?P<f0>{NUM})x, (?P<f1>{NUM})x, (?P<f2>{NUM})x per layer going back \(Nielsen, "
+                rf"[^:]*: (?P<p0>{NUM}), (?P<p1>{NUM}), (?P<p2>{NUM})\)\. (?P<depth>\d+) layers of (?P<width>\d+) at "
+                rf"init, first/last hidden-layer gradient: sigmoid\+Glorot (?P<sg>{NUM}) \(vanishing\), tanh\+Glorot "
+                rf"(?P<tg>{NUM}), ReLU\+He (?P<rh>{NUM}); ReLU\+N\(0,1\) reaches (?P<rn>{NUM}) \(exploding\), "
+                rf"brought down to (?P<bn>{NUM}) by batch norm and (?P<ln>{NUM}) by layer norm\. An unscaled "
+                rf"residual stack with He init still grows \((?P<res>{NUM})\)", R("vanishing_gradients"),
+                {**{f"f{i}": (f"metrics.nielsen.factors.{i}", "{:.1f}") for i in range(3)},
+                 **{f"p{i}": (f"metrics.nielsen.published_factors.{i}", "{:.1f}") for i in range(3)},
+                 "depth": ("config.depth", "{}"), "width": ("config.width", "{}"),
+                 "sg": (cfg("sigmoid, Glorot", "first_over_last_hidden_init"), sci),
+                 "tg": (cfg("tanh, Glorot", "first_over_last_hidden_init"), "{:.2f}"),
+                 "rh": (cfg("relu, He", "first_over_last_hidden_init"), "{:.2f}"),
+                 "rn": (cfg("relu, N(0,1) (exploding)", "max_norm_init"), sig),
+                 "bn": (cfg("relu, N(0,1), batch-norm", "max_norm_init"), "{:.1f}"),
+                 "ln": (cfg("relu, N(0,1), layer-norm", "max_norm_init"), "{:.1f}"),
+                 "res": (cfg("relu, He, residual", "max_norm_init"), lambda v: sig(v, 1))})
+
+    def digits_accuracies(d):
+        return [100 * a["test_accuracy_mean"] for a in d["metrics"]["digits"].values() if isinstance(a, dict)]
+
+    yield Claim("alignment",
+                rf"MNIST-1D test error %: BP (?P<BP>{NUM}), sign (?P<sign>{NUM}), DFA (?P<DFA>{NUM}), "
+                rf"FA (?P<FA>{NUM}), the published ordering \(biotorch, [^:]*: BP (?P<pBP>{NUM}), sign "
+                rf"(?P<psign>{NUM}), DFA (?P<pDFA>{NUM}), FA (?P<pFA>{NUM})\); digits: all within (?P<within>{NUM}) "
+                rf"points \(sign (?P<dsign>{NUM}), BP (?P<dBP>{NUM}), DFA (?P<dDFA>{NUM}), FA (?P<dFA>{NUM})\)\. FA's "
+                rf"angle between W and B in the last layer falls from 90° to (?P<angle>{NUM})°", R("alignment"),
+                {**{r: pct(f"metrics.mnist1d.{r}.test_accuracy_mean", error=True) for r in ALIGN},
+                 **{f"p{r}": (f"config.published_error.{r}", "{:g}") for r in ALIGN},
+                 **{f"d{r}": pct(f"metrics.digits.{r}.test_accuracy_mean", error=True) for r in ALIGN},
+                 "within": (lambda d: max(digits_accuracies(d)) - min(digits_accuracies(d)), "{:.1f}"),
+                 "angle": ("metrics.mnist1d.FA.final_wb_angle.2", "{:.0f}")})
+    yield Claim("hessian", rf"agrees with `jax.grad`'s to (?P<agree>{NUM}); λ_max rises from (?P<init>{NUM}) to "
+                           rf"(?P<max05>{NUM}) during SGD at lr 0.05, and peaks at (?P<max2>{NUM}) then falls to "
+                           rf"(?P<end2>{NUM}) at lr 0.2", R("hessian"),
+                {"agree": ("metrics.init_rel_diff", sci), "init": ("metrics.init_manual", "{:.1f}"),
+                 "max05": (("metrics", "lr_0.05", "max_lambda"), "{:.1f}"),
+                 "max2": (("metrics", "lr_0.2", "max_lambda"), "{:.1f}"),
+                 "end2": (("metrics", "lr_0.2", "lambda_max", "-1"), "{:.1f}")})
+    noisy = [("metrics", f"DP-SGD clip 1, sigma {s}", "test_accuracy") for s in ("0", "0.5", "1")]
+    yield Claim("DP-SGD", rf"per-example gradients match `vmap\(grad\)` to (?P<pe>{NUM}) \(f32\), the private "
+                          rf"backward matches optax's `differentially_private_aggregate` of them to (?P<pb>{NUM}); "
+                          rf"(?P<steps>\d+) steps: SGD (?P<sgd>{NUM})% test, DP-SGD \(clip 1\) (?P<span>{NUM}-{NUM})% "
+                          rf"for noise 0-1", R("dp_sgd"),
+                {"pe": ("metrics.per_example_max_rel_error", sci),
+                 "pb": ("metrics.private_backward_max_rel_error", sci), "steps": ("config.steps", "{}"),
+                 "sgd": pct(("metrics", "SGD (non-private)", "test_accuracy")),
+                 "span": (lambda d: [100 * get(d, g) for g in noisy], span)})
+    yield Claim("digits", rf"test (?P<acc>{NUM}) ± (?P<std>{NUM})% \((?P<n>\d+) seeds\) beside scikit-learn's SVC "
+                          rf"(?P<svc>{NUM})%", R("digits"),
+                {"acc": pct("metrics.test_accuracy"), "std": pct("metrics.test_accuracy_std"),
+                 "n": (lambda d: len(d["metrics"]["test_accuracy_per_seed"]), "{}"),
+                 "svc": pct("metrics.svc_test_accuracy")})
+    for name, key in (("gradient descent", "gd_test_mse"), ("least squares", "least_squares_test_mse")):
+        yield Claim(f"regression, {name}", rf"test MSE (?P<mse>{NUM}) by gradient descent and by closed-form least "
+                                           rf"squares", R("regression"), {"mse": (f"metrics.{key}", "{:.1f}")})
+
+    def gap(name):
+        return (("metrics", "settings", name, "acc_gap"), "{:.2f}")
+
+    yield Claim("regularization", rf"(?P<n>\d+) digits, (?P<noise>\d+)% wrong labels: train/test gap (?P<none>{NUM}) "
+                                  rf"without, (?P<wd>{NUM}) with weight decay, (?P<drop>{NUM}) with dropout",
+                R("regularization"),
+                {"n": (lambda d: int(d["config"]["data"].split("first ")[1].split()[0]), "{}"),
+                 "noise": (lambda d: 100 * d["config"]["label_noise"], "{:.0f}"),
+                 "none": gap("none"), "wd": gap("weight decay 10"), "drop": gap("dropout 0.2/0.5")})
+
+    def variant(name):
+        return ("metrics", "variants", name, "task_a_acc")
+
+    yield Claim("forgetting", rf"task A falls (?P<a1>{NUM})% -> (?P<a2>{NUM})%; rehearsing 5 old images per batch of "
+                              rf"100 keeps (?P<r5>{NUM})% \(10: (?P<r10>{NUM})%\); task B (?P<b>{NUM})% either way",
+                R("forgetting"),
+                {"a1": pct("metrics.task_a_acc_after_phase1", 0), "a2": pct(variant("no rehearsal")),
+                 "r5": pct(variant("rehearsal 5/100 per batch"), 0),
+                 "r10": pct(variant("rehearsal 10/100 per batch"), 0),
+                 "b": (lambda d: [100 * x["task_b_acc"] for x in d["metrics"]["variants"].values()],
+                       lambda bs: "/".join(sorted({f"{b:.0f}" for b in bs})))})  # one figure for every variant
+
+
 # The rows of the README's layer table: the row's name in layer_errors.json -> its first cell (a regex).
 LAYER_ROWS = {"Dense": r"`Dense\(F, ", "activations": r"`Identity`, `Sigmoid`",
               "Softmax, LogSoftmax": r"`Softmax`, `LogSoftmax` ", "Flatten": r"`Flatten` ",
@@ -126,6 +287,7 @@ CLAIMS = [
     Claim("fit_many speed-up", rf"`fit_many` over (?P<n>\d+) seeds costs the same as \d+ separate runs "
                                rf"\((?P<x>{NUM})x\)", BENCH, {"n": ("vmap.n", "{}"), "x": ("vmap.speedup", "{:.2f}")}),
     *[_layer_row(row, cell) for row, cell in LAYER_ROWS.items()],
+    *_results_claims(),
     Claim("streamed vs resident", rf"runs at (?P<mlp>{NUM}) of its speed on the MNIST-1D MLP and (?P<cnn>{NUM}) on "
                                   rf"the CNN \(process CPU time, (?P<steps>\d+) steps, best of (?P<n>\d+) interleaved "
                                   rf"runs on a shared 2-core Xeon at load average (?P<load>\d+);", STREAM,
@@ -161,8 +323,8 @@ CLAIMS = [
              "windows": (f"metrics.{m}.val_loss_windows", "{:.3f}")}) for m in ("lstm", "gru")],
     Claim("language-model gradient checks", rf"during training: worst (?P<gpt>{NUM}) \(GPT\), "
                                             rf"(?P<lstm>{NUM}) \(LSTM\), (?P<gru>{NUM}) \(GRU\)", CHAR_RNN,
-          {"gpt": (lambda d: json.loads((ROOT / GPT).read_text())["metrics"]["grad_check_max_rel_error"], "{:.1e}"),
-           **{m: (f"metrics.{m}.grad_check_max_rel_error", "{:.1e}") for m in ("lstm", "gru")}}),
+          {"gpt": (lambda d: json.loads((ROOT / GPT).read_text())["metrics"]["grad_check_max_rel_error"], sci),
+           **{m: (f"metrics.{m}.grad_check_max_rel_error", sci) for m in ("lstm", "gru")}}),
     Claim("nanoGPT reference", rf"nanoGPT reaches about (?P<ref>{NUM}) with this shape on Tiny Shakespeare", GPT,
           {"ref": ("metrics.nanogpt_tiny_shakespeare_val_loss", "{:.2f}")}),
 ]
@@ -216,4 +378,5 @@ def test_the_number_machinery_reads_what_it_says():
                                                                               "1e-5"]
     assert span([1.33, 1.03, 1.18]) == "1.0-1.3"
     assert get({"a": {"b/c": [0, 7]}}, "a.b/c.1") == 7
-    assert fmt(0.9856, "{:.2f}") == "0.99"
+    assert fmt(0.9856, "{:.2f}") == "0.99" and [sci(1.96e-7), sci(3.536e-16)] == ["2.0e-7", "3.5e-16"]
+    assert get({"a": {"b.c": [1, 2]}}, ("a", "b.c", "-1")) == 2
