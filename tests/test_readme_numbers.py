@@ -69,6 +69,7 @@ def span(values, spec="{:.1f}") -> str:
 BENCH = "benchmarks/results/bench.json"
 LAYERS = "benchmarks/results/layer_errors.json"
 STREAM = "benchmarks/results/bench_stream.json"
+GPT_BENCH = "benchmarks/results/bench_gpt.json"
 GPT, CHAR_RNN = "docs/results/gpt.json", "docs/results/char_rnn.json"
 MODELS = ("mlp", "cnn", "gru")
 
@@ -297,6 +298,22 @@ CLAIMS = [
     Claim("tensor-parallel param bytes", r"params take (?P<b42>[\d,]+) bytes per device instead of (?P<b81>[\d,]+) "
                                          r"\((?P<b24>[\d,]+) on a 2 x 4 mesh\)", STREAM,
           {f"b{k[0]}{k[2]}": (f"device_bytes.mlp_param_bytes.{k}", "{:,}") for k in ("4x2", "8x1", "2x4")}),
+    Claim("GPT training speed",
+          rf"best of (?P<n>\d+)\): bpjax's hand-written backward (?P<manual>\d+) tokens/s, `jax.grad` of the same "
+          rf"forward (?P<auto>\d+) \(time ratio manual / `jax.grad` (?P<ratio>{NUM})\), PyTorch eager (?P<torch>\d+) "
+          rf"\((?P<slower>{NUM})x slower than manual\); the backward keeps (?P<mem_m>{NUM}) MB against `jax.grad`'s "
+          rf"(?P<mem_a>{NUM}) MB, and the manual step runs at (?P<frac>{NUM}) of the machine's measured", GPT_BENCH,
+          {"n": ("repeats", "{}"), "manual": ("manual.tokens_per_s", "{:.0f}"),
+           "auto": ("autodiff.tokens_per_s", "{:.0f}"),
+           "ratio": ("manual/autodiff", "{:.2f}"), "torch": ("torch.tokens_per_s", "{:.0f}"),
+           "slower": ("torch/manual", "{:.1f}"), "mem_m": ("memory.manual_residual_bytes", lambda b: f"{b / 1e6:.1f}"),
+           "mem_a": ("memory.autodiff_residual_bytes", lambda b: f"{b / 1e6:.1f}"),
+           "frac": ("manual.fraction_of_matmul", "{:.2f}")}),
+    Claim("data-parallel batch bytes",
+          r"\((?P<total>[\d,]+) bytes\) takes (?P<b1>[\d,]+) / (?P<b2>[\d,]+) / (?P<b4>[\d,]+) / (?P<b8>[\d,]+) bytes "
+          r"per device on 1 / 2 / 4 / 8", STREAM,
+          {"total": ("device_bytes.total_bytes", "{:,}"),
+           **{f"b{n}": (f"device_bytes.{n}.max", "{:,}") for n in (1, 2, 4, 8)}}),
     Claim("generation cost", rf"would save at most (?P<save>{NUM}) of its (?P<total>{NUM}) ms per token", GPT,
           {"save": ("metrics.generation.most_a_cache_could_save_ms_per_token", "{:.1f}"),
            "total": ("metrics.generation.generate_ms_per_token", "{:.1f}")}),
