@@ -97,7 +97,8 @@ def _check_like(where: str, what: str, got, like) -> None:
         if not jnp.issubdtype(lt, jnp.inexact):
             continue  # integer inputs (ids) and integer params get no gradient
         leaf = what + jax.tree_util.keystr(path)
-        mine = f"params{jax.tree_util.keystr(path)}" if what == "dparams" else f"x{jax.tree_util.keystr(path)}"
+        mine = f"params{jax.tree_util.keystr(path)}" if what == "dparams" else \
+            f"its input{' ' + jax.tree_util.keystr(path) if path else ''}"
         if _shape(g) != _shape(l):
             hint = " (transposed?)" if _shape(g) == _shape(l)[::-1] and len(_shape(l)) > 1 else ""
             raise _errors.BpjaxError(where, f"backward returned {leaf} of shape {_shape(g)}, expected "
@@ -119,9 +120,10 @@ def backward_output(where: str, out, params, like_x: Any = None) -> tuple:
 def like(x):
     """Zero-size stand-ins for the arrays of ``x``: ``(0, *shape)`` of the same dtype, no bytes, jit- and vmap-safe.
 
-    A container keeps them beside its residuals so that its backward can check each child's ``dx``.
+    A container keeps them beside its residuals so that its backward can check each child's ``dx``. They are
+    numpy constants, so tracing them adds no operation to the program.
     """
-    return jax.tree.map(lambda a: jnp.zeros((0, *_shape(a)), _dtype(a)), x)
+    return jax.tree.map(lambda a: np.zeros((0, *_shape(a)), _dtype(a)), x)
 
 
 def unlike(likes):

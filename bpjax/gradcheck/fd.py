@@ -7,9 +7,16 @@ For a row (one inexact leaf ``p`` with ``n`` entries) and a random unit directio
     error = |fd - <g, u>| sqrt(n) / S              # for a random u, an estimate of |g_error|_2 / S
 
 with ``S = max(|g|_2, FLOOR * largest |g|_2 over the rows)`` (the floor of :mod:`.measure`, in the
-2-norm). A direction along which ``d(eps)`` and ``d(eps / 2)`` disagree (a ReLU or a max crosses its
-kink within ``eps``) says nothing about the gradient: it is drawn again, up to ``4 * directions``
-draws; a row with no smooth direction is *inconclusive* (``None``).
+2-norm). A direction along which the loss has a kink within ``eps`` (a ReLU or a max changes its
+choice) says nothing about the gradient: it is drawn again, up to ``4 * directions`` draws, and a
+row with no smooth direction is *inconclusive* (``None``). Two tests find the kinks, each relative
+as ``error``:
+
+- a kink at distance ``delta`` in ``(eps / 6, eps)`` makes ``d(eps)`` and ``d(eps / 2)`` differ;
+- a kink closer than that leaves them equal but shows in the second differences
+  ``D2(h) = (L(p + h u) - 2 L(p) + L(p - h u)) / h``, which are ``h u'Hu`` (linear in ``h``) where
+  the loss is smooth and ``~ the slope jump`` (constant in ``h``) across a kink: ``2 D2(eps / 2) - D2(eps)``
+  vanishes only in the smooth case.
 """
 
 from __future__ import annotations
@@ -48,12 +55,14 @@ def directional_errors(value: Callable[[List[np.ndarray]], float], point: Sequen
             scale = 1.0
         rng = np.random.default_rng([seed, i])
 
-        def d(h, u):
+        def at(h, u):  # (L(p + h u), L(p - h u))
             leaves = list(point)
             leaves[i] = p + h * u
             plus = value(leaves)
             leaves[i] = p - h * u
-            return (plus - value(leaves)) / (2 * h)
+            return plus, value(leaves)
+
+        f0 = value(list(point))
 
         worst: Dict[str, float] = {k: 0.0 for k in gs}
         found = 0
@@ -62,8 +71,10 @@ def directional_errors(value: Callable[[List[np.ndarray]], float], point: Sequen
                 break
             u = rng.standard_normal(p.shape)
             u /= max(float(np.linalg.norm(u)), 1e-300)
-            d1, d2 = d(eps, u), d(eps / 2, u)
-            if abs(d1 - d2) * np.sqrt(n) / scale > smooth_tol:
+            (p1, m1), (p2, m2) = at(eps, u), at(eps / 2, u)
+            d1, d2 = (p1 - m1) / (2 * eps), (p2 - m2) / eps
+            bend = 2 * (p2 - 2 * f0 + m2) / (eps / 2) - (p1 - 2 * f0 + m1) / eps
+            if max(abs(d1 - d2), abs(bend)) * np.sqrt(n) / scale > smooth_tol:
                 continue  # a kink within eps along u
             found += 1
             fd = (4 * d2 - d1) / 3

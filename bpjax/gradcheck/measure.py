@@ -88,6 +88,6 @@ def tolerances(dtype, rtol: float, given: bool, fd=None) -> tuple:
                           "tolerance and the dtype's tolerance, since a gradient computed in the model's dtype is "
                           "held to that dtype's roundoff"),
                 Tolerance("smoothness", fd_rtol / 2,
-                          "a direction whose differences at eps and eps/2 differ by more than this crosses a kink "
-                          "(ReLU, max) within eps and is drawn again")]
+                          "a direction whose first differences at eps and eps/2, or whose second differences, "
+                          "differ by more than this has a kink (ReLU, max) within eps and is drawn again")]
     return tuple(out)
