@@ -351,6 +351,15 @@ def test_mutation_battery():
     assert len(caught) == 2 * len(MUTATIONS) == 28
 
 
+@pytest.mark.slow
+def test_check_layer_of_a_serial_pins_the_layer():
+    model = bp.serial(L.Dense(8), mutate(L.Tanh(), _scale_dx(1.01)), L.Dense(3))
+    _, params = model.init(jax.random.key(0), (5,))
+    rep = bp.check_layer(model, params, _normal(0, (16, 5)))
+    assert not rep.ok and rep.pinned == "serial[1] Tanh", str(rep)
+    assert "loss" not in " ".join(r.label for r in rep.sweep)  # the cotangent dy is the root, not a loss
+
+
 # --- the report: layer paths, marks, tolerances with reasons ---------------------------------------------
 
 def test_report_rows_named_by_layer_path_with_a_row_per_layer_input():
