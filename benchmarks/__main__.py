@@ -126,7 +126,7 @@ def grad_only(name, calls):
     model = zoo.MODELS[name]()
     _, p = model.init(jax.random.key(0), (40,))
     xb, yb = jnp.asarray(x[:100]), jnp.asarray(y[:100])
-    fns = {b: jax.jit(bp.train.grad_fn(model, XENT, b)) for b in ("manual", "autodiff")}
+    fns = {b: jax.jit(bp.value_and_grad(model, XENT, backward=b)) for b in ("manual", "autodiff")}
     for f in fns.values():
         jax.block_until_ready(f(p, xb, yb))
     wall, cpu = {b: [] for b in fns}, {b: [] for b in fns}
@@ -229,7 +229,7 @@ def large_mlp(repeats):
             carry["p"], carry["s"], v = step(carry["p"], carry["s"], x, y)
             return v
 
-        grad = jax.jit(bp.train.grad_fn(model, XENT, b))
+        grad = jax.jit(bp.value_and_grad(model, XENT, backward=b))
         fns[b] = one_step
         fns[b + "_grad"] = lambda grad=grad: grad(p, x, y)
         fns[b + "_fit"] = lambda b=b: bp.train.fit(model, XENT, opt, p, (xs, ys), steps=n_fit, batch_size=B,
@@ -277,7 +277,7 @@ def memory(name):
     auto = sum(int(np.prod(a.shape)) * a.dtype.itemsize for a, _ in saved)
     out = {"manual_residual_bytes": manual, "autodiff_residual_bytes": auto}
     for backward in ("manual", "autodiff"):
-        g = jax.jit(bp.train.grad_fn(model, XENT, backward))
+        g = jax.jit(bp.value_and_grad(model, XENT, backward=backward))
         m = g.lower(p, xb, yb).compile().memory_analysis()
         out[f"{backward}_temp_bytes"] = getattr(m, "temp_size_in_bytes", None) if m is not None else None
     return out
