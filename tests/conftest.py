@@ -14,6 +14,16 @@ settings.register_profile("dev", max_examples=25, deadline=None,
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 
+@pytest.fixture(autouse=True)
+def _x64_restored():
+    """Every test ends with float64 as it found it: a test (or a README block) that turns x64 on must not
+    change the dtypes of the tests that run after it in the same worker."""
+    before = jax.config.jax_enable_x64
+    yield
+    if jax.config.jax_enable_x64 != before:
+        jax.config.update("jax_enable_x64", before)
+
+
 @pytest.fixture
 def getkey():
     """A fresh PRNG key on each call, deterministic per test."""

@@ -11,6 +11,9 @@ reference f32 1e-4 / f64 1e-10 relative to each leaf's largest entry, floored at
 largest; finite differences 1e-6 of the gradient's 2-norm.
 """
 
+import re
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,6 +25,8 @@ from bpjax import layers as L
 from bpjax.core import Layer
 from bpjax.gradcheck import report as R
 from bpjax.gradcheck import world64
+
+README = Path(__file__).resolve().parent.parent / "README.md"
 
 XENT = bp.losses.softmax_cross_entropy
 
@@ -201,6 +206,9 @@ def test_xla_cpu_jit_grad_reproduction():
         assert rel(jitted, eager) > 0.1, f"jax.jit(jax.grad) now matches eager ({rel(jitted, eager):.1e}): XLA " \
                                          f"changed; update the README section 'jax.grad under jit on XLA CPU'"
         assert fd_error(jitted) > 1e-3  # and the jitted one is wrong
+        shown = re.search(r"# ([\d.]+) on XLA CPU; 0 would be right", README.read_text())
+        assert shown and shown.group(1) == f"{rel(jitted, eager):.3f}", \
+            f"README's reproduction prints {rel(jitted, eager):.3f}; its comment says {shown and shown.group(1)}"
 
 
 @pytest.mark.slow
