@@ -206,6 +206,9 @@ def test_xla_cpu_jit_grad_reproduction():
         assert rel(jitted, eager) > 0.1, f"jax.jit(jax.grad) now matches eager ({rel(jitted, eager):.1e}): XLA " \
                                          f"changed; update the README section 'jax.grad under jit on XLA CPU'"
         assert fd_error(jitted) > 1e-3  # and the jitted one is wrong
+        # the same program with LLVM's optimisation off (XLA's backend level 0) gives eager's answer exactly
+        plain = jax.jit(jax.grad(_xla_repro)).lower(x, w).compile({"xla_backend_optimization_level": 0})(x, w)
+        assert rel(plain, eager) == 0.0
         shown = re.search(r"# ([\d.]+) on XLA CPU; 0 would be right", README.read_text())
         assert shown and shown.group(1) == f"{rel(jitted, eager):.3f}", \
             f"README's reproduction prints {rel(jitted, eager):.3f}; its comment says {shown and shown.group(1)}"
