@@ -401,7 +401,7 @@ def test_unreadable_file_is_not_called_corrupted(tmp_path, monkeypatch):
     def denied(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(checkpoint, "open", denied, raising=False)  # module-level name: only checkpoint's reads
+    monkeypatch.setattr(checkpoint.reading, "open", denied, raising=False)  # module-level name: only checkpoint's reads
     for fn in (checkpoint.restore, checkpoint.read_metadata):
         with pytest.raises(bp.BpjaxError) as e:
             fn(path)
@@ -464,12 +464,12 @@ def test_a_temporary_name_in_use_is_never_opened(tmp_path, monkeypatch):
     taken = f".ck.npz.tmp-{os.getpid()}-{'0' * 16}"
     (tmp_path / taken).write_bytes(b"another writer's partial file")
     draws = iter(["0" * 16, "0" * 16, "1" * 16])
-    monkeypatch.setattr(checkpoint, "secrets", types.SimpleNamespace(token_hex=lambda n: next(draws)))
+    monkeypatch.setattr(checkpoint.atomic, "secrets", types.SimpleNamespace(token_hex=lambda n: next(draws)))
     checkpoint.save(tmp_path / "ck.npz", {"w": jnp.ones(2)})
     assert (tmp_path / taken).read_bytes() == b"another writer's partial file"
     assert sorted(os.listdir(tmp_path)) == [taken, "ck.npz"]
     assert_bitwise_equal(checkpoint.restore(tmp_path / "ck.npz"), {"w": jnp.ones(2)})
-    monkeypatch.setattr(checkpoint, "secrets", types.SimpleNamespace(token_hex=lambda n: "0" * 16))
+    monkeypatch.setattr(checkpoint.atomic, "secrets", types.SimpleNamespace(token_hex=lambda n: "0" * 16))
     with pytest.raises(bp.BpjaxError, match="expected a free temporary file name in .*, found 16 taken"):
         checkpoint.save(tmp_path / "ck.npz", {"w": jnp.zeros(2)})
     assert sorted(os.listdir(tmp_path)) == [taken, "ck.npz"]

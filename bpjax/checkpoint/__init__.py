@@ -1,0 +1,198 @@
+"""Checkpoints: save and restore any pytree (params, optimiser and layer state, step, PRNG key) safely.
+
+Format: an ``.npz`` file, numpy's zip of ``.npy`` arrays, read back with ``allow_pickle=False``,
+so loading a file never runs code. Members, in leaf order::
+
+    leaf_00000.npy, leaf_00001.npy, ...   one per pytree leaf (flattened with its key path)
+    bpjax.json                            metadata: bpjax version, user record, tree structure,
+                                          per-leaf path/dtype/shape/kind, and a SHA-256 checksum
+
+``np.load(path)`` opens it too. The SHA-256 covers the metadata (less the checksum itself) and the
+bytes of every array member; it is verified on every load, on top of zip's per-member CRC-32.
+
+Writes are atomic: the file is written to a temporary file in the same directory, flushed and
+``fsync``-ed, then ``os.replace``-d onto ``path`` and the directory is ``fsync``-ed. The temporary
+file is ``.<name>.tmp-<pid>-<16 random hex digits>``, created exclusively (``O_EXCL``), so two
+writers (processes, threads, or hosts sharing a file system) never write into the same temporary
+file; when several save to one ``path`` at once, the last rename wins and every reader sees one
+whole tree. A process killed mid-save leaves the previous checkpoint intact and at worst a stray
+temporary file, which loading never reads (``restore`` refuses a temporary file by name) and
+which may be deleted once no save is running. The bytes are deterministic: no timestamps, fixed
+zip dates, so the same tree gives the same file.
+
+Leaves may be arrays (any dtype but object; ``bfloat16`` and other ml_dtypes are stored as raw bits
+and viewed back), typed PRNG keys (``jax.random.key``: stored as ``key_data`` with the impl name and
+rewrapped), and Python ``bool``/``int``/``float`` (restored as such). ``restore(path, like=tree)``
+rebuilds exactly ``tree``'s structure (optax NamedTuple states included) after checking every leaf
+path, kind, shape and dtype. Without ``like`` no class is imported or rebuilt while loading: dicts,
+lists and tuples come back as such, NamedTuples (optax states) and ``OrderedDict``s as dicts of
+their fields, other registered pytree nodes as lists of their children, and a
+:class:`PlainTreeWarning` names each such container. Such a tree is fine to inspect but not to
+train with: optax needs its own state classes, so restore an optimizer state with
+``like=optimizer.init(params)`` (or a dict holding it).
+
+The package: :func:`save`, :func:`restore` and :func:`read_metadata` here; :mod:`~bpjax.checkpoint.encoding`
+(tree structure and leaves <-> JSON and ``.npy``, the checksum); :mod:`~bpjax.checkpoint.atomic` (the
+write); :mod:`~bpjax.checkpoint.reading` (the read and its checks); :mod:`~bpjax.checkpoint.arguments`.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any, Optional
+
+import jax
+
+from bpjax import _errors
+from bpjax.checkpoint.arguments import _check_json, _file_path, _model_name, _tilde_hint
+from bpjax.checkpoint.atomic import _atomic_write
+from bpjax.checkpoint.encoding import (
+    FORMAT,
+    FORMAT_VERSION,
+    _canonical_json,
+    _checksum,
+    _decode_structure,
+    _encode_structure,
+    _from_numpy,
+    _label,
+    _npy_bytes,
+    _to_numpy,
+)
+from bpjax.checkpoint.reading import _kind_mismatch, _like_record, _read
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "PlainTreeWarning", "read_metadata", "restore", "save"]
+
+
+class PlainTreeWarning(UserWarning):
+    """:func:`restore` without ``like`` returned NamedTuples or other pytree nodes as plain dicts/lists.
+
+    Make it an error with ``warnings.simplefilter("error", bp.checkpoint.PlainTreeWarning)``.
+    """
+
+
+def _version() -> str:
+    import bpjax
+    return getattr(bpjax, "__version__", "unknown")
+
+
+def _warn_plain(where: str, plain: list) -> None:
+    shown = ", ".join(f"{_label(p)} ({name} -> {kind})" for p, name, kind in plain[:4])
+    warnings.warn(f"{where}: without `like`, {len(plain)} saved container(s) come back as plain dicts/lists: "
+                  f"{shown}{' ...' if len(plain) > 4 else ''}. Fine to inspect, not to train with: optax fails on "
+                  f"a plain dict (\"'dict' object has no attribute 'mu'\"). Pass `like` with the same structure, "
+                  f"e.g. like=optimizer.init(params) for an optimizer state (or a dict holding it)",
+                  PlainTreeWarning, stacklevel=3)
+
+
+# ---------------------------------------------------------------- save
+
+
+def save(path, tree, *, metadata: Optional[dict] = None, model=None) -> str:
+    """Write ``tree`` to ``path`` atomically; returns ``path`` (as a str).
+
+    Args:
+      path: the file to write, a str or ``os.PathLike`` (``.npz`` by convention; no suffix is added).
+        Its directory must exist.
+      tree: any pytree of arrays, typed PRNG keys and Python numbers, e.g.
+        ``{"params": params, "opt_state": opt_state, "state": state, "step": 100, "key": key}``.
+        Concrete values only (not inside ``jax.jit``).
+      metadata: a dict of JSON values with str keys (finite numbers; tuples read back as lists),
+        stored beside the arrays: read it with :func:`read_metadata`.
+      model: a :class:`bpjax.Layer` (its name is recorded) or a description string.
+
+    Raises:
+      BpjaxError: a path that is not a str/PathLike, an unsavable leaf, metadata that is not JSON,
+        a missing directory, or a failed write (naming the path, the argument and what it got).
+    """
+    path = _file_path("save", path, tree)
+    where = f"checkpoint.save({path})"
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        found = "is a file" if os.path.exists(directory) else "does not exist"
+        raise _errors.BpjaxError(where, f"expected an existing directory, {directory!r} {found}{_tilde_hint(path)}")
+    if os.path.isdir(path):
+        raise _errors.BpjaxError(where, "expected a file path, got a directory")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise _errors.BpjaxTypeError(where, f"metadata: expected a dict, got {type(metadata).__name__}")
+    _check_json(where, "metadata", metadata)
+    name = _model_name(where, model)
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
+    arrays, records = [], []
+    for p, leaf in leaves:
+        arr, rec = _to_numpy(where, jax.tree_util.keystr(p), leaf)
+        arrays.append(arr)
+        records.append(rec)
+    members = [_npy_bytes(a) for a in arrays]
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "bpjax_version": _version(),
+            "model": name, "metadata": metadata or {},
+            "structure": _encode_structure(treedef, where), "leaves": records}
+    meta["sha256"] = _checksum(meta, members)
+    _atomic_write(where, path, members, _canonical_json(meta))
+    return path
+
+
+# ---------------------------------------------------------------- load
+
+
+def read_metadata(path) -> dict:
+    """The metadata record of the checkpoint at ``path`` (verified): ``bpjax_version``, ``model``,
+    ``metadata`` (the user dict given to :func:`save`), ``leaves`` (path, dtype, shape per leaf)."""
+    path = _file_path("read_metadata", path)
+    meta, _ = _read(path, f"checkpoint.read_metadata({path})")
+    return {k: meta[k] for k in ("bpjax_version", "model", "metadata", "leaves", "format_version")}
+
+
+def restore(path, *, like: Any = None):
+    """Read the checkpoint at ``path``.
+
+    Args:
+      path: a file written by :func:`save` (a str or ``os.PathLike``; never one of its temporary files).
+      like: a tree of the expected structure (e.g. freshly initialised params and optimiser state,
+        ``like={"params": params, "opt_state": optimizer.init(params), "step": 0}``; leaves may be
+        arrays, ``jax.ShapeDtypeStruct``, typed or raw PRNG keys, or Python numbers). When given,
+        every leaf path, kind, shape and dtype is checked and the result has exactly ``like``'s
+        structure, NamedTuples included.
+
+    Returns:
+      The saved tree: ``like``'s structure; without ``like``, nested dicts/lists/tuples, with
+      NamedTuples (optax states) as dicts of their fields and other pytree nodes as lists, each
+      named by a :class:`PlainTreeWarning`. To train with a restored optimizer state, pass
+      ``like=optimizer.init(params)`` (or a dict holding it): optax cannot use the plain dicts.
+
+    Raises:
+      BpjaxError: a path that is not a str/PathLike, a missing, truncated, corrupted or foreign file,
+        a temporary file, or a tree that does not match ``like`` (naming the leaf path, the expected
+        and the found kind/shape/dtype).
+    """
+    path = _file_path("restore", path)
+    where = f"checkpoint.restore({path})"
+    meta, arrays = _read(path, where)
+    records = meta["leaves"]
+    if like is None:
+        plain: list = []
+        tree = _decode_structure(meta["structure"], iter([_from_numpy(a, r) for a, r in zip(arrays, records)]),
+                                 "", plain)
+        if plain:
+            _warn_plain(where, plain)
+        return tree
+    like_leaves, treedef = jax.tree_util.tree_flatten_with_path(like)
+    want = [jax.tree_util.keystr(p) for p, _ in like_leaves]
+    expected = [_like_record(where, p, leaf) for p, (_, leaf) in zip(want, like_leaves)]
+    have = [r["path"] for r in records]
+    if want != have:
+        missing = [p for p in want if p not in have]
+        extra = [p for p in have if p not in want]
+        listed = lambda paths: " ".join(paths[:5]) + (" ..." if len(paths) > 5 else "") or "none"  # noqa: E731
+        raise _errors.BpjaxError(where, f"the checkpoint does not match `like`: expected {len(want)} leaves, "
+                                        f"found {len(have)}; in `like` only: {listed(missing)}; in the file only: "
+                                        f"{listed(extra)}" + ("" if missing or extra else " (same paths, other order)"))
+    out = []
+    for (kind, dtype, shape), arr, rec in zip(expected, arrays, records):
+        if kind != rec["kind"]:
+            raise _kind_mismatch(where, rec, kind, dtype, shape)
+        if dtype is not None and (dtype != rec["dtype"] or shape != tuple(rec["shape"])):
+            raise _errors.BpjaxError(where, f"leaf {_label(rec['path'])}: expected {dtype}{list(shape)} (as in "
+                                            f"`like`), found {rec['dtype']}{rec['shape']} in the file")
+        out.append(_from_numpy(arr, rec))
+    return jax.tree_util.tree_unflatten(treedef, out)

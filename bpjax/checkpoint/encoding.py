@@ -1,0 +1,155 @@
+"""A checkpoint's contents: tree structure <-> JSON, leaves <-> ``.npy`` arrays, and their SHA-256 checksum."""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import io
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bpjax import _errors
+
+FORMAT = "bpjax-checkpoint"
+FORMAT_VERSION = 1
+_META = "bpjax.json"
+_INT64 = (-(2 ** 63), 2 ** 63 - 1)
+
+
+def _is_key(x) -> bool:
+    return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (bool, int, float)) and not isinstance(x, np.generic)
+
+
+def _label(path: str) -> str:
+    return path or "(the whole tree)"
+
+
+# ---------------------------------------------------------------- tree structure <-> JSON
+
+
+def _encode_structure(treedef, where: str):
+    """A JSON description of ``treedef``: ``"*"`` for a leaf, else a one-key dict per node kind."""
+    if treedef.num_leaves == 1 and treedef.num_nodes == 1:
+        return "*"
+    typ, aux = treedef.node_data()
+    kids = [_encode_structure(c, where) for c in treedef.children()]
+    if typ is type(None):
+        return None
+    if typ in (dict, collections.OrderedDict, collections.defaultdict):
+        keys = aux[1] if typ is collections.defaultdict else aux  # defaultdict: (default_factory, keys)
+        for k in keys:
+            if not isinstance(k, (str, int)) or isinstance(k, bool):
+                raise _errors.BpjaxTypeError(where, f"dict keys must be str or int to be saved, got {k!r} "
+                                                    f"({type(k).__name__})")
+        spec: dict = {"dict": [[k, kid] for k, kid in zip(keys, kids)]}
+        if typ is not dict:
+            spec["type"] = typ.__name__
+        return spec
+    if typ in (tuple, list):
+        return {typ.__name__: kids}
+    if issubclass(typ, tuple) and hasattr(typ, "_fields"):
+        return {"namedtuple": typ.__name__, "fields": [[f, kid] for f, kid in zip(typ._fields, kids)]}
+    return {"node": f"{typ.__module__}.{typ.__qualname__}", "children": kids}
+
+
+def _decode_structure(spec, leaves, path: str, plain: list):
+    """Rebuild plain containers from :func:`_encode_structure`'s output, taking leaves in order.
+
+    Appends ``(path, saved type, plain type)`` to ``plain`` for every container that was not a
+    dict, list, tuple or None when saved.
+    """
+    if spec == "*":
+        return next(leaves)
+    if spec is None:
+        return None
+    if "namedtuple" in spec:  # a key path names a field .mu, a dict key ['mu']
+        plain.append((path, spec["namedtuple"], "dict"))
+        return {k: _decode_structure(v, leaves, f"{path}.{k}", plain) for k, v in spec["fields"]}
+    if "dict" in spec:
+        if "type" in spec:
+            plain.append((path, spec["type"], "dict"))
+        return {k: _decode_structure(v, leaves, f"{path}[{k!r}]", plain) for k, v in spec["dict"]}
+    if "tuple" in spec:
+        return tuple(_decode_structure(v, leaves, f"{path}[{i}]", plain) for i, v in enumerate(spec["tuple"]))
+    if "node" in spec:
+        plain.append((path, spec["node"], "list"))
+    return [_decode_structure(v, leaves, f"{path}[{i}]", plain)
+            for i, v in enumerate(spec.get("list", spec.get("children")))]
+
+
+# ---------------------------------------------------------------- leaves <-> arrays
+
+
+def _to_numpy(where: str, path: str, leaf):
+    """``(array to store, leaf record)`` for one leaf."""
+    label = _label(path)
+    if _is_number(leaf):
+        kind = type(leaf).__name__
+        if kind == "int" and not _INT64[0] <= leaf <= _INT64[1]:
+            raise _errors.BpjaxError(where, f"leaf {label}: expected a Python int in int64's range "
+                                            f"[-2**63, 2**63 - 1], got {leaf}")
+        arr: np.ndarray = np.asarray(leaf, {"bool": np.bool_, "int": np.int64, "float": np.float64}[kind])
+        return arr, {"path": path, "kind": kind, "dtype": str(arr.dtype), "shape": []}
+    if not _errors.is_concrete(leaf):
+        raise _errors.BpjaxTypeError(where, f"leaf {label}: expected a concrete array, got a traced value "
+                                            f"({type(leaf).__name__}): save runs outside jax.jit/grad/vmap, on the "
+                                            f"arrays a jitted function returns")
+    if isinstance(leaf, jax.Array) and leaf.is_deleted():
+        raise _errors.BpjaxError(where, f"leaf {label}: expected a live array, got one whose buffer has been "
+                                        f"deleted or donated (e.g. by make_step(donate=True)): save the arrays "
+                                        f"the donating call returned")
+    if _is_key(leaf):
+        data = np.asarray(jax.random.key_data(leaf))
+        return data, {"path": path, "kind": "key", "impl": str(jax.random.key_impl(leaf)),
+                      "dtype": str(leaf.dtype), "shape": list(np.shape(leaf))}
+    if not isinstance(leaf, (np.ndarray, np.generic, jax.Array)):
+        hint = ("; strings and other records belong in metadata=" if isinstance(leaf, str) else
+                "; save the params or optimizer state, not the model or optimizer" if callable(leaf) else "")
+        raise _errors.BpjaxTypeError(where, f"leaf {label}: expected an array, PRNG key or Python number, "
+                                            f"got {type(leaf).__name__}{hint}")
+    arr = np.asarray(leaf)
+    if arr.dtype.hasobject or arr.dtype.isbuiltin == 0:  # objects, raw void and structured dtypes
+        raise _errors.BpjaxTypeError(where, f"leaf {label}: dtype {arr.dtype} cannot be saved without pickle")
+    record = {"path": path, "kind": "array", "dtype": str(arr.dtype), "shape": list(arr.shape)}
+    if arr.dtype.isbuiltin == 2:  # bfloat16, float8, int4: store the raw bits, view them back on load
+        if arr.dtype.itemsize not in (1, 2, 4, 8):
+            raise _errors.BpjaxTypeError(where, f"leaf {label}: dtype {arr.dtype} cannot be saved")
+        arr = arr.view(f"u{arr.dtype.itemsize}")
+    return arr, record
+
+
+def _from_numpy(arr: np.ndarray, record: dict):
+    kind = record["kind"]
+    if kind in ("bool", "int", "float"):
+        return {"bool": bool, "int": int, "float": float}[kind](arr.item())
+    if kind == "key":
+        return jax.random.wrap_key_data(jnp.asarray(arr), impl=record["impl"])
+    if str(arr.dtype) != record["dtype"]:
+        arr = arr.view(jnp.dtype(record["dtype"]))
+    if jax.dtypes.canonicalize_dtype(arr.dtype) != arr.dtype:
+        return arr  # e.g. float64 without x64: keep the numpy array rather than truncate it
+    return jnp.asarray(arr)
+
+
+def _npy_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, arr, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _checksum(meta: dict, members) -> str:
+    h = hashlib.sha256(_canonical_json({k: v for k, v in meta.items() if k != "sha256"}))
+    for data in members:
+        h.update(data)
+    return h.hexdigest()
+
+
+def _canonical_json(obj) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()

@@ -1,0 +1,116 @@
+"""Reading a checkpoint with every integrity check, and the checks of its leaves against a ``like`` tree."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import zipfile
+
+import jax.numpy as jnp
+import numpy as np
+
+from bpjax import _errors
+from bpjax.checkpoint.arguments import _tilde_hint
+from bpjax.checkpoint.atomic import _TEMP
+from bpjax.checkpoint.encoding import _META, FORMAT, FORMAT_VERSION, _checksum, _is_key, _is_number, _label
+
+
+def _missing_hint(path: str) -> str:
+    """Likely causes of a missing file: '~', the other suffix, temporary files of unfinished saves."""
+    hints = [_tilde_hint(path)] if path.startswith("~") else []
+    other = path[:-4] if path.endswith(".npz") else path + ".npz"
+    if os.path.isfile(other):
+        hints.append(f"; {other!r} exists (save adds no suffix)")
+    directory, name = os.path.split(os.path.abspath(path))
+    temps = sorted(n for n in os.listdir(directory) if (m := _TEMP.fullmatch(n)) and m["name"] == name) \
+        if os.path.isdir(directory) else []
+    if temps:
+        hints.append(f"; {len(temps)} temporary file(s) of unfinished saves lie beside it ({temps[0]}"
+                     f"{' ...' if len(temps) > 1 else ''}), never read")
+    return "".join(hints)
+
+
+def _read(path: str, where: str):
+    """``(meta, arrays)`` from ``path``, with every integrity check; raises BpjaxError naming ``path``."""
+    temp = _TEMP.fullmatch(os.path.basename(path))
+    if temp:
+        final = os.path.join(os.path.dirname(path), temp["name"])
+        raise _errors.BpjaxError(where, f"expected a checkpoint, got the temporary file of a save (it may be "
+                                        f"partial, so it is never read): restore {final!r}")
+    if not os.path.exists(path):
+        raise _errors.BpjaxError(where, "no such file: expected a checkpoint written by bp.checkpoint.save"
+                                        + _missing_hint(path))
+    if os.path.isdir(path):
+        raise _errors.BpjaxError(where, "expected a checkpoint file, got a directory")
+    try:
+        fh = open(path, "rb")
+    except OSError as e:
+        raise _errors.BpjaxError(where, f"expected a readable file, got {type(e).__name__}: {e.strerror or e}") \
+            from None
+    try:
+        with fh, zipfile.ZipFile(fh) as zf:
+            names = set(zf.namelist())
+            if _META not in names:
+                raise _errors.BpjaxError(where, f"not a bpjax checkpoint: the zip has no {_META} member "
+                                                f"(found {sorted(names)[:5]})")
+            meta = json.loads(zf.read(_META))
+            if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+                raise _errors.BpjaxError(where, f"not a bpjax checkpoint: expected format {FORMAT!r}")
+            if meta.get("format_version") != FORMAT_VERSION:
+                raise _errors.BpjaxError(where, f"expected checkpoint format version {FORMAT_VERSION}, got "
+                                                f"{meta.get('format_version')!r} (written by bpjax "
+                                                f"{meta.get('bpjax_version')})")
+            members = [zf.read(f"leaf_{i:05d}.npy") for i in range(len(meta["leaves"]))]
+    except _errors.BpjaxError:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, KeyError, EOFError, OSError, ValueError,
+            UnicodeDecodeError) as e:
+        raise _errors.BpjaxError(where, f"corrupted or truncated checkpoint (expected a bpjax .npz zip): "
+                                        f"{type(e).__name__}: {e}") from None
+    found = _checksum(meta, members)
+    if found != meta.get("sha256"):
+        raise _errors.BpjaxError(where, f"checksum mismatch, the file is corrupted: expected sha256 "
+                                        f"{meta.get('sha256')}, got {found}")
+    try:
+        arrays = [np.lib.format.read_array(io.BytesIO(m), allow_pickle=False) for m in members]
+    except ValueError as e:  # e.g. an object array: never unpickled
+        raise _errors.BpjaxError(where, f"unreadable array member (expected plain .npy data): {e}") from None
+    return meta, arrays
+
+
+# ---------------------------------------------------------------- leaves against `like`
+
+
+def _like_record(where: str, path: str, leaf):
+    """``(kind, dtype str or None, shape)`` that ``leaf`` of a ``like`` tree expects."""
+    if _is_number(leaf):
+        return type(leaf).__name__, None, ()
+    if _is_key(leaf):
+        return "key", str(leaf.dtype), tuple(leaf.shape)
+    if hasattr(leaf, "dtype") and hasattr(leaf, "shape"):  # arrays, numpy scalars, jax.ShapeDtypeStruct
+        return "array", str(jnp.dtype(leaf.dtype)), tuple(leaf.shape)
+    hint = "; pass the state, e.g. like=optimizer.init(params), not the optimizer or model" if callable(leaf) else ""
+    raise _errors.BpjaxTypeError(where, f"like: leaf {_label(path)}: expected an array, jax.ShapeDtypeStruct, PRNG "
+                                        f"key or Python number, got {type(leaf).__name__}{hint}")
+
+
+def _kind_text(kind: str, dtype: str, shape) -> str:
+    if kind == "array":
+        return f"a {dtype}{list(shape)} array"
+    if kind == "key":
+        return f"a typed PRNG key {dtype}{list(shape)}"
+    return f"a Python {kind}"
+
+
+def _kind_mismatch(where: str, rec: dict, kind: str, dtype, shape) -> _errors.BpjaxTypeError:
+    hint = ""
+    if kind == "key" and rec["kind"] == "array" and rec["dtype"] == "uint32":
+        hint = ("; the file holds a raw key (jax.random.PRNGKey): pass a raw key in `like`, or wrap the result "
+                "with jax.random.wrap_key_data")
+    elif kind == "array" and rec["kind"] == "key":
+        hint = ("; the file holds a typed key (jax.random.key): pass a typed key in `like`, or take "
+                "jax.random.key_data of the result")
+    return _errors.BpjaxTypeError(where, f"leaf {_label(rec['path'])}: expected {_kind_text(kind, dtype, shape)} "
+                                         f"(as in `like`), found {_kind_text(rec['kind'], rec['dtype'], rec['shape'])}"
+                                         f" in the file{hint}")
