@@ -84,6 +84,17 @@ def is_concrete(x) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
 
+def array_module(x):
+    """``numpy`` for a concrete array this process holds, ``jax.numpy`` for a traced (or non-addressable) one.
+
+    Value checks on concrete data run in numpy: the same check in ``jax.numpy`` would compile a
+    small XLA program for every new shape and dtype it meets.
+    """
+    if not is_concrete(x) or (isinstance(x, jax.Array) and not x.is_fully_addressable):
+        return jnp
+    return np
+
+
 def check_value(where: str, ok, message: str, **fmt) -> jax.Array:
     """Check a condition on values; returns a bool array to poison the result with when traced.
 
@@ -99,7 +110,7 @@ def check_value(where: str, ok, message: str, **fmt) -> jax.Array:
             values = {k: str(a[()]) if a.ndim == 0 and a.dtype.kind == "f" else a.tolist()
                       for k, a in ((k, np.asarray(v)) for k, v in fmt.items())}
             raise BpjaxError(where, message.format(**values))
-        return jnp.asarray(True)
+        return np.asarray(True)
     if _CHECKIFY_DEPTH[0] > 0:
         args = {k: jnp.asarray(v) for k, v in fmt.items()}
         checkify.check(ok, f"{where}: {message}", **args)  # type: ignore[arg-type]
@@ -114,7 +125,7 @@ def poison(x, ok):
     ``jax.grad`` or by hand from a poisoned ``dpred``) is NaN, never a finite step from invalid data.
     A concrete passed check returns ``x`` untouched.
     """
-    if is_concrete(ok) and bool(jnp.all(ok)):
+    if is_concrete(ok) and bool(np.all(ok)):
         return x
     return x * jnp.where(ok, 1, jnp.nan).astype(jnp.result_type(x))
 

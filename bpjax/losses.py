@@ -150,10 +150,12 @@ def _same_shape(where: str, pred_shape, target, what: str = "prediction") -> Non
                                         f"target {t}{hint}; pred - target would broadcast")
 
 
-def _range(t):
+def _range(xp, t):
     """Values for the message of a failed range check: min and max over the non-NaN entries (nan when
-    all are NaN) and the number of NaN entries."""
-    return dict(lo=jnp.nanmin(t), hi=jnp.nanmax(t), n=jnp.sum(jnp.isnan(t)))
+    all are NaN) and the number of NaN entries (``xp``: numpy or jax.numpy, :func:`bpjax._errors.array_module`)."""
+    if xp is np and np.isnan(t).all():  # numpy warns on an all-NaN (or empty) slice; the message shows nan
+        return dict(lo=t.dtype.type(np.nan), hi=t.dtype.type(np.nan), n=int(t.size))
+    return dict(lo=xp.nanmin(t), hi=xp.nanmax(t), n=xp.sum(xp.isnan(t)))
 
 
 def _check_targets_with(where: str, validate):
@@ -203,9 +205,10 @@ def _mse_validate(target, pred_shape, dtype):
     if not (jnp.issubdtype(t_dtype, jnp.floating) or jnp.issubdtype(t_dtype, jnp.integer)):
         raise _errors.BpjaxTypeError(where, f"expected a real (float or integer) target, got dtype {t_dtype}")
     _same_shape(where, pred_shape, target)
-    t = target.astype(dtype)
-    ok = _errors.check_value(where, jnp.all(jnp.isfinite(t)), "expected finite targets, got {n} NaN or Inf entries",
-                             n=jnp.sum(~jnp.isfinite(t)))
+    xp = _errors.array_module(target)
+    t = xp.asarray(target).astype(dtype)
+    ok = _errors.check_value(where, xp.all(xp.isfinite(t)), "expected finite targets, got {n} NaN or Inf entries",
+                             n=xp.sum(~xp.isfinite(t)))
     return t, ok
 
 
@@ -240,18 +243,24 @@ def _xent_validate(target, pred_shape, dtype):
             hint = f" (squeeze the last axis: labels of shape ({B},))" if shape == (B, 1) else ""
             raise _errors.BpjaxError(where, f"integer labels must have shape ({B},) to match logits "
                                             f"{(B, C)}, got {shape}{hint}")
-        ok = _errors.check_value(where, jnp.all((target >= 0) & (target < C)),
+        xp = _errors.array_module(target)
+        target = xp.asarray(target)
+        ok = _errors.check_value(where, xp.all((target >= 0) & (target < C)),
                                  "labels must lie in [0, {C}), got min {lo} and max {hi}",
-                                 C=C, lo=jnp.min(target), hi=jnp.max(target))
+                                 C=C, **({"lo": xp.min(target), "hi": xp.max(target)} if target.size else
+                                         {"lo": "none", "hi": "none"}))
+        if xp is np:  # one-hot rows by numpy: no XLA program to compile for a concrete batch
+            return np.eye(C, dtype=dtype)[target], ok
         return jax.nn.one_hot(target, C, dtype=dtype), ok
     if shape != (B, C):
         hint = " (float labels? integer class ids must have an integer dtype)" if shape == (B,) else ""
         raise _errors.BpjaxError(where, f"float targets must be probabilities of shape {(B, C)} like the "
                                         f"logits, got {shape}{hint}")
-    t = target.astype(dtype)
-    ok = _errors.check_value(where, jnp.all((t >= 0) & jnp.isfinite(t)),  # False for NaN too
+    xp = _errors.array_module(target)
+    t = xp.asarray(target).astype(dtype)
+    ok = _errors.check_value(where, xp.all((t >= 0) & xp.isfinite(t)),  # False for NaN too
                              "probability targets must be finite and >= 0, got min {lo}, max {hi} "
-                             "and {n} NaN entries", **_range(t))
+                             "and {n} NaN entries", **_range(xp, t))
     return t, ok
 
 
@@ -283,9 +292,11 @@ def _bce_validate(target, pred_shape, dtype):
     if not (jnp.issubdtype(t_dtype, jnp.floating) or jnp.issubdtype(t_dtype, jnp.integer) or t_dtype == jnp.bool_):
         raise _errors.BpjaxTypeError(where, f"targets must be real 0/1 or probabilities, got dtype {t_dtype}")
     _same_shape(where, pred_shape, target, "logits")
-    t = target.astype(dtype)
-    ok = _errors.check_value(where, jnp.all((t >= 0) & (t <= 1)),  # False for NaN too
-                             "targets must lie in [0, 1], got min {lo}, max {hi} and {n} NaN entries", **_range(t))
+    xp = _errors.array_module(target)
+    t = xp.asarray(target).astype(dtype)
+    ok = _errors.check_value(where, xp.all((t >= 0) & (t <= 1)),  # False for NaN too
+                             "targets must lie in [0, 1], got min {lo}, max {hi} and {n} NaN entries",
+                             **_range(xp, t))
     return t, ok
 
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from bpjax import _errors
 from bpjax.core import Layer, check_model
-from bpjax.grad import gradients
+from bpjax.grad import check_finite, gradients
 from bpjax.gradcheck import judge as _judge
 from bpjax.gradcheck import measure, paths, world64
 from bpjax.gradcheck.report import GradientReport
@@ -45,10 +45,6 @@ def reference_gradients(reference: str, model, loss, train, params, x, y, state,
     return gradients(model, loss, backward="autodiff", wrt_input=True)(params, x, y, state, key, train)
 
 
-def check_data(where: str, x) -> None:
-    for a in jax.tree.leaves(x):
-        if _errors.is_concrete(a) and measure.inexact(a) and not bool(jnp.all(jnp.isfinite(a))):
-            raise _errors.BpjaxError(where, f"x contains NaN or Inf ({int(jnp.sum(~jnp.isfinite(a)))} entries)")
 
 
 def check_settings(where: str, rtol, fd_eps, fd_rtol, fd_directions, finite_differences, reference, sweep_) -> None:
@@ -134,7 +130,7 @@ def check_gradients(model: Layer, loss, params, x, y, *, state=None, key=None, t
         if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)):
             raise _errors.BpjaxTypeError(model.name, f"expected a real floating-point input (or integer ids), "
                                                      f"got dtype {dtype}")
-    check_data("check_gradients", x)
+    check_finite("check_gradients", "x", x)
     check_settings("check_gradients", rtol, fd_eps, fd_rtol, fd_directions, finite_differences, reference, sweep)
     error, (_, _, manual) = _manual(model, loss, train, params, x, y, state, key)
     _errors.throw(error)

@@ -20,7 +20,10 @@ import functools
 import jax
 import jax.extend.random as jrandom
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
+
+from bpjax import _errors
 
 F64 = jnp.dtype("float64")
 _IMPLS = {"threefry2x32": jrandom.threefry_prng_impl, "rbg": jrandom.rbg_prng_impl,
@@ -28,9 +31,17 @@ _IMPLS = {"threefry2x32": jrandom.threefry_prng_impl, "rbg": jrandom.rbg_prng_im
 
 
 def to64(tree):
-    """Every floating leaf of ``tree`` cast to float64 (under ``jax.enable_x64(True)``); keys and ints unchanged."""
-    return jax.tree.map(lambda a: jnp.asarray(a, F64) if jnp.issubdtype(jnp.result_type(a), jnp.floating) else a,
-                        tree)
+    """Every floating leaf of ``tree`` cast to float64 (under ``jax.enable_x64(True)``); keys and ints unchanged.
+
+    A concrete leaf is cast by numpy (an XLA cast compiles once per shape); a traced one by JAX.
+    """
+    def cast(a):
+        if not jnp.issubdtype(jnp.result_type(a), jnp.floating):
+            return a
+        local = _errors.is_concrete(a) and not (isinstance(a, jax.Array) and not a.is_fully_addressable)
+        return jnp.asarray(np.asarray(a, np.float64)) if local else jnp.asarray(a, F64)
+
+    return jax.tree.map(cast, tree)
 
 
 @functools.lru_cache(maxsize=None)

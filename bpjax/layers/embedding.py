@@ -54,9 +54,11 @@ def Embedding(vocab: int, features: int, *, init: Initializer = "normal", stddev
         if not jnp.issubdtype(dtype, jnp.integer):
             raise _errors.BpjaxTypeError(name, f"expected integer ids (B, ...), got dtype {dtype}")
         _errors.check_ndim(name, ids, tuple(range(1, 8)), "ids array")
+        xp = _errors.array_module(ids)
+        i = xp.asarray(ids)
         ok = jnp.asarray(True) if ids.size == 0 else _errors.check_value(
-            name, jnp.all((ids >= 0) & (ids < vocab)), "ids must lie in [0, {vocab}), got min {lo} and max {hi}",
-            vocab=vocab, lo=jnp.min(ids), hi=jnp.max(ids))
+            name, xp.all((i >= 0) & (i < vocab)), "ids must lie in [0, {vocab}), got min {lo} and max {hi}",
+            vocab=vocab, lo=xp.min(i), hi=xp.max(i))
         y = jnp.take(params["E"], ids, axis=0)  # y = E[ids]
         return _errors.poison(y, ok), ids  # NaN (and NaN gradients) when a traced range check failed
 
