@@ -95,7 +95,7 @@ def array_module(x):
     return np
 
 
-def check_value(where: str, ok, message: str, **fmt) -> jax.Array:
+def check_value(where: str, ok, message: str, **fmt) -> "jax.Array | np.ndarray":
     """Check a condition on values; returns a bool array to poison the result with when traced.
 
     - Concrete values: raise a :class:`BpjaxError` at once.

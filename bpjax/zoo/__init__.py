@@ -19,13 +19,13 @@ and sampled with :func:`generate`:
 - :func:`char_rnn`: Embedding, an LSTM or GRU, Dense(V); with ``batch_size`` the recurrent state is
   carried from one batch to the next (truncated backpropagation through time, :func:`TruncatedBPTT`).
 
-One module each: :mod:`~bpjax.zoo.mnist1d`, :mod:`~bpjax.zoo.gpt` (with the loss and :func:`generate`),
-:mod:`~bpjax.zoo.char_rnn`.
+One module each: :mod:`~bpjax.zoo.mnist1d`, :mod:`~bpjax.zoo.transformer` (the GPT, with the loss and :func:`generate`),
+:mod:`~bpjax.zoo.recurrent_lm` (the character RNN).
 """
 
-from bpjax.zoo.char_rnn import TruncatedBPTT, char_rnn
-from bpjax.zoo.gpt import PositionEmbedding, generate, gpt, token_cross_entropy
 from bpjax.zoo.mnist1d import LENGTH, MODELS, N_CLASSES, AddChannel, logistic, mnist1d_cnn, mnist1d_gru, mnist1d_mlp
+from bpjax.zoo.recurrent_lm import TruncatedBPTT, char_rnn
+from bpjax.zoo.transformer import PositionEmbedding, generate, gpt, token_cross_entropy
 
 __all__ = ["LENGTH", "MODELS", "N_CLASSES", "AddChannel", "PositionEmbedding", "TruncatedBPTT", "char_rnn",
            "generate", "gpt", "logistic", "mnist1d_cnn", "mnist1d_gru", "mnist1d_mlp", "token_cross_entropy"]
