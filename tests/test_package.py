@@ -5,6 +5,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -59,9 +61,14 @@ def test_bpjax_has_no_import_cycle():
 
 
 def test_only_the_library_is_installed():
-    text = (ROOT / "pyproject.toml").read_text()
-    assert 'include = ["bpjax*"]' in text
-    assert '"experiments*"' not in text and '"benchmarks*"' not in text
+    """The packages setuptools collects under pyproject.toml's settings are ``bpjax`` and its subpackages:
+    experiments/ and benchmarks/ are tools of the repository, never top-level packages of site-packages."""
+    tomllib = pytest.importorskip("tomllib", reason="pyproject.toml is read with tomllib (Python 3.11+)")
+    setuptools = pytest.importorskip("setuptools")
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    packages = setuptools.find_packages(where=str(ROOT), **config)
+    assert "bpjax" in packages and "bpjax.train" in packages and "bpjax.gradcheck" in packages
+    assert {p.split(".")[0] for p in packages} == {"bpjax"}, packages
 
 
 def test_core_import_is_light():
