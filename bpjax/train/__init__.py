@@ -9,7 +9,8 @@ The package reads top-down:
 - :mod:`~bpjax.train.validate`: eager checks of the inputs; :mod:`~bpjax.train.sharding`: many devices;
 - :mod:`~bpjax.train.stream`: batches streamed from an iterable; :mod:`~bpjax.train.distributed` and
   :mod:`~bpjax.train.launch`: many processes;
-- :mod:`~bpjax.train.fit`: ``fit``, ``fit_many`` and ``init_many``, which tie the above together.
+- :mod:`~bpjax.train.runs`: ``fit``, ``fit_many`` and ``init_many``, which tie the above together (a module
+  named apart from the function, so ``bpjax.train.fit`` is only the function).
 
 One order everywhere: ``params, opt_state, state`` (state only for contextual models in
 ``make_step``'s return; always in :class:`FitResult`).
@@ -18,9 +19,9 @@ One order everywhere: ``params, opt_state, state`` (state only for contextual mo
 from bpjax.grad import BACKWARDS
 from bpjax.train.cache import clear_cache
 from bpjax.train.distributed import every_process, initialize, process_local
-from bpjax.train.fit import fit, fit_many, init_many
 from bpjax.train.history import FitResult
 from bpjax.train.resume import resume_step
+from bpjax.train.runs import fit, fit_many, init_many
 from bpjax.train.sharding import data_parallel_mesh, replicate, shard_batch
 from bpjax.train.step import make_step
 

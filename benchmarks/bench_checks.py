@@ -1,0 +1,146 @@
+"""What bpjax's input checks cost a training run: the MNIST-1D MLP ``fit`` with its checks and without, side by side.
+
+    python -m benchmarks.bench_checks [--steps 6000] [--repeats 10] [--out PREFIX]
+
+Recipe (Greydanus 2020): Adam 1e-2, batch 100, batches in order, evaluation on the test set every
+500 steps. ``fit`` checks its inputs eagerly before it compiles (:mod:`bpjax.train.validate`: the
+datasets whole, finite and with valid targets; one forward and the loss traced on a batch), and the
+layer contract is checked while the gradient is traced (:mod:`bpjax.contract`); the compiled loop
+itself carries no checks. "Unchecked" runs the same ``fit`` with those eager checks replaced by
+pass-throughs (the contract checks read static shapes and add nothing to the compiled program, which
+``tests/test_contract.py`` asserts), so the difference is what a user pays for the checks:
+
+- cached calls: ``fit`` with its compiled program reused (each arm's own), ``repeats`` interleaved
+  calls per arm (order flipped each round), medians of wall and process CPU time;
+- first calls: a new optimizer object each time (so the program is traced and compiled anew),
+  3 interleaved calls per arm, medians.
+
+Writes ``<out>.json`` and ``<out>.md`` (default ``benchmarks/results/bench_checks``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import time
+
+import jax
+import numpy as np
+import optax
+
+import bpjax as bp
+from benchmarks.__main__ import machine
+from benchmarks.data import mnist1d
+from bpjax import zoo
+from bpjax.train import runs as fit_module
+
+XENT, BATCH = bp.losses.softmax_cross_entropy, 100
+
+
+@contextlib.contextmanager
+def unchecked():
+    """``fit`` with its eager input checks replaced by pass-throughs (the prediction's shape still traced)."""
+    saved = {n: getattr(fit_module, n) for n in ("check_data", "check_targets", "trace_loss", "check_mesh")}
+    fit_module.check_data = lambda where, data, what: tuple(jax.numpy.asarray(a) for a in data)
+    fit_module.check_targets = lambda *args, **kwargs: None
+    fit_module.trace_loss = lambda *args, **kwargs: None
+    fit_module.check_mesh = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        for n, f in saved.items():
+            setattr(fit_module, n, f)
+
+
+def _timed(fn):
+    w, c = time.perf_counter(), time.process_time()
+    out = fn()
+    jax.block_until_ready(out.params)
+    return time.perf_counter() - w, time.process_time() - c, out
+
+
+def measure(steps: int, repeats: int) -> dict:
+    x, y, xt, yt = mnist1d()
+    model = zoo.mnist1d_mlp()
+    _, p0 = model.init(jax.random.key(0), (40,))
+    kw = dict(steps=steps, batch_size=BATCH, eval_data=(xt, yt), eval_every=500, verbose=False)
+    opts = {"checked": optax.adam(1e-2), "unchecked": optax.adam(1e-2)}  # one object per arm: its own cache
+
+    def call(arm, opt):
+        def run():
+            return bp.train.fit(model, XENT, opt, p0, (x, y), **kw)
+        if arm == "unchecked":
+            with unchecked():
+                return _timed(run)
+        return _timed(run)
+
+    first = {a: {"wall": [], "cpu": []} for a in opts}
+    for r in range(3):  # first calls: a new optimizer object, so a new trace and compile
+        for arm in (("checked", "unchecked") if r % 2 == 0 else ("unchecked", "checked")):
+            wall, cpu, _ = call(arm, optax.adam(1e-2))
+            first[arm]["wall"].append(wall)
+            first[arm]["cpu"].append(cpu)
+    for arm, opt in opts.items():
+        call(arm, opt)  # compile each arm's cached program
+    cached = {a: {"wall": [], "cpu": []} for a in opts}
+    results = {}
+    for r in range(repeats):
+        for arm in (("checked", "unchecked") if r % 2 == 0 else ("unchecked", "checked")):
+            wall, cpu, out = call(arm, opts[arm])
+            cached[arm]["wall"].append(wall)
+            cached[arm]["cpu"].append(cpu)
+            results[arm] = out
+    pairs = zip(jax.tree.leaves(results["checked"].params), jax.tree.leaves(results["unchecked"].params))
+    same = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in pairs)
+
+    def medians(d):
+        return {arm: {k: statistics.median(v) for k, v in t.items()} for arm, t in d.items()}
+
+    cm, fm = medians(cached), medians(first)
+    return {"steps": steps, "repeats": repeats, "cached": cm, "first": fm,
+            "cached_ratio": {k: cm["checked"][k] / cm["unchecked"][k] for k in ("wall", "cpu")},
+            "first_ratio": {k: fm["checked"][k] / fm["unchecked"][k] for k in ("wall", "cpu")},
+            "max_param_difference": same}
+
+
+def markdown(r: dict) -> str:
+    m = r["machine"]
+    lines = ["# The cost of bpjax's input checks: MNIST-1D MLP `fit`", "",
+             f"Machine: {m['cpu']}, {m['cores']} CPU cores, jax {m['jax']}. Load average at the start "
+             f"{m['load_start']}, at the end {m['load_end']}.", "",
+             f"{r['steps']} steps, Adam 1e-2, batch 100, evaluation every 500 steps. Medians of "
+             f"{r['repeats']} interleaved cached calls and 3 interleaved first calls per arm.", "",
+             "| call | checked wall s (CPU) | unchecked wall s (CPU) | checked / unchecked: wall (CPU) |",
+             "|---|---|---|---|"]
+    for call in ("cached", "first"):
+        c, u, q = r[call]["checked"], r[call]["unchecked"], r[f"{call}_ratio"]
+        lines.append(f"| {call} | {c['wall']:.3f} ({c['cpu']:.3f}) | {u['wall']:.3f} ({u['cpu']:.3f}) | "
+                     f"{q['wall']:.2f} ({q['cpu']:.2f}) |")
+    lines += ["", f"Largest parameter difference between the two runs: {r['max_param_difference']:.1e}."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_checks", description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=6000)
+    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--out", default="benchmarks/results/bench_checks", help="output prefix (.json and .md)")
+    args = ap.parse_args(argv)
+    info = machine()
+    r = measure(args.steps, args.repeats)
+    r["machine"] = {"cpu": info["processor"], "cores": info["cpu_count"], "jax": info["jax"],
+                    "load_start": [round(v, 2) for v in info["load_average"]],
+                    "load_end": [round(v, 2) for v in os.getloadavg()]}
+    with open(args.out + ".json", "w") as f:
+        json.dump(r, f, indent=2)
+    with open(args.out + ".md", "w") as f:
+        f.write(markdown(r))
+    print(markdown(r))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
