@@ -40,9 +40,9 @@ def mnist1d() -> dict:
     from the cache). ``make_dataset`` reseeds numpy's and ``random``'s global generators; their
     states are restored afterwards so the caller's randomness is untouched.
     """
-    import mnist1d as package
+    from importlib import metadata
 
-    version = getattr(package, "__version__", "0")
+    version = metadata.version("mnist1d")  # not `import mnist1d`: that loads scipy (2-3 s) to read a cached file
     path = CACHE / f"mnist1d-{version}.npz"
     if path.exists():
         with np.load(path) as f:
