@@ -64,3 +64,11 @@ def random_params(model, input_shape, seed=0, dtype=jnp.float32):
         return jnp.asarray(base + 0.1 * z, dtype)
 
     return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+def init_shapes(model, input_shape):
+    """``model.init``'s output shape and its params' shapes (a tree of tuples), traced by ``jax.eval_shape``:
+    nothing is drawn or compiled."""
+    out = []
+    params = jax.eval_shape(lambda k: out.append(model.init(k, tuple(input_shape))) or out[0][1], jax.random.key(0))
+    return out[0][0], jax.tree.map(lambda a: a.shape, params)

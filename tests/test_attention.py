@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import init_shapes, random_params
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -11,28 +12,11 @@ import bpjax as bp
 from bpjax import layers as L
 
 
-def _draw(shapes, rng, dtype):
-    """numpy draws of the structure and shapes ``shapes`` (from ``jax.eval_shape`` of an init): weight
-    matrices ``N(0, 1 / fan_in)`` (the initialiser's scale), layer-norm scales ``1 + 0.1 N(0, 1)``, every
-    other vector ``0.1 N(0, 1)`` (biases start at zero in the init; a small value makes every path count)."""
-
-    def draw(path, s):
-        z = rng.standard_normal(s.shape)
-        if len(s.shape) >= 2:
-            return jnp.asarray(z / np.sqrt(s.shape[0]), dtype)
-        base = 1.0 if jax.tree_util.keystr(path).endswith("['scale']") else 0.0
-        return jnp.asarray(base + 0.1 * z, dtype)
-
-    return jax.tree_util.tree_map_with_path(draw, shapes)
-
-
 def _params(layer, in_shape, dtype, seed=0):
-    """Params of ``layer``'s structure and shapes (``jax.eval_shape`` of its init: nothing compiles), drawn
-    by :func:`_draw`. The random numbers come from numpy: eager jax.random calls compile a sampler per new
-    shape; these tests check gradients and outputs, not the initialiser (test_attention_keywords and
+    """Random params of ``layer``'s shapes, drawn with numpy (conftest.random_params: nothing compiles). These
+    tests check gradients and outputs, not the initialiser (test_attention_keywords and
     test_attention_explicit_head_dim_shapes check it)."""
-    shapes = jax.eval_shape(lambda k: layer.init(k, tuple(in_shape))[1], jax.random.key(seed))
-    return _draw(shapes, np.random.default_rng(seed), dtype)
+    return random_params(layer, in_shape, seed, dtype)
 
 
 def _setup(layer, shape, dtype, seed=0, scale=1.0):
@@ -53,13 +37,6 @@ def _jitted(layer):
 MHA = {causal: _jitted(L.MultiHeadSelfAttention(2, causal=causal)) for causal in (False, True)}
 
 
-def _init_shapes(layer, in_shape):
-    """``layer.init``'s output shape and its params' shapes, traced by ``jax.eval_shape`` (nothing compiles)."""
-    out = []
-    params = jax.eval_shape(lambda k: out.append(layer.init(k, in_shape)) or out[0][1], jax.random.key(0))
-    return out[0][0], jax.tree.map(lambda a: a.shape, params)
-
-
 def _check(layer, shape, seed=0, f32=True, f64=True):
     """check_layer in float64 (rtol 1e-10, with finite differences) and in float32 (rtol 1e-4), as asked.
 
@@ -67,7 +44,7 @@ def _check(layer, shape, seed=0, f32=True, f64=True):
     projections, the scores and p @ v; 1e-4 leaves a wide margin (measured worst about 5e-5).
     f64 vjp vs manual differ only by the order of the sums (measured worst about 1e-13); central
     differences with eps 1e-5 have truncation ~1e-10 and roundoff ~1e-11 (gradcheck default 1e-6).
-    The params are random (biases too, see _draw), so every path counts.
+    The params are random (biases too, see conftest.random_params), so every path counts.
     """
     layer = _jitted(layer)
     if f32:
@@ -102,7 +79,7 @@ def test_attention_explicit_head_dim_shapes():
     # head_dim given: D need not be divisible by the heads, and H*hd may differ from D
     # (its gradients are checked in test_attention_f64_any_shape and here in float32).
     layer = L.MultiHeadSelfAttention(3, head_dim=2, causal=True)
-    out_shape, shapes = _init_shapes(layer, (5, 7))
+    out_shape, shapes = init_shapes(layer, (5, 7))
     assert out_shape == (5, 7) and shapes["Wq"] == (7, 6) and shapes["Wo"] == (6, 7)
     _check(layer, (2, 5, 7), f64=False)
 
@@ -308,7 +285,7 @@ def test_attention_errors():
 
 def test_transformer_block_f32():
     layer = L.TransformerBlock(2, mlp_features=12)
-    out_shape, shapes = _init_shapes(layer, (5, 8))
+    out_shape, shapes = init_shapes(layer, (5, 8))
     assert out_shape == (5, 8)
     assert shapes[0][1]["Wq"] == (8, 8) and shapes[1][1]["W"] == (8, 12) and shapes[1][3]["W"] == (12, 8)
     # float64 and finite differences for the block come from the tiny transformer test below
