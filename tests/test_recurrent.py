@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import cast
+from conftest import init_shapes, random_params
 from hypothesis import Phase, example, given, settings
 from hypothesis import strategies as st
 
@@ -30,16 +30,26 @@ def jitted(layer):
     return bp.Layer(layer.init, jax.jit(layer.forward), jax.jit(layer.backward), layer.name)
 
 
-def check_both(layer, key, B, T, D):
-    """check_layer in float32 (vs jax.vjp) and float64 (vs jax.vjp, rtol 1e-10, and finite differences)."""
+def _normal(seed, shape, dtype=jnp.float32):
+    """``N(0, 1)`` of ``shape`` drawn with numpy (an eager jax.random draw compiles a sampler per shape)."""
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), dtype)
+
+
+def _f64(tree):
+    """The same values in float64 (cast by numpy: an eager cast compiles once per shape); call under x64."""
+    return jax.tree.map(lambda a: jnp.asarray(np.asarray(a, np.float64)), tree)
+
+
+def check_both(layer, seed, B, T, D):
+    """check_layer in float32 (vs jax.vjp) and float64 (vs jax.vjp, rtol 1e-10, and finite differences),
+    at random params (conftest.random_params) and input drawn from ``seed``."""
     layer = jitted(layer)
-    kp, kx = jax.random.split(key)
-    _, params = layer.init(kp, (T, D))
-    x = jax.random.normal(kx, (B, T, D), jnp.float32)
+    params = random_params(layer, (T, D), seed)
+    x = _normal(seed + 1, (B, T, D))
     r32 = bp.check_layer(layer, params, x, finite_differences=False)
     assert r32.ok, str(r32)
     with jax.enable_x64(True):
-        r64 = bp.check_layer(layer, cast(params, jnp.float64), x.astype(jnp.float64), rtol=1e-10)
+        r64 = bp.check_layer(layer, _f64(params), _f64(x), rtol=1e-10)
     assert r64.ok, str(r64)
     assert r64.max_fd_rel_error is not None
     assert len(r64.rows) == len(jax.tree.leaves(params)) + 1  # every parameter leaf and x compared one by one
@@ -59,23 +69,24 @@ COMPOSITES = {
 }
 
 
-# The fast suite runs two composites (T = 1 included): every cell with return_sequences, SimpleRNN
-# and GRU also in last-state mode, Bidirectional in both modes, float32 and float64 with finite
-# differences. The slow suite adds the third (LSTM in last-state mode) and random shapes. One
-# (B, D, H) for all keeps the leaf shapes, and so the compiled finite-difference helpers, shared.
+# The fast suite runs one composite (each costs ~8 s of compiling): every cell (LSTM and SimpleRNN
+# with return_sequences, GRU in last-state mode), Bidirectional in both modes, float32 and float64
+# with finite differences. GRU with return_sequences is checked by default too, in
+# test_mnist1d_bidirectional_gru_classifier. The slow suite adds the other two composites (T = 1,
+# and LSTM and SimpleRNN in last-state mode) and random shapes.
 @settings(phases=[Phase.explicit])
 @given(model=st.sampled_from(sorted(COMPOSITES)), B=st.integers(1, 3), T=st.integers(1, 5), D=st.integers(1, 3),
        H=st.integers(1, 4), unroll=st.sampled_from([1, 2]))
-@example(model="gru-bilstm-rnnlast", B=2, T=1, D=2, H=2, unroll=1)
 @example(model="lstm-birnn-bigrulast", B=2, T=3, D=2, H=2, unroll=1)
 def test_check_layer_composites(model, B, T, D, H, unroll):
-    check_both(COMPOSITES[model](H, unroll), jax.random.key(B * 1000 + T * 100 + D * 10 + H), B, T, D)
+    check_both(COMPOSITES[model](H, unroll), B * 1000 + T * 100 + D * 10 + H, B, T, D)
 
 
 @pytest.mark.slow
 @settings(max_examples=8)
 @given(model=st.sampled_from(sorted(COMPOSITES)), B=st.integers(1, 3), T=st.integers(1, 6), D=st.integers(1, 3),
        H=st.integers(1, 4), unroll=st.sampled_from([1, 2]))
+@example(model="gru-bilstm-rnnlast", B=2, T=1, D=2, H=2, unroll=1)
 @example(model="rnn-bigru-lstmlast", B=2, T=2, D=2, H=2, unroll=2)
 def test_check_layer_composites_random_shapes(model, B, T, D, H, unroll):
     test_check_layer_composites.hypothesis.inner_test(model, B, T, D, H, unroll)
@@ -86,8 +97,8 @@ def test_check_layer_composites_random_shapes(model, B, T, D, H, unroll):
 @pytest.mark.parametrize("bidirectional", [False, True])
 @pytest.mark.parametrize("return_sequences", [True, False])
 @pytest.mark.parametrize("cell", sorted(CELLS))
-def test_check_layer_every_combination(cell, return_sequences, bidirectional, getkey):
-    check_both(make(cell, 3, return_sequences, bidirectional), getkey(), B=2, T=3, D=2)
+def test_check_layer_every_combination(cell, return_sequences, bidirectional):
+    check_both(make(cell, 3, return_sequences, bidirectional), 0, B=2, T=3, D=2)
 
 
 @pytest.mark.slow
@@ -98,32 +109,30 @@ def test_check_layer_every_combination(cell, return_sequences, bidirectional, ge
 @example(cell="GRU", return_sequences=False, bidirectional=True, B=1, T=1, D=1, H=1, unroll=1)
 @example(cell="LSTM", return_sequences=True, bidirectional=False, B=2, T=1, D=3, H=2, unroll=1)
 def test_check_layer_hypothesis_single_layers(cell, return_sequences, bidirectional, B, T, D, H, unroll):
-    check_both(make(cell, H, return_sequences, bidirectional, unroll), jax.random.key(B * 1000 + T * 100 + D * 10 + H),
-               B, T, D)
+    check_both(make(cell, H, return_sequences, bidirectional, unroll), B * 1000 + T * 100 + D * 10 + H, B, T, D)
 
 
-def _mnist1d_gru_check(key, finite_differences):
+def _mnist1d_gru_check(seed, finite_differences):
     """The MNIST-1D GRU (Greydanus 2020): x (B, 40, 1) -> BiGRU(6), all 40 states (480) -> Dense(10)."""
     net = bp.serial(Bidirectional(GRU(6)), Flatten(), Dense(10))
-    k1, k2 = jax.random.split(key)
-    out_shape, params = net.init(k1, (40, 1))
-    assert out_shape == (10,)
-    x = jax.random.normal(k2, (8, 40, 1))
-    y = jnp.arange(8) % 10
+    assert init_shapes(net, (40, 1))[0] == (10,)
+    y = jnp.asarray(np.arange(8) % 10, jnp.int32)
     with jax.enable_x64(True):
-        report = bp.check_gradients(net, bp.losses.softmax_cross_entropy, cast(params, jnp.float64),
-                                    x.astype(jnp.float64), y, rtol=1e-10, finite_differences=finite_differences)
+        params = random_params(net, (40, 1), seed, jnp.float64)
+        x = _normal(seed + 1, (8, 40, 1), jnp.float64)
+        report = bp.check_gradients(net, bp.losses.softmax_cross_entropy, params, x, y, rtol=1e-10,
+                                    finite_differences=finite_differences)
     assert report.ok, str(report)
     return report
 
 
-def test_mnist1d_bidirectional_gru_classifier(getkey):
-    _mnist1d_gru_check(getkey(), finite_differences=False)
+def test_mnist1d_bidirectional_gru_classifier():
+    _mnist1d_gru_check(0, finite_differences=False)
 
 
 @pytest.mark.slow
-def test_mnist1d_bidirectional_gru_classifier_finite_differences(getkey):
-    assert _mnist1d_gru_check(getkey(), finite_differences=True).max_fd_rel_error is not None
+def test_mnist1d_bidirectional_gru_classifier_finite_differences():
+    assert _mnist1d_gru_check(0, finite_differences=True).max_fd_rel_error is not None
 
 
 # -- the forward conventions, against plain numpy loops of the documented equations --------------
@@ -157,21 +166,21 @@ def _reference(cell, p, x):
 
 
 @pytest.mark.parametrize("cell", sorted(CELLS))
-def test_forward_matches_equations(cell, getkey):
+def test_forward_matches_equations(cell):
     layer = CELLS[cell](4)
-    _, p = layer.init(getkey(), (5, 3))
-    x = jax.random.normal(getkey(), (2, 5, 3))
+    p = random_params(layer, (5, 3))
+    x = _normal(1, (2, 5, 3))
     ref = _reference(cell, p, x)
     np.testing.assert_allclose(jax.jit(layer.forward)(p, x)[0], ref, rtol=1e-5, atol=1e-6)  # f32 vs f64 loop
     last = jax.jit(CELLS[cell](4, return_sequences=False).forward)(p, x)[0]
     np.testing.assert_allclose(last, ref[:, -1], rtol=1e-5, atol=1e-6)
 
 
-def test_bidirectional_layout(getkey):
+def test_bidirectional_layout():
     """Features [fwd | bwd]; the backward copy reads x reversed; its last state is the one after x_0."""
     bi_seq, bi_last = Bidirectional(GRU(3)), Bidirectional(GRU(3, return_sequences=False))
-    _, p = bi_seq.init(getkey(), (6, 2))
-    x = jax.random.normal(getkey(), (2, 6, 2))
+    p = random_params(bi_seq, (6, 2))
+    x = _normal(1, (2, 6, 2))
     ys, yl = jax.jit(bi_seq.forward)(p, x)[0], jax.jit(bi_last.forward)(p, x)[0]
     assert ys.shape == (2, 6, 6) and yl.shape == (2, 6)
     fwd = _reference("GRU", p["fwd"], x)
@@ -181,12 +190,15 @@ def test_bidirectional_layout(getkey):
 
 
 def test_init(getkey):
+    # the values checked in numpy: an eager jnp reduction compiles per shape
     shape, p = LSTM(5, forget_bias=1.0).init(getkey(), (7, 3))
+    p = jax.tree.map(np.asarray, p)
     assert shape == (7, 5) and {k: v.shape for k, v in p.items()} == {"Wx": (3, 20), "Wh": (5, 20), "b": (20,)}
     np.testing.assert_array_equal(p["b"][5:10], 1.0)
     k = 1 / np.sqrt(5)
-    assert float(jnp.max(jnp.abs(p["Wx"]))) <= k and float(jnp.std(p["Wx"])) > 0.3 * k  # U(-k, k)
+    assert np.max(np.abs(p["Wx"])) <= k and np.std(p["Wx"]) > 0.3 * k  # U(-k, k)
     _, p = GRU(4, recurrent_init="orthogonal").init(getkey(), (2, 3))
+    p = jax.tree.map(np.asarray, p)
     assert set(p) == {"Wx", "Wh", "b", "bhn"}
     for g in range(3):
         block = p["Wh"][:, 4 * g:4 * (g + 1)]
@@ -194,22 +206,24 @@ def test_init(getkey):
     # an explicit init draws Wx and Wh (glorot over the whole (D, 3H) matrix) and zeroes the biases;
     # recurrent_init then redraws each (H, H) block of Wh
     _, p = GRU(4, init="glorot_uniform", recurrent_init="orthogonal", dtype=jnp.float32).init(getkey(), (2, 3))
-    assert float(jnp.max(jnp.abs(p["Wx"]))) <= np.sqrt(6 / (3 + 12)) and float(jnp.std(p["Wx"])) > 0
+    p = jax.tree.map(np.asarray, p)
+    assert np.max(np.abs(p["Wx"])) <= np.sqrt(6 / (3 + 12)) and np.std(p["Wx"]) > 0
     np.testing.assert_array_equal(p["b"], 0.0)
     np.testing.assert_array_equal(p["bhn"], 0.0)
     block = p["Wh"][:, 4:8]
     np.testing.assert_allclose(block.T @ block, np.eye(4), atol=1e-5)  # float32 roundoff of a 4x4 QR
-    assert SimpleRNN(3, return_sequences=False).init(getkey(), (4, 2))[0] == (3,)
-    assert Bidirectional(GRU(6)).init(getkey(), (40, 1))[0] == (40, 12)
+    # output shapes: init's shape inference, traced (jax.eval_shape), nothing drawn
+    assert init_shapes(SimpleRNN(3, return_sequences=False), (4, 2))[0] == (3,)
+    assert init_shapes(Bidirectional(GRU(6)), (40, 1))[0] == (40, 12)
 
 
-def test_unroll_gives_the_same_result(getkey):
-    _, p = LSTM(3).init(getkey(), (7, 2))
-    x = jax.random.normal(getkey(), (2, 7, 2))
+def test_unroll_gives_the_same_result():
+    p = random_params(LSTM(3), (7, 2))
+    x = _normal(1, (2, 7, 2))
     outs = []
     for layer in (LSTM(3), LSTM(3, unroll=3)):
         y, res = jax.jit(layer.forward)(p, x)
-        outs.append((y, jax.jit(layer.backward)(p, res, jnp.cos(y))))
+        outs.append((y, jax.jit(layer.backward)(p, res, jnp.asarray(np.cos(np.asarray(y))))))
     for a, b in zip(jax.tree.leaves(outs[0]), jax.tree.leaves(outs[1])):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)  # f32, same maths in a different loop shape
 
@@ -219,7 +233,7 @@ def test_unroll_gives_the_same_result(getkey):
 @pytest.mark.parametrize("cell", sorted(CELLS))
 def test_errors(cell, getkey):
     layer = CELLS[cell](4)
-    _, p = layer.init(getkey(), (5, 3))
+    p = random_params(layer, (5, 3))
     with pytest.raises(bp.BpjaxError, match=rf"{cell}\(4\).*rank-3 input \(B, T, D\).*\(2, 3\)"):
         layer.forward(p, jnp.zeros((2, 3)))
     with pytest.raises(bp.BpjaxError, match=rf"{cell}\(4\).*3 features.*\(2, 5, 7\)"):
@@ -230,7 +244,7 @@ def test_errors(cell, getkey):
         layer.forward(p, jnp.zeros((2, 5, 3), jnp.int32))
     with pytest.raises(bp.BpjaxError, match=rf"{cell}\(4\).*expected keys"):
         layer.forward({"W": p["Wx"]}, jnp.zeros((2, 5, 3)))
-    _, p8 = CELLS[cell](8).init(getkey(), (5, 3))
+    p8 = random_params(CELLS[cell](8), (5, 3))
     with pytest.raises(bp.BpjaxError, match=rf"{cell}\(4\).*expected shapes"):
         layer.forward(p8, jnp.zeros((2, 5, 3)))
     with pytest.raises(bp.BpjaxError, match=rf"{cell}\(4\).*input shape \(T, D\)"):
@@ -245,9 +259,9 @@ def test_errors(cell, getkey):
         CELLS[cell](3, unroll=0)
 
 
-def test_bidirectional_errors(getkey):
+def test_bidirectional_errors():
     bi = Bidirectional(GRU(4))
-    _, p = bi.init(getkey(), (5, 3))
+    p = random_params(bi, (5, 3))
     with pytest.raises(bp.BpjaxError, match=r"Bidirectional\(GRU\(4\)\).*rank-3.*\(2, 3\)"):
         bi.forward(p, jnp.zeros((2, 3)))
     with pytest.raises(bp.BpjaxError, match=r"Bidirectional\(GRU\(4\)\).*GRU\(4\).*at least one time step"):
@@ -256,7 +270,7 @@ def test_bidirectional_errors(getkey):
         bi.forward(p, jnp.zeros((2, 5, 1)))
     with pytest.raises(bp.BpjaxError, match=r"Bidirectional\(GRU\(4\)\).*expected keys \['bwd', 'fwd'\]"):
         bi.forward(p["fwd"], jnp.zeros((2, 5, 3)))
-    _, p8 = GRU(8).init(getkey(), (5, 3))
+    p8 = random_params(GRU(8), (5, 3))
     with pytest.raises(bp.BpjaxError, match=r"Bidirectional\(GRU\(4\)\).*params\['bwd'\]"):
         bi.forward({"fwd": p["fwd"], "bwd": p8}, jnp.zeros((2, 5, 3)))
     with pytest.raises(bp.BpjaxTypeError, match=r"Bidirectional.*Layer.*function"):
