@@ -5,7 +5,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import cast
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -15,41 +14,57 @@ from bpjax import layers as L
 ACTS = [L.Sigmoid, L.Tanh, L.Relu, lambda: L.LeakyRelu(0.1), L.Elu, L.Gelu, L.Softplus, L.Identity]
 
 
-def _targets(loss_name, key, batch, width):
+def _normal(seed, shape, dtype=jnp.float32):
+    """Test data from numpy (a jax.random draw in a new shape or dtype compiles a sampler: seconds of CPU)."""
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), dtype)
+
+
+def _params(model, input_shape, seed, dtype):
+    """Params of ``model.init``'s shapes (traced, not compiled) drawn with numpy: each weight N(0, 1/fan_in),
+    each vector N(0, 1) (non-zero biases: their gradients are not trivial)."""
+    shapes = jax.eval_shape(lambda key: model.init(key, input_shape)[1], jax.random.key(0))
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda s: jnp.asarray(rng.standard_normal(s.shape) / np.sqrt(np.prod(s.shape[:-1])), dtype),
+                        shapes)
+
+
+def _targets(loss_name, seed, batch, width):
+    rng = np.random.default_rng(seed)
     if loss_name == "softmax_cross_entropy":
-        return jax.random.randint(key, (batch,), 0, width)
+        return jnp.asarray(rng.integers(0, width, batch))
     if loss_name == "binary_cross_entropy":
-        return jax.random.bernoulli(key, 0.5, (batch, width)).astype(jnp.float64)
-    return jax.random.normal(key, (batch, width), jnp.float64)
+        return jnp.asarray(rng.integers(0, 2, (batch, width)), jnp.float64)
+    return jnp.asarray(rng.standard_normal((batch, width)), jnp.float64)
 
 
-@settings(max_examples=10)
-@given(depth=st.integers(1, 6), widths=st.lists(st.integers(1, 64), min_size=7, max_size=7),
-       acts=st.lists(st.integers(0, len(ACTS) - 1), min_size=6, max_size=6), batch=st.integers(1, 17),
-       loss_name=st.sampled_from(["mse", "softmax_cross_entropy", "binary_cross_entropy"]),
-       seed=st.integers(0, 2**16))
-def test_generated_mlps_match_jax_grad_f64(depth, widths, acts, batch, loss_name, seed):
+def _check_generated_mlp(depth, widths, acts, batch, loss_name, seed):
     hidden = []
     for i in range(depth - 1):
         hidden += [L.Dense(widths[i + 1]), ACTS[acts[i]]()]
     out = max(widths[-1], 2) if loss_name == "softmax_cross_entropy" else widths[-1]
     model = bp.serial(*hidden, L.Dense(out))
     with jax.enable_x64(True):
-        k = jax.random.split(jax.random.key(seed), 3)
-        _, params = model.init(k[0], (widths[0],))
-        params = cast(params, jnp.float64)
-        x = jax.random.normal(k[1], (batch, widths[0]), jnp.float64)
-        y = _targets(loss_name, k[2], batch, out)
+        params = _params(model, (widths[0],), seed, jnp.float64)
+        x = _normal(seed + 1, (batch, widths[0]), jnp.float64)
+        y = _targets(loss_name, seed + 2, batch, out)
         report = bp.check_gradients(model, getattr(bp.losses, loss_name), params, x, y, rtol=1e-10)
     assert report.ok, str(report)
+
+
+# each example is a new model (new shapes): two programs to compile, ~2-5 s of CPU
+MLPS = given(depth=st.integers(1, 6), widths=st.lists(st.integers(1, 64), min_size=7, max_size=7),
+             acts=st.lists(st.integers(0, len(ACTS) - 1), min_size=6, max_size=6), batch=st.integers(1, 17),
+             loss_name=st.sampled_from(["mse", "softmax_cross_entropy", "binary_cross_entropy"]),
+             seed=st.integers(0, 2**16))
+test_generated_mlps_match_jax_grad_f64 = settings(max_examples=3)(MLPS(_check_generated_mlp))
+test_generated_mlps_match_jax_grad_f64_many = pytest.mark.slow(settings(max_examples=25)(MLPS(_check_generated_mlp)))
 
 
 def test_mlp_f64_finite_differences():
     model = bp.serial(L.Dense(16), L.Tanh(), L.Dense(16), L.Relu(), L.Dense(4))
     with jax.enable_x64(True):
-        _, params = model.init(jax.random.key(0), (8,))
-        params = cast(params, jnp.float64)
-        x = jax.random.normal(jax.random.key(1), (10, 8), jnp.float64)
+        params = _params(model, (8,), 0, jnp.float64)
+        x = _normal(1, (10, 8), jnp.float64)
         y = jnp.arange(10) % 4
         report = bp.check_gradients(model, bp.losses.softmax_cross_entropy, params, x, y,
                                     finite_differences=True)
@@ -62,18 +77,18 @@ def test_report_flags_a_wrong_backward():
     good = L.Relu()
     broken = bp.Layer(good.init, good.forward, lambda p, z, da: ((), da), "BrokenRelu")
     model = bp.serial(L.Dense(8), broken, L.Dense(3))
-    _, params = model.init(jax.random.key(0), (5,))
-    x = jax.random.normal(jax.random.key(1), (16, 5))
+    params = _params(model, (5,), 0, jnp.float32)
+    x = _normal(1, (16, 5))
     report = bp.check_gradients(model, bp.losses.softmax_cross_entropy, params, x, jnp.arange(16) % 3)
     assert not report.ok and report.max_rel_error > 0.01
     assert "MISMATCH" in str(report)
 
 
 def _mnist_like(n=256, d=20, classes=5, seed=0):
-    k1, k2 = jax.random.split(jax.random.key(seed))
-    x = jax.random.normal(k1, (n, d))
-    w = jax.random.normal(k2, (d, classes))
-    return x, jnp.argmax(x @ w + 0.5 * jnp.sin(3 * x[:, :classes]), -1)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    w = rng.standard_normal((d, classes)).astype(np.float32)
+    return jnp.asarray(x), jnp.asarray(np.argmax(x @ w + 0.5 * np.sin(3 * x[:, :classes]), -1), jnp.int32)
 
 
 @pytest.mark.parametrize("optimizer", [
@@ -120,9 +135,11 @@ def test_make_step_signature_and_jit():
         values.append(float(v))
     assert values[-1] < values[0]
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
-        step(params, state, x, y + 3)
+        step(params, state, x, jnp.asarray(np.asarray(y) + 3))
+    x_inf = np.array(x)
+    x_inf[3, 3] = np.inf
     with pytest.raises(ValueError, match="NaN or Inf"):
-        step(params, state, x.at[3, 3].set(jnp.inf), y)
+        step(params, state, jnp.asarray(x_inf), y)
     with pytest.raises(ValueError, match="backward"):
         bp.train.make_step(model, bp.losses.mse, opt, backward="numeric")
     with pytest.raises(TypeError, match="optax"):
@@ -131,23 +148,23 @@ def test_make_step_signature_and_jit():
 
 def test_as_custom_vjp_runs_the_manual_backward():
     model = bp.serial(L.Dense(8), L.Gelu(), L.Dense(2))
-    _, params = model.init(jax.random.key(0), (3,))
-    x = jax.random.normal(jax.random.key(1), (5, 3))
+    params = _params(model, (3,), 0, jnp.float32)
+    x = _normal(1, (5, 3))
     f = bp.as_custom_vjp(model)
 
     def user_loss(p, x):  # any function of the output
         return jnp.sum(jnp.sin(f(p, x)) ** 2)
 
-    g_custom = jax.grad(user_loss, argnums=(0, 1))(params, x)
-    g_ref = jax.grad(lambda p, x: jnp.sum(jnp.sin(model.forward(p, x)[0]) ** 2), argnums=(0, 1))(params, x)
+    g_custom = jax.grad(user_loss, argnums=(0, 1))(params, x)  # eager: the custom VJP run op by op
+    g_ref = jax.jit(jax.grad(lambda p, x: jnp.sum(jnp.sin(model.forward(p, x)[0]) ** 2), argnums=(0, 1)))(params, x)
     chex_close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)  # noqa: E731
     jax.tree.map(chex_close, g_custom, g_ref)
     jax.tree.map(chex_close, jax.jit(jax.grad(user_loss))(params, x), g_ref[0])
     # vmap over a stack of inputs: per-example gradients of the first output
-    per_ex = jax.vmap(lambda xi: jax.grad(lambda p: f(p, xi[None])[0, 0])(params))(x)
+    per_ex = jax.jit(jax.vmap(lambda xi: jax.grad(lambda p: f(p, xi[None])[0, 0])(params)))(x)
     assert per_ex[0]["W"].shape == (5, 3, 8)
-    ref0 = jax.grad(lambda p: model.forward(p, x[:1])[0][0, 0])(params)
-    jax.tree.map(chex_close, jax.tree.map(lambda a: a[0], per_ex), ref0)
+    ref0 = jax.jit(jax.grad(lambda p: model.forward(p, x[:1])[0][0, 0]))(params)
+    jax.tree.map(chex_close, jax.tree.map(lambda a: np.asarray(a)[0], per_ex), ref0)
 
 
 def test_as_custom_vjp_is_really_used():
@@ -155,9 +172,9 @@ def test_as_custom_vjp_is_really_used():
     dense = L.Dense(2)
     silent = bp.Layer(dense.init, dense.forward, lambda p, r, dy: (jax.tree.map(jnp.zeros_like, p), dy @ p["W"].T * 0),
                       "Silent")
-    _, params = silent.init(jax.random.key(0), (3,))
-    g = jax.grad(lambda p: bp.as_custom_vjp(silent)(p, jnp.ones((1, 3))).sum())(params)
-    assert float(jnp.abs(g["W"]).sum()) == 0.0
+    params = _params(silent, (3,), 0, jnp.float32)
+    g = jax.jit(jax.grad(lambda p: bp.as_custom_vjp(silent)(p, jnp.ones((1, 3))).sum()))(params)
+    assert float(np.abs(g["W"]).sum()) == 0.0
 
 
 def test_value_and_grad_matches_autodiff_on_contextual_models():
@@ -178,12 +195,12 @@ def test_value_and_grad_matches_autodiff_on_contextual_models():
     flip = bp.Layer(init, forward, backward, "Flip", init_state)
     model = bp.serial(L.Dense(4), flip, L.Dense(2))
     assert bp.is_contextual(model)
-    _, params = model.init(jax.random.key(0), (3,))
+    params = _params(model, (3,), 0, jnp.float32)
     state = bp.init_state(model, jax.random.key(0), (3,))
-    x, y = jax.random.normal(jax.random.key(1), (6, 3)), jnp.arange(6) % 2
-    (v, new_state), g = bp.value_and_grad(model, bp.losses.softmax_cross_entropy)(
+    x, y = _normal(1, (6, 3)), jnp.arange(6) % 2
+    (v, new_state), g = jax.jit(bp.value_and_grad(model, bp.losses.softmax_cross_entropy))(
         params, x, y, state=state, key=jax.random.key(7))
-    (v2, _), g2 = bp.autodiff_value_and_grad(model, bp.losses.softmax_cross_entropy)(
+    (v2, _), g2 = jax.jit(bp.autodiff_value_and_grad(model, bp.losses.softmax_cross_entropy))(
         params, x, y, state=state, key=jax.random.key(7))
     assert int(new_state[1]) == 1
     np.testing.assert_allclose(v, v2, rtol=1e-6)
@@ -196,8 +213,9 @@ def test_value_and_grad_matches_autodiff_on_contextual_models():
     p, s, st, v = step(params, opt.init(params), x, y, state=state, key=jax.random.key(3))
     assert int(st[1]) == 1
     f = bp.as_custom_vjp(model)
-    g3 = jax.grad(lambda p: f(p, x, state, jax.random.key(7))[0].sum())(params)
-    g4 = jax.grad(lambda p: model.forward(p, x, state=state, key=jax.random.key(7), train=True)[0].sum())(params)
+    g3 = jax.jit(jax.grad(lambda p: f(p, x, state, jax.random.key(7))[0].sum()))(params)
+    g4 = jax.jit(jax.grad(lambda p: model.forward(p, x, state=state, key=jax.random.key(7), train=True)[0].sum()))(
+        params)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), g3, g4)
     with pytest.raises(ValueError, match="state="):
         bp.value_and_grad(model, bp.losses.mse)(params, x, y)
