@@ -106,7 +106,8 @@ def _probe(n=24):
 def test_batches_in_order_and_shuffled_epochs():
     model, p0, x, y = _probe()
     B, n_b = 4, 6
-    run = lambda **kw: bp.train.fit(model, bp.losses.mse, optax.sgd(0.0), p0, (x, y), steps=2 * n_b,  # noqa: E731
+    opt = optax.sgd(0.0)  # one optimizer object: runs with the same options reuse one compiled program
+    run = lambda **kw: bp.train.fit(model, bp.losses.mse, opt, p0, (x, y), steps=2 * n_b,  # noqa: E731
                                     batch_size=B, verbose=False, **kw).history["loss"]
     in_order = run()
     want = [np.mean(y[(s % n_b) * B:(s % n_b + 1) * B] ** 2) for s in range(2 * n_b)]
@@ -149,7 +150,8 @@ def test_contextual_model_threads_state_and_keys():
     _, p0 = model.init(jax.random.key(4), (5,))
     s0 = bp.init_state(model, jax.random.key(0), (5,))
     key, steps, B = jax.random.key(9), 8, 16
-    res = bp.train.fit(model, XENT, optax.adam(1e-2), p0, (x, y), steps=steps, batch_size=B, key=key, state=s0,
+    opt = optax.adam(1e-2)  # one optimizer object: the second fit reuses the first's compiled program
+    res = bp.train.fit(model, XENT, opt, p0, (x, y), steps=steps, batch_size=B, key=key, state=s0,
                        eval_data=(x, y), verbose=False)
     assert int(res.state[1]["n"]) == steps  # the training steps ran in train mode, once each
     step = bp.train.make_step(model, XENT, optax.adam(1e-2), checks=False)
@@ -162,8 +164,8 @@ def test_contextual_model_threads_state_and_keys():
         np.testing.assert_allclose(res.history["loss"][i], v, rtol=RTOL, atol=ATOL)
     _close(res.params, p)
     # a different key gives different noise, hence different params
-    other = bp.train.fit(model, XENT, optax.adam(1e-2), p0, (x, y), steps=steps, batch_size=B,
-                         key=jax.random.key(10), state=s0, verbose=False)
+    other = bp.train.fit(model, XENT, opt, p0, (x, y), steps=steps, batch_size=B, key=jax.random.key(10), state=s0,
+                         eval_data=(x, y), verbose=False)
     assert not np.allclose(other.params[0]["W"], res.params[0]["W"])
 
 
@@ -172,12 +174,13 @@ def test_fit_many_over_seeds_equals_separate_runs():
     model = _mlp()
     keys = jax.random.split(jax.random.key(11), 2)
     kw = dict(steps=10, batch_size=16, shuffle=True, eval_data=(x, y), eval_every=5, verbose=False)
-    many = bp.train.fit_many(model, XENT, optax.adam(1e-2), None, (x, y), keys=keys, **kw)
+    opt = optax.adam(1e-2)  # one optimizer object: the separate runs share one compiled program
+    many = bp.train.fit_many(model, XENT, opt, None, (x, y), keys=keys, **kw)
     assert many.history["loss"].shape == (2, 10) and many.history["eval_accuracy"].shape == (2, 2)
     for i in range(2):
         k_init, k_run = jax.random.split(keys[i])
         _, p = model.init(k_init, (5,))
-        one = bp.train.fit(model, XENT, optax.adam(1e-2), p, (x, y), key=k_run, **kw)
+        one = bp.train.fit(model, XENT, opt, p, (x, y), key=k_run, **kw)
         _close(jax.tree.map(lambda a: a[i], many.params), one.params)
         np.testing.assert_allclose(many.history["loss"][i], one.history["loss"], rtol=RTOL, atol=ATOL)
         np.testing.assert_allclose(many.history["eval_loss"][i], one.history["eval_loss"], rtol=RTOL, atol=ATOL)
@@ -223,7 +226,8 @@ def test_checkpoint_resume_is_bitwise_identical(tmp_path):
     s0 = bp.init_state(model, jax.random.key(0), (5,))
     kw = dict(steps=12, batch_size=16, key=jax.random.key(3), shuffle=True, state=s0, eval_data=(x, y),
               eval_every=3, checkpoint_every=4, verbose=False)
-    full = bp.train.fit(model, XENT, optax.adam(1e-2), p0, (x, y), checkpoint_path=str(tmp_path / "a.npz"), **kw)
+    opt = optax.adam(1e-2)  # one optimizer object: the three runs share one compiled chunk
+    full = bp.train.fit(model, XENT, opt, p0, (x, y), checkpoint_path=str(tmp_path / "a.npz"), **kw)
 
     def stop(step, result):
         if step == 8:
@@ -231,8 +235,8 @@ def test_checkpoint_resume_is_bitwise_identical(tmp_path):
 
     path = str(tmp_path / "b.npz")
     with pytest.raises(KeyboardInterrupt):
-        bp.train.fit(model, XENT, optax.adam(1e-2), p0, (x, y), checkpoint_path=path, callback=stop, **kw)
-    resumed = bp.train.fit(model, XENT, optax.adam(1e-2), p0, (x, y), checkpoint_path=path, **kw)
+        bp.train.fit(model, XENT, opt, p0, (x, y), checkpoint_path=path, callback=stop, **kw)
+    resumed = bp.train.fit(model, XENT, opt, p0, (x, y), checkpoint_path=path, **kw)
     _equal(resumed.params, full.params)
     _equal(resumed.opt_state, full.opt_state)
     _equal(resumed.state, full.state)
