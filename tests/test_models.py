@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import random_params
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,15 +18,6 @@ ACTS = [L.Sigmoid, L.Tanh, L.Relu, lambda: L.LeakyRelu(0.1), L.Elu, L.Gelu, L.So
 def _normal(seed, shape, dtype=jnp.float32):
     """Test data from numpy (a jax.random draw in a new shape or dtype compiles a sampler: seconds of CPU)."""
     return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), dtype)
-
-
-def _params(model, input_shape, seed, dtype):
-    """Params of ``model.init``'s shapes (traced, not compiled) drawn with numpy: each weight N(0, 1/fan_in),
-    each vector N(0, 1) (non-zero biases: their gradients are not trivial)."""
-    shapes = jax.eval_shape(lambda key: model.init(key, input_shape)[1], jax.random.key(0))
-    rng = np.random.default_rng(seed)
-    return jax.tree.map(lambda s: jnp.asarray(rng.standard_normal(s.shape) / np.sqrt(np.prod(s.shape[:-1])), dtype),
-                        shapes)
 
 
 def _targets(loss_name, seed, batch, width):
@@ -44,7 +36,7 @@ def _check_generated_mlp(depth, widths, acts, batch, loss_name, seed):
     out = max(widths[-1], 2) if loss_name == "softmax_cross_entropy" else widths[-1]
     model = bp.serial(*hidden, L.Dense(out))
     with jax.enable_x64(True):
-        params = _params(model, (widths[0],), seed, jnp.float64)
+        params = random_params(model, (widths[0],), seed, jnp.float64)
         x = _normal(seed + 1, (batch, widths[0]), jnp.float64)
         y = _targets(loss_name, seed + 2, batch, out)
         report = bp.check_gradients(model, getattr(bp.losses, loss_name), params, x, y, rtol=1e-10)
@@ -63,7 +55,7 @@ test_generated_mlps_match_jax_grad_f64_many = pytest.mark.slow(settings(max_exam
 def test_mlp_f64_finite_differences():
     model = bp.serial(L.Dense(16), L.Tanh(), L.Dense(16), L.Relu(), L.Dense(4))
     with jax.enable_x64(True):
-        params = _params(model, (8,), 0, jnp.float64)
+        params = random_params(model, (8,), 0, jnp.float64)
         x = _normal(1, (10, 8), jnp.float64)
         y = jnp.arange(10) % 4
         report = bp.check_gradients(model, bp.losses.softmax_cross_entropy, params, x, y,
@@ -77,7 +69,7 @@ def test_report_flags_a_wrong_backward():
     good = L.Relu()
     broken = bp.Layer(good.init, good.forward, lambda p, z, da: ((), da), "BrokenRelu")
     model = bp.serial(L.Dense(8), broken, L.Dense(3))
-    params = _params(model, (5,), 0, jnp.float32)
+    params = random_params(model, (5,), 0, jnp.float32)
     x = _normal(1, (16, 5))
     report = bp.check_gradients(model, bp.losses.softmax_cross_entropy, params, x, jnp.arange(16) % 3)
     assert not report.ok and report.max_rel_error > 0.01
@@ -148,7 +140,7 @@ def test_make_step_signature_and_jit():
 
 def test_as_custom_vjp_runs_the_manual_backward():
     model = bp.serial(L.Dense(8), L.Gelu(), L.Dense(2))
-    params = _params(model, (3,), 0, jnp.float32)
+    params = random_params(model, (3,), 0, jnp.float32)
     x = _normal(1, (5, 3))
     f = bp.as_custom_vjp(model)
 
@@ -172,7 +164,7 @@ def test_as_custom_vjp_is_really_used():
     dense = L.Dense(2)
     silent = bp.Layer(dense.init, dense.forward, lambda p, r, dy: (jax.tree.map(jnp.zeros_like, p), dy @ p["W"].T * 0),
                       "Silent")
-    params = _params(silent, (3,), 0, jnp.float32)
+    params = random_params(silent, (3,), 0, jnp.float32)
     g = jax.jit(jax.grad(lambda p: bp.as_custom_vjp(silent)(p, jnp.ones((1, 3))).sum()))(params)
     assert float(np.abs(g["W"]).sum()) == 0.0
 
@@ -195,7 +187,7 @@ def test_value_and_grad_matches_autodiff_on_contextual_models():
     flip = bp.Layer(init, forward, backward, "Flip", init_state)
     model = bp.serial(L.Dense(4), flip, L.Dense(2))
     assert bp.is_contextual(model)
-    params = _params(model, (3,), 0, jnp.float32)
+    params = random_params(model, (3,), 0, jnp.float32)
     state = bp.init_state(model, jax.random.key(0), (3,))
     x, y = _normal(1, (6, 3)), jnp.arange(6) % 2
     (v, new_state), g = jax.jit(bp.value_and_grad(model, bp.losses.softmax_cross_entropy))(
