@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import cast
+from conftest import cast, init_shapes, initial_state, random_params
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -13,16 +13,22 @@ from bpjax import layers as L
 from bpjax.branching import Residual, fan_in_concat, fan_in_sum, fan_out, parallel
 
 
+def _normal(seed, shape, dtype=jnp.float32):
+    """``N(0, 1)`` of ``shape`` drawn with numpy (an eager jax.random draw compiles a sampler per shape)."""
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), dtype)
+
+
 def _check_model_f64(model, in_shape, out_dim, batch=4, seed=0, state=None, key=None):
     """check_gradients in float64: rtol 1e-10 against jax.grad and finite differences at fd rtol 1e-6
-    (both gradients are exact up to roundoff; see bpjax.gradcheck for the tolerances)."""
+    (both gradients are exact up to roundoff; see bpjax.gradcheck for the tolerances), at random params
+    (conftest.random_params) and data drawn with numpy."""
     with jax.enable_x64(True):
-        _, params = model.init(jax.random.key(seed), in_shape)
+        params = random_params(model, in_shape, seed, jnp.float64)
         if bp.is_contextual(model):
-            state = bp.init_state(model, jax.random.key(seed), in_shape)
-        x = jax.random.normal(jax.random.key(seed + 1), (batch, *in_shape), jnp.float64)
-        y = jax.random.normal(jax.random.key(seed + 2), (batch, out_dim), jnp.float64)
-        rep = bp.check_gradients(model, bp.losses.mse, cast(params, jnp.float64), x, y, state=cast(state, jnp.float64),
+            state = initial_state(model, in_shape, jax.random.key(seed))
+        x = _normal(seed + 1, (batch, *in_shape), jnp.float64)
+        y = _normal(seed + 2, (batch, out_dim), jnp.float64)
+        rep = bp.check_gradients(model, bp.losses.mse, params, x, y, state=cast(state, jnp.float64),
                                  key=key, rtol=1e-10, finite_differences=True)
     assert rep.ok, str(rep)
     return params, rep
@@ -33,12 +39,12 @@ def test_resnet_block_fan_out_parallel_fan_in_equals_residual():
     inner = bp.serial(L.Dense(d), L.Relu(), L.Dense(d))
     block = bp.serial(fan_out(2), parallel(inner, L.Identity()), fan_in_sum())
     res = Residual(inner)
-    out, params = block.init(jax.random.key(0), (d,))
-    assert out == (d,)
-    assert res.init(jax.random.key(0), (d,))[0] == (d,)
-    x = jax.random.normal(jax.random.key(1), (5, d))
-    y_block, _ = block.forward(params, x)
-    y_res, _ = res.forward(params[1][0], x)  # the same inner params: the two are one function
+    assert init_shapes(block, (d,))[0] == (d,)
+    assert init_shapes(res, (d,))[0] == (d,)
+    params = random_params(block, (d,))
+    x = _normal(1, (5, d))
+    y_block, _ = jax.jit(block.forward)(params, x)  # compiled: one program each, not one per eager op
+    y_res, _ = jax.jit(res.forward)(params[1][0], x)  # the same inner params: the two are one function
     np.testing.assert_allclose(y_block, y_res, rtol=1e-6)
     _check_model_f64(bp.serial(block, L.Dense(3)), (d,), 3)
     _check_model_f64(bp.serial(res, L.Dense(3)), (d,), 3)
@@ -51,10 +57,11 @@ def _mnist1d_mlp():
 
 def test_mnist1d_mlp_with_residual():
     model = _mnist1d_mlp()
-    out, params = model.init(jax.random.key(0), (40,))
-    assert out == (10,)
-    x = jax.random.normal(jax.random.key(1), (16, 40))
-    rep = bp.check_gradients(model, bp.losses.softmax_cross_entropy, params, x, jnp.arange(16) % 10)
+    assert init_shapes(model, (40,))[0] == (10,)
+    params = random_params(model, (40,))
+    x = _normal(1, (16, 40))
+    labels = jnp.asarray(np.arange(16) % 10, jnp.int32)
+    rep = bp.check_gradients(model, bp.losses.softmax_cross_entropy, params, x, labels)
     assert rep.ok, str(rep)  # float32, default rtol 1e-4
 
 
@@ -65,13 +72,14 @@ def test_mnist1d_mlp_with_residual_f64():
 
 def test_residual_backward_adds_the_skip_path():
     layer = Residual(L.Dense(4, bias=False))
-    _, params = layer.init(jax.random.key(0), (4,))
-    x = jax.random.normal(jax.random.key(1), (3, 4))
-    y, res = layer.forward(params, x)
-    np.testing.assert_allclose(y, x + x @ params["W"], rtol=1e-6)
-    dy = jax.random.normal(jax.random.key(2), (3, 4))
-    _, dx = layer.backward(params, res, dy)
-    np.testing.assert_allclose(dx, dy + dy @ params["W"].T, rtol=1e-6)  # dx = dy + dblock_dx
+    params = random_params(layer, (4,))
+    x = _normal(1, (3, 4))
+    y, res = jax.jit(layer.forward)(params, x)
+    W, xn = np.asarray(params["W"]), np.asarray(x)  # references in numpy (float32)
+    np.testing.assert_allclose(y, xn + xn @ W, rtol=1e-6)
+    dy = _normal(2, (3, 4))
+    _, dx = jax.jit(layer.backward)(params, res, dy)
+    np.testing.assert_allclose(dx, np.asarray(dy) + np.asarray(dy) @ W.T, rtol=1e-6)  # dx = dy + dblock_dx
     rep = bp.check_layer(layer, params, x)  # single array in and out: check_layer applies (f32 rtol 1e-4)
     assert rep.ok, str(rep)
 
@@ -82,8 +90,7 @@ def _concat_case(widths, axis):
     in_shape = (3, 4)
     branches = parallel(*[L.Dense(w) if axis == -1 else L.Dense(4) for w in widths])
     model = bp.serial(fan_out(n), branches, fan_in_concat(axis), L.Flatten(), L.Dense(2))
-    out, _ = model.init(jax.random.key(0), in_shape)
-    assert out == (2,)
+    assert init_shapes(model, in_shape)[0] == (2,)
     _check_model_f64(model, in_shape, 2, batch=3)
 
 
@@ -107,16 +114,19 @@ def test_contextual_children_thread_state_and_keys():
     assert bp.is_contextual(Residual(inner)) and not bp.is_contextual(Residual(L.Dense(3)))
     assert bp.is_contextual(parallel(L.Dense(3), L.Dropout(0.1)))
     _check_model_f64(model, (6,), 2, batch=5, key=jax.random.key(9))
-    _, params = model.init(jax.random.key(0), (6,))
-    state = bp.init_state(model, jax.random.key(0), (6,))
-    x = jax.random.normal(jax.random.key(1), (5, 6))
-    _, _, new = model.forward(params, x, state=state, key=jax.random.key(2), train=True)
+    params = random_params(model, (6,))
+    state = initial_state(model, (6,))
+    x = _normal(1, (5, 6))
+    # compiled: one program per mode, not one per eager op
+    train = jax.jit(lambda p, x, s, k: model.forward(p, x, state=s, key=k, train=True))
+    evaluate = jax.jit(lambda p, x, s: model.forward(p, x, state=s, key=None, train=False))
+    _, _, new = train(params, x, state, jax.random.key(2))
     assert not np.allclose(new[1][1]["mean"], state[1][1]["mean"])  # BatchNorm inside Residual updated
-    y1 = model.forward(params, x, state=state, key=jax.random.key(2), train=True)[0]
-    y2 = model.forward(params, x, state=state, key=jax.random.key(3), train=True)[0]
+    y1 = train(params, x, state, jax.random.key(2))[0]
+    y2 = train(params, x, state, jax.random.key(3))[0]
     assert not np.allclose(y1, y2)  # the key reaches the Dropouts
-    e1 = model.forward(params, x, state=state, key=None, train=False)[0]
-    e2 = model.forward(params, x, state=state, key=None, train=False)[0]
+    e1 = evaluate(params, x, state)[0]
+    e2 = evaluate(params, x, state)[0]
     np.testing.assert_array_equal(e1, e2)
 
 
