@@ -2,7 +2,9 @@
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
+from conftest import init_shapes, random_params
 from hypothesis import given
 from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
@@ -29,18 +31,19 @@ def settings(draw):
 
 def _check(layer, shape, seed=0):
     # random normal inputs: ties inside a window have probability zero, so jax.vjp's even split of
-    # a tie and our first-maximum rule agree.
-    x = jax.random.normal(jax.random.key(seed), shape)
+    # a tie and our first-maximum rule agree. Drawn with numpy: a jax.random draw compiles per shape.
+    x64 = np.random.default_rng(seed).standard_normal(shape)
+    x = jnp.asarray(x64, jnp.float32)
     out_shape, _ = layer.init(None, shape[1:])
-    y, _ = layer.forward((), x)
+    y = jax.eval_shape(layer.forward, (), x)[0]  # traced, not compiled
     assert y.shape == (shape[0], *out_shape)  # shape inference at init == the forward's shape
     # float32: default rtol 1e-4 (a pool adds at most 9 terms; max pool's gradient is a copy)
     r32 = bp.check_layer(layer, (), x, finite_differences=False)
     assert r32.ok, str(r32)
     # float64: rtol 1e-10 and finite differences at 1e-6 (eps 1e-5: max is smooth away from ties,
     # and the gaps between normal samples are far larger than eps)
-    with jax.enable_x64(True):
-        r64 = bp.check_layer(layer, (), x.astype(jnp.float64), rtol=1e-10, finite_differences=True)
+    with jax.enable_x64(True):  # the float32 values, cast exactly
+        r64 = bp.check_layer(layer, (), jnp.asarray(np.asarray(x, np.float64)), rtol=1e-10, finite_differences=True)
     assert r64.ok, str(r64)
     return r32, r64
 
@@ -64,44 +67,50 @@ def test_global_avg_pool_matches_vjp_and_shapes():
         assert r64.max_rel_error <= 1e-10
 
 
+def _forward_backward(layer, x, dy=None):
+    """``y`` and ``dx`` (at ``dy``, default ones) of a parameterless layer, as numpy arrays: one compiled
+    program instead of one per eager op."""
+
+    def run(x, dy):
+        y, res = layer.forward((), x)
+        return y, layer.backward((), res, jnp.ones_like(y) if dy is None else dy)[1]
+
+    as32 = lambda a: None if a is None else jnp.asarray(np.asarray(a, np.float32))  # noqa: E731
+    return tuple(np.asarray(a) for a in jax.jit(run)(as32(x), as32(dy)))
+
+
 def test_max_pool_tie_goes_to_first_maximum():
-    x = jnp.array([[1.0, 3.0, 3.0, 0.0, 2.0, 2.0]])[..., None]  # (1, 6, 1): windows [1 3 3] [0 2 2]
-    layer = L.MaxPool1D(3)
-    y, res = layer.forward((), x)
-    _, dx = layer.backward((), res, jnp.array([[10.0, 20.0]])[..., None])
+    x = np.array([[1.0, 3.0, 3.0, 0.0, 2.0, 2.0]])[..., None]  # (1, 6, 1): windows [1 3 3] [0 2 2]
+    y, dx = _forward_backward(L.MaxPool1D(3), x, np.array([[10.0, 20.0]])[..., None])
     assert y[0, :, 0].tolist() == [3.0, 2.0]
     assert dx[0, :, 0].tolist() == [0.0, 10.0, 0.0, 0.0, 20.0, 0.0]
     # 2-D, all equal: row-major first element of each 2x2 window
-    layer = L.MaxPool2D(2)
-    y, res = layer.forward((), jnp.ones((1, 4, 4, 1)))
-    _, dx = layer.backward((), res, jnp.ones_like(y))
-    expect = jnp.zeros((4, 4)).at[::2, ::2].set(1.0)
-    assert jnp.array_equal(dx[0, :, :, 0], expect)
+    _, dx = _forward_backward(L.MaxPool2D(2), np.ones((1, 4, 4, 1)))
+    expect = np.zeros((4, 4))
+    expect[::2, ::2] = 1.0
+    np.testing.assert_array_equal(dx[0, :, :, 0], expect)
 
 
 def test_max_pool_overlapping_windows_add_up():
-    x = jnp.array([[0.0, 5.0, 1.0, 2.0]])[..., None]  # windows of 2 at stride 1: [0 5] [5 1] [1 2]
-    layer = L.MaxPool1D(2, stride=1)
-    y, res = layer.forward((), x)
-    _, dx = layer.backward((), res, jnp.ones_like(y))
+    x = np.array([[0.0, 5.0, 1.0, 2.0]])[..., None]  # windows of 2 at stride 1: [0 5] [5 1] [1 2]
+    _, dx = _forward_backward(L.MaxPool1D(2, stride=1), x)
     assert dx[0, :, 0].tolist() == [0.0, 2.0, 0.0, 1.0]
 
 
 def test_avg_pool_same_padding_does_not_count_padded_zeros():
-    x = jnp.arange(1.0, 6.0)[None, :, None]  # (1, 5, 1); window 2, SAME: pads (0, 1)
-    layer = L.AvgPool1D(2, padding="SAME")
-    y, res = layer.forward((), x)
+    x = np.arange(1.0, 6.0)[None, :, None]  # (1, 5, 1); window 2, SAME: pads (0, 1)
+    y, dx = _forward_backward(L.AvgPool1D(2, padding="SAME"), x)
     assert y[0, :, 0].tolist() == [1.5, 3.5, 5.0]  # the last window holds 5 only: 5 / 1, not 5 / 2
-    _, dx = layer.backward((), res, jnp.ones_like(y))
     assert dx[0, :, 0].tolist() == [0.5, 0.5, 0.5, 0.5, 1.0]
 
 
 def test_pool_in_a_model_gradients():
     model = bp.serial(L.Conv2D(4, 3), L.Relu(), L.MaxPool2D(2), L.AvgPool2D(2, stride=1, padding="SAME"),
                       L.GlobalAvgPool(), L.Dense(3))
-    out_shape, params = model.init(jax.random.key(0), (8, 8, 2))
+    out_shape, _ = init_shapes(model, (8, 8, 2))
     assert out_shape == (3,)
-    x = jax.random.normal(jax.random.key(1), (4, 8, 8, 2))
+    params = random_params(model, (8, 8, 2))  # numpy draws: no sampler compiled per shape
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((4, 8, 8, 2)), jnp.float32)
     y = jnp.array([0, 1, 2, 0])
     report = bp.check_gradients(model, bp.losses.softmax_cross_entropy, params, x, y)
     assert report.ok, str(report)
