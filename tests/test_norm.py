@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import cast
+from conftest import initial_state, random_params
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -21,16 +21,26 @@ LN_SHAPES = st.tuples(st.integers(1, 4), st.lists(st.integers(1, 3), max_size=2)
 FAST, MANY = settings(max_examples=3), settings(max_examples=25)  # each example costs ~3 s of CPU (compiles)
 
 
+def _f32(a):
+    return jnp.asarray(a, jnp.float32)
+
+
+def _f64(tree):
+    """The same values in float64 (cast by numpy: an eager cast compiles once per shape); call under x64."""
+    return jax.tree.map(lambda a: jnp.asarray(np.asarray(a, np.float64)), tree)
+
+
 def _setup(layer, shape, seed=0):
-    """Random (not 1/0) scale and bias, random running statistics, x ~ 3 + 2 N(0, 1)."""
-    k = jax.random.split(jax.random.key(seed), 4)
+    """Random (not 1/0) scale and bias, random running statistics, x ~ 3 + 2 N(0, 1), float32.
+
+    Drawn with numpy: an eager jax.random draw compiles a sampler for every new shape."""
+    rng = np.random.default_rng(seed)
     C = shape[-1]
-    _, params = layer.init(k[0], shape[1:])
-    params = {"scale": 1 + 0.5 * jax.random.normal(k[1], (C,)), "b": jax.random.normal(k[2], (C,))}
-    state = bp.init_state(layer, k[0], shape[1:])
+    params = {"scale": _f32(1 + 0.5 * rng.standard_normal(C)), "b": _f32(rng.standard_normal(C))}
+    state = bp.init_state(layer, jax.random.key(seed), shape[1:])
     if state != ():
-        state = {"mean": jax.random.normal(k[3], (C,)), "var": 0.5 + jax.random.uniform(k[3], (C,))}
-    x = 3.0 + 2.0 * jax.random.normal(jax.random.key(seed + 1), shape)
+        state = {"mean": _f32(rng.standard_normal(C)), "var": _f32(0.5 + rng.uniform(size=C))}
+    x = _f32(3.0 + 2.0 * np.random.default_rng(seed + 1).standard_normal(shape))
     return params, state, x
 
 
@@ -41,8 +51,8 @@ def _check_both(layer, shape, train=True, seed=0):
     r32 = bp.check_layer(layer, params, x, state=state, train=train, finite_differences=False)
     assert r32.ok, str(r32)
     with jax.enable_x64(True):
-        r64 = bp.check_layer(layer, cast(params, jnp.float64), x.astype(jnp.float64),
-                             state=cast(state, jnp.float64), train=train, rtol=1e-10, finite_differences=True)
+        r64 = bp.check_layer(layer, _f64(params), _f64(x), state=_f64(state), train=train, rtol=1e-10,
+                             finite_differences=True)
     assert r64.ok, str(r64)
     return r32, r64
 
@@ -98,21 +108,22 @@ def test_batchnorm_in_a_model_f64():
     # it), and the finite-difference check divides by the gradient's norm
     model = bp.serial(L.Dense(6, bias=False), L.BatchNorm(), L.Relu(), L.Dense(3))
     with jax.enable_x64(True):
-        _, params = model.init(jax.random.key(0), (5,))
-        state = bp.init_state(model, jax.random.key(0), (5,))
-        x = jax.random.normal(jax.random.key(1), (8, 5), jnp.float64)
-        y = jax.random.normal(jax.random.key(2), (8, 3), jnp.float64)
+        params = random_params(model, (5,), dtype=jnp.float64)  # numpy draws: no sampler compiled
+        state = initial_state(model, (5,))
+        rng = np.random.default_rng(1)
+        x, y = jnp.asarray(rng.standard_normal((8, 5))), jnp.asarray(rng.standard_normal((8, 3)))
         for train in (True, False):
-            rep = bp.check_gradients(model, bp.losses.mse, cast(params, jnp.float64), x, y, state=state,
-                                     train=train, rtol=1e-10, finite_differences=True)
+            rep = bp.check_gradients(model, bp.losses.mse, params, x, y, state=state, train=train, rtol=1e-10,
+                                     finite_differences=True)
             assert rep.ok, str(rep)
 
 
 def test_layernorm_forward_statistics():
     layer = L.LayerNorm()
     _, params = layer.init(jax.random.key(0), (5, 7))
-    x = 3.0 + 2.0 * jax.random.normal(jax.random.key(1), (4, 5, 7))
-    y, (_, mean, rstd) = layer.forward(params, x)
+    x = _f32(3.0 + 2.0 * np.random.default_rng(1).standard_normal((4, 5, 7)))
+    y, (_, mean, rstd) = jax.jit(layer.forward)(params, x)
+    y = np.asarray(y)
     # scale 1, bias 0: each row has mean 0 and (biased) variance var / (var + eps) ~ 1 - 2.5e-6
     np.testing.assert_allclose(y.mean(-1), 0.0, atol=1e-5)
     np.testing.assert_allclose(y.var(-1), 1.0, atol=1e-4)
