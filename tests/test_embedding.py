@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import random_params
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -34,20 +35,26 @@ def _table_as_input(layer, ids):
 
 
 def _check_case(vocab, features, ids_shape):
+    # the table and the ids drawn with numpy: eager jax.random draws compile a sampler per shape
     layer = L.Embedding(vocab, features)
-    _, params = layer.init(jax.random.key(0), ids_shape[1:])
-    ids = jax.random.randint(jax.random.key(1), ids_shape, 0, vocab)
+    params = random_params(layer, ids_shape[1:])
+    ids = jnp.asarray(np.random.default_rng(1).integers(0, vocab, ids_shape), jnp.int32)
     E = params["E"]
     view = _table_as_input(layer, ids)
     r32 = bp.check_layer(view, (), E, finite_differences=False)  # default f32 rtol 1e-4
     assert r32.ok, str(r32)
     with jax.enable_x64(True):  # rtol 1e-10, fd rtol 1e-6: dE is a sum of dy rows, exact up to roundoff
-        E64 = E.astype(jnp.float64)
+        E64 = jnp.asarray(np.asarray(E, np.float64))
         r64 = bp.check_layer(view, (), E64, rtol=1e-10)
     assert r64.ok, str(r64)
-    # dx: float0 zeros of the ids' shape, JAX's cotangent type for integer inputs
-    y, res = layer.forward(params, ids)
-    _, dx = layer.backward(params, res, jnp.ones_like(y))
+
+    # dx: float0 zeros of the ids' shape, JAX's cotangent type for integer inputs (one compiled program)
+    @jax.jit
+    def forward_backward(params, ids):
+        y, res = layer.forward(params, ids)
+        return y, layer.backward(params, res, jnp.ones_like(y))[1]
+
+    y, dx = forward_backward(params, ids)
     assert dx.dtype == jax.dtypes.float0 and dx.shape == ids.shape
     assert y.shape == (*ids_shape, features)
 
@@ -61,7 +68,7 @@ test_embedding_backward_many = pytest.mark.slow(settings(max_examples=25)(
 
 def test_embedding_repeated_ids_accumulate():
     layer = L.Embedding(5, 2)
-    _, params = layer.init(jax.random.key(0), (4,))
+    params = random_params(layer, (4,))
     ids = jnp.array([[1, 1, 3, 1], [0, 3, 1, 4]])
     y, res = layer.forward(params, ids)
     np.testing.assert_array_equal(y, np.asarray(params["E"])[np.asarray(ids)])
@@ -79,12 +86,12 @@ def test_embedding_in_a_model_under_grad():
     """Embedding -> Flatten -> Dense: the hand-written whole-model gradient equals jax.grad's (f64, 1e-10)."""
     model = bp.serial(L.Embedding(7, 3), L.Flatten(), L.Dense(2))
     with jax.enable_x64(True):
-        _, params = model.init(jax.random.key(0), (4,))
-        params = jax.tree.map(lambda a: a.astype(jnp.float64), params)
+        params = random_params(model, (4,), dtype=jnp.float64)  # numpy draws: no sampler compiled
         ids = jnp.array([[1, 1, 2, 6], [0, 6, 6, 3], [5, 4, 1, 1]])
-        y = jax.random.normal(jax.random.key(1), (3, 2), jnp.float64)
-        _, manual = bp.value_and_grad(model, bp.losses.mse)(params, ids, y)
-        _, ref = bp.autodiff_value_and_grad(model, bp.losses.mse)(params, ids, y)
+        y = jnp.asarray(np.random.default_rng(1).standard_normal((3, 2)))
+        # compiled: one program each, not one per eager op
+        _, manual = jax.jit(bp.value_and_grad(model, bp.losses.mse))(params, ids, y)
+        _, ref = jax.jit(bp.autodiff_value_and_grad(model, bp.losses.mse))(params, ids, y)
         for m, r in zip(jax.tree.leaves(manual), jax.tree.leaves(ref)):
             np.testing.assert_allclose(m, r, rtol=1e-10, atol=1e-12)
         np.testing.assert_array_equal(bp.as_custom_vjp(model)(params, ids), model.forward(params, ids)[0])
@@ -92,7 +99,7 @@ def test_embedding_in_a_model_under_grad():
 
 def test_embedding_errors():
     layer = L.Embedding(5, 2)
-    _, params = layer.init(jax.random.key(0), (3,))
+    params = random_params(layer, (3,))
     with pytest.raises(bp.BpjaxTypeError, match=r"Embedding\(5, 2\): expected integer ids.*float32"):
         layer.forward(params, jnp.ones((2, 3)))
     with pytest.raises(bp.BpjaxError, match=r"ids must lie in \[0, 5\), got min 0 and max 5"):
