@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import cast
+from conftest import initial_state, random_params
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -24,12 +24,14 @@ def _run(layer, x, key, train=True):
 def test_dropout_backward(shape, rate, train):
     layer = L.Dropout(rate)
     key = jax.random.key(7)
-    x = jax.random.normal(jax.random.key(1), shape)
+    x = np.random.default_rng(1).standard_normal(shape)  # numpy: a jax.random draw compiles per shape
     # check_layer runs forward and jax.vjp with the same key, hence the same mask
-    r32 = bp.check_layer(layer, (), x, key=key, train=train, finite_differences=False)  # default f32 rtol 1e-4
+    r32 = bp.check_layer(layer, (), jnp.asarray(x, jnp.float32), key=key, train=train,
+                         finite_differences=False)  # default f32 rtol 1e-4
     assert r32.ok, str(r32)
     with jax.enable_x64(True):  # f64: rtol 1e-10, finite differences at fd rtol 1e-6 (y is linear in x)
-        r64 = bp.check_layer(layer, (), cast(x, jnp.float64), key=key, train=train, rtol=1e-10)
+        x64 = jnp.asarray(np.asarray(x, np.float32), jnp.float64)  # the float32 values
+        r64 = bp.check_layer(layer, (), x64, key=key, train=train, rtol=1e-10)
     assert r64.ok, str(r64)
 
 
@@ -68,7 +70,7 @@ def test_dropout_kept_fraction_and_scale(rate):
 
 
 def test_dropout_identity_in_eval_and_for_rate_zero():
-    x = jax.random.normal(jax.random.key(0), (8, 5))
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((8, 5)), jnp.float32)
     for layer, train in ((L.Dropout(0.5), False), (L.Dropout(0.0), True)):
         y, res, state = _run(layer, x, key=None, train=train)  # no key needed
         assert y is x and state == ()
@@ -79,12 +81,12 @@ def test_dropout_identity_in_eval_and_for_rate_zero():
 def test_dropout_in_a_model_f64():
     model = bp.serial(L.Dense(6), L.Relu(), L.Dropout(0.4), L.Dense(3))
     with jax.enable_x64(True):
-        _, params = model.init(jax.random.key(0), (5,))
-        state = bp.init_state(model, jax.random.key(0), (5,))
-        x = jax.random.normal(jax.random.key(1), (8, 5), jnp.float64)
-        y = jax.random.normal(jax.random.key(2), (8, 3), jnp.float64)
-        rep = bp.check_gradients(model, bp.losses.mse, cast(params, jnp.float64), x, y, state=state,
-                                 key=jax.random.key(3), rtol=1e-10, finite_differences=True)
+        params = random_params(model, (5,), dtype=jnp.float64)  # numpy draws: no sampler compiled
+        state = initial_state(model, (5,))
+        rng = np.random.default_rng(1)
+        x, y = jnp.asarray(rng.standard_normal((8, 5))), jnp.asarray(rng.standard_normal((8, 3)))
+        rep = bp.check_gradients(model, bp.losses.mse, params, x, y, state=state, key=jax.random.key(3), rtol=1e-10,
+                                 finite_differences=True)
     assert rep.ok, str(rep)
 
 
