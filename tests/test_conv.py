@@ -2,7 +2,9 @@
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
+from conftest import init_shapes, random_params
 from hypothesis import given
 from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
@@ -22,10 +24,12 @@ def formulation(request, monkeypatch):
 
 
 def _setup(n, features, kernel, shape, dtype, seed=0, **kw):
+    """The layer, its output shape, random params and ``x: shape``, all drawn with numpy (eager jax.random
+    draws compile a sampler per shape). The bias is non-zero (0.1 N(0, 1)), so db's check is not trivial."""
     layer = CONV[n](features, kernel, dtype=dtype, **kw)
-    out_shape, params = layer.init(jax.random.key(seed), shape[1:])
-    params = jax.tree.map(lambda a: a + 0.1, params)  # a non-zero bias, so db's check is not trivial
-    x = jax.random.normal(jax.random.key(seed + 1), shape, dtype)
+    out_shape, _ = init_shapes(layer, shape[1:])
+    params = random_params(layer, shape[1:], seed, dtype)
+    x = jnp.asarray(np.random.default_rng(seed + 1).standard_normal(shape), dtype)
     return layer, out_shape, params, x
 
 
@@ -54,7 +58,7 @@ def _check_both_dtypes(setting, form):
         # float32: default rtol 1e-4 (see bpjax.gradcheck: sums of <= 100 terms rounded at 6e-8 each,
         # in different orders in the two programs).
         layer, out_shape, params, x = _setup(n, features, kernel, shape, jnp.float32, **kw)
-        y, _ = layer.forward(params, x)
+        y = jax.eval_shape(layer.forward, params, x)[0]  # traced, not compiled
         assert y.shape == (shape[0], *out_shape)  # shape inference at init == the forward's shape
         r32 = bp.check_layer(layer, params, x, finite_differences=False)
         assert r32.ok, f"{form}\n{r32}"
@@ -99,20 +103,26 @@ def test_conv_matches_lax_forward_and_depthwise_layout():
     # depthwise (groups = C_in): channel c of the output sees channel c of the input only
     layer, out_shape, params, x = _setup(1, 3, 3, (2, 9, 3), jnp.float32, groups=3, padding="VALID")
     assert params["W"].shape == (3, 1, 3) and out_shape == (7, 3)
-    y, _ = layer.forward(params, x)
-    for c in range(3):
-        ref = jnp.convolve(x[0, :, c], params["W"][::-1, 0, c], mode="valid") + params["b"][c]
-        assert jnp.allclose(y[0, :, c], ref, atol=1e-5)  # f32 sums of 3 terms of size ~1
+    y, _ = jax.jit(layer.forward)(params, x)
+
+    @jax.jit  # one program, not one per eager op
+    def reference(x, W, b):
+        return [jnp.convolve(x[0, :, c], W[::-1, 0, c], mode="valid") + b[c] for c in range(3)]
+
+    for c, ref in enumerate(reference(x, params["W"], params["b"])):
+        assert np.allclose(y[0, :, c], ref, atol=1e-5)  # f32 sums of 3 terms of size ~1
 
 
 def test_conv_mnist1d_shapes_and_model_gradients():
     model = bp.serial(L.Conv1D(25, 5, stride=2, padding=1), L.Relu(), L.Conv1D(25, 3, stride=2, padding=1),
                       L.Relu(), L.Conv1D(25, 3, stride=2, padding=1), L.Relu(), L.Flatten(), L.Dense(10))
-    out_shape, params = model.init(jax.random.key(0), (40, 1))
+    out_shape, shapes = init_shapes(model, (40, 1))
     assert out_shape == (10,)
-    assert [p["W"].shape for p in params if p and "W" in p][:3] == [(5, 1, 25), (3, 25, 25), (3, 25, 25)]
-    x = jax.random.normal(jax.random.key(1), (8, 40, 1))
-    y = jax.random.randint(jax.random.key(2), (8,), 0, 10)
+    assert [p["W"] for p in shapes if p and "W" in p][:3] == [(5, 1, 25), (3, 25, 25), (3, 25, 25)]
+    params = random_params(model, (40, 1))  # numpy draws: no sampler compiled per shape
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.standard_normal((8, 40, 1)), jnp.float32)
+    y = jnp.asarray(rng.integers(0, 10, 8), jnp.int32)
     report = bp.check_gradients(model, bp.losses.softmax_cross_entropy, params, x, y)
     assert report.ok, str(report)
 
@@ -121,7 +131,7 @@ def test_conv_init_variance_uses_window_fan_in():
     # he_normal: Var[W] = 2 / fan_in with fan_in = KH * KW * C_in / groups = 3 * 3 * 64 / 2 = 288
     _, params = L.Conv2D(256, 3, groups=2).init(jax.random.key(0), (8, 8, 64))
     assert params["W"].shape == (3, 3, 32, 256)
-    assert abs(float(jnp.var(params["W"])) * 288 / 2 - 1) < 0.03  # 73728 samples: std err of var ~0.5%
+    assert abs(np.var(np.asarray(params["W"], np.float64)) * 288 / 2 - 1) < 0.03  # 73728 samples: std err of var ~0.5%
 
 
 @pytest.mark.parametrize("make, init_shape, x_shape, match", [
@@ -132,7 +142,7 @@ def test_conv_init_variance_uses_window_fan_in():
 ])
 def test_conv_forward_errors(make, init_shape, x_shape, match):
     layer = make()
-    _, params = layer.init(jax.random.key(0), init_shape)
+    params = random_params(layer, init_shape)
     with pytest.raises(bp.BpjaxError, match=match) as e:
         layer.forward(params, jnp.zeros(x_shape))
     assert layer.name in str(e.value)
@@ -140,7 +150,7 @@ def test_conv_forward_errors(make, init_shape, x_shape, match):
 
 def test_conv_channel_mismatch_and_groups_errors():
     layer = L.Conv1D(4, 3, name="c1")
-    _, params = layer.init(jax.random.key(0), (10, 3))
+    params = random_params(layer, (10, 3))
     with pytest.raises(bp.BpjaxError, match=r"c1: expected 3 input channels .* shape \(2, 10, 5\)"):
         layer.forward(params, jnp.zeros((2, 10, 5)))
     groups_msg = r"Conv2D\(4, \(3, 3\)\).*groups=2 must divide the input channels, got C_in=3"
@@ -170,6 +180,6 @@ def test_conv_channel_mismatch_and_groups_errors():
 
 def test_conv_f64_under_jit_tracing_raises_at_trace_time():
     layer = L.Conv1D(2, 3)
-    _, params = layer.init(jax.random.key(0), (6, 2))
+    params = random_params(layer, (6, 2))
     with pytest.raises(bp.BpjaxError, match="expected 2 input channels"):
         jax.jit(layer.forward)(params, jnp.zeros((1, 6, 4)))
