@@ -5,19 +5,24 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import cast
+from conftest import cast, random_params
 
 import bpjax as bp
 from bpjax import layers as L
 from bpjax import rules
 
 
+def _normal(seed, shape, dtype=jnp.float32):
+    """Test data from numpy (a jax.random draw in a new shape or dtype compiles a sampler: seconds of CPU)."""
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), dtype)
+
+
 def _dense(rule, d_in=6, d_out=4, dtype=jnp.float32, seed=0):
     layer = L.Dense(d_out, backward_rule=rule, dtype=dtype)
     _, params = layer.init(jax.random.key(seed), (d_in,))
     state = bp.init_state(layer, jax.random.key(seed + 7), (d_in,))
-    x = jax.random.normal(jax.random.key(seed + 1), (5, d_in), dtype)
-    dz = jax.random.normal(jax.random.key(seed + 2), (5, d_out), dtype)
+    x = _normal(seed + 1, (5, d_in), dtype)
+    dz = _normal(seed + 2, (5, d_out), dtype)
     return layer, params, state, x, dz
 
 
@@ -30,8 +35,7 @@ def test_rule_keeps_forward_and_weight_gradients_f64(rule):
         y, res, _ = bp.apply(layer, params, x, state=state)
         np.testing.assert_array_equal(y, exact.forward(params, x)[0])
         g, da = layer.backward(params, res, dz)
-        _, vjp = jax.vjp(lambda p: exact.forward(p, x)[0], params)
-        (ref,) = vjp(dz)
+        (ref,) = jax.jit(lambda p, dz: jax.vjp(lambda p: exact.forward(p, x)[0], p)[1](dz))(params, dz)
         B = state["B"] if rule == "feedback_alignment" else rules.sign_feedback(params["W"])
         for k in ("W", "b"):  # f64: only summation-order roundoff (~1e-16 relative)
             np.testing.assert_allclose(g[k], ref[k], rtol=1e-12, atol=1e-14)
@@ -55,10 +59,9 @@ def test_feedback_alignment_with_B_equal_W_is_backprop():
                       L.Dense(3, backward_rule="feedback_alignment"))
     for dtype, tol in ((jnp.float32, 1e-4), (jnp.float64, 1e-10)):  # tolerances of bp.check_gradients
         with jax.enable_x64(dtype == jnp.float64):
-            _, params = model.init(jax.random.key(0), (5,))
-            params = cast(params, dtype)
+            params = random_params(model, (5,), 0, dtype)
             state = tuple({"B": p["W"]} if p else () for p in params)
-            x = jax.random.normal(jax.random.key(1), (6, 5), dtype)
+            x = _normal(1, (6, 5), dtype)
             y = jnp.arange(6) % 3
             rep = bp.check_gradients(model, bp.losses.softmax_cross_entropy, params, x, y, state=state,
                                      rtol=tol, finite_differences=dtype == jnp.float64)
@@ -77,19 +80,22 @@ def test_dfa_matches_independent_formula_f64():
         _, params = model.init(jax.random.key(0), (5,))
         params = cast(params, jnp.float64)
         state = cast(bp.init_state(model, jax.random.key(3), (5,)), jnp.float64)
-        x = jax.random.normal(jax.random.key(1), (8, 5), jnp.float64)
+        x = _normal(1, (8, 5), jnp.float64)
         y = jnp.arange(8) % 3
-        (_, _), g = bp.value_and_grad(model, bp.losses.softmax_cross_entropy)(params, x, y, state=state)
-        W1, b1, W2, b2, W3, b3 = (params[0]["W"], params[0]["b"], params[2]["W"], params[2]["b"],
-                                  params[4]["W"], params[4]["b"])
-        _, B2, _, B3 = state["B"][0], state["B"][2], (), state["B"][4]
+        (_, _), g = jax.jit(bp.value_and_grad(model, bp.losses.softmax_cross_entropy))(params, x, y, state=state)
+        # the formula in numpy, float64
+        W1, b1, W2, b2, W3, b3 = (np.asarray(params[0]["W"]), np.asarray(params[0]["b"]), np.asarray(params[2]["W"]),
+                                  np.asarray(params[2]["b"]), np.asarray(params[4]["W"]), np.asarray(params[4]["b"]))
+        _, B2, _, B3 = state["B"][0], np.asarray(state["B"][2]), (), np.asarray(state["B"][4])
         assert state["B"][0] == () and B2.shape == (3, 7) and B3.shape == (3, 6)
+        x = np.asarray(x)
         z1 = x @ W1 + b1
-        a1 = jnp.tanh(z1)
+        a1 = np.tanh(z1)
         z2 = a1 @ W2 + b2
-        a2 = jnp.maximum(z2, 0)
+        a2 = np.maximum(z2, 0)
         out = a2 @ W3 + b3
-        e = (jax.nn.softmax(out) - jax.nn.one_hot(y, 3)) / 8
+        p = np.exp(out - out.max(1, keepdims=True))
+        e = (p / p.sum(1, keepdims=True) - np.eye(3)[np.asarray(y)]) / 8
         dz2 = (e @ B3) * (z2 > 0)
         dz1 = (e @ B2) * (1 - a1 ** 2)
         want = {0: (x.T @ dz1, dz1.sum(0)), 2: (a1.T @ dz2, dz2.sum(0)), 4: (a2.T @ e, e.sum(0))}
@@ -102,10 +108,9 @@ def test_dfa_one_hidden_layer_with_B_equal_W_T_is_backprop():
     # One hidden layer: e @ W_out.T is the true da_1, so DFA with B = W_out.T is exact backprop.
     with jax.enable_x64(True):
         model = rules.DFA(L.Dense(6), L.Sigmoid(), L.Dense(3))
-        _, params = model.init(jax.random.key(0), (4,))
-        params = cast(params, jnp.float64)
+        params = random_params(model, (4,), 0, jnp.float64)
         state = {"layers": ((), (), ()), "B": ((), (), params[2]["W"].T)}
-        x = jax.random.normal(jax.random.key(1), (5, 4), jnp.float64)
+        x = _normal(1, (5, 4), jnp.float64)
         y = jnp.arange(5) % 3
         rep = bp.check_gradients(model, bp.losses.softmax_cross_entropy, params, x, y, state=state, rtol=1e-10,
                                  finite_differences=True)
@@ -116,22 +121,23 @@ def test_gradient_and_feedback_angles():
     model = bp.serial(*_mlp("feedback_alignment"))
     _, params = model.init(jax.random.key(0), (5,))
     state = bp.init_state(model, jax.random.key(1), (5,))
-    x = jax.random.normal(jax.random.key(2), (16, 5))
+    x = _normal(2, (16, 5))
     y = jnp.arange(16) % 3
     ang = jax.jit(rules.gradient_angles(model, bp.losses.softmax_cross_entropy))(params, x, y, state=state)
     # the output layer's gradient is exact under FA (float32 arccos near 1: ~0.1 degree of roundoff);
     # the first layer's is not (random B: tens of degrees)
     assert float(ang[4]["W"]) < 0.5 and float(ang[0]["W"]) > 5.0
     exact = bp.serial(*_mlp())
-    ang_exact = rules.gradient_angles(exact, bp.losses.softmax_cross_entropy)(params, x, y)
+    ang_exact = jax.jit(rules.gradient_angles(exact, bp.losses.softmax_cross_entropy))(params, x, y)
     assert max(float(a) for a in jax.tree.leaves(ang_exact)) < 0.5
-    fb = jax.jit(rules.feedback_angles)(params, state)
+    feedback_angles = jax.jit(rules.feedback_angles)
+    fb = feedback_angles(params, state)
     assert len(fb) == 3 and all(60.0 < float(a) < 120.0 for a in fb)  # independent random matrices: ~90
     same = tuple({"B": p["W"]} if p else () for p in params)
     neg = tuple({"B": -p["W"]} if p else () for p in params)
-    np.testing.assert_allclose(rules.feedback_angles(params, same), 0.0, atol=0.1)
-    np.testing.assert_allclose(rules.feedback_angles(params, neg), 180.0, atol=0.1)
-    assert float(rules.angle(params[0]["W"], rules.sign_feedback(params[0]["W"]))) < 45.0
+    np.testing.assert_allclose(feedback_angles(params, same), 0.0, atol=0.1)
+    np.testing.assert_allclose(feedback_angles(params, neg), 180.0, atol=0.1)
+    assert float(jax.jit(lambda W: rules.angle(W, rules.sign_feedback(W)))(params[0]["W"])) < 45.0
 
 
 @pytest.mark.parametrize("rule", ["feedback_alignment", "sign_symmetry", "dfa"])
@@ -141,8 +147,8 @@ def test_rules_learn_a_toy_problem(rule):
     model = rules.DFA(*layers) if rule == "dfa" else bp.serial(*layers)
     _, params = model.init(jax.random.key(0), (5,))
     state = bp.init_state(model, jax.random.key(1), (5,))
-    x = jax.random.normal(jax.random.key(2), (64, 5))
-    y = jnp.argmax(x[:, :3], -1)
+    x = _normal(2, (64, 5))
+    y = jnp.asarray(np.argmax(np.asarray(x)[:, :3], -1))
     opt = optax.adam(1e-2)
     step = bp.train.make_step(model, bp.losses.softmax_cross_entropy, opt, checks=False)
     opt_state, losses = opt.init(params), []
