@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import initial_state, random_params
 
 import bpjax as bp
 from bpjax import layers as L
@@ -29,7 +30,7 @@ def test_initial_state_f64_and_finite_differences(make):
     # gradient of the initial state included (check_layer draws a cotangent for y and for carry_T).
     cell = make(H)
     with jax.enable_x64(True):
-        _, p = cell.init(jax.random.key(0), (T, D))
+        p = random_params(cell, (T, D), dtype=jnp.float64)  # numpy draws: no sampler compiled per shape
         r = bp.check_layer(cell, p, (_x(1), _carry(cell, 2)), rtol=1e-10, fd_directions=1)
     assert r.ok and r.max_fd_rel_error < 1e-6, str(r)
     assert sum(row.name.startswith("input x") for row in r.rows) == 1 + len(_carry(cell, 2))
@@ -39,7 +40,7 @@ def test_initial_state_f64_and_finite_differences(make):
 def test_chunks_carried_equal_the_whole_sequence(make):
     # Two chunks, the second from the state the first ended in, are the whole sequence: the same steps.
     cell = make(H)
-    _, p = cell.init(jax.random.key(0), (T, D))
+    p = random_params(cell, (T, D))
     x = _x(3, (B, 2 * T, D)).astype(jnp.float32)
     f = jax.jit(cell.forward)
     whole, _ = f(p, x)
@@ -58,8 +59,8 @@ def test_truncated_bptt_gradients_f64():
     # differences, from a non-zero carried state.
     model = _tbptt()
     with jax.enable_x64(True):
-        _, p = model.init(jax.random.key(0), (T, D))
-        state = bp.init_state(model, jax.random.key(0), (T, D))
+        p = random_params(model, (T, D), dtype=jnp.float64)
+        state = initial_state(model, (T, D))
         state = (state[0], tuple(_x(4 + i, (B, H)) for i in range(2)), state[2])
         y = _x(6, (B, T, 2))
         r = bp.check_gradients(model, bp.losses.mse, p, _x(5), y, state=state, rtol=1e-10, finite_differences=True,
@@ -71,15 +72,20 @@ def test_fit_carries_the_state_between_batches():
     # With a zero learning rate the params stay put, so after 3 steps of fit the state must be the LSTM's
     # state after reading 3 chunks of every stream in a row: fit threads it from step to step.
     model = _tbptt()
-    _, p = model.init(jax.random.key(0), (T, D))
-    state = bp.init_state(model, jax.random.key(0), (T, D))
+    p = random_params(model, (T, D))
+    state = initial_state(model, (T, D))
     streams = _x(7, (B, 3 * T, D)).astype(jnp.float32)  # B streams of 3 chunks
     x = jnp.concatenate([streams[:, k * T:(k + 1) * T] for k in range(3)])  # row k*B + b: chunk k of stream b
     y = jnp.zeros((3 * B, T, 2))
     r = bp.train.fit(model, bp.losses.mse, optax.sgd(0.0), p, (x, y), steps=3, batch_size=B, state=state,
                      verbose=False)
-    z = streams @ p[0]["W"] + p[0]["b"]
-    (_, carry), _ = L.LSTM(H).forward(p[1], (z, None))
+
+    @jax.jit  # the reference as one program, not one per eager op
+    def reference(p, streams):
+        z = streams @ p[0]["W"] + p[0]["b"]
+        return L.LSTM(H).forward(p[1], (z, None))[0][1]
+
+    carry = reference(p, streams)
     for a, b in zip(jax.tree.leaves(r.state[1]), jax.tree.leaves(carry)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)  # f32: the same steps, compiled apart
     assert float(jnp.max(jnp.abs(r.state[1][0]))) > 1e-2
@@ -87,8 +93,8 @@ def test_fit_carries_the_state_between_batches():
 
 def test_truncated_bptt_eval_mode_and_errors():
     model = _tbptt()
-    _, p = model.init(jax.random.key(0), (T, D))
-    state = bp.init_state(model, jax.random.key(0), (T, D))
+    p = random_params(model, (T, D))
+    state = initial_state(model, (T, D))
     x5 = _x(8, (5, T, D)).astype(jnp.float32)
     y, _, s = bp.apply(model, p, x5, state=state, train=False)  # eval: any batch, from zeros, state unchanged
     assert y.shape == (5, T, 2)
