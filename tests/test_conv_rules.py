@@ -1,5 +1,7 @@
 """Backward rules for Conv1D / Conv2D: feedback alignment and sign symmetry change dx only, on both formulations."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,14 +31,21 @@ def formulation(request, monkeypatch):
     return request.param
 
 
-def _setup(case, rule, dtype, seed=0):
+@functools.lru_cache(maxsize=None)
+def _layer(i, rule, dtype, formulation):
+    """Case ``i``'s layer with backward ``rule``, built once per formulation: the tests of a case share it, and
+    so share the programs ``_run``, ``_vjp`` and ``bp.check_layer`` compile for it."""
+    n, features, kernel, _, kw = CASES[i]
+    return CONV[n](features, kernel, backward_rule=rule, dtype=dtype, **kw)
+
+
+def _setup(case, rule, dtype, formulation, seed=0):
     """The rule's layer, the exact layer, params (W drawn by init, b = 0.1), its state, x and dy.
 
     Inputs are drawn with numpy (no per-shape compilation of jax.random ops: keeps the file fast).
     """
     n, features, kernel, shape, kw = case
-    layer = CONV[n](features, kernel, backward_rule=rule, dtype=dtype, **kw)
-    exact = CONV[n](features, kernel, dtype=dtype, **kw)
+    layer, exact = (_layer(CASES.index(case), r, dtype, formulation) for r in (rule, "exact"))
     out_shape, params = layer.init(jax.random.key(seed), shape[1:])
     params = cast(jax.tree.map(lambda a: a + 0.1, params), dtype)  # a non-zero bias: db's check is not trivial
     state = cast(bp.init_state(layer, jax.random.key(seed + 5), shape[1:]), dtype)
@@ -46,23 +55,30 @@ def _setup(case, rule, dtype, seed=0):
     return layer, exact, params, state, x, dy
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def _run(layer, params, x, dy, state):
-    """``(y, dparams, dx)`` of the layer's forward and hand-written backward, in one jitted program."""
-    def f(params, x, dy, state):
-        y, res, _ = bp.apply(layer, params, x, state=state)
-        return (y, *layer.backward(params, res, dy))
-    return jax.jit(f)(params, x, dy, state)
+    """``(y, dparams, dx)`` of the layer's forward and hand-written backward, in one jitted program (compiled
+    once per layer object and shapes: a layer is built for one formulation, see ``_layer``)."""
+    y, res, _ = bp.apply(layer, params, x, state=state)
+    return (y, *layer.backward(params, res, dy))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _vjp(layer, params, x, dy):
+    """``(dparams, dx)``: ``jax.vjp`` of the layer's forward applied to ``dy``, in one jitted program."""
+    return jax.vjp(lambda p, x: layer.forward(p, x)[0], params, x)[1](dy)
 
 
 def _rel(a, b):
-    return float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
+    a, b = np.asarray(a), np.asarray(b)
+    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_feedback_alignment_with_B_equal_W_is_the_exact_gradient(case, formulation):
     # FA with B = W runs the exact backward's operations: equal to it in f64 (rtol 1e-12, roundoff only).
     with jax.enable_x64(True):
-        layer, exact, params, _, x, dy = _setup(case, "feedback_alignment", jnp.float64)
+        layer, exact, params, _, x, dy = _setup(case, "feedback_alignment", jnp.float64, formulation)
         y, g, dx = _run(layer, params, x, dy, {"B": params["W"]})
         y_ref, g_ref, dx_ref = _run(exact, params, x, dy, ())
         np.testing.assert_array_equal(y, y_ref)  # forward unchanged
@@ -76,10 +92,10 @@ def test_feedback_alignment_with_B_equal_W_passes_check_layer(formulation):
     # terms rounded at 6e-8 each, in different orders in the two programs).
     case = CASES[0]  # strided, dilated, grouped, explicit padding
     with jax.enable_x64(True):
-        layer, _, params, _, x, _ = _setup(case, "feedback_alignment", jnp.float64)
+        layer, _, params, _, x, _ = _setup(case, "feedback_alignment", jnp.float64, formulation)
         r64 = bp.check_layer(layer, params, x, state={"B": params["W"]}, rtol=1e-10, finite_differences=True)
     assert r64.ok, str(r64)
-    layer, _, params, _, x, _ = _setup(case, "feedback_alignment", jnp.float32)
+    layer, _, params, _, x, _ = _setup(case, "feedback_alignment", jnp.float32, formulation)
     r32 = bp.check_layer(layer, params, x, state={"B": params["W"]}, finite_differences=False)
     assert r32.ok, str(r32)
 
@@ -90,14 +106,12 @@ def test_rule_dx_is_the_exact_dx_with_W_replaced_by_B(case, rule, formulation):
     # Reference from jax.vjp of the unchanged forward, f64: dW and db at the true W; dx at W := B.
     # rtol 1e-12: f64 roundoff (~1e-16 per operation) over sums of a few dozen terms.
     with jax.enable_x64(True):
-        layer, exact, params, state, x, dy = _setup(case, rule, jnp.float64)
+        layer, exact, params, state, x, dy = _setup(case, rule, jnp.float64, formulation)
         B = state["B"] if rule == "feedback_alignment" else rules.sign_feedback(params["W"])
         assert B.shape == params["W"].shape and not np.allclose(B, params["W"], rtol=1e-3)
         _, g, dx = _run(layer, params, x, dy, state)
-        _, vjp = jax.vjp(lambda p, x: exact.forward(p, x)[0], params, x)
-        g_ref, dx_exact = vjp(dy)
-        _, vjp_b = jax.vjp(lambda x: exact.forward({**params, "W": B}, x)[0], x)
-        (dx_ref,) = vjp_b(dy)
+        g_ref, dx_exact = _vjp(exact, params, x, dy)
+        _, dx_ref = _vjp(exact, {**params, "W": B}, x, dy)
         for k in params:
             np.testing.assert_allclose(g[k], g_ref[k], rtol=1e-12, atol=1e-13)
         np.testing.assert_allclose(dx, dx_ref, rtol=1e-12, atol=1e-13)
@@ -131,10 +145,10 @@ def _cnn(rule):
 def _toy(n=64, length=24):
     # three classes: a bump at the start, middle or end of a noisy signal
     y = jnp.arange(n) % 3
-    t = jnp.arange(length)
-    centre = 4 + y[:, None] * 8
-    x = jnp.exp(-0.5 * ((t[None] - centre) / 2.0) ** 2) + 0.3 * jax.random.normal(jax.random.key(9), (n, length))
-    return x[..., None], y
+    t = np.arange(length)
+    centre = 4 + np.asarray(y)[:, None] * 8
+    x = np.exp(-0.5 * ((t[None] - centre) / 2.0) ** 2) + 0.3 * np.random.default_rng(9).standard_normal((n, length))
+    return jnp.asarray(x[..., None], jnp.float32), y
 
 
 @pytest.mark.parametrize("rule", ["feedback_alignment", "sign_symmetry"])
@@ -159,10 +173,11 @@ def test_gradient_and_feedback_angles_for_conv_layers():
     x, y = _toy(16)
     _, params = model.init(jax.random.key(0), x.shape[1:])
     state = bp.init_state(model, jax.random.key(1), x.shape[1:])
-    fb = rules.feedback_angles(params, state)
+    feedback_angles = jax.jit(rules.feedback_angles)
+    fb = feedback_angles(params, state)
     assert len(fb) == 3 and all(60.0 < float(a) < 120.0 for a in fb)  # independent random kernels: ~90
     same = tuple({"B": p["W"]} if p else () for p in params)
-    np.testing.assert_allclose(rules.feedback_angles(params, same), 0.0, atol=0.1)  # f32 arccos near 1
+    np.testing.assert_allclose(feedback_angles(params, same), 0.0, atol=0.1)  # f32 arccos near 1
     angles = jax.jit(rules.gradient_angles(model, bp.losses.softmax_cross_entropy))
     ang = angles(params, x, y, state=state)
     # the output Dense gets the exact dz, so its gradient is exact (f32 arccos roundoff ~0.1 degree); the
