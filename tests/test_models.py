@@ -91,7 +91,7 @@ def _mnist_like(n=256, d=20, classes=5, seed=0):
 def test_200_steps_manual_and_autodiff_curves_agree(optimizer):
     model = bp.serial(L.Dense(64), L.Relu(), L.Dense(64), L.Tanh(), L.Dense(5))
     x, y = _mnist_like()
-    _, p0 = model.init(jax.random.key(0), (20,))
+    p0 = random_params(model, (20,))
     curves = {}
     for backward in ("manual", "autodiff"):
         step = bp.train.make_step(model, bp.losses.softmax_cross_entropy, optimizer, backward=backward,
@@ -118,7 +118,7 @@ def test_make_step_signature_and_jit():
     model = bp.serial(L.Dense(16), L.Relu(), L.Dense(3))
     x, y = _mnist_like(64, 20, 3)
     opt = optax.adamw(1e-2, weight_decay=1e-4)
-    _, params = model.init(jax.random.key(0), (20,))
+    params = random_params(model, (20,))
     state = opt.init(params)
     step = bp.train.make_step(model, bp.losses.softmax_cross_entropy, opt)
     values = []
