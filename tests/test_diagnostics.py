@@ -69,7 +69,7 @@ def test_fit_callback_logs_diagnostics():
     from bpjax.train import fit
     layers = _layers()
     model = bp.serial(*layers)
-    _, params = model.init(jax.random.key(0), (4,))
+    params = random_params(model, (4,))
     x = _normal(1, (64, 4))
     y = jnp.asarray(np.argmax(np.asarray(x)[:, :3], -1))
     log = []
