@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import cast
+from conftest import cast, random_params
 
 import bpjax as bp
 from bpjax import layers as L
@@ -193,7 +193,7 @@ def test_conv_rule_errors():
     with pytest.raises(bp.BpjaxError, match="Conv2D.*backward_rule 'exactly'"):
         L.Conv2D(3, 2, backward_rule="exactly", name="mine")
     layer = L.Conv2D(4, 3, backward_rule="feedback_alignment")
-    _, params = layer.init(jax.random.key(0), (5, 5, 2))
+    params = random_params(layer, (5, 5, 2))
     x = jnp.ones((1, 5, 5, 2))
     with pytest.raises(bp.BpjaxError, match=r"Conv2D\(4, \(3, 3\), FA\).*expected keys \['B'\], got \[\]"):
         bp.apply(layer, params, x, state={})
