@@ -176,4 +176,4 @@ def test_rule_errors():
         bad.init_state(jax.random.key(0), (3, 5))
     model = rules.DFA(*_mlp())
     with pytest.raises(bp.BpjaxError, match="expected {'layers', 'B'}"):
-        bp.apply(model, model.init(jax.random.key(0), (5,))[1], jnp.ones((2, 5)), state=())
+        bp.apply(model, random_params(model, (5,)), jnp.ones((2, 5)), state=())
