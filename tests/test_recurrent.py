@@ -171,8 +171,9 @@ def test_forward_matches_equations(cell):
     p = random_params(layer, (5, 3))
     x = _normal(1, (2, 5, 3))
     ref = _reference(cell, p, x)
-    np.testing.assert_allclose(jax.jit(layer.forward)(p, x)[0], ref, rtol=1e-5, atol=1e-6)  # f32 vs f64 loop
-    last = jax.jit(CELLS[cell](4, return_sequences=False).forward)(p, x)[0]
+    last_layer = CELLS[cell](4, return_sequences=False)
+    ys, last = jax.jit(lambda p, x: (layer.forward(p, x)[0], last_layer.forward(p, x)[0]))(p, x)  # one program
+    np.testing.assert_allclose(ys, ref, rtol=1e-5, atol=1e-6)  # f32 vs f64 loop
     np.testing.assert_allclose(last, ref[:, -1], rtol=1e-5, atol=1e-6)
 
 
@@ -181,10 +182,10 @@ def test_bidirectional_layout():
     bi_seq, bi_last = Bidirectional(GRU(3)), Bidirectional(GRU(3, return_sequences=False))
     p = random_params(bi_seq, (6, 2))
     x = _normal(1, (2, 6, 2))
-    ys, yl = jax.jit(bi_seq.forward)(p, x)[0], jax.jit(bi_last.forward)(p, x)[0]
+    ys, yl = jax.jit(lambda p, x: (bi_seq.forward(p, x)[0], bi_last.forward(p, x)[0]))(p, x)  # one program
     assert ys.shape == (2, 6, 6) and yl.shape == (2, 6)
     fwd = _reference("GRU", p["fwd"], x)
-    bwd = _reference("GRU", p["bwd"], x[:, ::-1])[:, ::-1]
+    bwd = _reference("GRU", p["bwd"], np.asarray(x)[:, ::-1])[:, ::-1]
     np.testing.assert_allclose(ys, np.concatenate([fwd, bwd], -1), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(yl, np.concatenate([fwd[:, -1], bwd[:, 0]], -1), rtol=1e-5, atol=1e-6)
 
@@ -222,8 +223,13 @@ def test_unroll_gives_the_same_result():
     x = _normal(1, (2, 7, 2))
     outs = []
     for layer in (LSTM(3), LSTM(3, unroll=3)):
-        y, res = jax.jit(layer.forward)(p, x)
-        outs.append((y, jax.jit(layer.backward)(p, res, jnp.asarray(np.cos(np.asarray(y))))))
+
+        @jax.jit  # forward and backward in one program
+        def forward_backward(p, x):
+            y, res = layer.forward(p, x)
+            return y, layer.backward(p, res, jnp.cos(y))
+
+        outs.append(forward_backward(p, x))
     for a, b in zip(jax.tree.leaves(outs[0]), jax.tree.leaves(outs[1])):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)  # f32, same maths in a different loop shape
 
