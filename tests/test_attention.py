@@ -237,7 +237,8 @@ def test_attention_keywords():
     _, p = layer.init(jax.random.key(0), (5, 8))
     assert sorted(p) == ["Wk", "Wo", "Wq", "Wv"] and all(a.dtype == jnp.float16 for a in p.values())
     assert 0.01 < np.std(np.asarray(p["Wq"], np.float32)) < 0.03
-    block = L.TransformerBlock(2, mlp_features=12, dtype=jnp.float16, init="normal", stddev=0.02)
+    # mlp_features=8: every weight matrix (8, 8), one float16 sampler compiled for all
+    block = L.TransformerBlock(2, mlp_features=8, dtype=jnp.float16, init="normal", stddev=0.02)
     _, bp_ = block.init(jax.random.key(0), (5, 8))
     assert {a.dtype for a in jax.tree.leaves(bp_)} == {jnp.dtype(jnp.float16)}
     with pytest.raises(TypeError):
