@@ -29,6 +29,12 @@ def _mlp(c=3):
     return bp.serial(Dense(8), Tanh(), Dense(c))
 
 
+# One model and one optimizer object shared by tests that train with the same options: fit keeps one
+# compiled program per (model, loss, optimizer, options, shapes), so their runs compile it once.
+MLP, ADAM = _mlp(), optax.adam(1e-2)
+SHUFFLED = dict(steps=10, batch_size=16, shuffle=True, eval_every=5, verbose=False)
+
+
 def _close(a, b, rtol=RTOL, atol=ATOL):
     for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=rtol, atol=atol)
@@ -62,11 +68,10 @@ def test_fit_matches_step_loop_and_learns(backward="manual"):
 
 def test_manual_and_autodiff_runs_agree():
     x, y = _problem()
-    model = _mlp()
-    _, p0 = model.init(jax.random.key(2), (5,))
-    kw = dict(steps=12, batch_size=16, verbose=False, key=jax.random.key(0), shuffle=True)
-    a = bp.train.fit(model, XENT, optax.adam(1e-2), p0, (x, y), backward="manual", **kw)
-    b = bp.train.fit(model, XENT, optax.adam(1e-2), p0, (x, y), backward="autodiff", **kw)
+    _, p0 = MLP.init(jax.random.key(2), (5,))
+    kw = dict(key=jax.random.key(0), eval_data=(x, y), **SHUFFLED)
+    a = bp.train.fit(MLP, XENT, ADAM, p0, (x, y), backward="manual", **kw)
+    b = bp.train.fit(MLP, XENT, ADAM, p0, (x, y), backward="autodiff", **kw)
     _close(a.params, b.params)
     np.testing.assert_allclose(a.history["loss"], b.history["loss"], rtol=RTOL, atol=ATOL)
 
@@ -171,10 +176,9 @@ def test_contextual_model_threads_state_and_keys():
 
 def test_fit_many_over_seeds_equals_separate_runs():
     x, y = _problem()
-    model = _mlp()
+    model, opt = MLP, ADAM  # shared: the separate runs share one compiled program (with other tests' too)
     keys = jax.random.split(jax.random.key(11), 2)
-    kw = dict(steps=10, batch_size=16, shuffle=True, eval_data=(x, y), eval_every=5, verbose=False)
-    opt = optax.adam(1e-2)  # one optimizer object: the separate runs share one compiled program
+    kw = dict(eval_data=(x, y), **SHUFFLED)
     many = bp.train.fit_many(model, XENT, opt, None, (x, y), keys=keys, **kw)
     assert many.history["loss"].shape == (2, 10) and many.history["eval_accuracy"].shape == (2, 2)
     for i in range(2):
