@@ -1,5 +1,7 @@
 """Hessian-vector products through the hand-written backward, against jax.hessian; power iteration."""
 
+import functools
+
 import jax
 import jax.flatten_util
 import jax.numpy as jnp
@@ -20,6 +22,12 @@ def _normal(seed, shape, dtype=jnp.float32):
 
 
 def _setup(acts=(L.Tanh, L.Sigmoid), dtype=jnp.float64):
+    return _built(acts, dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def _built(acts, dtype):
+    """Model, params, x, y, built once per (acts, dtype): the tests of one model share its compiled programs."""
     model = bp.serial(L.Dense(5), acts[0](), L.Dense(4), acts[1](), L.Dense(3))
     params = random_params(model, (3,), 0, dtype)
     x = _normal(1, (6, 3), dtype)
@@ -27,9 +35,15 @@ def _setup(acts=(L.Tanh, L.Sigmoid), dtype=jnp.float64):
     return model, params, x, y
 
 
-def _jax_hessian(model, params, x, y):
+@functools.partial(jax.jit, static_argnums=0)
+def _jax_hessian_program(model, params, x, y):
     flat, unravel = jax.flatten_util.ravel_pytree(params)
-    return np.asarray(jax.jit(jax.hessian(lambda f: XENT.value(model.forward(unravel(f), x)[0], y)))(flat))
+    return jax.hessian(lambda f: XENT.value(model.forward(unravel(f), x)[0], y))(flat)
+
+
+def _jax_hessian(model, params, x, y):
+    """jax.hessian of the loss in the flattened params (compiled once per model and shapes), as numpy."""
+    return np.asarray(_jax_hessian_program(model, params, x, y))
 
 
 @pytest.mark.parametrize("acts", [(L.Tanh, L.Sigmoid), (L.Gelu, L.Softplus)])
