@@ -221,13 +221,18 @@ def test_tied_maxima():
     # equals jax.grad through jax.nn.log_softmax (max shares its cotangent among the ties)
     z = jnp.array([[2.0, 2.0, -1.0, 0.5], [3.0, 3.0, 3.0, 3.0]])
     da = jnp.array([[0.3, -1.0, 0.7, 0.2], [1.0, 2.0, -3.0, 0.5]])
-    np.testing.assert_allclose(L.LogSoftmax().forward((), z)[0], jax.nn.log_softmax(z), rtol=1e-6)
-    ours = jax.vjp(lambda w: L.LogSoftmax().forward((), w)[0], z)[1](da)[0]
-    np.testing.assert_allclose(ours, jax.vjp(jax.nn.log_softmax, z)[1](da)[0], rtol=1e-6, atol=1e-7)
-    layer = L.Softmax()
-    _, res = layer.forward((), z)
-    np.testing.assert_allclose(layer.backward((), res, da)[1], jax.vjp(jax.nn.softmax, z)[1](da)[0],
-                               rtol=1e-6, atol=1e-7)
-    _, dz = losses.softmax_cross_entropy.value_and_grad(z, jnp.array([0, 2]))
-    np.testing.assert_allclose(dz, (jax.nn.softmax(z) - jax.nn.one_hot(jnp.array([0, 2]), 4)) / 2, rtol=1e-6,
-                               atol=1e-7)
+
+    @jax.jit  # every (ours, reference) pair in one compiled program, instead of one per operation
+    def pairs(z, da, y):
+        log_softmax, softmax = (lambda w: L.LogSoftmax().forward((), w)[0]), L.Softmax()
+        _, res = softmax.forward((), z)
+        return {"LogSoftmax": (log_softmax(z), jax.nn.log_softmax(z)),
+                "LogSoftmax vjp": (jax.vjp(log_softmax, z)[1](da)[0], jax.vjp(jax.nn.log_softmax, z)[1](da)[0]),
+                "Softmax backward": (softmax.backward((), res, da)[1], jax.vjp(jax.nn.softmax, z)[1](da)[0]),
+                "cross-entropy dz": (losses.softmax_cross_entropy.value_and_grad(z, y)[1],
+                                     (jax.nn.softmax(z) - jax.nn.one_hot(y, 4)) / 2)}
+
+    out = pairs(z, da, jnp.array([0, 2]))
+    np.testing.assert_allclose(*out["LogSoftmax"], rtol=1e-6)
+    for what in ("LogSoftmax vjp", "Softmax backward", "cross-entropy dz"):
+        np.testing.assert_allclose(*out[what], rtol=1e-6, atol=1e-7, err_msg=what)
