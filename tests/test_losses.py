@@ -44,11 +44,19 @@ CASES = [("mse", "real"), ("softmax_cross_entropy", "int"), ("softmax_cross_entr
          ("binary_cross_entropy", "binary"), ("binary_cross_entropy", "probabilities")]
 
 
+@functools.lru_cache(maxsize=None)
+def _jitted_pair(loss):
+    """The hand-written ``loss.value_and_grad`` and ``jax.value_and_grad(loss.value)``, each one jitted function
+    (not run op by op), shared by the cases of the loss: compiled once per target dtype and shape."""
+    return jax.jit(loss.value_and_grad), jax.jit(jax.value_and_grad(loss.value))
+
+
 def _compare(loss, pred, target):
     """``(value, reference value, max relative error of dpred, dpred)``: the hand-written value and dpred
-    against ``jax.value_and_grad`` of the value, each compiled as one program (not run op by op)."""
-    value, dpred = jax.jit(loss.value_and_grad)(pred, target)
-    ref_value, ref = jax.jit(jax.value_and_grad(loss.value))(pred, target)
+    against ``jax.value_and_grad`` of the value."""
+    manual, reference = _jitted_pair(loss)
+    value, dpred = manual(pred, target)
+    ref_value, ref = reference(pred, target)
     dpred, ref = np.asarray(dpred), np.asarray(ref)
     rel = float(np.max(np.abs(dpred - ref)) / np.max(np.abs(ref)))
     return float(value), float(ref_value), rel, dpred
@@ -72,11 +80,11 @@ def test_loss_gradient_f64_and_finite_differences(name, target):
         v, rv, rel, g = _compare(loss, jnp.asarray(pred), t)
         assert rel < 1e-12 and v == pytest.approx(rv, rel=1e-14)
         # central differences along 3 random directions, eps 1e-5: truncation ~1e-10, roundoff ~1e-11
-        value = jax.jit(loss)  # the loss's value, one compiled program for the 6 evaluations
+        value = _jitted_pair(loss)[1]  # (loss(pred, t), its jax.grad): the reference's program, compiled above
         for i in range(3):
             v_dir = np.random.default_rng(10 + i).standard_normal(pred.shape)
             eps = 1e-5
-            up, down = value(jnp.asarray(pred + eps * v_dir), t), value(jnp.asarray(pred - eps * v_dir), t)
+            up, down = value(jnp.asarray(pred + eps * v_dir), t)[0], value(jnp.asarray(pred - eps * v_dir), t)[0]
             fd = (float(up) - float(down)) / (2 * eps)
             assert abs(fd - np.vdot(g, v_dir)) <= 1e-7 * float(np.linalg.norm(g) * np.linalg.norm(v_dir))
 
@@ -128,14 +136,18 @@ def _xent_both(z, y):
             jax.value_and_grad(losses.softmax_cross_entropy.value)(z, y))
 
 
-@settings(max_examples=5)  # one compile per shape: 5 shapes keep the file fast
-@given(batch=st.integers(1, 17), classes=st.integers(2, 12))
-def test_cross_entropy_any_shape(batch, classes):
+def _cross_entropy_any_shape(batch, classes):
     z = _normal(batch, (batch, classes))
     y = jnp.asarray(np.random.default_rng(classes).integers(0, classes, batch), jnp.int32)
     (value, dz), (ref_value, ref) = _xent_both(z, y)
     np.testing.assert_allclose(value, ref_value, rtol=1e-6)
     np.testing.assert_allclose(dz, ref, rtol=1e-5, atol=1e-7)
+
+
+# one compile per shape (~0.5 s of CPU each): 3 shapes by default, 25 in the slow twin
+XENT_SHAPES = given(batch=st.integers(1, 17), classes=st.integers(2, 12))
+test_cross_entropy_any_shape = settings(max_examples=3)(XENT_SHAPES(_cross_entropy_any_shape))
+test_cross_entropy_any_shape_many = pytest.mark.slow(settings(max_examples=25)(XENT_SHAPES(_cross_entropy_any_shape)))
 
 
 def test_plain_function_becomes_a_loss():
