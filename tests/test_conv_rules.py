@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import cast, random_params
+from conftest import cast, init_shapes, random_params
 
 import bpjax as bp
 from bpjax import layers as L
@@ -40,19 +40,18 @@ def _layer(i, rule, dtype, formulation):
 
 
 def _setup(case, rule, dtype, formulation, seed=0):
-    """The rule's layer, the exact layer, params (W drawn by init, b = 0.1), its state, x and dy.
+    """The rule's layer, the exact layer, params (non-zero biases: db's check is not trivial), x and dy.
 
-    Inputs are drawn with numpy (no per-shape compilation of jax.random ops: keeps the file fast).
+    Params and inputs are drawn with numpy (no per-shape compilation of jax.random ops: keeps the file fast).
     """
     n, features, kernel, shape, kw = case
     layer, exact = (_layer(CASES.index(case), r, dtype, formulation) for r in (rule, "exact"))
-    out_shape, params = layer.init(jax.random.key(seed), shape[1:])
-    params = cast(jax.tree.map(lambda a: a + 0.1, params), dtype)  # a non-zero bias: db's check is not trivial
-    state = cast(bp.init_state(layer, jax.random.key(seed + 5), shape[1:]), dtype)
+    out_shape, _ = init_shapes(layer, shape[1:])
+    params = random_params(layer, shape[1:], seed, dtype)
     rng = np.random.default_rng(seed)
     x = jnp.asarray(rng.standard_normal(shape), dtype)
     dy = jnp.asarray(rng.standard_normal((shape[0], *out_shape)), dtype)
-    return layer, exact, params, state, x, dy
+    return layer, exact, params, x, dy
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -78,7 +77,7 @@ def _rel(a, b):
 def test_feedback_alignment_with_B_equal_W_is_the_exact_gradient(case, formulation):
     # FA with B = W runs the exact backward's operations: equal to it in f64 (rtol 1e-12, roundoff only).
     with jax.enable_x64(True):
-        layer, exact, params, _, x, dy = _setup(case, "feedback_alignment", jnp.float64, formulation)
+        layer, exact, params, x, dy = _setup(case, "feedback_alignment", jnp.float64, formulation)
         y, g, dx = _run(layer, params, x, dy, {"B": params["W"]})
         y_ref, g_ref, dx_ref = _run(exact, params, x, dy, ())
         np.testing.assert_array_equal(y, y_ref)  # forward unchanged
@@ -92,10 +91,10 @@ def test_feedback_alignment_with_B_equal_W_passes_check_layer(formulation):
     # terms rounded at 6e-8 each, in different orders in the two programs).
     case = CASES[0]  # strided, dilated, grouped, explicit padding
     with jax.enable_x64(True):
-        layer, _, params, _, x, _ = _setup(case, "feedback_alignment", jnp.float64, formulation)
+        layer, _, params, x, _ = _setup(case, "feedback_alignment", jnp.float64, formulation)
         r64 = bp.check_layer(layer, params, x, state={"B": params["W"]}, rtol=1e-10, finite_differences=True)
     assert r64.ok, str(r64)
-    layer, _, params, _, x, _ = _setup(case, "feedback_alignment", jnp.float32, formulation)
+    layer, _, params, x, _ = _setup(case, "feedback_alignment", jnp.float32, formulation)
     r32 = bp.check_layer(layer, params, x, state={"B": params["W"]}, finite_differences=False)
     assert r32.ok, str(r32)
 
@@ -106,7 +105,8 @@ def test_rule_dx_is_the_exact_dx_with_W_replaced_by_B(case, rule, formulation):
     # Reference from jax.vjp of the unchanged forward, f64: dW and db at the true W; dx at W := B.
     # rtol 1e-12: f64 roundoff (~1e-16 per operation) over sums of a few dozen terms.
     with jax.enable_x64(True):
-        layer, exact, params, state, x, dy = _setup(case, rule, jnp.float64, formulation)
+        layer, exact, params, x, dy = _setup(case, rule, jnp.float64, formulation)
+        state = cast(bp.init_state(layer, jax.random.key(5), x.shape[1:]), jnp.float64)  # FA: B, drawn; sign: ()
         B = state["B"] if rule == "feedback_alignment" else rules.sign_feedback(params["W"])
         assert B.shape == params["W"].shape and not np.allclose(B, params["W"], rtol=1e-3)
         _, g, dx = _run(layer, params, x, dy, state)
