@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import init_shapes, random_params
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import bpjax as bp
@@ -59,15 +59,28 @@ def _check(layer, shape, seed=0, f32=True, f64=True):
         assert r64.max_rel_error <= 1e-10 and r64.max_fd_rel_error <= 1e-6
 
 
-# Each example compiles its own shapes (eager ops, vjp, the finite-difference objective): a few
-# examples keep this file fast; the float32 check runs at fixed shapes below. ``extra`` None uses the
-# default head_dim = D // heads; an int passes head_dim=hd explicitly with D = heads * hd + extra.
-@settings(max_examples=4)
-@given(B=st.integers(1, 3), T=st.integers(1, 6), heads=st.integers(1, 3), hd=st.integers(1, 4),
-       causal=st.booleans(), bias=st.booleans(), extra=st.one_of(st.none(), st.integers(0, 3)))
+# Each example compiles its own programs (manual vs jax.vjp and the finite-difference objective, in
+# float64): two drawn examples and an explicit one (two heads, causal, head_dim given with D != heads * hd)
+# keep this file fast, the slow twin draws 20; the float32 check runs at fixed shapes below. ``extra``
+# None uses the default head_dim = D // heads; an int passes head_dim=hd explicitly with
+# D = heads * hd + extra.
+ANY_SHAPE = dict(B=st.integers(1, 3), T=st.integers(1, 6), heads=st.integers(1, 3), hd=st.integers(1, 4),
+                 causal=st.booleans(), bias=st.booleans(), extra=st.one_of(st.none(), st.integers(0, 3)))
+
+
+@settings(max_examples=2)
+@given(**ANY_SHAPE)
+@example(B=2, T=5, heads=2, hd=3, causal=True, bias=False, extra=1)
 def test_attention_f64_any_shape(B, T, heads, hd, causal, bias, extra):
     layer = L.MultiHeadSelfAttention(heads, causal=causal, bias=bias, head_dim=None if extra is None else hd)
     _check(layer, (B, T, heads * hd + (extra or 0)), seed=B + T, f32=False)
+
+
+@pytest.mark.slow
+@settings(max_examples=20)
+@given(**ANY_SHAPE)
+def test_attention_f64_any_shape_many(B, T, heads, hd, causal, bias, extra):
+    test_attention_f64_any_shape.hypothesis.inner_test(B, T, heads, hd, causal, bias, extra)
 
 
 @pytest.mark.parametrize("causal,bias", [(False, True), (True, False)])
