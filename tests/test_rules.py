@@ -74,12 +74,12 @@ def _mlp(backward_rule="exact"):
 
 
 def test_dfa_matches_independent_formula_f64():
-    # Reference written from Nokland's equations with plain jnp: e = dL/dy, dz_l = (e @ B_l) * f'(z_l).
+    # Reference written from Nokland's equations with plain numpy: e = dL/dy, dz_l = (e @ B_l) * f'(z_l).
     with jax.enable_x64(True):
         model = rules.DFA(*_mlp())
-        _, params = model.init(jax.random.key(0), (5,))
-        params = cast(params, jnp.float64)
-        state = cast(bp.init_state(model, jax.random.key(3), (5,)), jnp.float64)
+        params = random_params(model, (5,), 0, jnp.float64)
+        # the feedback matrices B_l; jitted, the params init_state also draws (for their shapes) are dropped
+        state = cast(jax.jit(bp.init_state, static_argnums=(0, 2))(model, jax.random.key(3), (5,)), jnp.float64)
         x = _normal(1, (8, 5), jnp.float64)
         y = jnp.arange(8) % 3
         (_, _), g = jax.jit(bp.value_and_grad(model, bp.losses.softmax_cross_entropy))(params, x, y, state=state)
@@ -170,10 +170,11 @@ def test_rule_errors():
     with pytest.raises(bp.BpjaxError, match=r"B must have the shape of W \(6, 4\), got \(4, 6\)"):
         bp.apply(layer, params, x, state={"B": state["B"].T})
     conv_like = rules.DFA(L.Flatten(), L.Dense(4), L.Relu(), L.Dense(2))
-    conv_like.init_state(jax.random.key(0), (3, 2))  # Flatten first: Dense inputs are (B, D), fine
+    # Flatten first: Dense inputs are (B, D), fine (the shapes traced by jax.eval_shape: nothing drawn)
+    jax.eval_shape(lambda key: conv_like.init_state(key, (3, 2)), jax.random.key(0))
     bad = rules.DFA(L.Dense(4), L.Relu(), L.Dense(2))
     with pytest.raises(bp.BpjaxError, match=r"serial\[2\].*Dense inputs of shape \(B, D\), got .* shape \(3, 4\)"):
-        bad.init_state(jax.random.key(0), (3, 5))
+        jax.eval_shape(lambda key: bad.init_state(key, (3, 5)), jax.random.key(0))
     model = rules.DFA(*_mlp())
     with pytest.raises(bp.BpjaxError, match="expected {'layers', 'B'}"):
         bp.apply(model, random_params(model, (5,)), jnp.ones((2, 5)), state=())
