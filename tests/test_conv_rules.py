@@ -33,8 +33,9 @@ def formulation(request, monkeypatch):
 
 @functools.lru_cache(maxsize=None)
 def _layer(i, rule, dtype, formulation):
-    """Case ``i``'s layer with backward ``rule``, built once per formulation: the tests of a case share it, and
-    so share the programs ``_run``, ``_vjp`` and ``bp.check_layer`` compile for it."""
+    """Case ``i``'s layer with backward ``rule``, built once per formulation (``None``: for ``_vjp`` only, which
+    does not run the hand-written backward): the tests of a case share it, and so share the programs ``_run``,
+    ``_vjp`` and ``bp.check_layer`` compile for it."""
     n, features, kernel, _, kw = CASES[i]
     return CONV[n](features, kernel, backward_rule=rule, dtype=dtype, **kw)
 
@@ -105,13 +106,14 @@ def test_rule_dx_is_the_exact_dx_with_W_replaced_by_B(case, rule, formulation):
     # Reference from jax.vjp of the unchanged forward, f64: dW and db at the true W; dx at W := B.
     # rtol 1e-12: f64 roundoff (~1e-16 per operation) over sums of a few dozen terms.
     with jax.enable_x64(True):
-        layer, exact, params, x, dy = _setup(case, rule, jnp.float64, formulation)
+        layer, _, params, x, dy = _setup(case, rule, jnp.float64, formulation)
         state = cast(bp.init_state(layer, jax.random.key(5), x.shape[1:]), jnp.float64)  # FA: B, drawn; sign: ()
         B = state["B"] if rule == "feedback_alignment" else rules.sign_feedback(params["W"])
         assert B.shape == params["W"].shape and not np.allclose(B, params["W"], rtol=1e-3)
         _, g, dx = _run(layer, params, x, dy, state)
-        g_ref, dx_exact = _vjp(exact, params, x, dy)
-        _, dx_ref = _vjp(exact, {**params, "W": B}, x, dy)
+        reference = _layer(CASES.index(case), "exact", jnp.float64, None)  # jax.vjp of the forward: the same
+        g_ref, dx_exact = _vjp(reference, params, x, dy)                   # under both formulations
+        _, dx_ref = _vjp(reference, {**params, "W": B}, x, dy)
         for k in params:
             np.testing.assert_allclose(g[k], g_ref[k], rtol=1e-12, atol=1e-13)
         np.testing.assert_allclose(dx, dx_ref, rtol=1e-12, atol=1e-13)
