@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import cast, init_shapes, random_params
+from conftest import init_shapes, random_params
 
 import bpjax as bp
 from bpjax import layers as L
@@ -107,7 +107,8 @@ def test_rule_dx_is_the_exact_dx_with_W_replaced_by_B(case, rule, formulation):
     # rtol 1e-12: f64 roundoff (~1e-16 per operation) over sums of a few dozen terms.
     with jax.enable_x64(True):
         layer, _, params, x, dy = _setup(case, rule, jnp.float64, formulation)
-        state = cast(bp.init_state(layer, jax.random.key(5), x.shape[1:]), jnp.float64)  # FA: B, drawn; sign: ()
+        # FA: a feedback kernel B of W's shape drawn with numpy (init_state's is tested below); sign: no state
+        state = {"B": random_params(layer, x.shape[1:], 5, jnp.float64)["W"]} if rule == "feedback_alignment" else ()
         B = state["B"] if rule == "feedback_alignment" else rules.sign_feedback(params["W"])
         assert B.shape == params["W"].shape and not np.allclose(B, params["W"], rtol=1e-3)
         _, g, dx = _run(layer, params, x, dy, state)
