@@ -1,6 +1,9 @@
 """Shared fixtures: keys, dtypes, and a helper that checks a layer in float32 and float64."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +15,17 @@ settings.register_profile("ci", max_examples=12, deadline=None, derandomize=True
 settings.register_profile("dev", max_examples=25, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
+
+# Many tests build the same XLA program from fresh Python functions (a new closure, a new model of the same
+# shapes): jit's in-memory cache is keyed on the function, JAX's persistent cache on the program itself. Each
+# process gets its own empty cache for this run only, removed when it ends: nothing is reused from an earlier
+# run, so the suite's time is its cold time. (The xdist workers do not share one: JAX writes entries without a
+# lock unless a size limit is set, and with the lock the suite measured slower, not faster.)
+_XLA_CACHE = tempfile.mkdtemp(prefix="bpjax-tests-xla-cache-")
+atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
+jax.config.update("jax_compilation_cache_dir", _XLA_CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 
 
 @pytest.fixture(autouse=True)
@@ -82,3 +96,4 @@ def initial_state(model, input_shape, key=None):
 
     key = jax.random.key(0) if key is None else key
     return jax.jit(bp.init_state, static_argnums=(0, 2))(model, key, tuple(input_shape))
+
