@@ -191,23 +191,26 @@ def test_bidirectional_layout():
 
 
 def test_init(getkey):
-    # the values checked in numpy: an eager jnp reduction compiles per shape
-    shape, p = LSTM(5, forget_bias=1.0).init(getkey(), (7, 3))
+    # three inits compiled as one program (run eagerly, each draw and QR compiles on its own); the values
+    # checked in numpy
+    lstm, gru = LSTM(5, forget_bias=1.0), GRU(4, recurrent_init="orthogonal")
+    glorot = GRU(4, init="glorot_uniform", recurrent_init="orthogonal", dtype=jnp.float32)
+    keys = (getkey(), getkey(), getkey())
+    (shape, p), (_, pg), (_, pe) = jax.jit(
+        lambda k: (lstm.init(k[0], (7, 3)), gru.init(k[1], (2, 3)), glorot.init(k[2], (2, 3))))(keys)
     p = jax.tree.map(np.asarray, p)
     assert shape == (7, 5) and {k: v.shape for k, v in p.items()} == {"Wx": (3, 20), "Wh": (5, 20), "b": (20,)}
     np.testing.assert_array_equal(p["b"][5:10], 1.0)
     k = 1 / np.sqrt(5)
     assert np.max(np.abs(p["Wx"])) <= k and np.std(p["Wx"]) > 0.3 * k  # U(-k, k)
-    _, p = GRU(4, recurrent_init="orthogonal").init(getkey(), (2, 3))
-    p = jax.tree.map(np.asarray, p)
+    p = jax.tree.map(np.asarray, pg)
     assert set(p) == {"Wx", "Wh", "b", "bhn"}
     for g in range(3):
         block = p["Wh"][:, 4 * g:4 * (g + 1)]
         np.testing.assert_allclose(block.T @ block, np.eye(4), atol=1e-5)
     # an explicit init draws Wx and Wh (glorot over the whole (D, 3H) matrix) and zeroes the biases;
     # recurrent_init then redraws each (H, H) block of Wh
-    _, p = GRU(4, init="glorot_uniform", recurrent_init="orthogonal", dtype=jnp.float32).init(getkey(), (2, 3))
-    p = jax.tree.map(np.asarray, p)
+    p = jax.tree.map(np.asarray, pe)
     assert np.max(np.abs(p["Wx"])) <= np.sqrt(6 / (3 + 12)) and np.std(p["Wx"]) > 0
     np.testing.assert_array_equal(p["b"], 0.0)
     np.testing.assert_array_equal(p["bhn"], 0.0)
