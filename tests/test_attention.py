@@ -333,6 +333,9 @@ def test_tiny_causal_transformer_check_gradients_f64():
     assert len(report.rows) == len(jax.tree.leaves(params)) + 1
 
 
+# ~6 s with two workers on 2 cores: slow. By default the GPT of test_gpt.py (token Embedding, causal blocks) is
+# compared with jax.grad and PyTorch in float64, and the causal mask with the padding mask in this file.
+@pytest.mark.slow
 def test_tiny_causal_transformer_with_embedding_f64():
     # Integer token ids: compare every parameter gradient of the hand-written backward with jax.grad.
     B, T, vocab = 2, 6, 7

@@ -136,6 +136,9 @@ def test_fit_runs_are_bitwise_identical():
     assert a.history["loss"].shape == (12,) and np.all(np.isfinite(a.history["loss"]))
 
 
+# ~10 s of compiling with two workers on 2 cores: slow. The default suite stops and resumes a checkpointing fit
+# of a contextual model with shuffling bit for bit in test_fit.py (test_checkpoint_resume_is_bitwise_identical).
+@pytest.mark.slow
 def test_fit_interrupted_and_resumed_equals_uninterrupted(tmp_path):
     """Stop a checkpointing run after step 8 (an exception from the callback), run the same call again:
     it resumes from the checkpoint and ends bitwise equal to a run that was never interrupted."""

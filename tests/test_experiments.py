@@ -124,6 +124,10 @@ def test_learning_rate_sweep(tmp_path):
     assert (out / "sweep.csv").read_text().count("\n") == 1 + 5
 
 
+# Measured 5-10 s each on a 2-core machine running two workers: the slow set (-m slow) runs it; the default
+# suite runs the main job (mnist1d_mlp), chain_rule, gradient_descent_1d and learning_rate, which go through
+# the same trainer (bp.train.fit / fit_many) and the same results writer.
+@pytest.mark.slow
 def test_optimizers(tmp_path):
     m, out = run("optimizers", tmp_path)
     r = m["optimizers"]
@@ -135,6 +139,10 @@ def test_optimizers(tmp_path):
     assert (out / "optimizers.csv").read_text().count("\n") == 4
 
 
+# Measured 5-10 s each on a 2-core machine running two workers: the slow set (-m slow) runs it; the default
+# suite runs the main job (mnist1d_mlp), chain_rule, gradient_descent_1d and learning_rate, which go through
+# the same trainer (bp.train.fit / fit_many) and the same results writer.
+@pytest.mark.slow
 def test_regression_matches_least_squares(tmp_path):
     m, out = run("regression", tmp_path)
     # gradient descent through bp.train.fit reaches the least-squares optimum (numpy lstsq, float64):
@@ -145,6 +153,10 @@ def test_regression_matches_least_squares(tmp_path):
     assert m["grad_check_max_rel_error"] < 1e-10  # float64 check at the start
 
 
+# Measured 5-10 s each on a 2-core machine running two workers: the slow set (-m slow) runs it; the default
+# suite runs the main job (mnist1d_mlp), chain_rule, gradient_descent_1d and learning_rate, which go through
+# the same trainer (bp.train.fit / fit_many) and the same results writer.
+@pytest.mark.slow
 def test_mnist1d_table_ordering(tmp_path):
     m, out = run("mnist1d", tmp_path, "--seeds", "2")
     r = m["models"]
@@ -188,6 +200,10 @@ def test_regularization_closes_the_gap(tmp_path):
     assert (out / "regularization.csv").read_text().count("\n") == 1 + 4  # header, the four settings
 
 
+# Measured 5-10 s each on a 2-core machine running two workers: the slow set (-m slow) runs it; the default
+# suite runs the main job (mnist1d_mlp), chain_rule, gradient_descent_1d and learning_rate, which go through
+# the same trainer (bp.train.fit / fit_many) and the same results writer.
+@pytest.mark.slow
 def test_forgetting_and_rehearsal(tmp_path):
     m, out = run("forgetting", tmp_path, "--seeds", "1")
     v = m["variants"]

@@ -21,6 +21,10 @@ def test_vanishing_gradients_quick(tmp_path):
     assert (out / "grad_norms.csv").exists()
 
 
+# ~10 s each with two workers on 2 cores: slow. The rules are tested by default in test_rules.py and
+# test_conv_rules.py (angles, DFA against its formula, B = W gives backprop), the HVP and power iteration in
+# test_second_order.py.
+@pytest.mark.slow
 def test_alignment_quick(tmp_path):
     metrics, out = run("alignment", tmp_path)
     for ds in ("mnist1d", "digits"):
@@ -34,6 +38,7 @@ def test_alignment_quick(tmp_path):
             assert metrics[ds][rule]["test_accuracy_mean"] > 0.15  # both learn (chance is 0.1)
 
 
+@pytest.mark.slow
 def test_hessian_quick(tmp_path):
     metrics, _ = run("hessian", tmp_path)
     assert metrics["init_rel_diff"] < 1e-4  # power iteration on the manual HVP == on jax.grad's HVP (f32)

@@ -36,7 +36,9 @@ MODELS = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+# ~4-5 s each with two workers on 2 cores: the default suite runs the sequence and LayerNorm models (Dense on
+# rank 3, Flatten, a norm), the slow set the MLP too.
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "mlp" else n for n in sorted(MODELS)])
 def test_per_example_grads_match_vmap_grad(name):
     make, shape = MODELS[name]
     model = make()

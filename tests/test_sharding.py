@@ -13,6 +13,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 SCRIPT = textwrap.dedent("""
     import math
     import jax, jax.numpy as jnp, numpy as np, optax
@@ -65,6 +67,24 @@ SCRIPT = textwrap.dedent("""
         table[D] = max(per_device.values())
     print("BYTES", table)
 
+    # 6. the helpers: a batch split over the mesh, one row block per device
+    mesh = bp.train.data_parallel_mesh()
+    xb = bp.train.shard_batch(jnp.asarray(x[:64]), mesh)
+    assert {s.data.shape for s in xb.addressable_shards} == {(8, 12)}
+    xl = bp.train.process_local(x[:64], mesh)  # one process: its rows are all rows
+    np.testing.assert_array_equal(np.asarray(xl), x[:64])
+    # a batch that does not split evenly is refused before compiling
+    try:
+        bp.train.fit(model, XENT, adam, p0, (x, y), steps=2, batch_size=60, data_parallel=True, verbose=False)
+    except bp.BpjaxError as e:
+        assert "divisible by the 8 devices" in str(e), e
+    else:
+        raise AssertionError("batch_size=60 on 8 devices did not raise")
+    print("SHARDED-OK")
+""")
+
+# fit_many, streamed batches and a 2-D (data x model) mesh on the same 8 devices; run after SCRIPT, in its process.
+MORE = textwrap.dedent("""
     # 3. fit_many on the mesh equals fit_many on one device (seeds, batches in order, evaluated)
     mkw = dict(steps=8, batch_size=64, keys=jax.random.split(jax.random.key(3), 3), eval_data=(xe, ye),
                verbose=False)
@@ -100,27 +120,26 @@ SCRIPT = textwrap.dedent("""
     assert (full, split) == ((12 * 32 + 32 + 32 * 4 + 4) * 4, (12 * 16 + 32 + 32 * 2 + 4) * 4), (full, split)
     print("PARAM-BYTES", {"replicated": full, "data4_model2": split})
 
-    # 6. the helpers: a batch split over the mesh, one row block per device
-    mesh = bp.train.data_parallel_mesh()
-    xb = bp.train.shard_batch(jnp.asarray(x[:64]), mesh)
-    assert {s.data.shape for s in xb.addressable_shards} == {(8, 12)}
-    xl = bp.train.process_local(x[:64], mesh)  # one process: its rows are all rows
-    np.testing.assert_array_equal(np.asarray(xl), x[:64])
-    # a batch that does not split evenly is refused before compiling
-    try:
-        bp.train.fit(model, XENT, adam, p0, (x, y), steps=2, batch_size=60, data_parallel=True, verbose=False)
-    except bp.BpjaxError as e:
-        assert "divisible by the 8 devices" in str(e), e
-    else:
-        raise AssertionError("batch_size=60 on 8 devices did not raise")
-    print("SHARDED-OK")
+    print("MORE-OK")
 """)
 
 
-def test_sharded_runs_equal_single_device():
+def _run(script):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and "SHARDED-OK" in out.stdout, out.stdout[-2000:] + out.stderr[-4000:]
     print(out.stdout)
+    return out.stdout
+
+
+def test_sharded_runs_equal_single_device():
+    _run(SCRIPT)
+
+
+# ~10 s more of compiling on 8 simulated devices: slow. The default suite trains sharded (above), and streamed
+# over a mesh of two processes (test_multiprocess.py).
+@pytest.mark.slow
+def test_sharded_fit_many_streamed_and_2d_mesh_equal_single_device():
+    assert "MORE-OK" in _run(SCRIPT + MORE)
