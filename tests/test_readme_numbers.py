@@ -295,6 +295,13 @@ CLAIMS = [
           {"mlp": ("throughput.mlp.streamed/resident_cpu", "{:.2f}"),
            "cnn": ("throughput.cnn.streamed/resident_cpu", "{:.2f}"), "steps": ("steps", "{}"),
            "n": ("repeats", "{}"), "load": ("machine.load_average.0", "{:.0f}")}),
+    Claim("cost of the input checks",
+          rf"wall time (?P<cw>{NUM}) \(CPU time (?P<cc>{NUM})\) for a cached call, (?P<fw>{NUM}) \((?P<fc>{NUM})\) for a "
+          rf"first call that compiles, medians of (?P<n>\d+) and 3 interleaved runs on a (?P<cores>\d+)-core AMD EPYC",
+          "benchmarks/results/bench_checks.json",
+          {"cw": ("cached_ratio.wall", "{:.2f}"), "cc": ("cached_ratio.cpu", "{:.2f}"),
+           "fw": ("first_ratio.wall", "{:.2f}"), "fc": ("first_ratio.cpu", "{:.2f}"), "n": ("repeats", "{}"),
+           "cores": ("machine.cores", "{}")}),
     Claim("tensor-parallel param bytes", r"params take (?P<b42>[\d,]+) bytes per device instead of (?P<b81>[\d,]+) "
                                          r"\((?P<b24>[\d,]+) on a 2 x 4 mesh\)", STREAM,
           {f"b{k[0]}{k[2]}": (f"device_bytes.mlp_param_bytes.{k}", "{:,}") for k in ("4x2", "8x1", "2x4")}),
