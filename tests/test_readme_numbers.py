@@ -296,8 +296,9 @@ CLAIMS = [
            "cnn": ("throughput.cnn.streamed/resident_cpu", "{:.2f}"), "steps": ("steps", "{}"),
            "n": ("repeats", "{}"), "load": ("machine.load_average.0", "{:.0f}")}),
     Claim("cost of the input checks",
-          rf"wall time (?P<cw>{NUM}) \(CPU time (?P<cc>{NUM})\) for a cached call, (?P<fw>{NUM}) \((?P<fc>{NUM})\) for a "
-          rf"first call that compiles, medians of (?P<n>\d+) and 3 interleaved runs on a (?P<cores>\d+)-core AMD EPYC",
+          rf"wall time (?P<cw>{NUM}) \(CPU time (?P<cc>{NUM})\) for a cached call, "
+          rf"(?P<fw>{NUM}) \((?P<fc>{NUM})\) for a first call that compiles, medians of (?P<n>\d+) and 3 "
+          rf"interleaved runs on a (?P<cores>\d+)-core AMD EPYC",
           "benchmarks/results/bench_checks.json",
           {"cw": ("cached_ratio.wall", "{:.2f}"), "cc": ("cached_ratio.cpu", "{:.2f}"),
            "fw": ("first_ratio.wall", "{:.2f}"), "fc": ("first_ratio.cpu", "{:.2f}"), "n": ("repeats", "{}"),
