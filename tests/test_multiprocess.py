@@ -81,12 +81,19 @@ def test_two_processes_train_as_one_device(tmp_path):
 
 
 def test_launch_sets_the_variables_and_stops_every_process_when_one_fails(tmp_path):
-    script = tmp_path / "job.py"
+    # Process 1 fails only once process 0 has written its line (a file says so): without that handshake a
+    # loaded machine can start process 0 after process 1 has failed, and the launcher stops it before it prints.
+    script, ready = tmp_path / "job.py", tmp_path / "process_0_printed"
     script.write_text(
         "import os, sys, time\n"
         "keys = ('BPJAX_COORDINATOR_ADDRESS', 'BPJAX_NUM_PROCESSES', 'BPJAX_PROCESS_ID', 'XLA_FLAGS')\n"
         "print(*[os.environ[k] for k in keys], sep='|', flush=True)\n"
-        "sys.exit(3) if os.environ['BPJAX_PROCESS_ID'] == '1' else time.sleep(120)\n")
+        "if os.environ['BPJAX_PROCESS_ID'] == '0':\n"
+        f"    open({str(ready)!r}, 'w').close()\n"
+        "    time.sleep(120)\n"
+        f"while not os.path.exists({str(ready)!r}):\n"
+        "    time.sleep(0.01)\n"
+        "sys.exit(3)\n")
     with pytest.raises(bp.BpjaxError, match=r"process 1 of 2 exited with code 3"):
         launch([str(script)], processes=2, cpu_devices=3, timeout=100, log_dir=str(tmp_path))
     lines = [(tmp_path / f"process_{i}.log").read_text().split("|") for i in (0, 1)]
