@@ -97,3 +97,14 @@ def initial_state(model, input_shape, key=None):
     key = jax.random.key(0) if key is None else key
     return jax.jit(bp.init_state, static_argnums=(0, 2))(model, key, tuple(input_shape))
 
+
+
+# The longest tests (10-40 s each: the README's blocks, other processes, the experiments' runs) are handed out
+# first, so that two xdist workers do not end with one of them alone on a long test.
+LONG_FIRST = ("test_readme.py", "test_multiprocess.py", "test_sharding.py", "test_experiments.py",
+              "test_determinism.py", "test_recurrent.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONG_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FIRST)))
