@@ -38,6 +38,14 @@ def _x64_restored():
         jax.config.update("jax_enable_x64", before)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _jax_caches_cleared():
+    """After each test file, JAX's in-memory caches are dropped: a worker otherwise keeps every compiled program
+    of the run (its memory grew to 3.4 GB); a program needed again is read back from the persistent cache."""
+    yield
+    jax.clear_caches()
+
+
 @pytest.fixture
 def getkey():
     """A fresh PRNG key on each call, deterministic per test."""
