@@ -264,7 +264,9 @@ def fit_many(model: Layer, loss, optimizer, params, train_data: Tuple[Any, Any],
     """
     where = "fit_many"
     check_model(model, where)
-    factory, keys = check_factory(where, optimizer, hparams), check_keys(where, keys)
+    check_factory(where, optimizer, hparams)
+    factory = Fixed(optimizer) if isinstance(optimizer, optax.GradientTransformation) else optimizer
+    keys = check_keys(where, keys)
     if data_parallel and mesh is None:
         mesh = data_parallel_mesh()
     sizes: Dict[str, Any] = {}

@@ -138,7 +138,7 @@ def check_opt_state(where: str, optimizer, params, opt_state) -> None:
                                             f"{tuple(np.shape(b))}")
 
 
-def check_factory(where: str, optimizer, hparams):
+def check_factory(where: str, optimizer, hparams) -> None:
     """``fit_many``'s optimizer contract: ``(factory hp -> GradientTransformation, its hparams)``.
 
     - a ``GradientTransformation`` with ``hparams=None``: shared by every model;
@@ -146,8 +146,6 @@ def check_factory(where: str, optimizer, hparams):
     - a factory without ``hparams`` is refused (``optax.sgd(None)`` would apply no learning rate and
       climb the loss), and so are ``hparams`` beside a fixed optimizer (they would be ignored).
     """
-    from bpjax.train.loop import Fixed
-
     fixed = isinstance(optimizer, optax.GradientTransformation)
     if not fixed and not callable(optimizer):
         raise _errors.BpjaxTypeError(where, f"optimizer must be an optax GradientTransformation or a function "
@@ -168,7 +166,6 @@ def check_factory(where: str, optimizer, hparams):
             if not isinstance(built, optax.GradientTransformation):
                 raise _errors.BpjaxTypeError(where, f"optimizer(hparams[0]) must return an optax "
                                                     f"GradientTransformation, got {type(built).__name__}")
-    return Fixed(optimizer) if fixed else optimizer
 
 
 def check_keys(where: str, keys):
