@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import cast
+from conftest import cast, normal
 
 import bpjax as bp
 from bpjax import layers as L
@@ -76,16 +76,11 @@ def mutate(layer: Layer, bug) -> Layer:
     return layer._replace(backward=lambda p, r, dy: bug(*layer.backward(p, r, dy)))
 
 
-def _normal(seed, shape, dtype=jnp.float32):
-    """Test data from numpy (a jax.random draw in a new shape or dtype compiles a sampler: seconds of CPU)."""
-    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), dtype)
-
-
 def _point(model, shape, batch, dtype, seed, classes=3):
     k = jax.random.key(seed)
     _, params = model.init(k, shape)
     state = bp.init_state(model, k, shape) if bp.is_contextual(model) else None
-    x = _normal(seed, (batch, *shape), dtype)
+    x = normal(seed, (batch, *shape), dtype)
     y = jnp.asarray(np.random.default_rng(seed + 1).integers(0, classes, batch))
     return cast(params, dtype), x, y, cast(state, dtype), jax.random.fold_in(k, 3)
 
@@ -106,7 +101,7 @@ def _bn_mlp(seed, dtype, finite_differences):
         k = jax.random.key(seed)
         _, params = BN_MLP.init(k, (40,))
         state = bp.init_state(BN_MLP, k, (40,))
-        x = _normal(seed, (100, 40), dtype)
+        x = normal(seed, (100, 40), dtype)
         y = jnp.arange(100) % 10
         return bp.check_gradients(BN_MLP, XENT, cast(params, dtype), x, y, state=cast(state, dtype),
                                   key=jax.random.fold_in(k, 2), finite_differences=finite_differences)
@@ -185,10 +180,11 @@ def test_xla_cpu_jit_grad_reproduction():
     fails, JAX has changed: update the README section "jax.grad under jit on XLA CPU".
     """
     if jax.default_backend() != "cpu":
-        pytest.skip("the behaviour is XLA CPU's")
+        pytest.skip(f"the reproduction is of XLA CPU's compiler; on {jax.default_backend()} the jitted and eager "
+                    f"gradients are not claimed to differ")
     with jax.enable_x64(True):
-        x, w, u = _normal(0, (64, 10, 10, 8), jnp.float64), _normal(2, (64, 5, 5, 8), jnp.float64), \
-            _normal(1, (64, 10, 10, 8), jnp.float64)
+        x, w, u = normal(0, (64, 10, 10, 8), jnp.float64), normal(2, (64, 5, 5, 8), jnp.float64), \
+            normal(1, (64, 10, 10, 8), jnp.float64)
         u = u / jnp.linalg.norm(u)
 
         def rel(a, b):
@@ -219,7 +215,7 @@ def test_xla_cpu_jit_grad_reproduction():
 def test_xla_cpu_jit_grad_variants_agree(variant):
     """Without the normalisation, with ``jax.nn.relu`` (a custom JVP) or with a reshape max pool, jit agrees."""
     with jax.enable_x64(True):
-        x, w = _normal(0, (64, 10, 10, 8), jnp.float64), _normal(2, (64, 5, 5, 8), jnp.float64)
+        x, w = normal(0, (64, 10, 10, 8), jnp.float64), normal(2, (64, 5, 5, 8), jnp.float64)
         f = lambda x, w: _xla_repro(x, w, **variant)  # noqa: E731
         a, b = jax.jit(jax.grad(f))(x, w), jax.grad(f)(x, w)
         assert float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b))) < 1e-12
@@ -230,7 +226,7 @@ def test_xla_cpu_jit_grad_variants_agree(variant):
 @pytest.mark.parametrize("batch", [1, 7])
 def test_custom_swish_check_layer_float32(batch):
     # the float32 backward is compared with jax.vjp at f32's tolerance; finite differences test the maths in f64
-    x = _normal(batch, (batch, 5))
+    x = normal(batch, (batch, 5))
     rep = bp.check_layer(Swish(), {"beta": jnp.asarray(1.5)}, x)
     assert rep.ok, str(rep)
     assert [r.label for r in rep.rows] == ["Swish: beta", "input x"]
@@ -242,7 +238,7 @@ NOISY = Noisy()
 
 def _noisy(seed, dtype):
     with jax.enable_x64(dtype == jnp.float64):
-        x = _normal(seed, (8, 5), dtype)
+        x = normal(seed, (8, 5), dtype)
         return bp.check_layer(NOISY, {"s": jnp.asarray(0.3, dtype)}, x, state=(), key=jax.random.key(seed + 9))
 
 
@@ -366,7 +362,7 @@ def test_mutation_battery():
 def test_check_layer_of_a_serial_pins_the_layer():
     model = bp.serial(L.Dense(8), mutate(L.Tanh(), _scale_dx(1.01)), L.Dense(3))
     _, params = model.init(jax.random.key(0), (5,))
-    rep = bp.check_layer(model, params, _normal(0, (16, 5)))
+    rep = bp.check_layer(model, params, normal(0, (16, 5)))
     assert not rep.ok and rep.pinned == "serial[1] Tanh", str(rep)
     assert "loss" not in " ".join(r.label for r in rep.sweep)  # the cotangent dy is the root, not a loss
 
@@ -394,7 +390,7 @@ def test_only_finite_differences_failing_is_marked():
         return x + jax.lax.stop_gradient(x * x), ()
 
     layer = Layer(lambda k, s: (tuple(s), ()), forward, lambda p, r, dy: ((), dy), "Leaky")
-    rep = bp.check_layer(layer, (), _normal(0, (4, 3)))
+    rep = bp.check_layer(layer, (), normal(0, (4, 3)))
     assert not rep.ok and rep.rows[0].verdict == R.BOTH_WRONG, str(rep)
     assert rep.rows[0].failed == ("fd", "fd manual", "fd reference") and rep.max_rel_error == 0.0
     assert "MISMATCH" in str(rep).splitlines()[0] and " !" in str(rep)
