@@ -4,18 +4,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import cast, init_shapes, initial_state, random_params
+from conftest import cast, init_shapes, initial_state, normal, random_params
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import bpjax as bp
 from bpjax import layers as L
 from bpjax.branching import Residual, fan_in_concat, fan_in_sum, fan_out, parallel
-
-
-def _normal(seed, shape, dtype=jnp.float32):
-    """``N(0, 1)`` of ``shape`` drawn with numpy (an eager jax.random draw compiles a sampler per shape)."""
-    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), dtype)
 
 
 def _check_model_f64(model, in_shape, out_dim, batch=4, seed=0, state=None, key=None):
@@ -26,8 +21,8 @@ def _check_model_f64(model, in_shape, out_dim, batch=4, seed=0, state=None, key=
         params = random_params(model, in_shape, seed, jnp.float64)
         if bp.is_contextual(model):
             state = initial_state(model, in_shape, jax.random.key(seed))
-        x = _normal(seed + 1, (batch, *in_shape), jnp.float64)
-        y = _normal(seed + 2, (batch, out_dim), jnp.float64)
+        x = normal(seed + 1, (batch, *in_shape), jnp.float64)
+        y = normal(seed + 2, (batch, out_dim), jnp.float64)
         rep = bp.check_gradients(model, bp.losses.mse, params, x, y, state=cast(state, jnp.float64),
                                  key=key, rtol=1e-10, finite_differences=True)
     assert rep.ok, str(rep)
@@ -42,7 +37,7 @@ def test_resnet_block_fan_out_parallel_fan_in_equals_residual():
     assert init_shapes(block, (d,))[0] == (d,)
     assert init_shapes(res, (d,))[0] == (d,)
     params = random_params(block, (d,))
-    x = _normal(1, (5, d))
+    x = normal(1, (5, d))
     y_block, _ = jax.jit(block.forward)(params, x)  # compiled: one program each, not one per eager op
     y_res, _ = jax.jit(res.forward)(params[1][0], x)  # the same inner params: the two are one function
     np.testing.assert_allclose(y_block, y_res, rtol=1e-6)
@@ -59,7 +54,7 @@ def test_mnist1d_mlp_with_residual():
     model = _mnist1d_mlp()
     assert init_shapes(model, (40,))[0] == (10,)
     params = random_params(model, (40,))
-    x = _normal(1, (16, 40))
+    x = normal(1, (16, 40))
     labels = jnp.asarray(np.arange(16) % 10, jnp.int32)
     rep = bp.check_gradients(model, bp.losses.softmax_cross_entropy, params, x, labels)
     assert rep.ok, str(rep)  # float32, default rtol 1e-4
@@ -73,11 +68,11 @@ def test_mnist1d_mlp_with_residual_f64():
 def test_residual_backward_adds_the_skip_path():
     layer = Residual(L.Dense(4, bias=False))
     params = random_params(layer, (4,))
-    x = _normal(1, (3, 4))
+    x = normal(1, (3, 4))
     y, res = jax.jit(layer.forward)(params, x)
     W, xn = np.asarray(params["W"]), np.asarray(x)  # references in numpy (float32)
     np.testing.assert_allclose(y, xn + xn @ W, rtol=1e-6)
-    dy = _normal(2, (3, 4))
+    dy = normal(2, (3, 4))
     _, dx = jax.jit(layer.backward)(params, res, dy)
     np.testing.assert_allclose(dx, np.asarray(dy) + np.asarray(dy) @ W.T, rtol=1e-6)  # dx = dy + dblock_dx
     rep = bp.check_layer(layer, params, x)  # single array in and out: check_layer applies (f32 rtol 1e-4)
@@ -116,7 +111,7 @@ def test_contextual_children_thread_state_and_keys():
     _check_model_f64(model, (6,), 2, batch=5, key=jax.random.key(9))
     params = random_params(model, (6,))
     state = initial_state(model, (6,))
-    x = _normal(1, (5, 6))
+    x = normal(1, (5, 6))
     # compiled: one program per mode, not one per eager op
     train = jax.jit(lambda p, x, s, k: model.forward(p, x, state=s, key=k, train=True))
     evaluate = jax.jit(lambda p, x, s: model.forward(p, x, state=s, key=None, train=False))

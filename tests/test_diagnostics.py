@@ -5,18 +5,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import random_params
+from conftest import normal, random_params
 
 import bpjax as bp
 from bpjax import diagnostics as D
 from bpjax import layers as L
 
 XENT = bp.losses.softmax_cross_entropy
-
-
-def _normal(seed, shape, dtype=jnp.float32):
-    """Test data from numpy (a jax.random draw in a new shape or dtype compiles a sampler: seconds of CPU)."""
-    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), dtype)
 
 
 def _layers():
@@ -27,7 +22,7 @@ def test_norms_match_jax_grad_and_activations_by_hand():
     layers = _layers()
     model = bp.serial(*layers)
     params = random_params(model, (4,))
-    x = _normal(1, (8, 4))
+    x = normal(1, (8, 4))
     y = jnp.arange(8) % 3
     out = jax.jit(D.diagnostics(layers, XENT))(params, x, y)
     g = jax.jit(jax.grad(lambda p: XENT.value(model.forward(p, x)[0], y)))(params)
@@ -55,7 +50,7 @@ def test_dead_relu_and_update_ratio():
     model = bp.serial(*layers)
     params = random_params(model, (3,))
     params = (dict(params[0], b=jnp.array([-100.0, -100.0, 0.0, 0.0])), (), params[2])  # two dead units
-    x = _normal(1, (16, 3))
+    x = normal(1, (16, 3))
     y = jnp.arange(16) % 2
     updates = jax.tree.map(lambda p: jnp.asarray(0.01 * np.asarray(p)), params)
     out = jax.jit(D.diagnostics(layers, XENT))(params, x, y, updates=updates)
@@ -70,7 +65,7 @@ def test_fit_callback_logs_diagnostics():
     layers = _layers()
     model = bp.serial(*layers)
     params = random_params(model, (4,))
-    x = _normal(1, (64, 4))
+    x = normal(1, (64, 4))
     y = jnp.asarray(np.argmax(np.asarray(x)[:, :3], -1))
     log = []
     fit(model, XENT, optax.adam(1e-2), params, (x, y), steps=40, batch_size=16, chunk_size=20, verbose=False,

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import random_params
+from conftest import normal, random_params
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -14,11 +14,6 @@ import bpjax as bp
 from bpjax import losses
 
 B, C = 7, 5
-
-
-def _normal(seed, shape, dtype=jnp.float32):
-    """Test data from numpy (a jax.random draw in a new shape or dtype compiles a sampler: seconds of CPU)."""
-    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), dtype)
 
 
 def _targets(name, dtype, seed=1):
@@ -65,7 +60,7 @@ def _compare(loss, pred, target):
 @pytest.mark.parametrize("name,target", CASES)
 def test_loss_gradient_f32(name, target):
     loss = getattr(losses, name)
-    pred = 3 * _normal(0, (B, C))
+    pred = 3 * normal(0, (B, C))
     v, rv, rel, _ = _compare(loss, pred, _targets(target, jnp.float32))
     assert v == pytest.approx(rv, rel=1e-6)
     assert rel < 1e-5  # float32: a handful of roundoffs of 6e-8 in exp/log/sum
@@ -106,7 +101,7 @@ def test_values_match_formulas():
 
 
 def test_integer_and_onehot_targets_agree():
-    z = _normal(0, (B, C))
+    z = normal(0, (B, C))
     y = jnp.arange(B) % C
     a = losses.softmax_cross_entropy.value_and_grad(z, y)
     b = losses.softmax_cross_entropy.value_and_grad(z, jax.nn.one_hot(y, C))
@@ -115,7 +110,7 @@ def test_integer_and_onehot_targets_agree():
 
 
 def test_fused_cross_entropy_backward_is_softmax_minus_y():
-    z = _normal(0, (B, C))
+    z = normal(0, (B, C))
     y = np.arange(B) % C
     _, dz = losses.softmax_cross_entropy.value_and_grad(z, jnp.asarray(y))
     e = np.exp(np.asarray(z, np.float64))
@@ -137,7 +132,7 @@ def _xent_both(z, y):
 
 
 def _cross_entropy_any_shape(batch, classes):
-    z = _normal(batch, (batch, classes))
+    z = normal(batch, (batch, classes))
     y = jnp.asarray(np.random.default_rng(classes).integers(0, classes, batch), jnp.int32)
     (value, dz), (ref_value, ref) = _xent_both(z, y)
     np.testing.assert_allclose(value, ref_value, rtol=1e-6)
@@ -157,7 +152,7 @@ def test_plain_function_becomes_a_loss():
     loss = losses.as_loss(l1)
     model = bp.serial(bp.layers.Dense(3))
     p = random_params(model, (4,))
-    x, t = _normal(1, (6, 4)), _normal(2, (6, 3))
+    x, t = normal(1, (6, 4)), normal(2, (6, 3))
     assert loss.name == "l1"
     assert bp.check_gradients(model, l1, p, x, t).ok
 
@@ -193,7 +188,7 @@ def test_mse_shape_mismatch():
 # a failed value check inside a user's own jit: the value AND every gradient are NaN
 
 _MODEL = bp.serial(bp.layers.Dense(4), bp.layers.Tanh(), bp.layers.Dense(C))
-_X = _normal(3, (B, 6))
+_X = normal(3, (B, 6))
 _OK_LABELS = jnp.arange(B) % C
 
 
@@ -329,7 +324,7 @@ def test_bce_check_targets_accepts_float_and_integer_0_1(target):
 
 
 def test_bce_integer_targets_are_treated_as_floats():
-    z = _normal(0, (B, 1))
+    z = normal(0, (B, 1))
     t = (jnp.arange(B) % 2)[:, None]
     a = losses.binary_cross_entropy.value_and_grad(z, t)
     b = losses.binary_cross_entropy.value_and_grad(z, t.astype(jnp.float32))

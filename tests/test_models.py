@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import random_params
+from conftest import normal, random_params
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -13,11 +13,6 @@ import bpjax as bp
 from bpjax import layers as L
 
 ACTS = [L.Sigmoid, L.Tanh, L.Relu, lambda: L.LeakyRelu(0.1), L.Elu, L.Gelu, L.Softplus, L.Identity]
-
-
-def _normal(seed, shape, dtype=jnp.float32):
-    """Test data from numpy (a jax.random draw in a new shape or dtype compiles a sampler: seconds of CPU)."""
-    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), dtype)
 
 
 def _targets(loss_name, seed, batch, width):
@@ -37,7 +32,7 @@ def _check_generated_mlp(depth, widths, acts, batch, loss_name, seed):
     model = bp.serial(*hidden, L.Dense(out))
     with jax.enable_x64(True):
         params = random_params(model, (widths[0],), seed, jnp.float64)
-        x = _normal(seed + 1, (batch, widths[0]), jnp.float64)
+        x = normal(seed + 1, (batch, widths[0]), jnp.float64)
         y = _targets(loss_name, seed + 2, batch, out)
         report = bp.check_gradients(model, getattr(bp.losses, loss_name), params, x, y, rtol=1e-10)
     assert report.ok, str(report)
@@ -56,7 +51,7 @@ def test_mlp_f64_finite_differences():
     model = bp.serial(L.Dense(16), L.Tanh(), L.Dense(16), L.Relu(), L.Dense(4))
     with jax.enable_x64(True):
         params = random_params(model, (8,), 0, jnp.float64)
-        x = _normal(1, (10, 8), jnp.float64)
+        x = normal(1, (10, 8), jnp.float64)
         y = jnp.arange(10) % 4
         report = bp.check_gradients(model, bp.losses.softmax_cross_entropy, params, x, y,
                                     finite_differences=True)
@@ -70,7 +65,7 @@ def test_report_flags_a_wrong_backward():
     broken = bp.Layer(good.init, good.forward, lambda p, z, da: ((), da), "BrokenRelu")
     model = bp.serial(L.Dense(8), broken, L.Dense(3))
     params = random_params(model, (5,), 0, jnp.float32)
-    x = _normal(1, (16, 5))
+    x = normal(1, (16, 5))
     report = bp.check_gradients(model, bp.losses.softmax_cross_entropy, params, x, jnp.arange(16) % 3)
     assert not report.ok and report.max_rel_error > 0.01
     assert "MISMATCH" in str(report)
@@ -146,7 +141,7 @@ def test_make_step_signature_and_jit():
 def test_as_custom_vjp_runs_the_manual_backward():
     model = bp.serial(L.Dense(8), L.Gelu(), L.Dense(2))
     params = random_params(model, (3,), 0, jnp.float32)
-    x = _normal(1, (5, 3))
+    x = normal(1, (5, 3))
     f = bp.as_custom_vjp(model)
 
     def user_loss(p, x):  # any function of the output
@@ -195,7 +190,7 @@ def test_value_and_grad_matches_autodiff_on_contextual_models():
     params = random_params(model, (3,), 0, jnp.float32)
     # jitted: the Dense params that init_state draws only for their shapes are dropped, no sampler is compiled
     state = jax.jit(bp.init_state, static_argnums=(0, 2))(model, jax.random.key(0), (3,))
-    x, y = _normal(1, (6, 3)), jnp.arange(6) % 2
+    x, y = normal(1, (6, 3)), jnp.arange(6) % 2
     (v, new_state), g = jax.jit(bp.value_and_grad(model, bp.losses.softmax_cross_entropy))(
         params, x, y, state=state, key=jax.random.key(7))
     (v2, _), g2 = jax.jit(bp.autodiff_value_and_grad(model, bp.losses.softmax_cross_entropy))(

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import initial_state, random_params
+from conftest import initial_state, random_params, to64
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -23,11 +23,6 @@ FAST, MANY = settings(max_examples=3), settings(max_examples=25)  # each example
 
 def _f32(a):
     return jnp.asarray(a, jnp.float32)
-
-
-def _f64(tree):
-    """The same values in float64 (cast by numpy: an eager cast compiles once per shape); call under x64."""
-    return jax.tree.map(lambda a: jnp.asarray(np.asarray(a, np.float64)), tree)
 
 
 def _setup(layer, shape, seed=0):
@@ -51,7 +46,7 @@ def _check_both(layer, shape, train=True, seed=0):
     r32 = bp.check_layer(layer, params, x, state=state, train=train, finite_differences=False)
     assert r32.ok, str(r32)
     with jax.enable_x64(True):
-        r64 = bp.check_layer(layer, _f64(params), _f64(x), state=_f64(state), train=train, rtol=1e-10,
+        r64 = bp.check_layer(layer, to64(params), to64(x), state=to64(state), train=train, rtol=1e-10,
                              finite_differences=True)
     assert r64.ok, str(r64)
     return r32, r64

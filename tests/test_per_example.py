@@ -4,18 +4,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import cast, random_params
+from conftest import cast, normal, random_params
 
 import bpjax as bp
 from bpjax import layers as L
 from bpjax.per_example import dense_per_example_grads, per_example_grads
 
 XENT = bp.losses.softmax_cross_entropy
-
-
-def _normal(seed, shape, dtype=jnp.float32):
-    """Test data from numpy (a jax.random draw in a new shape or dtype compiles a sampler: seconds of CPU)."""
-    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), dtype)
 
 
 def _init_state(model, input_shape):
@@ -45,7 +40,7 @@ def test_per_example_grads_match_vmap_grad(name):
     for dtype, rtol in ((jnp.float32, 1e-4), (jnp.float64, 1e-10)):  # bpjax's gradient-check tolerances
         with jax.enable_x64(dtype == jnp.float64):
             params = random_params(model, shape, 0, dtype)
-            x = _normal(1, (7, *shape), dtype)
+            x = normal(1, (7, *shape), dtype)
             y = jnp.arange(7) % 3
             losses, g = jax.jit(per_example_grads(model, XENT))(params, x, y)
             ref = jax.jit(jax.vmap(lambda xi, yi: jax.value_and_grad(
@@ -68,8 +63,8 @@ def test_dense_outer_form_matches():
     with jax.enable_x64(True):
         layer = L.Dense(3, dtype=jnp.float64)
         params = random_params(layer, (5,), 0, jnp.float64)
-        x = _normal(1, (6, 5), jnp.float64)
-        t = _normal(2, (6, 3), jnp.float64)
+        x = normal(1, (6, 5), jnp.float64)
+        t = normal(2, (6, 3), jnp.float64)
         z, a_prev = jax.jit(layer.forward)(params, x)
         explicit = jax.jit(dense_per_example_grads)(a_prev, 2 * (np.asarray(z) - np.asarray(t)) / 3)
         _, g = per_example_grads(layer, bp.losses.mse)(params, x, t)
@@ -85,7 +80,7 @@ def test_per_example_contextual_eval_batchnorm():
     with jax.enable_x64(True):
         params = random_params(model, (4,), 0, jnp.float64)
         state = cast(_init_state(model, (4,)), jnp.float64)
-        x = _normal(1, (5, 4), jnp.float64)
+        x = normal(1, (5, 4), jnp.float64)
         y = jnp.arange(5) % 3
         _, g = jax.jit(per_example_grads(model, XENT), static_argnames="train")(params, x, y, state=state, train=False)
         kw = dict(state=state, train=False)

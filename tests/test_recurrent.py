@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import init_shapes, random_params
+from conftest import init_shapes, normal, random_params, to64
 from hypothesis import Phase, example, given, settings
 from hypothesis import strategies as st
 
@@ -30,26 +30,16 @@ def jitted(layer):
     return bp.Layer(layer.init, jax.jit(layer.forward), jax.jit(layer.backward), layer.name)
 
 
-def _normal(seed, shape, dtype=jnp.float32):
-    """``N(0, 1)`` of ``shape`` drawn with numpy (an eager jax.random draw compiles a sampler per shape)."""
-    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), dtype)
-
-
-def _f64(tree):
-    """The same values in float64 (cast by numpy: an eager cast compiles once per shape); call under x64."""
-    return jax.tree.map(lambda a: jnp.asarray(np.asarray(a, np.float64)), tree)
-
-
 def check_both(layer, seed, B, T, D):
     """check_layer in float32 (vs jax.vjp) and float64 (vs jax.vjp, rtol 1e-10, and finite differences),
     at random params (conftest.random_params) and input drawn from ``seed``."""
     layer = jitted(layer)
     params = random_params(layer, (T, D), seed)
-    x = _normal(seed + 1, (B, T, D))
+    x = normal(seed + 1, (B, T, D))
     r32 = bp.check_layer(layer, params, x, finite_differences=False)
     assert r32.ok, str(r32)
     with jax.enable_x64(True):
-        r64 = bp.check_layer(layer, _f64(params), _f64(x), rtol=1e-10)
+        r64 = bp.check_layer(layer, to64(params), to64(x), rtol=1e-10)
     assert r64.ok, str(r64)
     assert r64.max_fd_rel_error is not None
     assert len(r64.rows) == len(jax.tree.leaves(params)) + 1  # every parameter leaf and x compared one by one
@@ -119,7 +109,7 @@ def _mnist1d_gru_check(seed, finite_differences):
     y = jnp.asarray(np.arange(8) % 10, jnp.int32)
     with jax.enable_x64(True):
         params = random_params(net, (40, 1), seed, jnp.float64)
-        x = _normal(seed + 1, (8, 40, 1), jnp.float64)
+        x = normal(seed + 1, (8, 40, 1), jnp.float64)
         report = bp.check_gradients(net, bp.losses.softmax_cross_entropy, params, x, y, rtol=1e-10,
                                     finite_differences=finite_differences)
     assert report.ok, str(report)
@@ -169,7 +159,7 @@ def _reference(cell, p, x):
 def test_forward_matches_equations(cell):
     layer = CELLS[cell](4)
     p = random_params(layer, (5, 3))
-    x = _normal(1, (2, 5, 3))
+    x = normal(1, (2, 5, 3))
     ref = _reference(cell, p, x)
     last_layer = CELLS[cell](4, return_sequences=False)
     ys, last = jax.jit(lambda p, x: (layer.forward(p, x)[0], last_layer.forward(p, x)[0]))(p, x)  # one program
@@ -181,7 +171,7 @@ def test_bidirectional_layout():
     """Features [fwd | bwd]; the backward copy reads x reversed; its last state is the one after x_0."""
     bi_seq, bi_last = Bidirectional(GRU(3)), Bidirectional(GRU(3, return_sequences=False))
     p = random_params(bi_seq, (6, 2))
-    x = _normal(1, (2, 6, 2))
+    x = normal(1, (2, 6, 2))
     ys, yl = jax.jit(lambda p, x: (bi_seq.forward(p, x)[0], bi_last.forward(p, x)[0]))(p, x)  # one program
     assert ys.shape == (2, 6, 6) and yl.shape == (2, 6)
     fwd = _reference("GRU", p["fwd"], x)
@@ -223,7 +213,7 @@ def test_init(getkey):
 
 def test_unroll_gives_the_same_result():
     p = random_params(LSTM(3), (7, 2))
-    x = _normal(1, (2, 7, 2))
+    x = normal(1, (2, 7, 2))
     outs = []
     for layer in (LSTM(3), LSTM(3, unroll=3)):
 

@@ -4,18 +4,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import initial_state, random_params
+from conftest import initial_state, normal, random_params
 
 import bpjax as bp
 from bpjax import layers as L
 from bpjax.remat import remat, residual_bytes
 
 XENT = bp.losses.softmax_cross_entropy
-
-
-def _normal(seed, shape, dtype=jnp.float32):
-    """Test data from numpy (a jax.random draw in a new shape or dtype compiles a sampler: seconds of CPU)."""
-    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), dtype)
 
 
 def _block(width=32):
@@ -30,7 +25,7 @@ def _deep(use_remat, depth=4, width=32):
 def test_remat_gradients_unchanged_and_residuals_smaller():
     plain, rem = _deep(False), _deep(True)
     params = random_params(plain, (32,))
-    x = _normal(1, (64, 32))
+    x = normal(1, (64, 32))
     y = jnp.arange(64) % 3
     g0 = jax.jit(bp.value_and_grad(plain, XENT))(params, x, y)
     g1 = jax.jit(bp.value_and_grad(rem, XENT))(params, x, y)
@@ -48,7 +43,7 @@ def test_remat_layer_check_f32_f64():
     for dtype, rtol in ((jnp.float32, 1e-4), (jnp.float64, 1e-10)):  # check_layer defaults
         with jax.enable_x64(dtype == jnp.float64):
             params = random_params(block, (5,), 0, dtype)
-            x = _normal(1, (4, 5), dtype)
+            x = normal(1, (4, 5), dtype)
             rep = bp.check_layer(block, params, x, rtol=rtol, finite_differences=dtype == jnp.float64)
         assert rep.ok, str(rep)
 
@@ -59,7 +54,7 @@ def test_remat_contextual_dropout_same_mask():
     assert bp.is_contextual(rem)
     params = random_params(block, (5,))
     state = initial_state(block, (5,))
-    x = _normal(1, (6, 5))
+    x = normal(1, (6, 5))
     key = jax.random.key(3)
     for train in (True, False):
         y0, r0, _ = bp.apply(block, params, x, state=state, key=key, train=train)

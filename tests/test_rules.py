@@ -5,24 +5,19 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import cast, random_params
+from conftest import cast, normal, random_params
 
 import bpjax as bp
 from bpjax import layers as L
 from bpjax import rules
 
 
-def _normal(seed, shape, dtype=jnp.float32):
-    """Test data from numpy (a jax.random draw in a new shape or dtype compiles a sampler: seconds of CPU)."""
-    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), dtype)
-
-
 def _dense(rule, d_in=6, d_out=4, dtype=jnp.float32, seed=0):
     layer = L.Dense(d_out, backward_rule=rule, dtype=dtype)
     _, params = layer.init(jax.random.key(seed), (d_in,))
     state = bp.init_state(layer, jax.random.key(seed + 7), (d_in,))
-    x = _normal(seed + 1, (5, d_in), dtype)
-    dz = _normal(seed + 2, (5, d_out), dtype)
+    x = normal(seed + 1, (5, d_in), dtype)
+    dz = normal(seed + 2, (5, d_out), dtype)
     return layer, params, state, x, dz
 
 
@@ -61,7 +56,7 @@ def test_feedback_alignment_with_B_equal_W_is_backprop():
         with jax.enable_x64(dtype == jnp.float64):
             params = random_params(model, (5,), 0, dtype)
             state = tuple({"B": p["W"]} if p else () for p in params)
-            x = _normal(1, (6, 5), dtype)
+            x = normal(1, (6, 5), dtype)
             y = jnp.arange(6) % 3
             rep = bp.check_gradients(model, bp.losses.softmax_cross_entropy, params, x, y, state=state,
                                      rtol=tol, finite_differences=dtype == jnp.float64)
@@ -80,7 +75,7 @@ def test_dfa_matches_independent_formula_f64():
         params = random_params(model, (5,), 0, jnp.float64)
         # the feedback matrices B_l; jitted, the params init_state also draws (for their shapes) are dropped
         state = cast(jax.jit(bp.init_state, static_argnums=(0, 2))(model, jax.random.key(3), (5,)), jnp.float64)
-        x = _normal(1, (8, 5), jnp.float64)
+        x = normal(1, (8, 5), jnp.float64)
         y = jnp.arange(8) % 3
         (_, _), g = jax.jit(bp.value_and_grad(model, bp.losses.softmax_cross_entropy))(params, x, y, state=state)
         # the formula in numpy, float64
@@ -110,7 +105,7 @@ def test_dfa_one_hidden_layer_with_B_equal_W_T_is_backprop():
         model = rules.DFA(L.Dense(6), L.Sigmoid(), L.Dense(3))
         params = random_params(model, (4,), 0, jnp.float64)
         state = {"layers": ((), (), ()), "B": ((), (), params[2]["W"].T)}
-        x = _normal(1, (5, 4), jnp.float64)
+        x = normal(1, (5, 4), jnp.float64)
         y = jnp.arange(5) % 3
         rep = bp.check_gradients(model, bp.losses.softmax_cross_entropy, params, x, y, state=state, rtol=1e-10,
                                  finite_differences=True)
@@ -121,7 +116,7 @@ def test_gradient_and_feedback_angles():
     model = bp.serial(*_mlp("feedback_alignment"))
     _, params = model.init(jax.random.key(0), (5,))
     state = bp.init_state(model, jax.random.key(1), (5,))
-    x = _normal(2, (16, 5))
+    x = normal(2, (16, 5))
     y = jnp.arange(16) % 3
     ang = jax.jit(rules.gradient_angles(model, bp.losses.softmax_cross_entropy))(params, x, y, state=state)
     # the output layer's gradient is exact under FA (float32 arccos near 1: ~0.1 degree of roundoff);
@@ -147,7 +142,7 @@ def test_rules_learn_a_toy_problem(rule):
     model = rules.DFA(*layers) if rule == "dfa" else bp.serial(*layers)
     _, params = model.init(jax.random.key(0), (5,))
     state = bp.init_state(model, jax.random.key(1), (5,))
-    x = _normal(2, (64, 5))
+    x = normal(2, (64, 5))
     y = jnp.asarray(np.argmax(np.asarray(x)[:, :3], -1))
     opt = optax.adam(1e-2)
     step = bp.train.make_step(model, bp.losses.softmax_cross_entropy, opt, checks=False)

@@ -7,18 +7,13 @@ import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import random_params
+from conftest import normal, random_params
 
 import bpjax as bp
 from bpjax import layers as L
 from bpjax.second_order import hessian, hvp, top_eigenvalue
 
 XENT = bp.losses.softmax_cross_entropy
-
-
-def _normal(seed, shape, dtype=jnp.float32):
-    """Test data from numpy (a jax.random draw in a new shape or dtype compiles a sampler: seconds of CPU)."""
-    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), dtype)
 
 
 def _setup(acts=(L.Tanh, L.Sigmoid), dtype=jnp.float64):
@@ -30,7 +25,7 @@ def _built(acts, dtype):
     """Model, params, x, y, built once per (acts, dtype): the tests of one model share its compiled programs."""
     model = bp.serial(L.Dense(5), acts[0](), L.Dense(4), acts[1](), L.Dense(3))
     params = random_params(model, (3,), 0, dtype)
-    x = _normal(1, (6, 3), dtype)
+    x = normal(1, (6, 3), dtype)
     y = jnp.arange(6) % 3
     return model, params, x, y
 
@@ -67,7 +62,7 @@ def test_hvp_float32_and_relu():
     # f32 against jax.hessian-vector (jvp of jax.grad): 1e-4 relative to max |Hv| (roundoff of two passes)
     model, params, x, y = _setup((L.Relu, L.Tanh), jnp.float32)
     flat, unravel = jax.flatten_util.ravel_pytree(params)
-    v = _normal(5, flat.shape)
+    v = normal(5, flat.shape)
     Hv = np.asarray(jax.flatten_util.ravel_pytree(jax.jit(hvp(model, XENT))(params, x, y, unravel(v)))[0])
     ref = np.asarray(jax.jit(lambda v: jax.jvp(jax.grad(lambda f: XENT.value(model.forward(unravel(f), x)[0], y)),
                                                (flat,), (v,))[1])(v))
