@@ -85,7 +85,7 @@ def run(mesh, tmp: str) -> dict:
     checkpoint.save = lambda *a, **k: (saves.append(a[0]), real_save(*a, **k))[1]
     directory = os.path.join(tmp, f"disk_{p}")
     os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, "run.npz")
+    path = os.path.join(directory, "run")
     kw = dict(kw, key=jax.random.key(2), checkpoint_path=path, verbose=False)
 
     def stop_at_6(step, _):

@@ -80,6 +80,15 @@ def _corrupt(tmp_path):
     return path
 
 
+def _corrupt_run(tmp_path):
+    """A run folder whose only checkpoint is truncated."""
+    _fit(checkpoint_path=str(tmp_path / "run"), checkpoint_every=2)
+    entries = sorted((tmp_path / "run").glob("step_*.npz"))
+    for entry in entries:
+        entry.write_bytes(entry.read_bytes()[:-40])
+    return tmp_path / "run"
+
+
 E, T = bp.BpjaxError, bp.BpjaxTypeError
 CASES = [
     # ---- layers: ranks, feature sizes, dtypes, params from another model, constructor arguments
@@ -217,10 +226,14 @@ CASES = [
                                                                   "got W (4, 7)"]),
     ("fit checkpoint_every", lambda t: _fit(checkpoint_every=0, checkpoint_path=str(t / "ck.npz")), E,
      ["fit", "checkpoint_every must be a positive int", "got 0"]),
-    ("fit corrupted checkpoint", lambda t: _fit(checkpoint_every=2, checkpoint_path=str(_corrupt(t))), E,
-     ["ck.npz", "corrupted or truncated", "expected a bpjax .npz"]),
-    ("fit nan guard", lambda t: _fit(optimizer=optax.sgd(1e30), nan_guard=True, steps=6), E,
-     ["fit", "non-finite gradient of params[0]['W'] at step 1", "nan_guard"]),
+    ("fit corrupted checkpoint", lambda t: _fit(checkpoint_every=2, checkpoint_path=str(_corrupt_run(t))), E,
+     ["step_00000004.npz", "corrupted or truncated", "expected a bpjax .npz"]),
+    ("fit checkpoint file", lambda t: _fit(checkpoint_path=str(_saved(t))), E,
+     ["fit", "ck.npz", "expected a run folder", "found a file"]),
+    ("fit checkpoint parent", lambda t: _fit(checkpoint_path=str(t / "no" / "run")), E,
+     ["fit", "expected its parent folder to exist", "does not exist"]),
+    ("fit nan guard", lambda t: _fit(optimizer=optax.sgd(1e30), steps=6), E,
+     ["fit", "non-finite loss at step 1", "nan_guard"]),
     # ---- checkpoints
     ("checkpoint missing", lambda t: checkpoint.restore(t / "none.npz"), E, ["none.npz", "no such file",
                                                                               "expected a checkpoint"]),

@@ -143,7 +143,7 @@ def test_fit_interrupted_and_resumed_equals_uninterrupted(tmp_path):
     """Stop a checkpointing run after step 8 (an exception from the callback), run the same call again:
     it resumes from the checkpoint and ends bitwise equal to a run that was never interrupted."""
     straight = _fit()
-    path = str(tmp_path / "run.npz")
+    path = str(tmp_path / "run")
 
     def stop(step, result):
         if step == 8:

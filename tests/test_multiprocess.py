@@ -63,7 +63,7 @@ def test_two_processes_train_as_one_device(tmp_path):
 
     # the runs did what they claim
     assert ref["shuffle/eval_loss"][-1] < ref["shuffle/eval_loss"][0]
-    assert ref["nan/step"] >= 1 and "non-finite gradient of params" in str(ref["nan/message"])
+    assert ref["nan/step"] >= 1 and "non-finite loss at step" in str(ref["nan/message"])
     assert "example 70" in str(ref["finite/message"]) and "step 7" in str(ref["stream/nan_message"])
     # process 0 alone: the plain callback, the bar, the checkpoint (written 3 times, at steps 3, 6, 9)
     np.testing.assert_array_equal(procs[0]["shuffle/callback_steps"], [3, 6, 9])
@@ -71,7 +71,7 @@ def test_two_processes_train_as_one_device(tmp_path):
     logs = [(tmp_path / f"process_{i}.log").read_text() for i in (0, 1)]
     assert "fit serial" in logs[0] and "fit serial" not in logs[1]
     assert (int(procs[0]["resume/saves"]), int(procs[1]["resume/saves"])) == (3, 0)
-    assert list(procs[0]["resume/files"]) == ["run.npz"] and list(procs[1]["resume/files"]) == [""]
+    assert list(procs[0]["resume/files"]) == ["run"] and list(procs[1]["resume/files"]) == [""]
     # the stop: process 0 raised the callback's exception, process 1 was told; both resumed at step 6
     assert str(procs[0]["resume/stop"]) == "Stop: stopped at step 6"
     assert "the callback at step 6 raised in process 0" in str(procs[1]["resume/stop"])

@@ -31,9 +31,15 @@ their fields, other registered pytree nodes as lists of their children, and a
 train with: optax needs its own state classes, so restore an optimizer state with
 ``like=optimizer.init(params)`` (or a dict holding it).
 
+A training run's checkpoints live in a *run folder* (:mod:`~bpjax.checkpoint.folder`: one entry per
+saved step, the newest few kept, one writer at a time); :func:`restore` and :func:`read_metadata`
+given such a folder read its newest entry that passes every check, and warn
+(:class:`~bpjax.checkpoint.folder.DamagedCheckpointWarning`) when they skip a damaged newer one.
+
 The package: :func:`save`, :func:`restore` and :func:`read_metadata` here; :mod:`~bpjax.checkpoint.encoding`
 (tree structure and leaves <-> JSON and ``.npy``, the checksum); :mod:`~bpjax.checkpoint.atomic` (the
-write); :mod:`~bpjax.checkpoint.reading` (the read and its checks); :mod:`~bpjax.checkpoint.arguments`.
+write); :mod:`~bpjax.checkpoint.reading` (the read and its checks); :mod:`~bpjax.checkpoint.folder` (run
+folders); :mod:`~bpjax.checkpoint.arguments`.
 """
 
 from __future__ import annotations
@@ -59,9 +65,11 @@ from bpjax.checkpoint.encoding import (
     _npy_bytes,
     _to_numpy,
 )
-from bpjax.checkpoint.reading import _kind_mismatch, _like_record, _read
+from bpjax.checkpoint.folder import DamagedCheckpointWarning, StaleLockWarning, is_run_folder, newest
+from bpjax.checkpoint.reading import build, read
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "PlainTreeWarning", "read_metadata", "restore", "save"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "DamagedCheckpointWarning", "PlainTreeWarning", "StaleLockWarning",
+           "read_metadata", "restore", "save"]
 
 
 class PlainTreeWarning(UserWarning):
@@ -135,11 +143,24 @@ def save(path, tree, *, metadata: Optional[dict] = None, model=None) -> str:
 # ---------------------------------------------------------------- load
 
 
+def _read_entry(path: str, where: str):
+    """``(meta, arrays)`` of the checkpoint at ``path``, or of a run folder's newest entry that passes its checks."""
+    if is_run_folder(path):
+        found = newest(path, lambda entry: read(entry, f"{where} {entry}"), where)
+        if found is None:
+            raise _errors.BpjaxError(where, "the run folder holds no checkpoint yet (no step_*.npz entry)")
+        return found[2]
+    return read(path, where)
+
+
 def read_metadata(path) -> dict:
     """The metadata record of the checkpoint at ``path`` (verified): ``bpjax_version``, ``model``,
-    ``metadata`` (the user dict given to :func:`save`), ``leaves`` (path, dtype, shape per leaf)."""
+    ``metadata`` (the user dict given to :func:`save`), ``leaves`` (path, dtype, shape per leaf).
+
+    ``path`` may be a run folder (``fit``'s ``checkpoint_path``): its newest entry is read.
+    """
     path = _file_path("read_metadata", path)
-    meta, _ = _read(path, f"checkpoint.read_metadata({path})")
+    meta, _ = _read_entry(path, f"checkpoint.read_metadata({path})")
     return {k: meta[k] for k in ("bpjax_version", "model", "metadata", "leaves", "format_version")}
 
 
@@ -147,7 +168,9 @@ def restore(path, *, like: Any = None):
     """Read the checkpoint at ``path``.
 
     Args:
-      path: a file written by :func:`save` (a str or ``os.PathLike``; never one of its temporary files).
+      path: a file written by :func:`save` (a str or ``os.PathLike``; never one of its temporary files),
+        or a run folder (``fit``'s ``checkpoint_path``), whose newest entry that passes every check
+        is read.
       like: a tree of the expected structure (e.g. freshly initialised params and optimiser state,
         ``like={"params": params, "opt_state": optimizer.init(params), "step": 0}``; leaves may be
         arrays, ``jax.ShapeDtypeStruct``, typed or raw PRNG keys, or Python numbers). When given,
@@ -167,32 +190,13 @@ def restore(path, *, like: Any = None):
     """
     path = _file_path("restore", path)
     where = f"checkpoint.restore({path})"
-    meta, arrays = _read(path, where)
-    records = meta["leaves"]
+    meta, arrays = _read_entry(path, where)
     if like is None:
+        records = meta["leaves"]
         plain: list = []
         tree = _decode_structure(meta["structure"], iter([_from_numpy(a, r) for a, r in zip(arrays, records)]),
                                  "", plain)
         if plain:
             _warn_plain(where, plain)
         return tree
-    like_leaves, treedef = jax.tree_util.tree_flatten_with_path(like)
-    want = [jax.tree_util.keystr(p) for p, _ in like_leaves]
-    expected = [_like_record(where, p, leaf) for p, (_, leaf) in zip(want, like_leaves)]
-    have = [r["path"] for r in records]
-    if want != have:
-        missing = [p for p in want if p not in have]
-        extra = [p for p in have if p not in want]
-        listed = lambda paths: " ".join(paths[:5]) + (" ..." if len(paths) > 5 else "") or "none"  # noqa: E731
-        raise _errors.BpjaxError(where, f"the checkpoint does not match `like`: expected {len(want)} leaves, "
-                                        f"found {len(have)}; in `like` only: {listed(missing)}; in the file only: "
-                                        f"{listed(extra)}" + ("" if missing or extra else " (same paths, other order)"))
-    out = []
-    for (kind, dtype, shape), arr, rec in zip(expected, arrays, records):
-        if kind != rec["kind"]:
-            raise _kind_mismatch(where, rec, kind, dtype, shape)
-        if dtype is not None and (dtype != rec["dtype"] or shape != tuple(rec["shape"])):
-            raise _errors.BpjaxError(where, f"leaf {_label(rec['path'])}: expected {dtype}{list(shape)} (as in "
-                                            f"`like`), found {rec['dtype']}{rec['shape']} in the file")
-        out.append(_from_numpy(arr, rec))
-    return jax.tree_util.tree_unflatten(treedef, out)
+    return build(where, meta, arrays, like)

@@ -11,7 +11,7 @@ from bpjax import _errors
 from bpjax.checkpoint.encoding import _META
 
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed member dates: same tree, same bytes
-_TEMP = re.compile(r"\.(?P<name>.+)\.tmp-\d+-[0-9a-f]+")  # a whole basename written by _create_temp
+TEMP_PATTERN = re.compile(r"\.(?P<name>.+)\.tmp-\d+-[0-9a-f]+")  # a whole basename written by _create_temp
 
 
 def _create_temp(where: str, directory: str, name: str):

@@ -7,13 +7,14 @@ import json
 import os
 import zipfile
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from bpjax import _errors
 from bpjax.checkpoint.arguments import _tilde_hint
-from bpjax.checkpoint.atomic import _TEMP
-from bpjax.checkpoint.encoding import _META, FORMAT, FORMAT_VERSION, _checksum, _is_key, _is_number, _label
+from bpjax.checkpoint.atomic import TEMP_PATTERN
+from bpjax.checkpoint.encoding import _META, FORMAT, FORMAT_VERSION, _checksum, _from_numpy, _is_key, _is_number, _label
 
 
 def _missing_hint(path: str) -> str:
@@ -23,7 +24,7 @@ def _missing_hint(path: str) -> str:
     if os.path.isfile(other):
         hints.append(f"; {other!r} exists (save adds no suffix)")
     directory, name = os.path.split(os.path.abspath(path))
-    temps = sorted(n for n in os.listdir(directory) if (m := _TEMP.fullmatch(n)) and m["name"] == name) \
+    temps = sorted(n for n in os.listdir(directory) if (m := TEMP_PATTERN.fullmatch(n)) and m["name"] == name) \
         if os.path.isdir(directory) else []
     if temps:
         hints.append(f"; {len(temps)} temporary file(s) of unfinished saves lie beside it ({temps[0]}"
@@ -31,9 +32,9 @@ def _missing_hint(path: str) -> str:
     return "".join(hints)
 
 
-def _read(path: str, where: str):
+def read(path: str, where: str):
     """``(meta, arrays)`` from ``path``, with every integrity check; raises BpjaxError naming ``path``."""
-    temp = _TEMP.fullmatch(os.path.basename(path))
+    temp = TEMP_PATTERN.fullmatch(os.path.basename(path))
     if temp:
         final = os.path.join(os.path.dirname(path), temp["name"])
         raise _errors.BpjaxError(where, f"expected a checkpoint, got the temporary file of a save (it may be "
@@ -114,3 +115,29 @@ def _kind_mismatch(where: str, rec: dict, kind: str, dtype, shape) -> _errors.Bp
     return _errors.BpjaxTypeError(where, f"leaf {_label(rec['path'])}: expected {_kind_text(kind, dtype, shape)} "
                                          f"(as in `like`), found {_kind_text(rec['kind'], rec['dtype'], rec['shape'])}"
                                          f" in the file{hint}")
+
+
+def build(where: str, meta: dict, arrays: list, like):
+    """The tree of a read checkpoint (``meta``, ``arrays``) with exactly ``like``'s structure, every leaf's
+    path, kind, shape and dtype checked against ``like``'s."""
+    records = meta["leaves"]
+    like_leaves, treedef = jax.tree_util.tree_flatten_with_path(like)
+    want = [jax.tree_util.keystr(p) for p, _ in like_leaves]
+    expected = [_like_record(where, p, leaf) for p, (_, leaf) in zip(want, like_leaves)]
+    have = [r["path"] for r in records]
+    if want != have:
+        missing = [p for p in want if p not in have]
+        extra = [p for p in have if p not in want]
+        listed = lambda paths: " ".join(paths[:5]) + (" ..." if len(paths) > 5 else "") or "none"  # noqa: E731
+        raise _errors.BpjaxError(where, f"the checkpoint does not match `like`: expected {len(want)} leaves, "
+                                        f"found {len(have)}; in `like` only: {listed(missing)}; in the file only: "
+                                        f"{listed(extra)}" + ("" if missing or extra else " (same paths, other order)"))
+    out = []
+    for (kind, dtype, shape), arr, rec in zip(expected, arrays, records):
+        if kind != rec["kind"]:
+            raise _kind_mismatch(where, rec, kind, dtype, shape)
+        if dtype is not None and (dtype != rec["dtype"] or shape != tuple(rec["shape"])):
+            raise _errors.BpjaxError(where, f"leaf {_label(rec['path'])}: expected {dtype}{list(shape)} (as in "
+                                            f"`like`), found {rec['dtype']}{rec['shape']} in the file")
+        out.append(_from_numpy(arr, rec))
+    return jax.tree_util.tree_unflatten(treedef, out)

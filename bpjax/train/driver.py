@@ -10,11 +10,12 @@ and every process stops where any of them raised.
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import numpy as np
 
 from bpjax import _errors
-from bpjax.train import distributed, resume
+from bpjax.train import distributed, guard, resume
 from bpjax.train.cache import compiled_chunk
 from bpjax.train.history import FitResult, history
 from bpjax.train.loop import Plan
@@ -75,19 +76,21 @@ def progress_bar(total: int, initial: int, desc: str):
 
 
 def run(plan: Plan, carry, hp, keys, data, eval_data, *, batched: int, verbose, chunk_size,
-        checkpoint_path, checkpoint_every, callback, desc):
-    """Run ``plan.steps`` steps in chunks from a fresh start or from the checkpoint; returns ``(carry, history)``.
+        checkpoint: Optional[resume.RunFolder], checkpoint_every, callback, desc):
+    """Run ``plan.steps`` steps in chunks from a fresh start or from the run folder; returns ``(carry, history)``.
 
-    ``data`` is the device-resident ``(x, y)`` or a :class:`~bpjax.train.stream.Stream`.
+    ``carry = (params, opt_state, state)``; ``data`` is the device-resident ``(x, y)`` or a
+    :class:`~bpjax.train.stream.Stream`; ``checkpoint`` the open run folder (or ``None``).
     """
     steps = plan.steps
     names = [n for n, _ in plan.metrics]
     losses, evals = [], []
-    start = resume.resume_step(checkpoint_path) if checkpoint_path is not None else 0
-    if start:
-        carry, loss0, evals0 = resume.resume(plan, carry, checkpoint_path, names, batched, start)
-        losses.append(loss0)
-        evals.append(evals0)
+    start = 0
+    if checkpoint is not None:
+        start, carry, loss0, evals0 = resume.resume(checkpoint, plan, carry, names, batched)
+        if start:
+            losses.append(loss0)
+            evals.append(evals0)
 
     bounds = chunk_bounds(start, steps, chunk_size, checkpoint_every)
     stream = data if isinstance(data, Stream) else None
@@ -95,26 +98,28 @@ def run(plan: Plan, carry, hp, keys, data, eval_data, *, batched: int, verbose, 
     bar = progress_bar(steps, start, desc) if verbose and distributed.is_main() else None
     try:
         for k, (lo, hi) in enumerate(bounds):
-            carry, (loss_c, ev_c, finite) = compiled_chunk(plan, hi - lo, batched)(carry, hp, keys, block,
-                                                                                   eval_data, lo)
+            carry_in, current = carry, block
+            carry, (loss_c, ev_c, inputs_finite, finite, _) = compiled_chunk(plan, hi - lo, batched)(
+                carry_in, hp, keys, current, eval_data, lo)
             if stream is not None and k + 1 < len(bounds):  # read and send the next block while this one runs
                 block = stream.take(bounds[k + 1][1] - bounds[k + 1][0])
             losses.append(np.asarray(loss_c))
             evals.append(tuple(np.asarray(e) for e in ev_c))
             if stream is not None:
-                resume.raise_if_bad_input(finite, lo)
-            if plan.nan_guard:
-                resume.raise_if_bad(carry, batched)
+                resume.raise_if_bad_input(inputs_finite, lo)
+            ok = guard.healthy(losses[-1], finite)
+            if plan.nan_guard and not ok:
+                guard.stop(plan, carry_in, hp, keys, current, lo, hi, batched)
             if bar is not None:
                 post = {"loss": f"{float(np.mean(losses[-1][..., -1])):.4g}"}
                 if evals[-1] and names and np.isfinite(evals[-1][-1][..., -1]).all():
                     post["eval_" + names[-1]] = f"{float(np.mean(evals[-1][-1][..., -1])):.4g}"
                 bar.set_postfix(post, refresh=False)
                 bar.update(hi - lo)
-            save = checkpoint_path is not None and checkpoint_every and (hi % checkpoint_every == 0 or hi == steps)
+            save = checkpoint is not None and checkpoint_every and (hi % checkpoint_every == 0 or hi == steps)
             so_far = history(plan, losses, evals, names, hi) if save or callback else {}
-            if save:
-                resume.save(checkpoint_path, plan, carry, so_far, hi)
+            if save and checkpoint is not None:
+                resume.save(checkpoint, plan, carry, so_far, hi, bool(np.asarray(finite).all()))
             if callback is not None:
                 distributed.on_main(lambda: callback(hi, FitResult(carry[0], carry[1], carry[2], so_far)),
                                     f"the callback at step {hi}",

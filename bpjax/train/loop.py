@@ -11,6 +11,13 @@ stopped and resumed from a checkpoint computes exactly the same steps.
 
 Evaluation runs inside the program (``lax.cond``) after every ``eval_every`` steps and after the
 last one. Each step is :func:`bpjax.train.step.update`, the same function ``make_step`` compiles.
+
+Finiteness costs nothing per step: the losses come back to the host anyway, and each chunk ends by
+flagging every leaf of ``(params, opt_state, state)`` finite or not (one pass per chunk). When either
+fails under the NaN guard, the driver runs the chunk again from its start with ``plan.diagnose``
+set: that program checks the loss, every gradient leaf and every leaf of the new params,
+optimizer state and state at each step, and freezes the carry before the first step where one is
+not finite, recording the step and the cause (:data:`CAUSES`).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from bpjax.train.sharding import constrain_params, take_rows
 from bpjax.train.step import update
 
 Metric = Callable[[jax.Array, jax.Array], jax.Array]
+CAUSES = ("loss", "gradient", "params", "opt_state", "state")  # what the diagnosing chunk found first
 
 
 class Fixed(NamedTuple):
@@ -59,11 +67,14 @@ class Plan(NamedTuple):
     sharding: Optional[NamedSharding]
     unroll: int
     streamed: bool = False
+    diagnose: bool = False
 
 
 def tree_all_finite(tree):
+    """``(leaves,)`` bools: whether each leaf of ``tree`` is finite (integer and key leaves always are)."""
     leaves = jax.tree.leaves(tree)
-    return jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]) if leaves else jnp.ones((0,), bool)
+    return jnp.stack([jnp.all(jnp.isfinite(leaf)) if jnp.issubdtype(leaf.dtype, jnp.inexact) else jnp.asarray(True)
+                      for leaf in leaves]) if leaves else jnp.ones((0,), bool)
 
 
 def all_finite(*arrays):
@@ -73,11 +84,16 @@ def all_finite(*arrays):
 
 
 def make_chunk(plan: Plan, length: int):
-    """``chunk(carry, hp, keys, data, eval_data, start) -> (carry, (losses, eval_values, inputs_finite))``.
+    """``chunk(carry, hp, keys, data, eval_data, start) -> (carry, (losses, eval_values, inputs_finite, finite,
+    bad))``, ``carry = (params, opt_state, state)``.
 
     ``data`` is the device-resident ``(x, y)`` (laid out by :func:`~bpjax.train.sharding.shard_rows`
     on a mesh), or for a streamed run the chunk's block ``(xs: (length, B, ...), ys)``;
-    ``inputs_finite: (length,)`` says whether each streamed batch was finite (``()`` otherwise).
+    ``inputs_finite: (length,)`` says whether each streamed batch was finite (``()`` otherwise);
+    ``finite: (leaves,)`` whether each leaf of the final carry is finite. With ``plan.diagnose``,
+    ``bad = (step, cause, leaf)`` of the first non-finite step (``step = -1``: none; ``cause`` indexes
+    :data:`CAUSES`, ``leaf`` the leaf within it) and the carry is the one before that step;
+    ``bad = ()`` otherwise.
     """
     model, loss = plan.model, as_loss(plan.loss)
     step_fn = update(model, loss, plan.backward)
@@ -109,6 +125,16 @@ def make_chunk(plan: Plan, length: int):
                 return jnp.take(x, idx, axis=0), jnp.take(y, idx, axis=0), perm
             return lax.dynamic_slice_in_dim(x, b * B, B), lax.dynamic_slice_in_dim(y, b * B, B), perm
 
+        def diagnose(step, bad, value, grads, new):
+            """The first non-finite quantity of this step as ``(step, cause, leaf)``, kept once found."""
+            checks = [jnp.isfinite(value)[None], *(tree_all_finite(t) for t in (grads, *new))]
+            ok = [jnp.all(c) for c in checks]
+            cause = jnp.argmin(jnp.stack(ok))  # the first failing check, in the order of CAUSES
+            leaf = lax.switch(cause, [lambda c=c: jnp.argmin(c).astype(jnp.int32) if c.shape[0] else
+                                      jnp.asarray(0, jnp.int32) for c in checks])
+            first = (bad[0] < 0) & ~jnp.all(jnp.stack(ok))
+            return tuple(jnp.where(first, v, b).astype(jnp.int32) for v, b in zip((step, cause, leaf), bad))
+
         def body(c, streamed_batch):
             params, opt_state, state, step, perm, bad = c
             if plan.streamed:
@@ -120,15 +146,11 @@ def make_chunk(plan: Plan, length: int):
                 yb = lax.with_sharding_constraint(yb, plan.sharding)
             k = None if step_key is None else jax.random.fold_in(step_key, step)
             new_params, new_opt, new_state, value, grads = step_fn(params, opt_state, optimizer, xb, yb, state, k)
-            if plan.nan_guard:
-                # freeze everything at the first non-finite loss or gradient; remember where it happened
-                finite = tree_all_finite(grads)
-                ok = jnp.isfinite(value) & jnp.all(finite) & (bad[0] < 0)
-                keep = lambda new, old: jax.tree.map(lambda a, b_: jnp.where(ok, a, b_), new, old)  # noqa: E731
+            if plan.diagnose:  # freeze the carry before the first step with a non-finite value; say which
+                bad = diagnose(step, bad, value, grads, (new_params, new_opt, new_state))
+                keep = lambda new, old: jax.tree.map(lambda a, b_: jnp.where(bad[0] < 0, a, b_), new, old)  # noqa
                 new_params, new_opt, new_state = keep(new_params, params), keep(new_opt, opt_state), \
                     keep(new_state, state)
-                first = (bad[0] < 0) & ~ok
-                bad = (jnp.where(first, step, bad[0]), jnp.where(first, finite, bad[1]))
             done = step + 1
             if plan.eval_every is not None:
                 is_eval = (done % plan.eval_every == 0) | (done == plan.steps)
@@ -142,14 +164,16 @@ def make_chunk(plan: Plan, length: int):
             finite = all_finite(xb, yb) if plan.streamed else ()
             return (new_params, new_opt, new_state, done, perm, bad), (value.astype(jnp.float32), ev, finite)
 
-        params, opt_state, state, bad = carry
+        params, opt_state, state = carry
         perm = permutation(start) if plan.shuffle else jnp.zeros((0,), jnp.int32)
+        bad = tuple(jnp.asarray(-1, jnp.int32) for _ in range(3)) if plan.diagnose else ()
         c0 = (params, opt_state, state, jnp.asarray(start, jnp.int32), perm, bad)
         c, out = lax.scan(body, c0, data if plan.streamed else None, length=length, unroll=plan.unroll)
         params, opt_state, state, _, _, bad = c
+        out = (*out, tree_all_finite((params, opt_state, state)), bad)
         if plan.sharding is not None:  # what the driver reads on the host: in full on every device
-            out, bad = lax.with_sharding_constraint((out, bad), NamedSharding(plan.sharding.mesh, PartitionSpec()))
+            out = lax.with_sharding_constraint(out, NamedSharding(plan.sharding.mesh, PartitionSpec()))
             params, opt_state = constrain_params((params, opt_state), plan.sharding.mesh)
-        return (params, opt_state, state, bad), out
+        return (params, opt_state, state), out
 
     return chunk

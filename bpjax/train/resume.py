@@ -1,64 +1,124 @@
-"""Checkpoints of a run (save every ``checkpoint_every`` steps, resume from the file) and the NaN guard's report.
+"""A run's checkpoints: its run folder opened before the first step, a save every ``checkpoint_every`` steps, resume.
 
-With several processes, process 0 alone reads and writes the file: every process takes part in
-fetching the arrays, process 0 writes, and all of them wait until it has (a barrier that also
-tells them if the write failed). On resume process 0 reads the step and the arrays and sends
-them to every process, so all agree on where the run continues even when only process 0 can see
-the file (or the hosts see different ones).
+The run folder (:mod:`bpjax.checkpoint.folder`) is checked (created, writable, a probe write) and
+locked before the first step, so a bad path fails at once, not after the run, and two runs never
+share one. Every save writes a new entry ``step_<s>.npz`` holding params, opt_state, state, the step
+and the history so far, with the run's fingerprint (:mod:`bpjax.train.fingerprint`) in its
+metadata, then keeps the newest ``keep`` entries. A non-finite state is never saved: the newest
+finite entry stays the one to resume from. Resuming reads the newest entry that passes its checks,
+compares fingerprints and refuses another run's checkpoint unless the difference is accepted.
+
+With several processes, process 0 alone holds the lock, reads and writes the folder: every
+process takes part in fetching the arrays, process 0 writes, and all of them wait until it has (a
+barrier that also tells them if the write failed). On resume process 0 reads the step and the
+arrays and sends them to every process, so all agree on where the run continues even when only
+process 0 can see the folder (or the hosts see different ones).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import warnings
+from typing import Any, Dict, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from bpjax import _errors
-from bpjax.train import distributed
+from bpjax.checkpoint import folder
+from bpjax.checkpoint.reading import build, read
+from bpjax.train import distributed, fingerprint
 from bpjax.train.sharding import put
 
-
-def leaf_names(tree) -> list:
-    """``["[0]['W']", ...]``: the path of every leaf of ``tree``."""
-    return [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(tree)]
+KEEP = 3  # checkpoints kept per run folder by default
 
 
-def save(path, plan, carry, history, done) -> None:
-    """Write params, opt_state, state, the step and the history so far to ``path`` (atomically, process 0)."""
+class NonFiniteStateWarning(UserWarning):
+    """A run's state was not finite at a save (``nan_guard=False``): nothing was written, the last finite
+    checkpoint is kept."""
+
+
+@dataclasses.dataclass
+class RunFolder:
+    """An open run folder: its path, retention, the run's fingerprint, accepted changes and this process's lock."""
+
+    path: str
+    keep: int
+    record: Dict[str, Any]
+    accept: tuple
+    lock: Optional[dict]
+    last_saved: Optional[int] = None
+    warned: bool = False
+
+
+def open_folder(where: str, path: str, keep: int, record: Dict[str, Any], accept: Sequence[str]) -> RunFolder:
+    """Check, create and lock ``path`` (process 0) and remove the temporary files of unfinished saves."""
+    lock: list = [None]
+
+    def take():
+        folder.prepare(path, where)
+        lock[0] = folder.acquire(path, where)
+        folder.remove_temporaries(path)
+
+    distributed.on_main(take, f"opening the run folder {path!r}")
+    return RunFolder(path, keep, record, tuple(accept), lock[0])
+
+
+def close_folder(run: RunFolder) -> None:
+    """Release the run folder's lock (process 0)."""
+    if run.lock is not None:
+        folder.release(run.path, run.lock)
+
+
+def save(run: RunFolder, plan, carry, history, done: int, finite: bool) -> None:
+    """Write the entry of step ``done`` (process 0, atomically), then keep the newest ``run.keep``.
+
+    A non-finite carry is not written: a :class:`NonFiniteStateWarning` (once per run) says that the
+    last finite checkpoint is kept.
+    """
     from bpjax import checkpoint
 
+    if not finite:
+        if not run.warned and distributed.is_main():
+            kept = f"step {run.last_saved}" if run.last_saved is not None else "none yet"
+            warnings.warn(f"fit: the params, optimizer state or state after step {done} are not finite, so no "
+                          f"checkpoint is written from here on; the newest finite checkpoint ({kept}) stays in "
+                          f"{run.path!r}. nan_guard=True stops a run at its first non-finite step",
+                          NonFiniteStateWarning, stacklevel=4)
+        run.warned = True
+        return
     tree = distributed.to_host({"params": carry[0], "opt_state": carry[1], "state": carry[2], "step": done,
                                 "history": {k: v for k, v in history.items() if k not in ("step", "eval_step")}})
-    distributed.on_main(lambda: checkpoint.save(path, tree, metadata={"step": done, "steps": plan.steps,
-                                                                      "batch_size": plan.batch_size}),
-                        f"writing the checkpoint {path!r}")
+
+    def write():
+        checkpoint.save(folder.entry_path(run.path, done), tree, model=plan.model,
+                        metadata={"step": done, "steps": plan.steps, "run": run.record})
+        folder.prune(run.path, run.keep)
+
+    distributed.on_main(write, f"writing the checkpoint of step {done} in {run.path!r}")
+    run.last_saved = done
 
 
 def resume_step(path) -> int:
     """The step that a run with ``checkpoint_path=path`` resumes from (``0``: no checkpoint, a fresh start).
 
-    Read by process 0 and sent to every process, so all agree. For a streamed run, start the
-    iterator at this step's batch.
+    The newest entry of the run folder that passes its checks; read by process 0 and sent to every
+    process, so all agree. For a streamed run, start the iterator at this step's batch.
     """
-    from bpjax import checkpoint as ckpt
+    where = "resume_step"
 
-    def read():
-        if path is None or not os.path.exists(path):
-            return 0
-        return int(ckpt.read_metadata(path)["metadata"].get("step", -1))
+    def newest():
+        found = folder.newest(path, lambda entry: read(entry, f"{where} {entry}"), where) if path is not None else None
+        return 0 if found is None else found[0]
 
-    found = [0]
-    distributed.on_main(lambda: found.__setitem__(0, read()), f"reading the checkpoint {path!r}")
-    return int(distributed.broadcast(np.int64(found[0]), np.int64(0)))
+    step = [0]
+    distributed.on_main(lambda: step.__setitem__(0, newest()), f"reading the run folder {path!r}")
+    return int(distributed.broadcast(np.int64(step[0]), np.int64(0)))
 
 
-def resume(plan, carry, path, names, batched, start):
-    """Restore ``(carry, losses so far, evals so far)`` from the checkpoint at ``path`` of step ``start``."""
-    from bpjax import checkpoint as ckpt
-    if not 0 < start <= plan.steps:
-        raise _errors.BpjaxError("fit", f"checkpoint {path!r} is at step {start}, outside (0, steps={plan.steps}]")
+def _like(plan, carry, names, batched, start):
     lead = (batched,) if batched else ()
     f32 = lambda *shape: np.zeros((*lead, *shape), np.float32)  # noqa: E731
     eval_steps = [s for s in range(1, start + 1) if plan.eval_every is not None and
@@ -66,45 +126,63 @@ def resume(plan, carry, path, names, batched, start):
     history = {"loss": f32(start)}
     if plan.eval_every is not None:
         history.update({"eval_" + n: f32(len(eval_steps)) for n in names})
-    like = {"params": carry[0], "opt_state": carry[1], "state": carry[2], "step": 0, "history": history}
-    saved = [None]
-    distributed.on_main(lambda: saved.__setitem__(0, ckpt.restore(path, like=like)),
-                        f"reading the checkpoint {path!r}")
-    saved = distributed.broadcast(saved[0], distributed.to_host(like))
+    return {"params": carry[0], "opt_state": carry[1], "state": carry[2], "step": 0, "history": history}, eval_steps
+
+
+def _restore(run: RunFolder, plan, carry, names, batched):
+    """Process 0: ``(start, tree)`` from the newest readable entry, its fingerprint compared with the run's."""
+    where = "fit"
+    found = folder.newest(run.path, lambda entry: read(entry, f"{where} checkpoint {entry}"), where)
+    if found is None:
+        return 0, None
+    start, entry, (meta, arrays) = found
+    if not 0 < start <= plan.steps:
+        raise _errors.BpjaxError(where, f"the checkpoint in {run.path!r} is at step {start}, past steps="
+                                        f"{plan.steps}: pass steps >= {start} to train on, or use another "
+                                        f"checkpoint_path for a new run")
+    diffs = fingerprint.differences(meta["metadata"].get("run") or {}, run.record)
+    fingerprint.refuse(where, run.path, start, diffs, run.accept)
+    like, _ = _like(plan, carry, names, batched, start)
+    fresh_optimizer = "optimizer" in diffs and "structure" in diffs["optimizer"]
+    if not fresh_optimizer:
+        return start, build(f"{where}: {entry}", meta, arrays, like)
+    # accepted: another optimizer whose state has another structure starts from its init
+    warnings.warn(f"fit: resuming {entry!r} with another optimizer (accept_changes): params and state restored, "
+                  f"the optimizer state starts afresh", UserWarning, stacklevel=5)
+    keep = [i for i, r in enumerate(meta["leaves"]) if not r["path"].startswith("['opt_state']")]
+    partial = {**meta, "leaves": [meta["leaves"][i] for i in keep]}
+    tree = build(f"{where}: {entry}", partial, [arrays[i] for i in keep], {k: v for k, v in like.items()
+                                                                           if k != "opt_state"})
+    return start, {**tree, "opt_state": distributed.to_host(carry[1])}
+
+
+def resume(run: RunFolder, plan, carry, names, batched):
+    """``(start, carry, losses so far, evals so far)`` from the run folder (``start = 0``: a fresh run)."""
+    found: list = [0, None]
+
+    def load():
+        found[:] = _restore(run, plan, carry, names, batched)
+
+    distributed.on_main(load, f"reading the run folder {run.path!r}")
+    start = int(distributed.broadcast(np.int64(found[0]), np.int64(0)))
+    if not start:
+        return 0, carry, None, None
+    run.last_saved = start
+    like, eval_steps = _like(plan, carry, names, batched, start)
+    saved = distributed.broadcast(found[1], distributed.to_host(like))
     # back where the arrays of a fresh run live (replicated over the mesh, or the default device)
-    restored = tuple(jax.tree.map(lambda a, old: put(a, old.sharding) if isinstance(old, jax.Array)
+    restored = tuple(jax.tree.map(lambda a, old: put(a, old.sharding) if isinstance(old, jax.Array)  # type: ignore
                                   else jnp.asarray(a), saved[k], carry[i])
                      for i, k in enumerate(("params", "opt_state", "state")))
     # evaluations so far sit at their steps; other steps hold NaN, as a compiled chunk returns them
+    lead = (batched,) if batched else ()
     evals = []
     for n in names:
         full = np.full((*lead, start), np.nan, np.float32)
         if eval_steps:
             full[..., [s - 1 for s in eval_steps]] = saved["history"]["eval_" + n]
         evals.append(full)
-    return (*restored, carry[3]), np.asarray(saved["history"]["loss"]), tuple(evals)
-
-
-def raise_if_bad(carry, batched) -> None:
-    """The NaN guard's report: a ``BpjaxError`` naming the model, the step and the first non-finite leaf.
-
-    It reads only the guard's flags, replicated on every device, never the (possibly sharded) params.
-    """
-    bad_step, finite = carry[3]
-    bad_step, finite = np.asarray(bad_step), np.asarray(finite)
-    if (bad_step < 0).all():
-        return
-    names = leaf_names(carry[0] if not batched else jax.tree.map(lambda a: a[0], carry[0]))
-    model = int(np.argmax(bad_step >= 0)) if batched else None
-    step = int(bad_step[model] if batched else bad_step)
-    fin = finite[model] if batched else finite
-    leaf = names[int(np.argmin(fin))] if not fin.all() else None
-    what = f"gradient of params{leaf}" if leaf is not None else "loss"
-    who = f"model {model}: " if batched else ""
-    err = _errors.BpjaxError("fit", f"{who}non-finite {what} at step {step} (0-based); the returned params "
-                                    f"are those before that step (nan_guard=True)")
-    err.params, err.step = carry[0], step  # type: ignore[attr-defined]  # the guard's report, on the error
-    raise err
+    return start, restored, np.asarray(saved["history"]["loss"]), tuple(evals)
 
 
 def raise_if_bad_input(finite, lo) -> None:
@@ -113,3 +191,14 @@ def raise_if_bad_input(finite, lo) -> None:
     if finite.size and not finite.all():
         step = lo + int(np.argmin(finite.reshape(-1, finite.shape[-1]).all(0)))
         raise _errors.BpjaxError("fit", f"train_data batch of step {step} (0-based) contains NaN or Inf")
+
+
+def check_folder_args(where: str, path, keep) -> tuple:
+    """``(path as a str or None, keep)``, checked."""
+    if path is not None:
+        if isinstance(path, os.PathLike):
+            path = os.fspath(path)
+        if not isinstance(path, str) or not path:
+            raise _errors.BpjaxTypeError(where, f"checkpoint_path must be a folder path (str or os.PathLike), got "
+                                                f"{path!r:.60}")
+    return path, _errors.positive_int(where, "keep_checkpoints", keep)

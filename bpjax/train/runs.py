@@ -18,8 +18,10 @@ from jax.sharding import Mesh
 
 from bpjax import _errors
 from bpjax.core import Layer, check_key, check_model, is_contextual
+from bpjax.core import init as core_init
 from bpjax.grad import BACKWARDS
 from bpjax.losses import as_loss
+from bpjax.train import fingerprint, resume
 from bpjax.train.cache import cached
 from bpjax.train.driver import chunking, run
 from bpjax.train.history import FitResult
@@ -106,6 +108,29 @@ def prepare(model, loss, params, train_data, *, steps, batch_size, key, shuffle,
     return plan, stream if streamed else (x, y), eval_arrays, state
 
 
+def open_run(where, plan, params, data, make_optimizer, hparams, batched, checkpoint_path, keep, accept):
+    """The open run folder of a run with a checkpoint path (its fingerprint computed), or ``None``."""
+    checkpoint_path, keep = resume.check_folder_args(where, checkpoint_path, keep)
+    accept = fingerprint.check_accept(where, accept)
+    if checkpoint_path is None:
+        return None
+    x, y = data.first if plan.streamed else data
+    record = fingerprint.fingerprint(
+        model=plan.model, loss=as_loss(plan.loss), params=params, batch_size=plan.batch_size, shuffle=plan.shuffle,
+        optimizer=fingerprint.optimizer_probe(make_optimizer, params, hparams, batched),
+        data=fingerprint.data_record(x, y, plan.streamed), batched=batched)
+    return resume.open_folder(where, checkpoint_path, keep, record, accept)
+
+
+def drive(plan, carry, hp, keys, data, eval_arrays, run_folder, **kw):
+    """:func:`bpjax.train.driver.run` with the run folder released at the end, however the run ends."""
+    try:
+        return run(plan, carry, hp, keys, data, eval_arrays, checkpoint=run_folder, **kw)
+    finally:
+        if run_folder is not None:
+            resume.close_folder(run_folder)
+
+
 def split_key(key, needed):
     """``(shuffle_key, step_key)`` from the run's key (``(None, None)`` without one)."""
     if key is None:
@@ -123,10 +148,6 @@ def split_many(keys):
     return a, b
 
 
-def no_bad(params):
-    return (jnp.asarray(-1, jnp.int32), jnp.ones((len(jax.tree.leaves(params)),), bool))
-
-
 def fit(model: Layer, loss, optimizer: optax.GradientTransformation, params, train_data: Tuple[Any, Any], *,
         steps: int, batch_size: int, key: Optional[jax.Array] = None, shuffle: bool = False,
         eval_data: Optional[Tuple[Any, Any]] = None, eval_every: Optional[int] = None,
@@ -135,7 +156,8 @@ def fit(model: Layer, loss, optimizer: optax.GradientTransformation, params, tra
         verbose: bool = True, chunk_size: Optional[int] = None, unroll: int = 1,
         mesh: Optional[Mesh] = None, data_parallel: bool = False,
         checkpoint_path: Optional[str] = None, checkpoint_every: Optional[int] = None,
-        nan_guard: bool = False, callback: Optional[Callable[[int, FitResult], None]] = None) -> FitResult:
+        keep_checkpoints: int = resume.KEEP, accept_changes: Sequence[str] = (), nan_guard: bool = True,
+        callback: Optional[Callable[[int, FitResult], None]] = None) -> FitResult:
     """Train ``model`` for ``steps`` optimiser steps in one compiled ``lax.scan`` (chunked for progress).
 
     Each step: ``xb, yb`` = the step's batch; ``value, grads`` = the ``backward`` gradient of
@@ -183,11 +205,24 @@ def fit(model: Layer, loss, optimizer: optax.GradientTransformation, params, tra
         (:func:`bpjax.train.sharding.param_spec`). ``batch_size`` must divide evenly. With several
         processes (:func:`bpjax.train.initialize`), process 0 alone shows progress, writes
         checkpoints and runs ``callback``.
-      checkpoint_path, checkpoint_every: save params, opt_state, state, the step and the history every
-        ``checkpoint_every`` steps (atomic, :mod:`bpjax.checkpoint`); when the file exists, the run
-        resumes from it and ends exactly as an uninterrupted run would.
-      nan_guard: stop at the first non-finite loss or gradient and raise a ``BpjaxError`` naming the
-        step and the first non-finite gradient leaf (``err.params`` holds the last finite params).
+      checkpoint_path, checkpoint_every: the run folder (created when missing; its parent must exist),
+        checked writable and locked before the first step (a second run on the same folder is refused,
+        naming the holder). Every ``checkpoint_every`` steps (default: after every chunk) a new entry
+        ``step_<s>.npz`` holds params, opt_state, state, the step, the history and the run's
+        fingerprint (:mod:`bpjax.train.fingerprint`), written atomically (:mod:`bpjax.checkpoint`);
+        a non-finite state is never written. When the folder holds a checkpoint, the run resumes
+        from the newest readable one and ends exactly as an uninterrupted run would; a checkpoint
+        of another run (model, loss, optimizer, batch size, shuffle or data differ) is refused with
+        the list of differences.
+      keep_checkpoints: how many entries the run folder keeps (the newest ones).
+      accept_changes: fingerprint fields that may differ on resume, on purpose: any of ``"model"``,
+        ``"loss"``, ``"optimizer"`` (e.g. a new learning rate; an optimizer whose state has another
+        structure starts from its ``init``), ``"batch_size"``, ``"shuffle"``, ``"data"``.
+      nan_guard: stop at the first step whose loss, gradients, new params, optimizer state or state
+        are not finite, and raise a ``BpjaxError`` naming the step, the cause and the leaf
+        (``err.params``, ``err.opt_state``, ``err.state`` hold the last finite carry). It costs
+        nothing per step (:mod:`bpjax.train.guard`). With ``nan_guard=False`` the run goes on, and
+        checkpoints stop at the last finite state (a warning says so).
       callback: ``callback(steps_done, FitResult)`` between chunks (logging, early stopping by raising),
         in process 0 only unless wrapped in :func:`bpjax.train.every_process`; when it raises, every
         process stops.
@@ -211,33 +246,66 @@ def fit(model: Layer, loss, optimizer: optax.GradientTransformation, params, tra
     else:
         check_opt_state(where, optimizer, params, opt_state)
     keys = split_key(key, plan.shuffle or is_contextual(model))
-    carry = (params, opt_state, state, no_bad(params))
+    carry = (params, opt_state, state)
     if mesh is not None:  # every input of the program on the mesh: a process can only pass its own devices'
         carry, keys = (*shard_params(carry[:2], mesh), *replicate(carry[2:], mesh)), replicate(keys, mesh)
-    carry, history = run(plan, carry, None, keys, data, eval_arrays, batched=0, verbose=verbose,
-                          chunk_size=chunk_size, checkpoint_path=checkpoint_path, checkpoint_every=checkpoint_every,
-                          callback=callback, desc=f"fit {model.name}"[:40])
+    run_folder = open_run(where, plan, params, data, plan.make_optimizer, None, 0, checkpoint_path,
+                          keep_checkpoints, accept_changes)
+    carry, history = drive(plan, carry, None, keys, data, eval_arrays, run_folder, batched=0, verbose=verbose,
+                           chunk_size=chunk_size, checkpoint_every=checkpoint_every, callback=callback,
+                           desc=f"fit {model.name}"[:40])
     return FitResult(carry[0], carry[1], carry[2], history)
 
 
-def init_many(model: Layer, keys: jax.Array, input_shape) -> Any:
-    """Stacked initial params of ``len(keys)`` models: leaf ``i`` along axis 0 is ``model.init(keys[i], ...)``."""
-    check_model(model, "init_many")
+def init_many(model: Layer, keys: jax.Array, input_shape, *, state: bool = False) -> Any:
+    """Stacked initial params of ``len(keys)`` models: leaf ``i`` along axis 0 is ``model.init(keys[i], ...)``.
+
+    With ``state=True``, the stacked initial states instead (``bp.init_state(model, keys[i], input_shape)``;
+    ``()`` for a simple model): per-model feedback matrices, running statistics, ... for
+    :func:`fit_many`'s ``state``.
+    """
+    where = "init_many"
+    check_model(model, where)
     # One eager init per key, then a stack. Measured alternatives: an eager vmap compiles every batched
     # primitive on its own, and a jitted vmap spends seconds compiling the batched threefry sampler
     # (3.6 s CPU for the MNIST-1D MLP); eager inits reuse the per-primitive programs that any
     # model.init call of the same shapes has compiled already.
     input_shape = tuple(input_shape)
-    inits = [model.init(k, input_shape)[1] for k in keys]
+    inits = [core_init(model, k, input_shape, state=True)[1] if state else model.init(k, input_shape)[1]
+             for k in keys]
     return jax.tree.map(lambda *leaves: jnp.stack(leaves), *inits)
+
+
+def many_states(where: str, model: Layer, state, n: int, init_keys, input_shape):
+    """``fit_many``'s starting states with a leading axis ``n``: ``state`` itself when it has one, ``state``
+    repeated when it is one model's, or each model's own from ``init_keys`` when ``None``."""
+    if state is None:
+        if not is_contextual(model):
+            return ()
+        if init_keys is None:
+            raise _errors.BpjaxError(where, f"{model.name} keeps state or draws random numbers: pass keys= (each "
+                                            f"model's state is then drawn from its own key) or state=")
+        return init_many(model, init_keys, input_shape, state=True)
+    one = jax.eval_shape(lambda k: core_init(model, k, input_shape, state=True)[1], jax.random.key(0))
+    shapes = [tuple(a.shape) for a in jax.tree.leaves(one)]
+    given = [tuple(np.shape(a)) for a in jax.tree.leaves(state)]
+    same = str(jax.tree.structure(state)) == str(jax.tree.structure(one))
+    if same and given == shapes:
+        return jax.tree.map(lambda a: jnp.broadcast_to(a, (n, *jnp.shape(a))), state)  # shared by every model
+    if same and given == [(n, *s) for s in shapes]:
+        return state
+    raise _errors.BpjaxError(where, f"state: expected one model's state (leaf shapes {shapes[:3]}...) or one per "
+                                    f"model with a leading axis {n} (bp.train.init_many(model, keys, input_shape, "
+                                    f"state=True)), got leaf shapes {given[:3]}...")
 
 
 def fit_many(model: Layer, loss, optimizer, params, train_data: Tuple[Any, Any], *, steps: int, batch_size: int,
              keys: Optional[jax.Array] = None, hparams=None, shuffle: bool = False,
              eval_data: Optional[Tuple[Any, Any]] = None, eval_every: Optional[int] = None,
              backward: str = "manual", state=None, metrics=None, verbose: bool = True,
-             chunk_size: Optional[int] = None, unroll: int = 1, nan_guard: bool = False,
+             chunk_size: Optional[int] = None, unroll: int = 1, nan_guard: bool = True,
              checkpoint_path: Optional[str] = None, checkpoint_every: Optional[int] = None,
+             keep_checkpoints: int = resume.KEEP, accept_changes: Sequence[str] = (),
              callback=None, mesh: Optional[Mesh] = None, data_parallel: bool = False) -> FitResult:
     """Train ``N`` models in one call: :func:`fit` under ``jax.vmap`` over seeds and/or hyperparameters.
 
@@ -254,7 +322,10 @@ def fit_many(model: Layer, loss, optimizer, params, train_data: Tuple[Any, Any],
         ``jax.random.split(keys[i])[1]``).
       keys: ``(N,)`` PRNG keys (``jax.random.split(key, N)``): one per model, for shuffling/dropout.
       hparams: a pytree whose leaves have a leading axis ``N``; passed to the optimizer factory.
-      state: one model state, shared as the starting state of every model (contextual models).
+      state: contextual models' starting state: one model's state, shared by every model; or one per
+        model, with a leading axis ``N`` (:func:`init_many` with ``state=True``); default (``None``) each
+        model's own, drawn from its init key ``jax.random.split(keys[i])[0]`` (independent feedback
+        matrices, dropout and statistics per seed).
       mesh, data_parallel: as in :func:`fit`: the data (and each model's batch) split over the mesh's
         first axis, every model's params replicated.
       others: as in :func:`fit`.
@@ -283,38 +354,42 @@ def fit_many(model: Layer, loss, optimizer, params, train_data: Tuple[Any, Any],
     if len(set(sizes.values())) != 1 or None in sizes.values():
         raise _errors.BpjaxError(where, f"keys, hparams and params must share one leading model axis N, got {sizes}")
     n = next(iter(sizes.values()))
+    if is_stream(train_data):  # the input shape from the first batch (kept and trained on)
+        stream = Stream(where, train_data, batch_size, mesh)
+        x0, train_data = stream.first[0], stream  # type: ignore[assignment]
+    else:
+        x0 = train_data[0] if isinstance(train_data, (tuple, list)) and train_data else None
+    input_shape = np.shape(x0)[1:]
+    init_keys = None
+    if keys is not None:
+        init_keys, run_keys_from = split_many(keys)
     if params is None:
-        if keys is None:
+        if keys is None or init_keys is None:
             raise _errors.BpjaxError(where, "params=None needs keys to initialise the models")
-        if is_stream(train_data):  # the input shape from the first batch (kept and trained on)
-            stream = Stream(where, train_data, batch_size, mesh)
-            x0, train_data = stream.first[0], stream  # type: ignore[assignment]
-        else:
-            x0 = train_data[0]
-        init_keys, keys = split_many(keys)
-        params = init_many(model, init_keys, np.shape(x0)[1:])
+        params, keys = init_many(model, init_keys, input_shape), run_keys_from
+    states = many_states(where, model, state, n, init_keys, input_shape)
     first = lambda tree: jax.tree.map(lambda a: a[0], tree)  # noqa: E731
-    plan, data, eval_arrays, state = prepare(
+    plan, data, eval_arrays, _ = prepare(
         model, loss, first(params), train_data, steps=steps, batch_size=batch_size,
         key=None if keys is None else keys[0], shuffle=shuffle, eval_data=eval_data, eval_every=eval_every,
-        backward=backward, state=state, metrics=metrics, nan_guard=nan_guard, unroll=unroll,
+        backward=backward, state=first(states), metrics=metrics, nan_guard=nan_guard, unroll=unroll,
         make_optimizer=factory, hp0=None if hparams is None else first(hparams), mesh=mesh, where=where)
     chunk_size, checkpoint_every = chunking(where, plan.steps, chunk_size, checkpoint_path, checkpoint_every,
                                              verbose, data.batch_bytes if plan.streamed else None)
     opt_state = cached(("opt_init", factory), lambda: jax.jit(jax.vmap(lambda p, h: factory(h).init(p))))(
         params, hparams)
-    states = jax.tree.map(lambda a: jnp.broadcast_to(a, (n, *jnp.shape(a))), state)
     needed = plan.shuffle or is_contextual(model)
     if keys is None or not needed:
         run_keys = (None, None)
     else:
         run_keys = split_many(keys)
-    bad = jax.tree.map(lambda a: jnp.broadcast_to(a, (n, *a.shape)), no_bad(first(params)))
-    carry = (params, opt_state, states, bad)
+    carry = (params, opt_state, states)
     if mesh is not None:
         carry = (*shard_params(carry[:2], mesh, lead=1), *replicate(carry[2:], mesh))
         run_keys, hparams = replicate((run_keys, hparams), mesh)
-    carry, history = run(plan, carry, hparams, run_keys, data, eval_arrays, batched=n, verbose=verbose,
-                          chunk_size=chunk_size, checkpoint_path=checkpoint_path, checkpoint_every=checkpoint_every,
-                          callback=callback, desc=f"fit_many x{n}")
+    run_folder = open_run(where, plan, params, data, factory, hparams, n, checkpoint_path, keep_checkpoints,
+                          accept_changes)
+    carry, history = drive(plan, carry, hparams, run_keys, data, eval_arrays, run_folder, batched=n,
+                           verbose=verbose, chunk_size=chunk_size, checkpoint_every=checkpoint_every,
+                           callback=callback, desc=f"fit_many x{n}")
     return FitResult(carry[0], carry[1], carry[2], history)
