@@ -92,6 +92,11 @@ def test_restore_places_each_leaf_in_the_sharding_of_like(tmp_path):
                                   tree["state"]["running_mean"])
 
 
+# After a failed read or write, a coroutine of orbax's may find its event loop closed ("Exception ignored").
+QUIET = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
+
+@QUIET
 @needs_orbax
 def test_damaged_partial_and_foreign_directories_give_clear_errors(tmp_path):
     tree, path = _saved(tmp_path)
@@ -100,15 +105,23 @@ def test_damaged_partial_and_foreign_directories_give_clear_errors(tmp_path):
     with pytest.raises(bp.BpjaxError, match=r"leaf \['half'\]: expected float32\[5\] \(as in `like`\), found "
                                             r"bfloat16\[5\]"):
         checkpoint.restore(path, like=dict(like, half=jnp.zeros(5)))
+    # damaged: a leaf's data differs from its checksum (here the record's checksum is changed)
+    step_file = os.path.join(path, sharded.STEP_METADATA)
+    with open(step_file) as f:
+        step = json.load(f)
+    sums = step["custom_metadata"]["bpjax"]["checksums"]
+    sums[1] = f"{int(sums[1], 16) ^ 1:016x}"
+    with open(step_file, "w") as f:
+        json.dump(step, f)
+    with pytest.raises(bp.BpjaxError, match=r"checksum mismatch at leaf \['half'\], the checkpoint's data is "
+                                            r"corrupted"):
+        checkpoint.restore(path, like=like)
     # damaged: the data files are gone
     for data in Path(path).glob("**/d/*"):
         data.unlink()
     with pytest.raises(bp.BpjaxError, match="damaged or incomplete sharded checkpoint"):
         checkpoint.restore(path, like=like)
     # foreign: orbax's record without bpjax's, or no record at all
-    step_file = os.path.join(path, sharded.STEP_METADATA)
-    with open(step_file) as f:
-        step = json.load(f)
     with open(step_file, "w") as f:
         json.dump(dict(step, custom_metadata={}), f)
     with pytest.raises(bp.BpjaxError, match="holds no bpjax record"):
@@ -125,6 +138,7 @@ def test_damaged_partial_and_foreign_directories_give_clear_errors(tmp_path):
         checkpoint.save(tmp_path / "empty", {}, backend="orbax")
 
 
+@QUIET
 @needs_orbax
 def test_a_save_that_fails_before_its_commit_leaves_no_checkpoint(tmp_path, monkeypatch):
     import orbax.checkpoint as ocp
@@ -149,11 +163,27 @@ def test_a_save_that_fails_before_its_commit_leaves_no_checkpoint(tmp_path, monk
     assert_bitwise_equal(checkpoint.restore(path, like=tree), tree)
 
 
+def test_checksums_agree_on_host_and_device_and_catch_a_changed_word():
+    """One word changed changes the checksum (its weight is odd); numpy and jax.numpy compute the same sums (a leaf
+    saved from devices may be read back as numpy). On 8 devices and 2 processes restores verify them too."""
+    rng = np.random.default_rng(0)
+    values = [rng.standard_normal((6, 5)).astype(np.float32), rng.standard_normal(7).astype(jnp.bfloat16),
+              np.arange(-3, 4, dtype=np.int8), np.array([True, False, True]), np.asarray(3, np.int64)]
+    sums = sharded.checksums(values)
+    on_device = [np.asarray(sharded._device_sums(jnp.asarray(v))) for v in values[:4]]  # as for split arrays
+    assert sums[:4] == [f"{int(a):08x}{int(b):08x}" for a, b in on_device] and len(set(sums)) == len(sums)
+    for word in [(0, 0), (2, 3), (5, 4)]:
+        for bit in (0, 17, 31):
+            changed = values[0].copy()
+            changed.view(np.uint32)[word] ^= np.uint32(1 << bit)
+            assert sharded.checksums([changed]) != sums[:1], (word, bit)
+
+
 def test_without_orbax_the_record_reads_and_the_rest_says_how_to_install_it(tmp_path, monkeypatch):
     # a sharded checkpoint's record, as bp.checkpoint.save writes it (no arrays needed to read it)
     record = {"format": checkpoint.FORMAT, "format_version": checkpoint.FORMAT_VERSION, "bpjax_version": "x",
               "backend": "orbax", "model": None, "metadata": {"step": 3}, "structure": {"dict": [["w", "*"]]},
-              "leaves": [{"path": "['w']", "kind": "array", "dtype": "float32", "shape": [2]}]}
+              "leaves": [{"path": "['w']", "kind": "array", "dtype": "float32", "shape": [2]}], "checksums": ["0" * 16]}
     (tmp_path / "ck").mkdir()
     (tmp_path / "ck" / sharded.STEP_METADATA).write_text(json.dumps({"custom_metadata": {"bpjax": record}}))
     monkeypatch.setitem(sys.modules, "orbax.checkpoint", None)  # `import orbax.checkpoint` raises ImportError
@@ -194,6 +224,9 @@ EIGHT_DEVICES = textwrap.dedent("""
     for s in out["w"].addressable_shards:  # each device holds its block of the saved values
         assert s.data.shape == (4, 16) and (np.asarray(s.data) == full[s.index]).all(), s.index
     assert (np.asarray(jax.random.key_data(out["keys"])) == np.asarray(jax.random.key_data(keys))).all()
+    from bpjax.checkpoint.sharded import _device_sums, _sums  # the same sums from any layout
+    sums = [np.asarray(_device_sums(a)).tolist() for a in (w, out["w"], jax.device_put(full))]
+    assert sums[0] == sums[1] == sums[2] == _sums(np, full).tolist(), sums
     print("EIGHT-OK", out["step"])
 """)
 

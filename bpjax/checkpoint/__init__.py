@@ -206,7 +206,7 @@ def restore(path, *, like: Any = None):
     if arrays is None:  # a sharded checkpoint: each leaf read into its place in `like`
         from bpjax.checkpoint import sharded
 
-        arrays = sharded.read_arrays(where, path, records, None if like is None else jax.tree.leaves(like))
+        arrays = sharded.read_arrays(where, path, meta, None if like is None else jax.tree.leaves(like))
     values = [_decode_leaf(a, r) for a, r in zip(arrays, records)]
     if treedef is not None:
         return jax.tree_util.tree_unflatten(treedef, values)
