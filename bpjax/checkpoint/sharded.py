@@ -47,8 +47,8 @@ INSTALL = 'pip install -e ".[orbax]" (or pip install orbax-checkpoint)'
 
 
 def _orbax(where: str):
-    """The ``orbax.checkpoint`` module, imported now (it takes about 0.3-0.6 s), else a BpjaxError saying how to
-    install it."""
+    """The ``orbax.checkpoint`` module, imported now (about 0.5-1 s on a 2-core machine), else a BpjaxError saying
+    how to install it."""
     try:
         import orbax.checkpoint as ocp
     except ImportError:
