@@ -31,6 +31,13 @@ their fields, other registered pytree nodes as lists of their children, and a
 train with: optax needs its own state classes, so restore an optimizer state with
 ``like=optimizer.init(params)`` (or a dict holding it).
 
+Arrays split over the devices of several processes (:func:`spans_processes`, e.g. params whose model axis spans
+hosts) cannot go into one file without gathering them whole: ``save(path, tree, backend="orbax")`` writes the
+sharded backend's directory instead (:mod:`~bpjax.checkpoint.sharded`, on orbax-checkpoint, ``pip install -e
+".[orbax]"``), where every process writes its own shards, and ``restore`` reads each leaf straight into the
+sharding of ``like``. ``restore`` and ``read_metadata`` tell the two apart by what is on disk (a file or a
+directory); both keep the same record, checks and messages.
+
 A training run's checkpoints live in a *run folder* (:mod:`~bpjax.checkpoint.folder`: one entry per
 saved step, the newest few kept, one writer at a time); :func:`restore` and :func:`read_metadata`
 given such a folder read its newest entry that passes every check, and warn
@@ -38,8 +45,8 @@ given such a folder read its newest entry that passes every check, and warn
 
 The package: :func:`save`, :func:`restore` and :func:`read_metadata` here; :mod:`~bpjax.checkpoint.encoding`
 (tree structure and leaves <-> JSON and ``.npy``, the checksum); :mod:`~bpjax.checkpoint.atomic` (the
-write); :mod:`~bpjax.checkpoint.reading` (the read and its checks); :mod:`~bpjax.checkpoint.folder` (run
-folders); :mod:`~bpjax.checkpoint.arguments`.
+write); :mod:`~bpjax.checkpoint.reading` (the read and its checks); :mod:`~bpjax.checkpoint.sharded` (the
+sharded backend); :mod:`~bpjax.checkpoint.folder` (run folders); :mod:`~bpjax.checkpoint.arguments`.
 """
 
 from __future__ import annotations
@@ -58,18 +65,22 @@ from bpjax.checkpoint.encoding import (
     FORMAT_VERSION,
     _canonical_json,
     _checksum,
+    _decode_leaf,
     _decode_structure,
+    _encode_leaf,
     _encode_structure,
-    _from_numpy,
     _label,
     _npy_bytes,
     _to_numpy,
+    spans_processes,
 )
 from bpjax.checkpoint.folder import DamagedCheckpointWarning, StaleLockWarning, is_run_folder, newest
-from bpjax.checkpoint.reading import build, read
+from bpjax.checkpoint.reading import decode, read
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "DamagedCheckpointWarning", "PlainTreeWarning", "StaleLockWarning",
-           "read_metadata", "restore", "save"]
+__all__ = ["BACKENDS", "FORMAT", "FORMAT_VERSION", "DamagedCheckpointWarning", "PlainTreeWarning",
+           "StaleLockWarning", "read_metadata", "restore", "save", "spans_processes"]
+
+BACKENDS = ("npz", "orbax")
 
 
 class PlainTreeWarning(UserWarning):
@@ -96,45 +107,59 @@ def _warn_plain(where: str, plain: list) -> None:
 # ---------------------------------------------------------------- save
 
 
-def save(path, tree, *, metadata: Optional[dict] = None, model=None) -> str:
+def save(path, tree, *, metadata: Optional[dict] = None, model=None, backend: str = "npz") -> str:
     """Write ``tree`` to ``path`` atomically; returns ``path`` (as a str).
 
     Args:
-      path: the file to write, a str or ``os.PathLike`` (``.npz`` by convention; no suffix is added).
-        Its directory must exist.
+      path: the file to write, a str or ``os.PathLike`` (``.npz`` by convention; no suffix is added), or with
+        ``backend="orbax"`` the directory to create. Its parent directory must exist.
       tree: any pytree of arrays, typed PRNG keys and Python numbers, e.g.
         ``{"params": params, "opt_state": opt_state, "state": state, "step": 100, "key": key}``.
         Concrete values only (not inside ``jax.jit``).
       metadata: a dict of JSON values with str keys (finite numbers; tuples read back as lists),
         stored beside the arrays: read it with :func:`read_metadata`.
       model: a :class:`bpjax.Layer` (its name is recorded) or a description string.
+      backend: ``"npz"``, one ``.npz`` file that one process writes (with several processes, process 0 alone,
+        after gathering what the others hold); or ``"orbax"``, the sharded backend
+        (:mod:`~bpjax.checkpoint.sharded`, orbax-checkpoint: ``pip install -e ".[orbax]"``) for arrays split
+        over several processes (:func:`spans_processes`): every process calls ``save`` with the same new
+        directory on a shared file system and writes the shards it holds.
 
     Raises:
-      BpjaxError: a path that is not a str/PathLike, an unsavable leaf, metadata that is not JSON,
-        a missing directory, or a failed write (naming the path, the argument and what it got).
+      BpjaxError: a path that is not a str/PathLike, an unsavable leaf (with ``"npz"``, one split over several
+        processes), metadata that is not JSON, a missing directory, or a failed write (naming the path, the
+        argument and what it got).
     """
     path = _file_path("save", path, tree)
     where = f"checkpoint.save({path})"
+    if backend not in BACKENDS:
+        raise _errors.BpjaxError(where, f"backend: expected one of {BACKENDS}, got {backend!r}")
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         found = "is a file" if os.path.exists(directory) else "does not exist"
         raise _errors.BpjaxError(where, f"expected an existing directory, {directory!r} {found}{_tilde_hint(path)}")
-    if os.path.isdir(path):
+    if backend == "npz" and os.path.isdir(path):
         raise _errors.BpjaxError(where, "expected a file path, got a directory")
     if metadata is not None and not isinstance(metadata, dict):
         raise _errors.BpjaxTypeError(where, f"metadata: expected a dict, got {type(metadata).__name__}")
     _check_json(where, "metadata", metadata)
     name = _model_name(where, model)
     leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
-    arrays, records = [], []
+    encode = _to_numpy if backend == "npz" else _encode_leaf
+    values, records = [], []
     for p, leaf in leaves:
-        arr, rec = _to_numpy(where, jax.tree_util.keystr(p), leaf)
-        arrays.append(arr)
+        value, rec = encode(where, jax.tree_util.keystr(p), leaf)
+        values.append(value)
         records.append(rec)
-    members = [_npy_bytes(a) for a in arrays]
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "bpjax_version": _version(),
             "model": name, "metadata": metadata or {},
             "structure": _encode_structure(treedef, where), "leaves": records}
+    if backend == "orbax":
+        from bpjax.checkpoint import sharded
+
+        sharded.save(where, path, values, dict(meta, backend=backend))
+        return path
+    members = [_npy_bytes(a) for a in values]
     meta["sha256"] = _checksum(meta, members)
     _atomic_write(where, path, members, _canonical_json(meta))
     return path
@@ -144,38 +169,41 @@ def save(path, tree, *, metadata: Optional[dict] = None, model=None) -> str:
 
 
 def _read_entry(path: str, where: str):
-    """``(meta, arrays)`` of the checkpoint at ``path``, or of a run folder's newest entry that passes its checks."""
+    """``(entry, meta, arrays)``: the checkpoint at ``path`` read with every check (:func:`read`), or a run
+    folder's newest entry that passes them."""
     if is_run_folder(path):
         found = newest(path, lambda entry: read(entry, f"{where} {entry}"), where)
         if found is None:
-            raise _errors.BpjaxError(where, "the run folder holds no checkpoint yet (no step_*.npz entry)")
-        return found[2]
-    return read(path, where)
+            raise _errors.BpjaxError(where, "the run folder holds no checkpoint yet (no step_* entry)")
+        return (found[1], *found[2])
+    return (path, *read(path, where))
 
 
 def read_metadata(path) -> dict:
     """The metadata record of the checkpoint at ``path`` (verified): ``bpjax_version``, ``model``,
-    ``metadata`` (the user dict given to :func:`save`), ``leaves`` (path, dtype, shape per leaf).
-
-    ``path`` may be a run folder (``fit``'s ``checkpoint_path``): its newest entry is read.
-    """
+    ``metadata`` (the user dict given to :func:`save`), ``leaves`` (path, dtype, shape per leaf), ``backend``
+    (``"npz"`` for a file, ``"orbax"`` for a sharded checkpoint's directory, whose record is read without
+    importing orbax). ``path`` may be a run folder (``fit``'s ``checkpoint_path``): its newest entry is read."""
     path = _file_path("read_metadata", path)
-    meta, _ = _read_entry(path, f"checkpoint.read_metadata({path})")
-    return {k: meta[k] for k in ("bpjax_version", "model", "metadata", "leaves", "format_version")}
+    _, meta, _ = _read_entry(path, f"checkpoint.read_metadata({path})")
+    return {"backend": meta.get("backend", "npz"),
+            **{k: meta[k] for k in ("bpjax_version", "model", "metadata", "leaves", "format_version")}}
 
 
 def restore(path, *, like: Any = None):
     """Read the checkpoint at ``path``.
 
     Args:
-      path: a file written by :func:`save` (a str or ``os.PathLike``; never one of its temporary files),
-        or a run folder (``fit``'s ``checkpoint_path``), whose newest entry that passes every check
-        is read.
+      path: a file written by :func:`save` (a str or ``os.PathLike``; never one of its temporary files), or the
+        directory of a sharded checkpoint (``backend="orbax"``; every process calls ``restore``), or a run
+        folder (``fit``'s ``checkpoint_path``), whose newest entry that passes every check is read.
       like: a tree of the expected structure (e.g. freshly initialised params and optimiser state,
         ``like={"params": params, "opt_state": optimizer.init(params), "step": 0}``; leaves may be
         arrays, ``jax.ShapeDtypeStruct``, typed or raw PRNG keys, or Python numbers). When given,
         every leaf path, kind, shape and dtype is checked and the result has exactly ``like``'s
-        structure, NamedTuples included.
+        structure, NamedTuples included. From a sharded checkpoint, a leaf of ``like`` with a sharding
+        (a ``jax.Array``, or a ``jax.ShapeDtypeStruct`` with ``sharding=``) comes back in that sharding, each
+        process reading only its devices' shards; other leaves are read whole, as from a file.
 
     Returns:
       The saved tree: ``like``'s structure; without ``like``, nested dicts/lists/tuples, with
@@ -184,19 +212,22 @@ def restore(path, *, like: Any = None):
       ``like=optimizer.init(params)`` (or a dict holding it): optax cannot use the plain dicts.
 
     Raises:
-      BpjaxError: a path that is not a str/PathLike, a missing, truncated, corrupted or foreign file,
-        a temporary file, or a tree that does not match ``like`` (naming the leaf path, the expected
-        and the found kind/shape/dtype).
+      BpjaxError: a path that is not a str/PathLike, a missing, truncated, corrupted or foreign file or
+        directory, a temporary file or directory, or a tree that does not match ``like`` (naming the leaf path,
+        the expected and the found kind/shape/dtype).
     """
     path = _file_path("restore", path)
     where = f"checkpoint.restore({path})"
-    meta, arrays = _read_entry(path, where)
-    if like is None:
-        records = meta["leaves"]
-        plain: list = []
-        tree = _decode_structure(meta["structure"], iter([_from_numpy(a, r) for a, r in zip(arrays, records)]),
-                                 "", plain)
-        if plain:
-            _warn_plain(where, plain)
-        return tree
-    return build(where, meta, arrays, like)
+    entry, meta, arrays = _read_entry(path, where)
+    if like is not None:
+        return decode(where, entry, meta, arrays, like)
+    if arrays is None:  # a sharded checkpoint, read whole
+        from bpjax.checkpoint import sharded
+
+        arrays = sharded.read_arrays(where, entry, meta, None)
+    values = [_decode_leaf(a, r) for a, r in zip(arrays, meta["leaves"])]
+    plain: list = []
+    tree = _decode_structure(meta["structure"], iter(values), "", plain)
+    if plain:
+        _warn_plain(where, plain)
+    return tree

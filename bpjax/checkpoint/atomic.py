@@ -6,12 +6,23 @@ import os
 import re
 import secrets
 import zipfile
+from typing import Optional
 
 from bpjax import _errors
 from bpjax.checkpoint.encoding import _META
 
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed member dates: same tree, same bytes
-TEMP_PATTERN = re.compile(r"\.(?P<name>.+)\.tmp-\d+-[0-9a-f]+")  # a whole basename written by _create_temp
+_TEMP = re.compile(r"\.(?P<name>.+)\.tmp-\d+-[0-9a-f]+")  # a whole basename written by _create_temp
+# the temporary directory where orbax-checkpoint writes a sharded checkpoint before renaming it (its commit)
+_ORBAX_TEMP = re.compile(r"(?P<name>.+)\.orbax-checkpoint-tmp.*")
+
+
+def temporary_of(basename: str) -> Optional[str]:
+    """The name of the checkpoint whose unfinished save left ``basename`` (a temporary file of a ``.npz`` save or
+    orbax's temporary directory of a sharded one), else ``None``. Such entries are never read; delete them once
+    no save is running."""
+    m = _TEMP.fullmatch(basename) or _ORBAX_TEMP.fullmatch(basename)
+    return m["name"] if m else None
 
 
 def _create_temp(where: str, directory: str, name: str):

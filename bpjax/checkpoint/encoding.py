@@ -87,8 +87,15 @@ def _decode_structure(spec, leaves, path: str, plain: list):
 # ---------------------------------------------------------------- leaves <-> arrays
 
 
-def _to_numpy(where: str, path: str, leaf):
-    """``(array to store, leaf record)`` for one leaf."""
+def spans_processes(leaf) -> bool:
+    """Whether ``leaf`` is a ``jax.Array`` split over the devices of several processes: no process holds all of
+    it (not fully addressable, not fully replicated), so none can read it whole without a gather."""
+    return isinstance(leaf, jax.Array) and not leaf.is_fully_addressable and not leaf.is_fully_replicated
+
+
+def _encode_leaf(where: str, path: str, leaf):
+    """``(value to store, leaf record)`` for one leaf, the value still where it lives: a Python number as a 0-d
+    numpy array, a typed PRNG key as its key data, an array as it is (a ``jax.Array`` on its devices)."""
     label = _label(path)
     if _is_number(leaf):
         kind = type(leaf).__name__
@@ -106,36 +113,48 @@ def _to_numpy(where: str, path: str, leaf):
                                         f"deleted or donated (e.g. by make_step(donate=True)): save the arrays "
                                         f"the donating call returned")
     if _is_key(leaf):
-        data = np.asarray(jax.random.key_data(leaf))
-        return data, {"path": path, "kind": "key", "impl": str(jax.random.key_impl(leaf)),
-                      "dtype": str(leaf.dtype), "shape": list(np.shape(leaf))}
+        return jax.random.key_data(leaf), {"path": path, "kind": "key", "impl": str(jax.random.key_impl(leaf)),
+                                           "dtype": str(leaf.dtype), "shape": list(np.shape(leaf))}
     if not isinstance(leaf, (np.ndarray, np.generic, jax.Array)):
         hint = ("; strings and other records belong in metadata=" if isinstance(leaf, str) else
                 "; save the params or optimizer state, not the model or optimizer" if callable(leaf) else "")
         raise _errors.BpjaxTypeError(where, f"leaf {label}: expected an array, PRNG key or Python number, "
                                             f"got {type(leaf).__name__}{hint}")
-    arr = np.asarray(leaf)
-    if arr.dtype.hasobject or arr.dtype.isbuiltin == 0:  # objects, raw void and structured dtypes
-        raise _errors.BpjaxTypeError(where, f"leaf {label}: dtype {arr.dtype} cannot be saved without pickle")
-    record = {"path": path, "kind": "array", "dtype": str(arr.dtype), "shape": list(arr.shape)}
-    if arr.dtype.isbuiltin == 2:  # bfloat16, float8, int4: store the raw bits, view them back on load
+    dtype = np.dtype(leaf.dtype)
+    if dtype.hasobject or dtype.isbuiltin == 0:  # objects, raw void and structured dtypes
+        raise _errors.BpjaxTypeError(where, f"leaf {label}: dtype {dtype} cannot be saved without pickle")
+    return leaf, {"path": path, "kind": "array", "dtype": str(dtype), "shape": list(np.shape(leaf))}
+
+
+def _to_numpy(where: str, path: str, leaf):
+    """``(numpy array to store in the .npz, leaf record)`` for one leaf."""
+    value, record = _encode_leaf(where, path, leaf)
+    if spans_processes(value):
+        raise _errors.BpjaxError(where, f"leaf {_label(path)}: a jax.Array split over the devices of several "
+                                        f"processes ({value.sharding}) cannot go into one .npz file without a full "
+                                        f"gather: save with backend=\"orbax\" (every process writes its own "
+                                        f"shards; install it with pip install -e \".[orbax]\")")
+    arr = np.asarray(value)
+    if record["kind"] == "array" and arr.dtype.isbuiltin == 2:  # bfloat16, float8, int4: raw bits, viewed back
         if arr.dtype.itemsize not in (1, 2, 4, 8):
-            raise _errors.BpjaxTypeError(where, f"leaf {label}: dtype {arr.dtype} cannot be saved")
+            raise _errors.BpjaxTypeError(where, f"leaf {_label(path)}: dtype {arr.dtype} cannot be saved")
         arr = arr.view(f"u{arr.dtype.itemsize}")
     return arr, record
 
 
-def _from_numpy(arr: np.ndarray, record: dict):
+def _decode_leaf(value, record: dict):
+    """The leaf that ``record`` describes, from its stored ``value`` (a numpy array, or a ``jax.Array`` already
+    placed on its devices)."""
     kind = record["kind"]
     if kind in ("bool", "int", "float"):
-        return {"bool": bool, "int": int, "float": float}[kind](arr.item())
+        return {"bool": bool, "int": int, "float": float}[kind](np.asarray(value).item())
     if kind == "key":
-        return jax.random.wrap_key_data(jnp.asarray(arr), impl=record["impl"])
-    if str(arr.dtype) != record["dtype"]:
-        arr = arr.view(jnp.dtype(record["dtype"]))
-    if jax.dtypes.canonicalize_dtype(arr.dtype) != arr.dtype:
-        return arr  # e.g. float64 without x64: keep the numpy array rather than truncate it
-    return jnp.asarray(arr)
+        return jax.random.wrap_key_data(jnp.asarray(value), impl=record["impl"])
+    if str(value.dtype) != record["dtype"]:
+        value = value.view(jnp.dtype(record["dtype"]))
+    if jax.dtypes.canonicalize_dtype(value.dtype) != value.dtype:
+        return value  # e.g. float64 without x64: keep the numpy array rather than truncate it
+    return jnp.asarray(value)
 
 
 def _npy_bytes(arr: np.ndarray) -> bytes:

@@ -27,7 +27,7 @@ import warnings
 from typing import Callable, List, Optional, Tuple, TypeVar
 
 from bpjax import _errors
-from bpjax.checkpoint.atomic import TEMP_PATTERN
+from bpjax.checkpoint.atomic import temporary_of
 
 __all__ = ["ENTRY_PATTERN", "LOCK_NAME", "DamagedCheckpointWarning", "StaleLockWarning", "acquire", "entries",
            "entry_path", "is_run_folder", "newest", "prepare", "prune", "release", "remove_temporaries"]
@@ -100,7 +100,7 @@ def remove_temporaries(folder: str) -> List[str]:
     """Delete the temporary files and folders of unfinished saves in ``folder``; returns their paths."""
     if not os.path.isdir(folder):
         return []
-    gone = [os.path.join(folder, n) for n in os.listdir(folder) if TEMP_PATTERN.fullmatch(n)]
+    gone = [os.path.join(folder, n) for n in os.listdir(folder) if temporary_of(n) is not None]
     for path in gone:
         try:
             shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)

@@ -13,8 +13,17 @@ import numpy as np
 
 from bpjax import _errors
 from bpjax.checkpoint.arguments import _tilde_hint
-from bpjax.checkpoint.atomic import TEMP_PATTERN
-from bpjax.checkpoint.encoding import _META, FORMAT, FORMAT_VERSION, _checksum, _from_numpy, _is_key, _is_number, _label
+from bpjax.checkpoint.atomic import temporary_of
+from bpjax.checkpoint.encoding import (
+    _META,
+    FORMAT,
+    FORMAT_VERSION,
+    _checksum,
+    _decode_leaf,
+    _is_key,
+    _is_number,
+    _label,
+)
 
 
 def _missing_hint(path: str) -> str:
@@ -24,26 +33,42 @@ def _missing_hint(path: str) -> str:
     if os.path.isfile(other):
         hints.append(f"; {other!r} exists (save adds no suffix)")
     directory, name = os.path.split(os.path.abspath(path))
-    temps = sorted(n for n in os.listdir(directory) if (m := TEMP_PATTERN.fullmatch(n)) and m["name"] == name) \
-        if os.path.isdir(directory) else []
+    temps = sorted(n for n in os.listdir(directory) if temporary_of(n) == name) if os.path.isdir(directory) else []
     if temps:
         hints.append(f"; {len(temps)} temporary file(s) of unfinished saves lie beside it ({temps[0]}"
                      f"{' ...' if len(temps) > 1 else ''}), never read")
     return "".join(hints)
 
 
+def _check_format(where: str, meta) -> None:
+    """Raise unless ``meta`` is a bpjax record of this format version."""
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise _errors.BpjaxError(where, f"not a bpjax checkpoint: expected format {FORMAT!r}")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise _errors.BpjaxError(where, f"expected checkpoint format version {FORMAT_VERSION}, got "
+                                        f"{meta.get('format_version')!r} (written by bpjax "
+                                        f"{meta.get('bpjax_version')})")
+
+
 def read(path: str, where: str):
-    """``(meta, arrays)`` from ``path``, with every integrity check; raises BpjaxError naming ``path``."""
-    temp = TEMP_PATTERN.fullmatch(os.path.basename(path))
-    if temp:
-        final = os.path.join(os.path.dirname(path), temp["name"])
-        raise _errors.BpjaxError(where, f"expected a checkpoint, got the temporary file of a save (it may be "
+    """``(meta, arrays)`` from ``path``, with every integrity check; raises BpjaxError naming ``path``.
+
+    A directory is a sharded checkpoint: its record is read and checked, its arrays are left for
+    :func:`bpjax.checkpoint.sharded.read_arrays` (``arrays`` is ``None``), which places them as ``like`` says.
+    """
+    name = temporary_of(os.path.basename(path))
+    if name is not None:
+        final = os.path.join(os.path.dirname(path), name)
+        what = "directory" if os.path.isdir(path) else "file"
+        raise _errors.BpjaxError(where, f"expected a checkpoint, got the temporary {what} of a save (it may be "
                                         f"partial, so it is never read): restore {final!r}")
     if not os.path.exists(path):
         raise _errors.BpjaxError(where, "no such file: expected a checkpoint written by bp.checkpoint.save"
                                         + _missing_hint(path))
     if os.path.isdir(path):
-        raise _errors.BpjaxError(where, "expected a checkpoint file, got a directory")
+        from bpjax.checkpoint import sharded
+
+        return sharded.read_meta(where, path), None
     try:
         fh = open(path, "rb")
     except OSError as e:
@@ -56,12 +81,7 @@ def read(path: str, where: str):
                 raise _errors.BpjaxError(where, f"not a bpjax checkpoint: the zip has no {_META} member "
                                                 f"(found {sorted(names)[:5]})")
             meta = json.loads(zf.read(_META))
-            if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-                raise _errors.BpjaxError(where, f"not a bpjax checkpoint: expected format {FORMAT!r}")
-            if meta.get("format_version") != FORMAT_VERSION:
-                raise _errors.BpjaxError(where, f"expected checkpoint format version {FORMAT_VERSION}, got "
-                                                f"{meta.get('format_version')!r} (written by bpjax "
-                                                f"{meta.get('bpjax_version')})")
+            _check_format(where, meta)
             members = [zf.read(f"leaf_{i:05d}.npy") for i in range(len(meta["leaves"]))]
     except _errors.BpjaxError:
         raise
@@ -96,6 +116,28 @@ def _like_record(where: str, path: str, leaf):
                                         f"key or Python number, got {type(leaf).__name__}{hint}")
 
 
+def match_like(where: str, records: list, like):
+    """``like``'s treedef, once every saved leaf (``records``) matches ``like``'s leaf path, kind, shape and dtype."""
+    like_leaves, treedef = jax.tree_util.tree_flatten_with_path(like)
+    want = [jax.tree_util.keystr(p) for p, _ in like_leaves]
+    expected = [_like_record(where, p, leaf) for p, (_, leaf) in zip(want, like_leaves)]
+    have = [r["path"] for r in records]
+    if want != have:
+        missing = [p for p in want if p not in have]
+        extra = [p for p in have if p not in want]
+        listed = lambda paths: " ".join(paths[:5]) + (" ..." if len(paths) > 5 else "") or "none"  # noqa: E731
+        raise _errors.BpjaxError(where, f"the checkpoint does not match `like`: expected {len(want)} leaves, "
+                                        f"found {len(have)}; in `like` only: {listed(missing)}; in the file only: "
+                                        f"{listed(extra)}" + ("" if missing or extra else " (same paths, other order)"))
+    for (kind, dtype, shape), rec in zip(expected, records):
+        if kind != rec["kind"]:
+            raise _kind_mismatch(where, rec, kind, dtype, shape)
+        if dtype is not None and (dtype != rec["dtype"] or shape != tuple(rec["shape"])):
+            raise _errors.BpjaxError(where, f"leaf {_label(rec['path'])}: expected {dtype}{list(shape)} (as in "
+                                            f"`like`), found {rec['dtype']}{rec['shape']} in the file")
+    return treedef
+
+
 def _kind_text(kind: str, dtype: str, shape) -> str:
     if kind == "array":
         return f"a {dtype}{list(shape)} array"
@@ -117,27 +159,14 @@ def _kind_mismatch(where: str, rec: dict, kind: str, dtype, shape) -> _errors.Bp
                                          f" in the file{hint}")
 
 
-def build(where: str, meta: dict, arrays: list, like):
-    """The tree of a read checkpoint (``meta``, ``arrays``) with exactly ``like``'s structure, every leaf's
-    path, kind, shape and dtype checked against ``like``'s."""
+def decode(where: str, path: str, meta: dict, arrays, like):
+    """The tree of the checkpoint read from ``path`` (``meta, arrays`` from :func:`read`) with exactly ``like``'s
+    structure, every leaf checked against ``like``'s; a sharded checkpoint's leaves are read here, each into
+    ``like``'s sharding."""
     records = meta["leaves"]
-    like_leaves, treedef = jax.tree_util.tree_flatten_with_path(like)
-    want = [jax.tree_util.keystr(p) for p, _ in like_leaves]
-    expected = [_like_record(where, p, leaf) for p, (_, leaf) in zip(want, like_leaves)]
-    have = [r["path"] for r in records]
-    if want != have:
-        missing = [p for p in want if p not in have]
-        extra = [p for p in have if p not in want]
-        listed = lambda paths: " ".join(paths[:5]) + (" ..." if len(paths) > 5 else "") or "none"  # noqa: E731
-        raise _errors.BpjaxError(where, f"the checkpoint does not match `like`: expected {len(want)} leaves, "
-                                        f"found {len(have)}; in `like` only: {listed(missing)}; in the file only: "
-                                        f"{listed(extra)}" + ("" if missing or extra else " (same paths, other order)"))
-    out = []
-    for (kind, dtype, shape), arr, rec in zip(expected, arrays, records):
-        if kind != rec["kind"]:
-            raise _kind_mismatch(where, rec, kind, dtype, shape)
-        if dtype is not None and (dtype != rec["dtype"] or shape != tuple(rec["shape"])):
-            raise _errors.BpjaxError(where, f"leaf {_label(rec['path'])}: expected {dtype}{list(shape)} (as in "
-                                            f"`like`), found {rec['dtype']}{rec['shape']} in the file")
-        out.append(_from_numpy(arr, rec))
-    return jax.tree_util.tree_unflatten(treedef, out)
+    treedef = match_like(where, records, like)
+    if arrays is None:
+        from bpjax.checkpoint import sharded
+
+        arrays = sharded.read_arrays(where, path, meta, jax.tree.leaves(like))
+    return jax.tree_util.tree_unflatten(treedef, [_decode_leaf(a, r) for a, r in zip(arrays, records)])

@@ -13,6 +13,11 @@ process takes part in fetching the arrays, process 0 writes, and all of them wai
 barrier that also tells them if the write failed). On resume process 0 reads the step and the
 arrays and sends them to every process, so all agree on where the run continues even when only
 process 0 can see the folder (or the hosts see different ones).
+
+A run whose params are split over the devices of several processes (a model axis spanning hosts:
+:func:`bpjax.checkpoint.spans_processes`) saves with the sharded backend instead
+(``step_<s>.orbax``, :mod:`bpjax.checkpoint.sharded`): every process writes and reads only its own
+shards, nothing is gathered, and the folder must be one that every process sees.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import numpy as np
 
 from bpjax import _errors
 from bpjax.checkpoint import folder
-from bpjax.checkpoint.reading import build, read
+from bpjax.checkpoint.reading import decode, read
 from bpjax.train import distributed, fingerprint
 from bpjax.train.sharding import put
 
@@ -49,12 +54,17 @@ class RunFolder:
     record: Dict[str, Any]
     accept: tuple
     lock: Optional[dict]
+    sharded: bool = False
     last_saved: Optional[int] = None
     warned: bool = False
 
 
-def open_folder(where: str, path: str, keep: int, record: Dict[str, Any], accept: Sequence[str]) -> RunFolder:
-    """Check, create and lock ``path`` (process 0) and remove the temporary files of unfinished saves."""
+def open_folder(where: str, path: str, keep: int, record: Dict[str, Any], accept: Sequence[str],
+                sharded: bool) -> RunFolder:
+    """Check, create and lock ``path`` (process 0) and remove the temporary files of unfinished saves.
+
+    ``sharded``: the run's params span processes, so its entries are written by the sharded backend.
+    """
     lock: list = [None]
 
     def take():
@@ -63,7 +73,11 @@ def open_folder(where: str, path: str, keep: int, record: Dict[str, Any], accept
         folder.remove_temporaries(path)
 
     distributed.on_main(take, f"opening the run folder {path!r}")
-    return RunFolder(path, keep, record, tuple(accept), lock[0])
+    if sharded:
+        from bpjax.checkpoint import sharded as backend
+
+        backend.require(where)  # orbax installed in every process, before the first step
+    return RunFolder(path, keep, record, tuple(accept), lock[0], sharded)
 
 
 def close_folder(run: RunFolder) -> None:
@@ -89,15 +103,22 @@ def save(run: RunFolder, plan, carry, history, done: int, finite: bool) -> None:
                           NonFiniteStateWarning, stacklevel=4)
         run.warned = True
         return
-    tree = distributed.to_host({"params": carry[0], "opt_state": carry[1], "state": carry[2], "step": done,
-                                "history": {k: v for k, v in history.items() if k not in ("step", "eval_step")}})
+    tree = {"params": carry[0], "opt_state": carry[1], "state": carry[2], "step": done,
+            "history": {k: v for k, v in history.items() if k not in ("step", "eval_step")}}
+    metadata = {"step": done, "steps": plan.steps, "run": run.record}
+    what = f"writing the checkpoint of step {done} in {run.path!r}"
+    if run.sharded:  # every process writes its own shards
+        checkpoint.save(folder.entry_path(run.path, done, "orbax"), tree, model=plan.model, metadata=metadata,
+                        backend="orbax")
+        distributed.on_main(lambda: folder.prune(run.path, run.keep), what)
+    else:
+        tree = distributed.to_host(tree)
 
-    def write():
-        checkpoint.save(folder.entry_path(run.path, done), tree, model=plan.model,
-                        metadata={"step": done, "steps": plan.steps, "run": run.record})
-        folder.prune(run.path, run.keep)
+        def write():
+            checkpoint.save(folder.entry_path(run.path, done), tree, model=plan.model, metadata=metadata)
+            folder.prune(run.path, run.keep)
 
-    distributed.on_main(write, f"writing the checkpoint of step {done} in {run.path!r}")
+        distributed.on_main(write, what)
     run.last_saved = done
 
 
@@ -126,11 +147,14 @@ def _like(plan, carry, names, batched, start):
     history = {"loss": f32(start)}
     if plan.eval_every is not None:
         history.update({"eval_" + n: f32(len(eval_steps)) for n in names})
+    if carry is None:
+        return None, eval_steps
     return {"params": carry[0], "opt_state": carry[1], "state": carry[2], "step": 0, "history": history}, eval_steps
 
 
 def _restore(run: RunFolder, plan, carry, names, batched):
-    """Process 0: ``(start, tree)`` from the newest readable entry, its fingerprint compared with the run's."""
+    """``(start, tree)`` from the newest readable entry, its fingerprint compared with the run's (process 0, or
+    every process of a sharded run, each reading its own shards)."""
     where = "fit"
     found = folder.newest(run.path, lambda entry: read(entry, f"{where} checkpoint {entry}"), where)
     if found is None:
@@ -145,14 +169,17 @@ def _restore(run: RunFolder, plan, carry, names, batched):
     like, _ = _like(plan, carry, names, batched, start)
     fresh_optimizer = "optimizer" in diffs and "structure" in diffs["optimizer"]
     if not fresh_optimizer:
-        return start, build(f"{where}: {entry}", meta, arrays, like)
+        return start, decode(f"{where} checkpoint {entry}", entry, meta, arrays, like)
+    if arrays is None:
+        raise _errors.BpjaxError(where, f"{entry!r}: a sharded checkpoint is restored whole, so an optimizer whose "
+                                        f"state has another structure cannot continue it; start a new run")
     # accepted: another optimizer whose state has another structure starts from its init
     warnings.warn(f"fit: resuming {entry!r} with another optimizer (accept_changes): params and state restored, "
                   f"the optimizer state starts afresh", UserWarning, stacklevel=5)
     keep = [i for i, r in enumerate(meta["leaves"]) if not r["path"].startswith("['opt_state']")]
     partial = {**meta, "leaves": [meta["leaves"][i] for i in keep]}
-    tree = build(f"{where}: {entry}", partial, [arrays[i] for i in keep], {k: v for k, v in like.items()
-                                                                           if k != "opt_state"})
+    tree = decode(f"{where} checkpoint {entry}", entry, partial, [arrays[i] for i in keep],
+                  {k: v for k, v in like.items() if k != "opt_state"})
     return start, {**tree, "opt_state": distributed.to_host(carry[1])}
 
 
@@ -163,26 +190,39 @@ def resume(run: RunFolder, plan, carry, names, batched):
     def load():
         found[:] = _restore(run, plan, carry, names, batched)
 
+    if run.sharded:  # every process reads the record and its own shards, straight into the carry's shardings
+        load()
+        if not found[0]:
+            return 0, carry, None, None
+        start, saved = found
+        run.last_saved = start
+        return start, (saved["params"], saved["opt_state"], saved["state"]), np.asarray(saved["history"]["loss"]), \
+            _evals(plan, saved, names, batched, start)
     distributed.on_main(load, f"reading the run folder {run.path!r}")
     start = int(distributed.broadcast(np.int64(found[0]), np.int64(0)))
     if not start:
         return 0, carry, None, None
     run.last_saved = start
-    like, eval_steps = _like(plan, carry, names, batched, start)
+    like, _ = _like(plan, carry, names, batched, start)
     saved = distributed.broadcast(found[1], distributed.to_host(like))
     # back where the arrays of a fresh run live (replicated over the mesh, or the default device)
     restored = tuple(jax.tree.map(lambda a, old: put(a, old.sharding) if isinstance(old, jax.Array)  # type: ignore
                                   else jnp.asarray(a), saved[k], carry[i])
                      for i, k in enumerate(("params", "opt_state", "state")))
-    # evaluations so far sit at their steps; other steps hold NaN, as a compiled chunk returns them
+    return start, restored, np.asarray(saved["history"]["loss"]), _evals(plan, saved, names, batched, start)
+
+
+def _evals(plan, saved, names, batched, start) -> tuple:
+    """The evaluations so far at their steps; other steps hold NaN, as a compiled chunk returns them."""
+    _, eval_steps = _like(plan, None, names, batched, start)
     lead = (batched,) if batched else ()
     evals = []
     for n in names:
         full = np.full((*lead, start), np.nan, np.float32)
         if eval_steps:
-            full[..., [s - 1 for s in eval_steps]] = saved["history"]["eval_" + n]
+            full[..., [s - 1 for s in eval_steps]] = np.asarray(saved["history"]["eval_" + n])
         evals.append(full)
-    return start, restored, np.asarray(saved["history"]["loss"]), tuple(evals)
+    return tuple(evals)
 
 
 def raise_if_bad_input(finite, lo) -> None:

@@ -108,18 +108,25 @@ def prepare(model, loss, params, train_data, *, steps, batch_size, key, shuffle,
     return plan, stream if streamed else (x, y), eval_arrays, state
 
 
-def open_run(where, plan, params, data, make_optimizer, hparams, batched, checkpoint_path, keep, accept):
-    """The open run folder of a run with a checkpoint path (its fingerprint computed), or ``None``."""
+def open_run(where, plan, carry, data, make_optimizer, hparams, batched, checkpoint_path, keep, accept):
+    """The open run folder of a run with a checkpoint path (its fingerprint computed), or ``None``.
+
+    Params split over several processes' devices are saved by the sharded backend.
+    """
     checkpoint_path, keep = resume.check_folder_args(where, checkpoint_path, keep)
     accept = fingerprint.check_accept(where, accept)
     if checkpoint_path is None:
         return None
+    from bpjax import checkpoint
+
+    params = carry[0]
     x, y = data.first if plan.streamed else data
     record = fingerprint.fingerprint(
         model=plan.model, loss=as_loss(plan.loss), params=params, batch_size=plan.batch_size, shuffle=plan.shuffle,
         optimizer=fingerprint.optimizer_probe(make_optimizer, params, hparams, batched),
         data=fingerprint.data_record(x, y, plan.streamed), batched=batched)
-    return resume.open_folder(where, checkpoint_path, keep, record, accept)
+    sharded = any(checkpoint.spans_processes(a) for a in jax.tree.leaves(carry))
+    return resume.open_folder(where, checkpoint_path, keep, record, accept, sharded)
 
 
 def drive(plan, carry, hp, keys, data, eval_arrays, run_folder, **kw):
@@ -249,7 +256,7 @@ def fit(model: Layer, loss, optimizer: optax.GradientTransformation, params, tra
     carry = (params, opt_state, state)
     if mesh is not None:  # every input of the program on the mesh: a process can only pass its own devices'
         carry, keys = (*shard_params(carry[:2], mesh), *replicate(carry[2:], mesh)), replicate(keys, mesh)
-    run_folder = open_run(where, plan, params, data, plan.make_optimizer, None, 0, checkpoint_path,
+    run_folder = open_run(where, plan, carry, data, plan.make_optimizer, None, 0, checkpoint_path,
                           keep_checkpoints, accept_changes)
     carry, history = drive(plan, carry, None, keys, data, eval_arrays, run_folder, batched=0, verbose=verbose,
                            chunk_size=chunk_size, checkpoint_every=checkpoint_every, callback=callback,
@@ -387,7 +394,7 @@ def fit_many(model: Layer, loss, optimizer, params, train_data: Tuple[Any, Any],
     if mesh is not None:
         carry = (*shard_params(carry[:2], mesh, lead=1), *replicate(carry[2:], mesh))
         run_keys, hparams = replicate((run_keys, hparams), mesh)
-    run_folder = open_run(where, plan, params, data, factory, hparams, n, checkpoint_path, keep_checkpoints,
+    run_folder = open_run(where, plan, carry, data, factory, hparams, n, checkpoint_path, keep_checkpoints,
                           accept_changes)
     carry, history = drive(plan, carry, hparams, run_keys, data, eval_arrays, run_folder, batched=n,
                            verbose=verbose, chunk_size=chunk_size, checkpoint_every=checkpoint_every,
