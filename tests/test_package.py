@@ -72,8 +72,9 @@ def test_only_the_library_is_installed():
 
 
 def test_core_import_is_light():
-    """``import bpjax`` loads neither matplotlib, scikit-learn, mnist1d nor torch, and fit's bar needs only tqdm."""
-    code = ("import sys, bpjax; heavy = [m for m in ('matplotlib', 'sklearn', 'mnist1d', 'torch', 'orbax', 'tensorstore') if m in sys.modules];"
-            " print(heavy)")
+    """``import bpjax`` loads neither matplotlib, scikit-learn, mnist1d, torch nor orbax, and fit's bar needs only
+    tqdm."""
+    heavy = ('matplotlib', 'sklearn', 'mnist1d', 'torch', 'orbax', 'tensorstore')
+    code = f"import sys, bpjax; print([m for m in {heavy!r} if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd="/")
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
