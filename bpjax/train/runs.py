@@ -35,7 +35,7 @@ from bpjax.train.sharding import (
     shard_rows,
     split_or_replicate,
 )
-from bpjax.train.step import check_optimizer
+from bpjax.train.step import as_transformation
 from bpjax.train.stream import Stream, is_stream
 from bpjax.train.validate import (
     check_data,
@@ -91,7 +91,7 @@ def prepare(model, loss, params, train_data, *, steps, batch_size, key, shuffle,
     if eval_data is not None:
         ex, ey = check_data(where, eval_data, "eval_data")
         if ex.shape[1:] != x.shape[1:] or ex.dtype != x.dtype:  # else the train trace above covers it
-            trace_forward(where, "eval_data", model, params, state, ex, batch_size, train=False)
+            trace_forward(where, "eval_data", model, params, state, ex, len(ex), train=False)  # evaluated whole
         check_targets(where, "eval_data", loss, ey, pred.shape)
         eval_every = steps if eval_every is None else _errors.positive_int(where, "eval_every", eval_every)
         eval_arrays = (ex, ey)
@@ -238,7 +238,7 @@ def fit(model: Layer, loss, optimizer: optax.GradientTransformation, params, tra
       :class:`FitResult` ``(params, opt_state, state, history)``.
     """
     where = "fit"
-    check_optimizer(where, optimizer)
+    optimizer = as_transformation(where, optimizer)
     check_key(where, key)
     if data_parallel and mesh is None:
         mesh = data_parallel_mesh()
@@ -283,6 +283,13 @@ def init_many(model: Layer, keys: jax.Array, input_shape, *, state: bool = False
     return jax.tree.map(lambda *leaves: jnp.stack(leaves), *inits)
 
 
+def as_hparams(hparams):
+    """``hparams`` with every list or tuple of numbers as an array (``[1e-3, 1e-2]``: two models' values)."""
+    numbers = lambda v: isinstance(v, (list, tuple)) and bool(v) and all(  # noqa: E731
+        isinstance(e, (int, float)) and not isinstance(e, bool) for e in v)
+    return jax.tree.map(lambda v: jnp.asarray(v) if numbers(v) else v, hparams, is_leaf=numbers)
+
+
 def many_states(where: str, model: Layer, state, n: int, init_keys, input_shape):
     """``fit_many``'s starting states with a leading axis ``n``: ``state`` itself when it has one, ``state``
     repeated when it is one model's, or each model's own from ``init_keys`` when ``None``."""
@@ -316,8 +323,11 @@ def fit_many(model: Layer, loss, optimizer, params, train_data: Tuple[Any, Any],
              callback=None, mesh: Optional[Mesh] = None, data_parallel: bool = False) -> FitResult:
     """Train ``N`` models in one call: :func:`fit` under ``jax.vmap`` over seeds and/or hyperparameters.
 
-    Model ``i`` is trained exactly as ``fit(model, loss, optimizer(hparams[i]), params[i], ...,
-    key=keys[i])`` would train it (same batches, same keys), all in one compiled program.
+    Model ``i`` takes the steps that ``fit(model, loss, optimizer(hparams[i]), params[i], ..., key=keys[i])``
+    would take (same batches, same keys, same maths), all in one compiled program. The numbers agree
+    with the separate ``fit`` to float32 roundoff, not bit for bit: under ``vmap`` XLA orders the
+    batched reductions differently (about 1e-7 relative per step; ``tests/test_fit.py`` holds them to
+    1e-5 relative after 10 Adam steps).
 
     Args:
       optimizer: an optax ``GradientTransformation`` shared by all models, or a factory
@@ -342,6 +352,9 @@ def fit_many(model: Layer, loss, optimizer, params, train_data: Tuple[Any, Any],
     """
     where = "fit_many"
     check_model(model, where)
+    if not callable(optimizer) or isinstance(optimizer, optax.GradientTransformation):
+        optimizer = as_transformation(where, optimizer)  # one optimizer for every model
+    hparams = as_hparams(hparams)
     check_factory(where, optimizer, hparams)
     factory = Fixed(optimizer) if isinstance(optimizer, optax.GradientTransformation) else optimizer
     keys = check_keys(where, keys)
@@ -358,7 +371,12 @@ def fit_many(model: Layer, loss, optimizer, params, train_data: Tuple[Any, Any],
                       for p, a in jax.tree_util.tree_leaves_with_path(params)})
     if not sizes:
         raise _errors.BpjaxError(where, "give keys=(N keys), hparams=(leading axis N) or stacked params")
-    if len(set(sizes.values())) != 1 or None in sizes.values():
+    scalars = [k for k, v in sizes.items() if v is None]
+    if scalars:
+        raise _errors.BpjaxError(where, f"{', '.join(scalars[:3])}{' ...' if len(scalars) > 3 else ''}: expected one "
+                                        f"value per model (a leading model axis N, e.g. jnp.array([1e-3, 1e-2])), "
+                                        f"got a scalar")
+    if len(set(sizes.values())) != 1:
         raise _errors.BpjaxError(where, f"keys, hparams and params must share one leading model axis N, got {sizes}")
     n = next(iter(sizes.values()))
     if is_stream(train_data):  # the input shape from the first batch (kept and trained on)

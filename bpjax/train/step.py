@@ -2,6 +2,12 @@
 
 :func:`update` is the step itself (pure, not compiled); :func:`make_step` compiles it for a user,
 and the compiled loop of ``fit`` runs the same function inside its ``lax.scan``.
+
+Any optax optimizer: an ``optax.GradientTransformationExtraArgs`` (``optax.chain`` and most of optax)
+gets optax's extra arguments, ``value`` (the loss), ``grad`` (the gradients) and ``value_fn`` (the
+loss as a function of the params on this batch, differentiable by ``jax.grad`` through the chosen
+backward), so ``optax.contrib.reduce_on_plateau`` and ``optax.lbfgs`` (its line search) work as
+optax documents them; an ``optax.MultiSteps`` is taken through its ``gradient_transformation()``.
 """
 
 from __future__ import annotations
@@ -16,30 +22,61 @@ from bpjax.grad import BACKWARDS, as_data, check_finite, gradients
 from bpjax.losses import as_loss
 from bpjax.train.validate import check_opt_state
 
-__all__ = ["BACKWARDS", "check_optimizer", "make_step", "update"]
+__all__ = ["BACKWARDS", "as_transformation", "make_step", "update"]
 
 
-def check_optimizer(where: str, optimizer) -> optax.GradientTransformation:
-    """``optimizer`` must be an optax ``GradientTransformation`` (``optax.adam(1e-3)``, not ``optax.adam``)."""
-    if not isinstance(optimizer, optax.GradientTransformation):
-        hint = " (did you forget to call it, e.g. optax.adam(1e-3)?)" if callable(optimizer) else ""
-        raise _errors.BpjaxTypeError(where, f"optimizer: expected an optax GradientTransformation (e.g. "
-                                            f"optax.adam(1e-3)){hint}, got {type(optimizer).__name__}")
-    return optimizer
+def as_transformation(where: str, optimizer) -> optax.GradientTransformation:
+    """``optimizer`` as an optax ``GradientTransformation``: itself, or an ``optax.MultiSteps``'s
+    ``gradient_transformation()``; anything else is a :class:`BpjaxTypeError` (``optax.adam(1e-3)``, not
+    ``optax.adam``)."""
+    if isinstance(optimizer, optax.GradientTransformation):
+        return optimizer
+    if isinstance(optimizer, optax.MultiSteps) or callable(getattr(optimizer, "gradient_transformation", None)):
+        return optimizer.gradient_transformation()
+    hint = " (did you forget to call it, e.g. optax.adam(1e-3)?)" if callable(optimizer) else ""
+    raise _errors.BpjaxTypeError(where, f"optimizer: expected an optax GradientTransformation (e.g. "
+                                        f"optax.adam(1e-3)){hint}, got {type(optimizer).__name__}")
+
+
+def value_function(model: Layer, loss, backward: str):
+    """``fn(params, x, y, state, key) -> value``: the loss on one batch, whose ``jax.grad`` is ``backward``'s
+    gradient (a ``jax.custom_vjp`` around the hand-written one for ``"manual"``): optax's ``value_fn``."""
+    vg = gradients(model, loss, backward=backward)
+    if backward == "autodiff":
+        return lambda params, x, y, state, key: vg(params, x, y, state, key, True)[0]
+
+    @jax.custom_vjp
+    def value(params, x, y, state, key):
+        return vg(params, x, y, state, key, True)[0]
+
+    def fwd(params, x, y, state, key):
+        v, _, grads = vg(params, x, y, state, key, True)
+        return v, grads
+
+    def bwd(grads, g):
+        return jax.tree.map(lambda d: g * d, grads), None, None, None, None
+
+    value.defvjp(fwd, bwd)
+    return value
 
 
 def update(model: Layer, loss, backward: str = "manual"):
     """The step: ``fn(params, opt_state, optimizer, x, y, state, key) -> (params, opt_state, state, value, grads)``.
 
     ``value, new_state, grads`` from the one gradient path (:func:`bpjax.grad.gradients`), then
-    ``updates, opt_state = optimizer.update(grads, opt_state, params)`` and
-    ``params = optax.apply_updates(params, updates)``. ``state`` is ``()`` for a simple model.
+    ``updates, opt_state = optimizer.update(grads, opt_state, params)`` (with optax's extra arguments
+    for an ``optax.GradientTransformationExtraArgs``) and ``params = optax.apply_updates(params, updates)``.
+    ``state`` is ``()`` for a simple model.
     """
     vg = gradients(model, loss, backward=backward)
+    value_of = value_function(model, loss, backward)
 
     def step(params, opt_state, optimizer, x, y, state, key):
         value, new_state, grads = vg(params, x, y, state, key, True)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
+        extra = {}
+        if isinstance(optimizer, optax.GradientTransformationExtraArgs):
+            extra = dict(value=value, grad=grads, value_fn=lambda p: value_of(p, x, y, state, key))
+        updates, opt_state = optimizer.update(grads, opt_state, params, **extra)
         return optax.apply_updates(params, updates), opt_state, new_state, value, grads
 
     return step
@@ -58,7 +95,10 @@ def make_step(model: Layer, loss, optimizer: optax.GradientTransformation, *, ba
 
     Args:
       model, loss: what to train.
-      optimizer: an optax ``GradientTransformation``; ``opt_state = optimizer.init(params)``.
+      optimizer: an optax ``GradientTransformation`` (or ``optax.MultiSteps``); ``opt_state =
+        optimizer.init(params)``. Optax's extra arguments (``value``, ``grad``, ``value_fn``) are passed
+        to an ``optax.GradientTransformationExtraArgs``, as ``optax.lbfgs`` and
+        ``optax.contrib.reduce_on_plateau`` need.
       backward: ``"manual"`` (hand-written) or ``"autodiff"`` (``jax.grad``, the reference).
       checks: verify values inside the compiled step (labels in range, finite inputs) with
         ``checkify``, raising a clear error after the step; costs one small device-to-host read per
@@ -79,7 +119,7 @@ def make_step(model: Layer, loss, optimizer: optax.GradientTransformation, *, ba
     """
     check_model(model)
     loss = as_loss(loss)
-    check_optimizer("make_step", optimizer)
+    optimizer = as_transformation("make_step", optimizer)
     if backward not in BACKWARDS:
         raise _errors.BpjaxError("make_step", f"backward must be one of {BACKWARDS}, got {backward!r}")
     inner_step = update(model, loss, backward)

@@ -163,7 +163,7 @@ def check_factory(where: str, optimizer, hparams) -> None:
         leaves = jax.tree.leaves(hparams)
         if leaves and all(np.ndim(a) >= 1 and np.shape(a)[0] >= 1 for a in leaves):
             built = optimizer(jax.tree.map(lambda a: a[0], hparams))
-            if not isinstance(built, optax.GradientTransformation):
+            if not isinstance(built, (optax.GradientTransformation, optax.MultiSteps)):
                 raise _errors.BpjaxTypeError(where, f"optimizer(hparams[0]) must return an optax "
                                                     f"GradientTransformation, got {type(built).__name__}")
 
