@@ -26,7 +26,8 @@ from bpjax.tied import tie
 
 __version__ = "0.1.0"
 
-_LAZY_MODULES = ("checkpoint", "diagnostics", "rules", "per_example", "privacy", "second_order", "remat", "zoo")
+_LAZY_MODULES = ("checkpoint", "diagnostics", "rules", "per_example", "precision", "privacy", "second_order", "remat",
+                 "zoo")
 _LAZY_ATTRS = {"per_example_grads": "per_example"}
 
 __all__ = ["BpjaxError", "BpjaxTypeError", "GradientReport", "Layer", "Residual", "apply", "as_custom_vjp",

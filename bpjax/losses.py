@@ -110,6 +110,19 @@ def as_loss(loss) -> Loss:
     return Loss(value, jax.value_and_grad(value), name)
 
 
+def scaled(loss: Loss, scale) -> Loss:
+    """``scale * loss``: value and hand-written ``dpred`` both multiplied by ``scale`` (loss scaling), the same
+    target check. ``scale`` may be traced (a dynamic loss scale inside a compiled step)."""
+    def value(pred, target):
+        return scale * loss.value(pred, target)
+
+    def value_and_grad(pred, target):
+        v, dpred = loss.value_and_grad(pred, target)
+        return scale * v, (scale * dpred).astype(dpred.dtype)
+
+    return Loss(value, value_and_grad, loss.name, loss.check_targets)
+
+
 # ----------------------------------------------------------------------------------------------
 # shared validation
 

@@ -19,7 +19,8 @@ import optax
 from bpjax import _errors
 from bpjax.core import Layer, check_key, check_model, is_contextual
 from bpjax.grad import BACKWARDS, as_data, check_finite, gradients
-from bpjax.losses import as_loss
+from bpjax.losses import as_loss, scaled
+from bpjax.precision import LossScaleState
 from bpjax.train.validate import check_opt_state
 
 __all__ = ["BACKWARDS", "as_transformation", "make_step", "update"]
@@ -72,7 +73,13 @@ def update(model: Layer, loss, backward: str = "manual"):
     value_of = value_function(model, loss, backward)
 
     def step(params, opt_state, optimizer, x, y, state, key):
-        value, new_state, grads = vg(params, x, y, state, key, True)
+        if isinstance(opt_state, LossScaleState):  # bp.precision.loss_scaled: the gradients of S * L
+            S = opt_state.scale
+            value, new_state, grads = gradients(model, scaled(loss, S), backward=backward)(params, x, y, state, key,
+                                                                                           True)
+            value = value / S
+        else:
+            value, new_state, grads = vg(params, x, y, state, key, True)
         extra = {}
         if isinstance(optimizer, optax.GradientTransformationExtraArgs):
             extra = dict(value=value, grad=grads, value_fn=lambda p: value_of(p, x, y, state, key))
