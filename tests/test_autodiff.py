@@ -116,6 +116,7 @@ def test_as_custom_vjp_and_per_example_grads():
     chex.assert_trees_all_close(as_same(jax.tree.map(lambda g: g.mean(0), per_example)), reference()[1], **TOL)
 
 
+@pytest.mark.slow  # two compiled runs; the default suite trains an Autodiff layer in the README's Equinox block
 def test_fit_trains_as_the_same_model_written_by_hand():
     run = dict(steps=4, batch_size=8, verbose=False)
     res = bp.train.fit(MODEL, XENT, optax.adam(1e-2), PARAMS, (X, Y), **run)
@@ -167,38 +168,69 @@ def test_bad_arguments_and_an_impure_apply_are_named():
         layer.backward(PARAMS[2], residuals, y)
 
 
-def measure(repeats: int = 7, steps: int = 200, batch: int = 256, width: int = 256) -> dict:
-    """Autodiff(dense_tanh) against bp.serial(Dense, Tanh): step time (compiled SGD step, best of ``repeats``
-    interleaved runs of ``steps`` steps) and residual bytes, side by side in one process."""
-    hand = bp.serial(L.Dense(width), L.Tanh())
-    auto = bp.serial(L.Autodiff(dense_tanh, lambda key, shape: L.Dense(width).init(key, shape)))
-    params = random_params(hand, (width,))
-    x, y = normal(0, (batch, width)), normal(1, (batch, width))
-    models = {"hand-written": (hand, params), "Autodiff": (auto, (params[0],)),
-              "jax.grad": (hand, params)}
-    steps_of = {}
-    for name, (model, p) in models.items():
-        vg = bp.value_and_grad(model, bp.losses.mse, backward="autodiff" if name == "jax.grad" else "manual")
-        steps_of[name] = jax.jit(lambda p, vg=vg: jax.tree.map(lambda a, g: a - 1e-3 * g, p, vg(p, x, y)[1]))
-
+def _best_step_times(steps_of: dict, params_of: dict, repeats: int, steps: int) -> dict:
+    """Seconds per compiled step of each ``steps_of[name](params)``, wall-clock and process CPU time (all threads):
+    the best of ``repeats`` interleaved runs of ``steps`` steps."""
     def run(name):
-        p = models[name][1]
-        start = time.perf_counter()
+        p, wall, cpu = params_of[name], time.perf_counter(), time.process_time()
         for _ in range(steps):
             p = steps_of[name](p)
         jax.block_until_ready(p)
-        return time.perf_counter() - start
+        return time.perf_counter() - wall, time.process_time() - cpu
 
-    for name in models:
+    for name in steps_of:  # compile
         run(name)
-    times: dict = {name: [] for name in models}
+    times: dict = {name: [] for name in steps_of}
     for _ in range(repeats):
-        for name in models:
+        for name in steps_of:
             times[name].append(run(name))
-    best = {name: min(t) / steps for name, t in times.items()}
-    return {"step_s": best, "ratio_to_hand_written": {n: best[n] / best["hand-written"] for n in best},
-            "residual_bytes": {n: bp.remat.residual_bytes(m, p, x) for n, (m, p) in models.items()
-                               if n != "jax.grad"}}
+    return {name: tuple(min(t[i] for t in ts) / steps for i in (0, 1)) for name, ts in times.items()}
+
+
+def _sgd_step(model, x, y, backward="manual"):
+    vg = bp.value_and_grad(model, bp.losses.mse, backward=backward)
+    return jax.jit(lambda p: jax.tree.map(lambda a, g: a - 1e-3 * g, p, vg(p, x, y)[1]))
+
+
+def measure(repeats: int = 15, steps: int = 200, batch: int = 256, width: int = 256) -> dict:
+    """The cost of Autodiff, side by side in one process: compiled SGD steps (best of ``repeats`` interleaved runs
+    of ``steps`` steps) and residual bytes.
+
+    1. ``Autodiff(dense_tanh)`` against the same function by hand, ``bp.serial(Dense, Tanh)``, and ``jax.grad``
+       of that forward; ``x: (batch, width)``.
+    2. The design: a tanh RNN (a ``lax.scan`` over 32 steps) as ``Autodiff`` against keeping only ``x`` and calling
+       ``jax.vjp`` in the backward (XLA does not merge the scan computed twice) and ``jax.grad``.
+    """
+    hand = bp.serial(L.Dense(width), L.Tanh())
+    auto = bp.serial(L.Autodiff(dense_tanh, L.Dense(width).init))
+    params = random_params(hand, (width,))
+    x, y = normal(0, (batch, width)), normal(1, (batch, width))
+    models = {"hand-written": (hand, params), "Autodiff": (auto, (params[0],))}
+    dense = {"step_ratio": _best_step_times(
+        {"hand-written": _sgd_step(hand, x, y), "Autodiff": _sgd_step(auto, x, y),
+         "jax.grad": _sgd_step(hand, x, y, "autodiff")},
+        {"hand-written": params, "Autodiff": (params[0],), "jax.grad": params}, repeats, steps),
+        "residual_bytes": {n: bp.remat.residual_bytes(m, p, x) for n, (m, p) in models.items()}}
+
+    def rnn(p, xs):                                   # xs: (B, T, D) -> (B, H), h_t = tanh(x_t Wx + h_{t-1} Wh + b)
+        cell = lambda h, xt: (jnp.tanh(xt @ p["Wx"] + h @ p["Wh"] + p["b"]), None)  # noqa: E731
+        return jax.lax.scan(cell, jnp.zeros((xs.shape[0], 128)), jnp.swapaxes(xs, 0, 1))[0]
+
+    def rnn_init(key, shape):
+        return (128,), {"Wx": normal(2, (shape[-1], 128)) / 6, "Wh": normal(3, (128, 128)) / 12, "b": normal(4, (128,))}
+
+    recompute = bp.Layer(rnn_init, lambda p, xs: (rnn(p, xs), xs), lambda p, xs, dy: jax.vjp(rnn, p, xs)[1](dy),
+                         "recompute")
+    xs, ys = normal(5, (64, 32, 32)), normal(6, (64, 128))
+    p_rnn = (rnn_init(None, (32, 32))[1],)
+    variants = {"Autodiff": L.Autodiff(rnn, rnn_init), "x kept, jax.vjp in the backward": recompute}
+    steps_of = {"jax.grad": _sgd_step(bp.serial(recompute), xs, ys, "autodiff")}
+    steps_of.update({name: _sgd_step(bp.serial(layer), xs, ys) for name, layer in variants.items()})
+    scan = _best_step_times(steps_of, dict.fromkeys(steps_of, p_rnn), repeats, steps // 4)
+    for times in (dense["step_ratio"], scan):  # (wall, CPU time) of each over those of the first
+        base = next(iter(times.values()))
+        times.update({name: (round(w / base[0], 3), round(c / base[1], 3)) for name, (w, c) in times.items()})
+    return {"dense_tanh": dense, "rnn_scan": {"step_ratio": scan}, "device": jax.devices()[0].device_kind}
 
 
 if __name__ == "__main__":
