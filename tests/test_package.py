@@ -75,9 +75,10 @@ def test_only_the_library_is_installed():
 
 
 def test_core_import_is_light():
-    """``import bpjax`` loads neither matplotlib, scikit-learn, mnist1d nor torch, and fit's bar needs only tqdm."""
-    code = ("import sys, bpjax; heavy = [m for m in ('matplotlib', 'sklearn', 'mnist1d', 'torch') if m in sys.modules];"
-            " print(heavy)")
+    """``import bpjax`` (and its Autodiff layer) loads none of matplotlib, scikit-learn, mnist1d, torch, chex, Equinox
+    or Flax (test dependencies only), and fit's bar needs only tqdm."""
+    code = ("import sys, bpjax; bpjax.layers.Autodiff; heavy = [m for m in ('matplotlib', 'sklearn', 'mnist1d', "
+            "'torch', 'chex', 'equinox', 'flax') if m in sys.modules]; print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd="/")
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
