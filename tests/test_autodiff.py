@@ -166,6 +166,9 @@ def test_bad_arguments_and_an_impure_apply_are_named():
     with pytest.raises(bp.BpjaxError, match=r"Impure: apply traced differently in the backward than in the "
                                             r"forward.*apply must be a pure function"):
         layer.backward(PARAMS[2], residuals, y)
+    with pytest.raises(bp.BpjaxError, match=r"Autodiff\(dense_tanh\): expected dy with the output's shapes and "
+                                            r"dtypes \[\(\(4, 8\), 'float32'\)\], got \[\(\(4, 8\), 'float16'\)\]"):
+        AD.backward(PARAMS[2], AD.forward(PARAMS[2], normal(8, (4, 6)))[1], jnp.ones((4, F), jnp.float16))
 
 
 def _best_step_times(steps_of: dict, params_of: dict, repeats: int, steps: int) -> dict:

@@ -77,19 +77,23 @@ def Autodiff(apply: Callable, init: Callable, *, name: Optional[str] = None) -> 
         traced: list = []                            # the pullback's structure, from a trace of shapes only
 
         def trace(p, x):
-            _, leaves, treedef, where = linearize(p, x)
-            traced.append(([jax.ShapeDtypeStruct(a.shape, a.dtype) for a in leaves], treedef, where))
+            y, leaves, treedef, where = linearize(p, x)
+            traced.append((y, [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in leaves], treedef, where))
+            return y
 
-        jax.eval_shape(trace, params, contract.unlike(like_x))  # adds no operation to the program
-        shapes, treedef, where = traced[0]
+        y = jax.eval_shape(trace, params, contract.unlike(like_x))  # adds no operation to the program
+        _, shapes, treedef, where = traced[0]
+        describe = lambda t: [(tuple(a.shape), str(a.dtype)) for a in jax.tree.leaves(t)]  # noqa: E731
+        if str(jax.tree.structure(dy)) != str(jax.tree.structure(y)) or describe(dy) != describe(y):
+            raise _errors.BpjaxError(name, f"expected dy with the output's shapes and dtypes {describe(y)}, got "
+                                           f"{describe(dy)}")
+        fresh = [s for s, i in zip(shapes, where) if i is None]
+        if describe(kept) != describe(fresh):
+            raise _errors.BpjaxError(name, f"apply traced differently in the backward than in the forward: kept "
+                                           f"{describe(kept)}, traced {describe(fresh)}; apply must be a pure "
+                                           f"function of (params, x)")
         own, it = jax.tree.leaves(params), iter(kept)
         leaves = [own[i] if i is not None else next(it) for i in where]
-        fresh = [(s.shape, s.dtype) for s, i in zip(shapes, where) if i is None]
-        if [(a.shape, a.dtype) for a in kept] != fresh:
-            raise _errors.BpjaxError(name, f"apply traced differently in the backward than in the forward: kept "
-                                           f"{[(a.shape, str(a.dtype)) for a in kept]}, traced "
-                                           f"{[(s, str(d)) for s, d in fresh]}; apply must be a pure function "
-                                           f"of (params, x)")
         return jax.tree.unflatten(treedef, leaves)(dy)  # (dparams, dx) = pullback(dy)
 
     return Layer(init, forward, backward, name)
