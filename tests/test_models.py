@@ -1,5 +1,6 @@
 """Whole models: manual vs jax.grad on generated MLPs, 200 optimiser steps, custom VJP, training step."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -149,14 +150,14 @@ def test_as_custom_vjp_runs_the_manual_backward():
 
     g_custom = jax.grad(user_loss, argnums=(0, 1))(params, x)  # eager: the custom VJP run op by op
     g_ref = jax.jit(jax.grad(lambda p, x: jnp.sum(jnp.sin(model.forward(p, x)[0]) ** 2), argnums=(0, 1)))(params, x)
-    chex_close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)  # noqa: E731
-    jax.tree.map(chex_close, g_custom, g_ref)
-    jax.tree.map(chex_close, jax.jit(jax.grad(user_loss))(params, x), g_ref[0])
+    close = dict(rtol=1e-5, atol=1e-6)  # float32, two programs fused differently
+    chex.assert_trees_all_close(g_custom, g_ref, **close)
+    chex.assert_trees_all_close(jax.jit(jax.grad(user_loss))(params, x), g_ref[0], **close)
     # vmap over a stack of inputs: per-example gradients of the first output
     per_ex = jax.jit(jax.vmap(lambda xi: jax.grad(lambda p: f(p, xi[None])[0, 0])(params)))(x)
     assert per_ex[0]["W"].shape == (5, 3, 8)
     ref0 = jax.jit(jax.grad(lambda p: model.forward(p, x[:1])[0][0, 0]))(params)
-    jax.tree.map(chex_close, jax.tree.map(lambda a: np.asarray(a)[0], per_ex), ref0)
+    chex.assert_trees_all_close(jax.tree.map(lambda a: a[0], per_ex), ref0, **close)
 
 
 def test_as_custom_vjp_is_really_used():
@@ -197,7 +198,7 @@ def test_value_and_grad_matches_autodiff_on_contextual_models():
         params, x, y, state=state, key=jax.random.key(7))
     assert int(new_state[1]) == 1
     np.testing.assert_allclose(v, v2, rtol=1e-6)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), g, g2)
+    chex.assert_trees_all_close(g, g2, rtol=1e-5, atol=1e-7)
     report = bp.check_gradients(model, bp.losses.softmax_cross_entropy, params, x, y, state=state,
                                 key=jax.random.key(7))
     assert report.ok
@@ -209,6 +210,6 @@ def test_value_and_grad_matches_autodiff_on_contextual_models():
     g3 = jax.jit(jax.grad(lambda p: f(p, x, state, jax.random.key(7))[0].sum()))(params)
     g4 = jax.jit(jax.grad(lambda p: model.forward(p, x, state=state, key=jax.random.key(7), train=True)[0].sum()))(
         params)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), g3, g4)
+    chex.assert_trees_all_close(g3, g4, rtol=1e-5, atol=1e-7)
     with pytest.raises(ValueError, match="state="):
         bp.value_and_grad(model, bp.losses.mse)(params, x, y)

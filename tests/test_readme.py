@@ -4,11 +4,16 @@ A reader pastes the blocks of ``README.md`` one after another into one Python se
 does the same. The data the snippets need (``x, y, x_test, y_test, key, my_loss``) comes from a
 visible ```python block of the README itself, so nothing is supplied behind the reader's back.
 Signatures and pseudo-code are fenced as ```text and are not run; every fence names its language.
+The interoperability recipes import Equinox and Flax, which bpjax does not need: they are in the test
+extra, so the blocks run wherever the tests do (``RECIPE_PACKAGES``).
 """
 
+import ast
 import re
+import sys
 import textwrap
 import traceback
+import warnings
 from pathlib import Path
 
 import pytest
@@ -18,6 +23,11 @@ README = ROOT / "README.md"
 # The names the README's data block must define for the snippets after it.
 DATA_NAMES = ("x", "y", "x_test", "y_test", "key", "my_loss")
 FENCE = re.compile(r"^```(\S*)[ \t]*$")
+# The packages the README's blocks import beyond bpjax's own dependencies, each in pyproject.toml's test extra, and
+# the oldest Python it installs on there (None: any): flax 0.12 (with orbax and tensorstore) needs Python 3.11, and
+# the extra's marker says so. Below that version the blocks importing it are left out, with a warning; everywhere
+# else (CI included) every block runs.
+RECIPE_PACKAGES = {"equinox": None, "flax": (3, 11)}
 
 
 def blocks(text: str):
@@ -39,6 +49,39 @@ def blocks(text: str):
 
 def python_blocks():
     return [(line, src) for lang, line, src in blocks(README.read_text()) if lang == "python"]
+
+
+def imported(src: str) -> set:
+    """The top-level names of the modules a block imports."""
+    out = set()
+    for node in ast.walk(ast.parse(src)):
+        if isinstance(node, ast.Import):
+            out.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            out.add(node.module.split(".")[0])
+    return out
+
+
+def not_installed_here(src: str) -> list:
+    """The recipe packages a block imports that the test extra does not install on this Python."""
+    return sorted(m for m in imported(src) if RECIPE_PACKAGES.get(m) and sys.version_info < RECIPE_PACKAGES[m])
+
+
+def test_every_package_a_block_imports_is_installed_by_the_tests():
+    """A block imports the standard library, bpjax's own dependencies, or a recipe package of the test extra."""
+    tomllib = pytest.importorskip("tomllib", reason="pyproject.toml is read with tomllib (Python 3.11+)")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    name = lambda requirement: re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0]  # noqa: E731
+    core = {name(r) for r in project["dependencies"]}
+    test = {name(r): r for r in project["optional-dependencies"]["test"]}
+    for line, src in python_blocks():
+        for module in imported(src) - set(sys.stdlib_module_names) - {"bpjax"}:
+            assert module in core or module in RECIPE_PACKAGES, \
+                f"README.md:{line} imports {module}: add it to the test extra and to RECIPE_PACKAGES"
+    for package, python in RECIPE_PACKAGES.items():
+        assert package in test, f"{package} (imported by the README) is missing from the test extra"
+        marker = f"python_version >= '{python[0]}.{python[1]}'" if python else None
+        assert (marker in test[package]) if marker else (";" not in test[package]), (package, test[package])
 
 
 def test_every_block_names_its_language():
@@ -66,13 +109,19 @@ def test_readme_python_blocks_run_in_order(capsys):
     srcs = python_blocks()
     assert len(srcs) >= 6, f"README.md has only {len(srcs)} python blocks; the collector reads the wrong file?"
     ns: dict = {"__name__": "__readme__"}
+    left_out = []
     for line, src in srcs:
+        if not_installed_here(src):
+            left_out.append(f"README.md:{line} (needs {', '.join(not_installed_here(src))})")
+            continue
         try:
             exec(compile(src, f"README.md:{line}", "exec"), ns)
         except Exception:  # noqa: BLE001 - any failure of a pasted block is the finding, reported with the block
             pytest.fail(f"README.md: the ```python block starting at line {line} fails when pasted after the "
                         f"blocks before it:\n\n{textwrap.indent(src, '    ')}\n{traceback.format_exc()}",
                         pytrace=False)
+    if left_out:
+        warnings.warn(f"blocks not run on Python {sys.version_info[0]}.{sys.version_info[1]}: {'; '.join(left_out)}")
 
 
 def test_the_dense_block_is_verbatim_from_dense_py():

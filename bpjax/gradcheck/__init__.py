@@ -15,7 +15,9 @@ stacked-slice max pool is off by up to 70% (README, "jax.grad under jit on XLA C
 (:mod:`.sweep`). Measures and tolerances (:mod:`.measure`) are printed in every report with their
 reasons: manual vs reference relative to each leaf's largest entry, floored at 1% of the model's
 largest (a leaf whose true gradient is zero is judged on the whole gradient's scale), f64 1e-10,
-f32 1e-4; finite differences 1e-6 of the gradient's 2-norm.
+f32 1e-4; finite differences 1e-6 of the gradient's 2-norm. A row whose gradient comes from a
+``bp.layers.Autodiff`` layer (``jax.vjp``, not hand-written) says so in a ``backward`` column
+(:func:`.paths.backwards`), and the report names those layers.
 """
 
 from bpjax.gradcheck.layer import check_layer

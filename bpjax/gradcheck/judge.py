@@ -30,8 +30,9 @@ def _listing(labels: List[str]) -> str:
 
 def judge(names, labels, manual, reference, *, dtype, rtol: float, rtol_given: bool, finite_differences,
           world: World, fd_eps: float, fd_rtol: float, fd_directions: int, seed: int,
-          reference_name: str) -> Tuple[List[LeafCheck], Tuple[str, ...], tuple]:
-    """Rows, sentences and tolerances of a report (see the module docstring for the verdict)."""
+          reference_name: str, backwards: Sequence[str]) -> Tuple[List[LeafCheck], Tuple[str, ...], tuple]:
+    """Rows, sentences and tolerances of a report (see the module docstring for the verdict); ``backwards``
+    says whose backward computed each row (:func:`bpjax.gradcheck.paths.backwards`)."""
     comps = measure.compare(manual, reference, rtol)
     fd_rows = [] if finite_differences is False else \
         list(range(len(comps))) if finite_differences else [i for i, c in enumerate(comps) if not c.agree]
@@ -43,7 +44,7 @@ def judge(names, labels, manual, reference, *, dtype, rtol: float, rtol_given: b
                                       fd_rows, eps=fd_eps, directions=fd_directions, seed=seed,
                                       smooth_tol=fd_rtol / 2)
     rows = []
-    for i, (name, label, m, c) in enumerate(zip(names, labels, manual, comps)):
+    for i, (name, label, m, c, backward) in enumerate(zip(names, labels, manual, comps, backwards)):
         failed = () if c.agree else ("reference",)
         e = errs.get(i)
         if i not in errs:
@@ -62,37 +63,62 @@ def judge(names, labels, manual, reference, *, dtype, rtol: float, rtol_given: b
                 verdict = report.BOTH_WRONG if bad["fd reference"] else report.MANUAL_WRONG
         rows.append(LeafCheck(name, tuple(getattr(m, "shape", ())), c.max_abs_error, c.max_rel_error, c.cosine,
                               None if not e else e["fd"], label, verdict, None if not e else e["fd manual"],
-                              None if not e else e["fd reference"], failed))
+                              None if not e else e["fd reference"], failed, backward))
     notes = _sentences(rows, reference_name, finite_differences, errs, fd_rows)
     tol = measure.tolerances(dtype, rtol, rtol_given, (fd_rtol, arb, fd_eps) if fd_rows else None)
     return rows, notes, tol
 
 
+def _own(rows: Sequence[LeafCheck]) -> str:
+    """What the sentences call the model's gradient: hand-written, or with JAX's from ``Autodiff`` layers."""
+    kinds = {r.backward for r in rows}
+    return "the hand-written gradient" if kinds <= {report.HAND_WRITTEN} else \
+        "the model's gradient (jax.vjp: Autodiff layers only)" if kinds == {report.JAX_VJP} else \
+        "the model's gradient (hand-written, and jax.vjp in Autodiff layers)"
+
+
+def _autodiff_sentences(rows: Sequence[LeafCheck]) -> List[str]:
+    """Which rows carry JAX's gradient (``bp.layers.Autodiff``) rather than a hand-written one."""
+    if rows and all(r.backward == report.JAX_VJP for r in rows):
+        return ["every row's gradient is JAX's (jax.vjp in Autodiff layers): the check compares JAX with itself, "
+                "so it tests how the layers fit together, not a hand-written backward"]
+    layers = list(dict.fromkeys(r.label.rsplit(": ", 1)[0] for r in rows
+                                if r.backward == report.JAX_VJP and ": " in r.label))
+    if not layers:
+        return []
+    one = len(layers) == 1
+    return [f"{_listing(layers)} {'is an Autodiff layer: its' if one else 'are Autodiff layers: their'} gradient is "
+            f"JAX's (jax.vjp), not hand-written (column 'backward'), so {'its' if one else 'their'} rows test the "
+            f"model around {'it' if one else 'them'}"]
+
+
 def _sentences(rows, ref: str, finite_differences, errs, fd_rows) -> Tuple[str, ...]:
     out = []
+    own = _own(rows)
     wrong_ref, wrong_man = _which(rows, report.REFERENCE_WRONG), _which(rows, report.MANUAL_WRONG)
     both, undecided = _which(rows, report.BOTH_WRONG), _which(rows, report.UNDECIDED)
     if not (wrong_ref or wrong_man or both or undecided):
         tail = ", and float64 finite differences agree" if finite_differences and len(fd_rows) == len(rows) else ""
         resolved = [r.label or r.name for r in rows if "reference" in r.failed]
-        out.append(f"the hand-written gradient agrees with {ref} on all {len(rows)} rows{tail}" if not resolved else
-                   f"the hand-written gradient and {ref} differ on {_listing(resolved)} by less than finite "
+        out.append(f"{own} agrees with {ref} on all {len(rows)} rows{tail}" if not resolved else
+                   f"{own} and {ref} differ on {_listing(resolved)} by less than finite "
                    f"differences resolve: both agree with them")
     if wrong_ref:
         hint = " (the XLA CPU behaviour in the README, 'jax.grad under jit on XLA CPU'; reference='eager' " \
                "avoids it)" if ref == "jax.grad under jit" else ""
-        out.append(f"{ref} disagrees with finite differences on {_listing(wrong_ref)}; the hand-written gradient "
+        out.append(f"{ref} disagrees with finite differences on {_listing(wrong_ref)}; {own} "
                    f"agrees{hint}")
     if wrong_man:
-        out.append(f"the hand-written gradient disagrees with finite differences on {_listing(wrong_man)}; "
+        out.append(f"{own} disagrees with finite differences on {_listing(wrong_man)}; "
                    f"{ref} agrees")
     if both:
-        out.append(f"finite differences contradict both the hand-written gradient and {ref} on {_listing(both)}")
+        out.append(f"finite differences contradict both {own} and {ref} on {_listing(both)}")
     if undecided:
         why = "finite differences are off (finite_differences=False)" if finite_differences is False else \
             "finite differences are inconclusive (every direction crossed a kink within eps)"
-        out.append(f"the hand-written gradient and {ref} disagree on {_listing(undecided)}; {why}, so nothing "
+        out.append(f"{own} and {ref} disagree on {_listing(undecided)}; {why}, so nothing "
                    f"decides which one is wrong")
+    out += _autodiff_sentences(rows)
     inconclusive = [rows[i].label or rows[i].name for i in fd_rows if errs.get(i) is None]
     if inconclusive and not undecided:
         out.append(f"finite differences inconclusive on {_listing(inconclusive)} (kinks within eps)")

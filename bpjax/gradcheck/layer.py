@@ -73,6 +73,7 @@ def check_layer(layer: Layer, params, x, *, state=None, key=None, train: bool = 
     dy = _cotangent(where, y, dy, seed)
     manual, ref = _both(layer, train, params, x, st, dy, key)
     keep, names, labels = rows_of(params, x, paths.labels(layer, params))
+    whose = paths.backwards(layer, params, x)  # hand-written, or jax.vjp in an Autodiff layer
     m, r = jax.tree.leaves(manual), jax.tree.leaves(ref)
     dtype = measure.model_dtype(jax.tree.leaves((params, x)))
     tol = measure.default_rtol(dtype, rtol)
@@ -80,7 +81,8 @@ def check_layer(layer: Layer, params, x, *, state=None, key=None, train: bool = 
     rows, notes, tols = _judge.judge(names, labels, [m[i] for i in keep], [r[i] for i in keep], dtype=dtype,
                                      rtol=tol, rtol_given=rtol is not None, finite_differences=finite_differences,
                                      world=world, fd_eps=fd_eps, fd_rtol=fd_rtol, fd_directions=fd_directions,
-                                     seed=seed, reference_name="jax.vjp")
+                                     seed=seed, reference_name="jax.vjp",
+                                     backwards=[whose[i] for i in keep])
     sweep_rows, pinned, more = run_sweep(sweep, rows, layer, None, params, x, dy, st, key, train, tol)
     return GradientReport(where, rows, tol, fd_rtol if any(row.fd_rel_error is not None for row in rows) else None,
                           tols, notes + more, sweep_rows, pinned, "jax.vjp")

@@ -136,6 +136,7 @@ def check_gradients(model: Layer, loss, params, x, y, *, state=None, key=None, t
     _errors.throw(error)
     ref = reference_gradients(reference, model, loss, train, params, x, y, state, key)[2]
     keep, names, labels = rows_of(params, x, paths.labels(model, params))
+    whose = paths.backwards(model, params, x)  # hand-written, or jax.vjp in an Autodiff layer
     m, r = jax.tree.leaves(manual), jax.tree.leaves(ref)
     dtype = measure.model_dtype(jax.tree.leaves((params, x)))
     tol = measure.default_rtol(dtype, rtol)
@@ -145,7 +146,8 @@ def check_gradients(model: Layer, loss, params, x, y, *, state=None, key=None, t
     rows, notes, tols = _judge.judge(names, labels, [m[i] for i in keep], [r[i] for i in keep], dtype=dtype,
                                      rtol=tol, rtol_given=rtol is not None, finite_differences=finite_differences,
                                      world=world, fd_eps=fd_eps, fd_rtol=fd_rtol, fd_directions=fd_directions,
-                                     seed=seed, reference_name=REFERENCES[reference])
+                                     seed=seed, reference_name=REFERENCES[reference],
+                                     backwards=[whose[i] for i in keep])
     sweep_rows, pinned, more = run_sweep(sweep, rows, model, loss, params, x, y, state, key, train, tol)
     title = f"check_gradients({model.name}, {loss.name})"
     return GradientReport(title, rows, tol, fd_rtol if any(row.fd_rel_error is not None for row in rows) else None,

@@ -2,7 +2,8 @@
 
 ``serial`` and ``parallel`` keep one params entry per child, so their leaves belong to the child at
 that index; every other layer (a leaf layer, or a container such as ``Residual`` that passes its
-block's params through) names its leaves itself: ``Residual(...): [0].W``.
+block's params through) names its leaves itself: ``Residual(...): [0].W``. The same walk says whose
+backward computed each row (:func:`backwards`): a hand-written one, or JAX's in an ``Autodiff`` layer.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ import jax
 from jax.tree_util import DictKey, GetAttrKey, SequenceKey
 
 from bpjax.core import Layer
+from bpjax.gradcheck.report import BOTH, HAND_WRITTEN, JAX_VJP
 
 PER_CHILD = ("serial", "parallel")
+AUTODIFF = "Autodiff"  # bp.layers.Autodiff: its backward is jax.vjp
 
 
 def kind(layer: Layer) -> str:
@@ -50,3 +53,22 @@ def labels(layer: Layer, params, where: str = "") -> List[str]:
             out += labels(child, p, f"{where}{kind(layer)}[{i}] ")
         return out
     return [f"{where}{layer.name}: {leaf_name(path)}" for path, _ in jax.tree_util.tree_leaves_with_path(params)]
+
+
+def backward_of(layer: Layer) -> str:
+    """Whose backward ``layer`` runs: ``"jax.vjp"`` when every layer at the bottom of it is an ``Autodiff``,
+    ``"hand-written"`` when none is, ``"both"`` otherwise."""
+    if not layer.children:
+        return JAX_VJP if kind(layer) == AUTODIFF else HAND_WRITTEN
+    kinds = {backward_of(child) for child in layer.children}
+    return kinds.pop() if len(kinds) == 1 else BOTH
+
+
+def backwards(layer: Layer, params, x) -> List[str]:
+    """One :func:`backward_of` per leaf of ``(params, x)``: a parameter's is its layer's, the input's the model's."""
+    def of_params(layer, params) -> List[str]:
+        if per_child(layer, params):
+            return [b for child, p in zip(layer.children, params) for b in of_params(child, p)]
+        return [backward_of(layer)] * len(jax.tree.leaves(params))
+
+    return of_params(layer, params) + [backward_of(layer)] * len(jax.tree.leaves(x))

@@ -14,6 +14,10 @@ BOTH_WRONG = "both wrong"             # finite differences contradict both
 UNDECIDED = "undecided"               # manual and jax.grad disagree and nothing decides (finite differences off)
 PASSING = (OK, REFERENCE_WRONG, ABSORBED)
 
+# Whose backward computed a row's gradient (from the cotangent its layer received): a hand-written one, JAX's
+# (``jax.vjp`` inside a ``bp.layers.Autodiff`` layer), or both (a container, or the input, with layers of each kind).
+HAND_WRITTEN, JAX_VJP, BOTH = "hand-written", "jax.vjp", "both"
+
 
 class LeafCheck(NamedTuple):
     """One row: a parameter leaf, the input, or (in the sweep) one layer's own gradient.
@@ -23,7 +27,9 @@ class LeafCheck(NamedTuple):
     the leaf's scale, see :mod:`bpjax.gradcheck`); ``fd_rel_error`` the float64 hand-written
     gradient against finite differences; ``fd_manual_error`` / ``fd_reference_error`` the gradients
     in the model's dtype against finite differences (the arbiter). ``failed`` names the comparisons
-    that failed: ``"reference"``, ``"fd"``, ``"fd manual"``, ``"fd reference"``.
+    that failed: ``"reference"``, ``"fd"``, ``"fd manual"``, ``"fd reference"``. ``backward`` says whose
+    backward computed the row's gradient: ``"hand-written"``, ``"jax.vjp"`` (an ``Autodiff`` layer's, so the
+    row checks JAX against itself and the model around it) or ``"both"``.
     """
     name: str
     shape: tuple
@@ -36,6 +42,7 @@ class LeafCheck(NamedTuple):
     fd_manual_error: Optional[float] = None
     fd_reference_error: Optional[float] = None
     failed: Tuple[str, ...] = ()
+    backward: str = HAND_WRITTEN
 
     @property
     def ok(self) -> bool:
@@ -110,14 +117,16 @@ def _num(value: Optional[float], failed: bool, fmt: str = ".2e") -> str:
 
 def _table(rows, reference: str) -> List[str]:
     fd = any(r.fd_rel_error is not None or r.fd_manual_error is not None for r in rows)
-    head = ["row", "leaf", "shape", "max abs err", f"rel err vs {reference}", "cosine"]
+    mixed = any(r.backward != HAND_WRITTEN for r in rows)  # a model with Autodiff layers: say whose gradient
+    head = ["row", "leaf", "shape", *(["backward"] if mixed else []), "max abs err", f"rel err vs {reference}",
+            "cosine"]
     if fd:
         head += ["f64 manual vs fin.diff", "manual vs fin.diff", "reference vs fin.diff"]
     head.append("verdict")
     body = []
     for r in rows:
-        cells = [r.label or r.name, r.name, "x".join(map(str, r.shape)) or "scalar", f"{r.max_abs_error:.2e}",
-                 _num(r.max_rel_error, "reference" in r.failed), _num(r.cosine, False, ".6f")]
+        cells = [r.label or r.name, r.name, "x".join(map(str, r.shape)) or "scalar", *([r.backward] if mixed else []),
+                 f"{r.max_abs_error:.2e}", _num(r.max_rel_error, "reference" in r.failed), _num(r.cosine, False, ".6f")]
         if fd:
             cells += [_num(r.fd_rel_error, "fd" in r.failed), _num(r.fd_manual_error, "fd manual" in r.failed),
                       _num(r.fd_reference_error, "fd reference" in r.failed)]

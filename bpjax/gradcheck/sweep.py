@@ -105,7 +105,8 @@ def sweep(layers: tuple, loss, params, x, target, state, key, train: bool, rtol:
             failing.add(i)
         rows.append(LeafCheck(name, tuple(jnp.shape(m)),  # type: ignore[arg-type]
                               c.max_abs_error, c.max_rel_error, c.cosine, label=label, verdict=verdict,
-                              failed=() if c.agree else ("reference",)))
+                              failed=() if c.agree else ("reference",),
+                              backward=paths.backward_of(layers[i]) if i < n else report.HAND_WRITTEN))
     if not failing:
         return tuple(rows), None
     worst = max(failing)

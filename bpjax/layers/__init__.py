@@ -1,5 +1,7 @@
 """The layer catalogue: each a :class:`bpjax.Layer` with its backward written by hand beside its forward.
 
+One exception, on purpose: ``Autodiff(apply, init)`` makes any JAX function a layer whose backward is ``jax.vjp``.
+
 Naming (after stax): CamelCase constructors return layers, e.g. ``Dense(100)``, ``Relu()``.
 Modules load on first use, so ``import bpjax`` stays light.
 """
@@ -20,6 +22,7 @@ _WHERE = {
     "Embedding": "embedding",
     "SimpleRNN": "recurrent", "GRU": "recurrent", "LSTM": "recurrent", "Bidirectional": "recurrent",
     "MultiHeadSelfAttention": "attention", "TransformerBlock": "attention",
+    "Autodiff": "autodiff",
 }
 __all__ = sorted(_WHERE)
 

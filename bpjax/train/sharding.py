@@ -20,18 +20,53 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from bpjax import _errors
 
-__all__ = ["data_parallel_mesh", "device_bytes", "param_spec", "replicate", "shard_batch", "shard_params",
-           "shard_rows", "take_rows"]
+__all__ = ["data_parallel_mesh", "device_bytes", "make_mesh", "param_spec", "replicate", "shard_batch",
+           "shard_params", "shard_rows", "take_rows"]
+
+
+def make_mesh(axis_shapes: Sequence[int], axis_names: Sequence[str],
+              devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
+    """A :class:`jax.sharding.Mesh` of shape ``axis_shapes`` from :func:`jax.make_mesh`, its devices grouped by process.
+
+    ``jax.make_mesh`` lays the devices out in the platform's topology-aware order (GPU: XLA's global
+    device ids; TPU: rings of the interconnect), which reshaping ``jax.devices()`` loses. That order
+    is then regrouped, stably, by process: in the mesh's flattened (row-major) order every process's
+    devices are contiguous, process 0's first, each process keeping ``make_mesh``'s order among its
+    own. So the first (data) axis is split by process, as :func:`bpjax.train.process_local` and
+    :func:`shard_rows` expect (with one process this is ``make_mesh``'s mesh). The axes are
+    ``AxisType.Auto`` (``jax.make_mesh``'s default is ``Explicit``, sharding in types, which bpjax's
+    training step does not use).
+
+    Args:
+      axis_shapes: the size of each axis, e.g. ``(4, 2)``; their product devices are used.
+      axis_names: one name per axis, the data axis first, e.g. ``("data", "model")``.
+      devices: the devices to lay out (default: ``jax.devices()``, every process's).
+    """
+    shape, names = tuple(axis_shapes), tuple(axis_names)
+    if len(shape) != len(names) or not all(isinstance(n, str) for n in names):
+        raise _errors.BpjaxError("make_mesh", f"expected one axis name (a str) per axis size, got sizes {shape} "
+                                              f"and names {names}")
+    devices = jax.devices() if devices is None else list(devices)
+    for size in shape:
+        _errors.positive_int("make_mesh", "an axis size", size)
+    if int(np.prod(shape)) > len(devices):
+        raise _errors.BpjaxError("make_mesh", f"a mesh of shape {shape} needs {int(np.prod(shape))} devices, got "
+                                              f"{len(devices)}")
+    auto = (AxisType.Auto,) * len(shape)
+    laid_out = jax.make_mesh(shape, names, axis_types=auto, devices=devices).devices
+    by_process = sorted(laid_out.flat, key=lambda d: d.process_index)  # stable: make_mesh's order within a process
+    return Mesh(np.asarray(by_process).reshape(shape), names, axis_types=auto)
 
 
 def data_parallel_mesh(devices: Optional[Sequence[jax.Device]] = None, axis: str = "data") -> Mesh:
-    """A 1-D :class:`jax.sharding.Mesh` over ``devices`` (default: all of ``jax.devices()``, every process's)."""
+    """A 1-D mesh over ``devices`` (default: all of ``jax.devices()``, every process's), process 0's first
+    (:func:`make_mesh`)."""
     devices = jax.devices() if devices is None else list(devices)
-    return Mesh(np.asarray(devices), (axis,))
+    return make_mesh((len(devices),), (axis,), devices)
 
 
 def data_axis(mesh: Mesh) -> str:
