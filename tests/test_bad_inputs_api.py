@@ -444,6 +444,8 @@ CASES = [
     ("restore like keys", lambda t: checkpoint.restore(checkpoint.save(t / "ck.npz", {"a": jnp.ones(2)}),
                                                        like={"b": jnp.ones(2)}), E,
      ["checkpoint.restore", "does not match `like`", "in `like` only: ['b']", "in the file only: ['a']"]),
+    ("fit explicit mesh", lambda t: fit(mesh=jax.make_mesh((1,), ("data",))), E,
+     ["fit", "mesh: expected Auto axes", "bp.train.make_mesh(shape, names)"]),
     ("fit resume from another run", lambda t: (fit(checkpoint_path=str(t / "run")),
                                                fit(checkpoint_path=str(t / "run"), optimizer=optax.adam(1e-3),
                                                    batch_size=4)), E,

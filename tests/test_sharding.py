@@ -107,7 +107,7 @@ MORE = textwrap.dedent("""
     np.testing.assert_allclose(resident.history["loss"], streamed.history["loss"], rtol=1e-5, atol=1e-6)
 
     # 5. a 2-D mesh (data 4 x model 2): the weight matrices split by columns, the same run
-    mesh2 = jax.sharding.Mesh(np.asarray(jax.devices()).reshape(4, 2), ("data", "model"))
+    mesh2 = bp.train.make_mesh((4, 2), ("data", "model"))
     tp = bp.train.fit(model, XENT, adam, p0, (x, y), mesh=mesh2, **kw)
     close(single.params, tp.params, "2-D mesh params")
     np.testing.assert_allclose(single.history["loss"], tp.history["loss"], rtol=1e-5, atol=1e-6)

@@ -24,9 +24,9 @@ from bpjax.train.distributed import every_process, initialize, process_local
 from bpjax.train.history import FitResult
 from bpjax.train.resume import NonFiniteStateWarning, resume_step
 from bpjax.train.runs import fit, fit_many, init_many
-from bpjax.train.sharding import data_parallel_mesh, replicate, shard_batch
+from bpjax.train.sharding import data_parallel_mesh, make_mesh, replicate, shard_batch
 from bpjax.train.step import make_step
 
 __all__ = ["BACKWARDS", "FitResult", "NonFiniteStateWarning", "clear_cache", "data_parallel_mesh", "every_process",
-           "fit", "fit_many", "init_many", "initialize", "make_step", "process_local", "replicate", "resume_step",
-           "shard_batch"]
+           "fit", "fit_many", "init_many", "initialize", "make_mesh", "make_step", "process_local", "replicate",
+           "resume_step", "shard_batch"]

@@ -165,9 +165,15 @@ def shard_rows(data: Tuple, mesh: Mesh) -> Tuple[Tuple, Optional[int]]:
 
 
 def check_mesh(where: str, mesh) -> None:
-    """``mesh`` is ``None`` or a :class:`jax.sharding.Mesh`."""
+    """``mesh`` is ``None`` or a :class:`jax.sharding.Mesh` whose axes are ``AxisType.Auto`` (bpjax's step places
+    its arrays with sharding constraints, not with sharding in types)."""
     if mesh is not None and not isinstance(mesh, Mesh):
         raise _errors.BpjaxTypeError(where, f"mesh must be a jax.sharding.Mesh, got {type(mesh).__name__}")
+    types = tuple(getattr(mesh, "axis_types", ()) or ()) if mesh is not None else ()
+    if any(t != AxisType.Auto for t in types):
+        raise _errors.BpjaxError(where, f"mesh: expected Auto axes, got {types} (jax.make_mesh's default is "
+                                        f"Explicit): build it with bp.train.make_mesh(shape, names), or "
+                                        f"jax.make_mesh(..., axis_types=(jax.sharding.AxisType.Auto,) * ndim)")
 
 
 def data_sharding(where: str, mesh, batch_size: int) -> Optional[NamedSharding]:
