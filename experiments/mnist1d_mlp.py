@@ -54,7 +54,7 @@ def main(argv=None) -> dict:
         xb, yb = d["x"][b * BATCH:(b + 1) * BATCH], d["y"][b * BATCH:(b + 1) * BATCH]
         with jax.enable_x64(True):
             params64 = jax.tree.map(lambda a: np.asarray(a[0], np.float64), r.params)  # model 0, in float64
-            report = bp.check_gradients(model, xent, params64, np.float64(xb), yb)
+            report = bp.check_gradients(model, xent, params64, xb.astype(np.float64), yb)
         grad_checks.append((done, report.max_rel_error))
         train_curve.append(np.asarray(train_accuracy(r.params)))
         tqdm.write(f"step {done:5d}: manual vs jax.grad (float64) max rel error {report.max_rel_error:.2e} "
