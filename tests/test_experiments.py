@@ -251,7 +251,8 @@ def test_a_copied_experiment_runs_on_its_own(tmp_path):
     for name in ("chain_rule.py", "results.py"):
         (copy / name).write_text((experiments.HERE / name).read_text())
     (lib / "bpjax").symlink_to(ROOT / "bpjax")  # this checkout's bpjax, and nothing else of the repository
-    proc = subprocess.run([sys.executable, "chain_rule.py", "--quick", "--no-progress", "--out", "out"], cwd=copy,
+    proc = subprocess.run([sys.executable, "chain_rule.py", "--quick", "--no-progress", "--out", str(copy / "out")],
+                          cwd=copy,
                           env={**os.environ, "PYTHONPATH": str(lib), "JAX_PLATFORMS": "cpu"},
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
