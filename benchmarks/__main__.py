@@ -19,72 +19,21 @@ Writes ``<out>.json`` and ``<out>.md`` (a markdown table with the machine descri
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 import bpjax as bp
+from benchmarks import bench_gpt
 from benchmarks.data import mnist1d
+from benchmarks.measure import RESULTS, interleaved, load_average, machine, per_call, residual_bytes, save, timed
 from bpjax import zoo
 
 XENT = bp.losses.softmax_cross_entropy
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine() -> dict:
-    try:
-        import torch
-        torch_version = torch.__version__
-    except ImportError:
-        torch_version = None
-    return {"platform": platform.platform(), "processor": _cpu_model(), "cpu_count": os.cpu_count(),
-            "python": platform.python_version(), "jax": jax.__version__, "torch": torch_version,
-            "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
-            "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None}
-
-
-def timed(fn, repeats=1):
-    """Best wall time and best process CPU time of ``fn()`` over ``repeats`` runs (the result of the last).
-
-    CPU time (``time.process_time``, all threads of this process) is the fairer figure on a shared
-    machine: other processes' load stretches the wall time but not this process's CPU time.
-    """
-    best_wall = best_cpu = float("inf")
-    for _ in range(repeats):
-        t0, c0 = time.perf_counter(), time.process_time()
-        out = jax.block_until_ready(fn())
-        best_wall, best_cpu = min(best_wall, time.perf_counter() - t0), min(best_cpu, time.process_time() - c0)
-    return out, best_wall, best_cpu
-
-
-def interleaved(fns, repeats):
-    """``{name: (best wall, best cpu, last result)}`` of each ``fns[name]()``, the variants alternating run by
-    run (order flipped each round) so that a drifting background load hits all of them alike."""
-    names = list(fns)
-    best = {n: [float("inf"), float("inf"), None] for n in names}
-    for r in range(repeats):
-        for n in (names if r % 2 == 0 else names[::-1]):
-            out, wall, cpu = timed(fns[n])
-            b = best[n]
-            b[0], b[1], b[2] = min(b[0], wall), min(b[1], cpu), out
-    return {n: tuple(b) for n, b in best.items()}
 
 
 # ---------------------------------------------------------------- 1. MNIST-1D
@@ -126,18 +75,12 @@ def grad_only(name, calls):
     model = zoo.MODELS[name]()
     _, p = model.init(jax.random.key(0), (40,))
     xb, yb = jnp.asarray(x[:100]), jnp.asarray(y[:100])
-    fns = {b: jax.jit(bp.value_and_grad(model, XENT, backward=b)) for b in ("manual", "autodiff")}
-    for f in fns.values():
+    grads = {b: jax.jit(bp.value_and_grad(model, XENT, backward=b)) for b in ("manual", "autodiff")}
+    for f in grads.values():
         jax.block_until_ready(f(p, xb, yb))
-    wall, cpu = {b: [] for b in fns}, {b: [] for b in fns}
-    for i in range(calls):
-        for b in (list(fns) if i % 2 == 0 else list(fns)[::-1]):
-            t0, c0 = time.perf_counter(), time.process_time()
-            jax.block_until_ready(fns[b](p, xb, yb))
-            wall[b].append(time.perf_counter() - t0)
-            cpu[b].append(time.process_time() - c0)
-    out = {b: {"median_wall_ms": 1e3 * statistics.median(wall[b]), "median_cpu_ms": 1e3 * statistics.median(cpu[b]),
-               "min_wall_ms": 1e3 * min(wall[b])} for b in fns}
+    times = per_call({b: lambda f=f: f(p, xb, yb) for b, f in grads.items()}, calls)
+    out = {b: {"median_wall_ms": 1e3 * statistics.median(t["wall"]), "median_cpu_ms": 1e3 * statistics.median(t["cpu"]),
+               "min_wall_ms": 1e3 * min(t["wall"])} for b, t in times.items()}
     out["manual/autodiff"] = out["manual"]["median_cpu_ms"] / out["autodiff"]["median_cpu_ms"]
     out["manual/autodiff_wall"] = out["manual"]["median_wall_ms"] / out["autodiff"]["median_wall_ms"]
     out["calls"] = calls
@@ -270,12 +213,7 @@ def memory(name):
     model = zoo.MODELS[name]()
     _, p = model.init(jax.random.key(0), (40,))
     xb, yb = jnp.asarray(x[:100]), jnp.asarray(y[:100])
-    res = jax.eval_shape(lambda p, x: model.forward(p, x)[1], p, xb)
-    manual = sum(int(np.prod(r.shape)) * r.dtype.itemsize for r in jax.tree.leaves(res))
-    from jax._src.ad_checkpoint import saved_residuals  # what jax.vjp keeps (the public printer's source)
-    saved = saved_residuals(lambda p: XENT.value(model.forward(p, xb)[0], yb), p)
-    auto = sum(int(np.prod(a.shape)) * a.dtype.itemsize for a, _ in saved)
-    out = {"manual_residual_bytes": manual, "autodiff_residual_bytes": auto}
+    out = residual_bytes(model, XENT, p, xb, yb)
     for backward in ("manual", "autodiff"):
         g = jax.jit(bp.value_and_grad(model, XENT, backward=backward))
         m = g.lower(p, xb, yb).compile().memory_analysis()
@@ -367,7 +305,6 @@ def markdown(r) -> str:
         lines += ["", f"Manual, Adam over one flat buffer (`optax.flatten(optax.adam(1e-3))`): {e['ms_per_step']:.2f} "
                       f"ms/step, {e['fraction_of_matmul']:.2f} of the matmul ceiling."]
     if r.get("gpt"):
-        from benchmarks import bench_gpt
         lines += bench_gpt.markdown(r["gpt"])
     lines += ["", "## Memory kept for the backward pass (batch 100)", "",
               "| model | manual residuals | jax.grad residuals | manual temp | jax.grad temp |",
@@ -405,7 +342,7 @@ def _models(text: str) -> list:
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="a fast smoke run (few steps, one repeat)")
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "bench"),
+    ap.add_argument("--out", default=os.path.join(RESULTS, "bench"),
                     help="output prefix (.json and .md); default benchmarks/results/bench")
     ap.add_argument("--models", default=None, type=_models, help="comma-separated subset of mlp,cnn,gru")
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch eager runs")
@@ -426,19 +363,12 @@ def main(argv=None):
     print("large MLP step ...", flush=True)
     r["large_mlp"] = large_mlp(3 if args.quick else 20)
     if not args.no_gpt:
-        from benchmarks import bench_gpt
         print("GPT training ...", flush=True)
         r["gpt"] = bench_gpt.bench(1 if args.quick else 3, with_torch=not args.no_torch)
     print("vmap scaling ...", flush=True)
     r["vmap"] = vmap_scaling(2 if args.quick else 8, 100 if args.quick else 2000)
-    r["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out + ".json", "w") as f:
-        json.dump(r, f, indent=1, default=float)
-    md = markdown(r)
-    with open(args.out + ".md", "w") as f:
-        f.write(md)
-    print(md)
+    r["load_average_end"] = load_average()
+    save(args.out, r, markdown(r))
     return r
 
 

@@ -6,9 +6,9 @@ Recipe (Greydanus 2020): Adam 1e-2, batch 100, batches in order, evaluation on t
 500 steps. ``fit`` checks its inputs eagerly before it compiles (:mod:`bpjax.train.validate`: the
 datasets whole, finite and with valid targets; one forward and the loss traced on a batch), and the
 layer contract is checked while the gradient is traced (:mod:`bpjax.contract`); the compiled loop
-itself carries no checks. "Unchecked" runs the same ``fit`` with those eager checks replaced by
-pass-throughs (the contract checks read static shapes and add nothing to the compiled program, which
-``tests/test_contract.py`` asserts), so the difference is what a user pays for the checks:
+itself carries no checks. "Unchecked" runs the same ``fit`` with those eager checks switched off
+(``fit(..., checks=False)``; the contract checks read static shapes and add nothing to the compiled
+program, which ``tests/test_contract.py`` asserts), so the difference is what a user pays for the checks:
 
 - cached calls: ``fit`` with its compiled program reused (each arm's own), ``repeats`` interleaved
   calls per arm (order flipped each round), medians of wall and process CPU time;
@@ -21,45 +21,19 @@ Writes ``<out>.json`` and ``<out>.md`` (default ``benchmarks/results/bench_check
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import os
 import statistics
-import time
 
 import jax
 import numpy as np
 import optax
 
 import bpjax as bp
-from benchmarks.__main__ import machine
 from benchmarks.data import mnist1d
+from benchmarks.measure import RESULTS, load_average, machine, save, timed
 from bpjax import zoo
-from bpjax.train import runs as fit_module
 
 XENT, BATCH = bp.losses.softmax_cross_entropy, 100
-
-
-@contextlib.contextmanager
-def unchecked():
-    """``fit`` with its eager input checks replaced by pass-throughs (the prediction's shape still traced)."""
-    saved = {n: getattr(fit_module, n) for n in ("check_data", "check_targets", "trace_loss", "check_mesh")}
-    fit_module.check_data = lambda where, data, what: tuple(jax.numpy.asarray(a) for a in data)
-    fit_module.check_targets = lambda *args, **kwargs: None
-    fit_module.trace_loss = lambda *args, **kwargs: None
-    fit_module.check_mesh = lambda *args, **kwargs: None
-    try:
-        yield
-    finally:
-        for n, f in saved.items():
-            setattr(fit_module, n, f)
-
-
-def _timed(fn):
-    w, c = time.perf_counter(), time.process_time()
-    out = fn()
-    jax.block_until_ready(out.params)
-    return time.perf_counter() - w, time.process_time() - c, out
 
 
 def measure(steps: int, repeats: int) -> dict:
@@ -70,12 +44,9 @@ def measure(steps: int, repeats: int) -> dict:
     opts = {"checked": optax.adam(1e-2), "unchecked": optax.adam(1e-2)}  # one object per arm: its own cache
 
     def call(arm, opt):
-        def run():
-            return bp.train.fit(model, XENT, opt, p0, (x, y), **kw)
-        if arm == "unchecked":
-            with unchecked():
-                return _timed(run)
-        return _timed(run)
+        """``(wall s, CPU s, FitResult)`` of one fit call of ``arm``."""
+        result, wall, cpu = timed(lambda: bp.train.fit(model, XENT, opt, p0, (x, y), checks=arm == "checked", **kw))
+        return wall, cpu, result
 
     first = {a: {"wall": [], "cpu": []} for a in opts}
     for r in range(3):  # first calls: a new optimizer object, so a new trace and compile
@@ -127,18 +98,14 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_checks", description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=6000)
     ap.add_argument("--repeats", type=int, default=10)
-    ap.add_argument("--out", default="benchmarks/results/bench_checks", help="output prefix (.json and .md)")
+    ap.add_argument("--out", default=os.path.join(RESULTS, "bench_checks"), help="output prefix (.json and .md)")
     args = ap.parse_args(argv)
     info = machine()
     r = measure(args.steps, args.repeats)
     r["machine"] = {"cpu": info["processor"], "cores": info["cpu_count"], "jax": info["jax"],
                     "load_start": [round(v, 2) for v in info["load_average"]],
-                    "load_end": [round(v, 2) for v in os.getloadavg()]}
-    with open(args.out + ".json", "w") as f:
-        json.dump(r, f, indent=2)
-    with open(args.out + ".md", "w") as f:
-        f.write(markdown(r))
-    print(markdown(r))
+                    "load_end": [round(v, 2) for v in load_average()]}
+    save(args.out, r, markdown(r))
     return 0
 
 

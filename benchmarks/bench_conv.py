@@ -14,12 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 
 import bpjax as bp
+from benchmarks.measure import per_call
 from bpjax import layers as L
 
 BATCH, LENGTH, CLASSES = 100, 40, 10
@@ -32,22 +32,6 @@ def cnn():
                      L.Conv1D(25, 3, stride=2, padding=1), L.Relu(),
                      L.Conv1D(25, 3, stride=2, padding=1), L.Relu(),
                      L.Flatten(), L.Dense(CLASSES))
-
-
-def _time_interleaved(fns, args, calls):
-    """Per-call seconds of each ``fn(*args)`` (blocked until ready), ``calls`` times each.
-
-    The variants alternate call by call (the order flipping each time), so that the load of a
-    shared machine, which drifts over seconds, hits both alike; the paired ratios cancel it further.
-    """
-    names = list(fns)
-    times = {name: [] for name in names}
-    for i in range(calls):
-        for name in (names if i % 2 == 0 else names[::-1]):
-            t0 = time.perf_counter()
-            jax.block_until_ready(fns[name](*args))
-            times[name].append(time.perf_counter() - t0)
-    return times
 
 
 def main(calls=CALLS, json_path=None, show_hlo=False):
@@ -65,8 +49,9 @@ def main(calls=CALLS, json_path=None, show_hlo=False):
     if show_hlo:
         for name, fn in fns.items():
             print(f"===== {name} =====\n" + fn.lower(params, x, y).compile().as_text())
-    _time_interleaved(fns, (params, x, y), WARMUP)
-    times = _time_interleaved(fns, (params, x, y), calls)
+    calls_of = {name: (lambda fn=fn: fn(params, x, y)) for name, fn in fns.items()}
+    per_call(calls_of, WARMUP)
+    times = {name: t["wall"] for name, t in per_call(calls_of, calls).items()}  # alternating call by call
     med = {name: statistics.median(t) for name, t in times.items()}
     best = {name: min(t) for name, t in times.items()}
     ratio = med["manual"] / med["autodiff"]

@@ -11,12 +11,15 @@ depend on the values.
   ``nn.LayerNorm``, ``nn.Linear``, ``F.scaled_dot_product_attention(is_causal=True)``, tied
   ``lm_head``), ``torch.optim.AdamW`` and ``clip_grad_norm_``, the same number of steps.
 
-All variants alternate run by run (:func:`benchmarks.__main__.interleaved`); the best of the repeats
+All variants alternate run by run (:func:`benchmarks.measure.interleaved`); the best of the repeats
 counts. Also: the bytes the backward keeps (manual residuals vs what ``jax.vjp`` saves) and the
 step's FLOP rate as a fraction of this machine's 1024^3 float32 matmul, timed in the same rounds.
 FLOPs per token: ``6 N + 12 L T D`` (``N`` the matmul weights, the tied output projection
 included; the second term the attention scores and their use, forward and backward, as in the
 PaLM paper's appendix B).
+
+Run: ``python -m benchmarks.bench_gpt [--repeats 2] [--no-torch] [--out PREFIX]`` (writes ``<out>.json`` and
+``<out>.md``, default ``benchmarks/results/bench_gpt``); ``python -m benchmarks`` runs it as one of its sections.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import bpjax as bp
+from benchmarks.measure import RESULTS, interleaved, machine, residual_bytes, save, timed
 from bpjax import zoo
 
 V, LAYERS, HEADS, D, T, B = 96, 4, 4, 128, 64, 12
@@ -42,17 +46,6 @@ def flops_per_token() -> int:
     """``6 N + 12 L T D``: ``N`` = every matmul weight (attention, MLP, the tied output ``E^T``)."""
     N = V * D + LAYERS * (4 * D * D + 8 * D * D)
     return 6 * N + 12 * LAYERS * T * D
-
-
-def residual_bytes(model, loss, params, x, y) -> dict:
-    """Bytes kept for the backward: bpjax's residual pytree, and what ``jax.vjp`` saves for the same forward."""
-    from jax._src.ad_checkpoint import saved_residuals
-
-    res = jax.eval_shape(lambda p, x: model.forward(p, x)[1], params, x)
-    manual = sum(int(np.prod(r.shape)) * r.dtype.itemsize for r in jax.tree.leaves(res))
-    saved = saved_residuals(lambda p: loss.value(model.forward(p, x)[0], y), params)
-    auto = sum(int(np.prod(a.shape)) * a.dtype.itemsize for a, _ in saved)
-    return {"manual_residual_bytes": manual, "autodiff_residual_bytes": auto, "manual/autodiff": manual / auto}
 
 
 def torch_gpt(seed=0):
@@ -118,8 +111,6 @@ def torch_runner(ids, targets):
 
 
 def bench(repeats: int, with_torch: bool = True) -> dict:
-    from benchmarks.__main__ import interleaved, timed
-
     model = zoo.gpt(V, context=T, features=D, num_layers=LAYERS, num_heads=HEADS)
     _, p = model.init(jax.random.key(0), (T,))
     rng = np.random.default_rng(0)
@@ -157,7 +148,8 @@ def bench(repeats: int, with_torch: bool = True) -> dict:
     out["manual/autodiff_cpu"] = out["manual"]["cpu_s_per_call"] / out["autodiff"]["cpu_s_per_call"]
     if "torch" in out:
         out["torch/manual"] = out["torch"]["s_per_call"] / out["manual"]["s_per_call"]
-    out["memory"] = residual_bytes(model, loss, p, x[:B], y[:B])
+    memory = residual_bytes(model, loss, p, x[:B], y[:B])
+    out["memory"] = {**memory, "manual/autodiff": memory["manual_residual_bytes"] / memory["autodiff_residual_bytes"]}
     return out
 
 
@@ -184,7 +176,20 @@ def markdown(r) -> list:
     return lines
 
 
-if __name__ == "__main__":
-    import json
+def main(argv=None) -> dict:
+    import argparse
+    import os
 
-    print(json.dumps(bench(2), indent=1, default=float))
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_gpt", description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=2, help="interleaved timed rounds (best counts)")
+    ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch eager run")
+    ap.add_argument("--out", default=os.path.join(RESULTS, "bench_gpt"),
+                    help="output prefix (.json and .md); default benchmarks/results/bench_gpt")
+    args = ap.parse_args(argv)
+    r = {**bench(args.repeats, with_torch=not args.no_torch), "machine": machine()}
+    save(args.out, r, "\n".join(markdown(r)))
+    return r
+
+
+if __name__ == "__main__":
+    main()

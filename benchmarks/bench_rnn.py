@@ -16,12 +16,12 @@ import argparse
 import json
 import os
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 
 import bpjax as bp
+from benchmarks.measure import per_call
 from bpjax.layers import GRU, Bidirectional, Dense, Flatten
 
 BATCH, T, D, HIDDEN, CLASSES = 100, 40, 1, 6, 10
@@ -31,12 +31,6 @@ UNROLL = 1  # lax.scan unroll of the GRU (forward and hand-written backward; jax
 
 def model(unroll: int = UNROLL):
     return bp.serial(Bidirectional(GRU(HIDDEN, unroll=unroll)), Flatten(), Dense(CLASSES))
-
-
-def timed(fn, *args) -> float:
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    return time.perf_counter() - t0
 
 
 def bench(reps: int = REPS, warmup: int = WARMUP, unroll: int = UNROLL) -> dict:
@@ -51,13 +45,9 @@ def bench(reps: int = REPS, warmup: int = WARMUP, unroll: int = UNROLL) -> dict:
     (lm, gm), (la, ga) = fns["manual"](params, x, y), fns["autodiff"](params, x, y)
     err = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(gm), jax.tree.leaves(ga)))
     assert abs(float(lm) - float(la)) < 1e-5 and err < 1e-4, (float(lm), float(la), err)
-    for _ in range(warmup):
-        for f in fns.values():
-            timed(f, params, x, y)
-    times = {k: [] for k in fns}
-    for _ in range(reps):  # interleaved: the same background load for both
-        for k, f in fns.items():
-            times[k].append(timed(f, params, x, y))
+    calls = {k: (lambda f=f: f(params, x, y)) for k, f in fns.items()}
+    per_call(calls, warmup)
+    times = {k: t["wall"] for k, t in per_call(calls, reps).items()}  # interleaved: the same background load
     med = {k: statistics.median(v) for k, v in times.items()}
     return {"model": net.name, "batch": BATCH, "T": T, "hidden": HIDDEN, "reps": reps, "unroll": unroll,
             "device": jax.devices()[0].device_kind, "jax": jax.__version__,

@@ -34,8 +34,8 @@ import numpy as np
 import optax
 
 import bpjax as bp
-from benchmarks.__main__ import interleaved, machine, timed
 from benchmarks.data import mnist1d
+from benchmarks.measure import RESULTS, interleaved, load_average, machine, save, timed
 from bpjax import zoo
 from bpjax.train.driver import default_chunk
 
@@ -137,8 +137,7 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=6000)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--models", default="mlp,cnn")
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                                  "bench_stream"))
+    ap.add_argument("--out", default=os.path.join(RESULTS, "bench_stream"), help="output prefix (.json and .md)")
     ap.add_argument("--bytes-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.bytes_only:
@@ -149,12 +148,8 @@ def main(argv=None):
         print(f"MNIST-1D {name} ...", flush=True)
         r["throughput"][name] = throughput(name, args.steps, args.repeats)
     r["device_bytes"] = bytes_in_subprocess()
-    r["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    for suffix, text in ((".json", json.dumps(r, indent=1, default=float)), (".md", markdown(r))):
-        with open(args.out + suffix, "w") as f:
-            f.write(text)
-    print(markdown(r))
+    r["load_average_end"] = load_average()
+    save(args.out, r, markdown(r))
     return r
 
 

@@ -1,18 +1,21 @@
-"""Experiments that teach and reproduce: ``python -m experiments <name>`` (``python -m experiments list``).
+"""Experiments that teach and reproduce: each a script, ``python experiments/<file>.py [--quick] ...``.
 
-The registry is the dict :data:`EXPERIMENTS` below: one line per experiment, ``name: one-line
-description``; the name is also the module under ``experiments/`` that holds it. A module defines
+Every experiment is one file that reads top to bottom: its settings, the model, the data, the
+``bp.train.fit`` / ``fit_many`` call, its results (``results.json``, a CSV table, ``<name>.png``) and
+``main()`` under ``if __name__ == "__main__"``. Beside bpjax it imports only its folder's helpers:
+:mod:`results` (the command line and what a run writes) and :mod:`data` or :mod:`text` (the data
+sets), as sibling modules: a script's own folder is on Python's path, so a copied experiment runs with
+those files beside it.
 
-    def run(cfg: experiments.common.Config) -> dict      # returns the metrics, writes cfg.out/...
-
-and, optionally, ``DEFAULT_SEEDS`` (the number of seeds without ``--seeds``). It trains with
-``bp.train.fit`` / ``fit_many`` and writes ``results.json``, a CSV table and ``<name>.png``
-(:mod:`experiments.common`). To add an experiment, write the module and add its line here.
+``python -m experiments <name> [flags]`` runs one by the name below (``list`` shows them); the name is
+also its file, except ``mnist1d`` (:data:`FILES`). To add an experiment, write the file and its line here.
 """
 
 from __future__ import annotations
 
-import importlib
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
 
 EXPERIMENTS = {
     "mnist1d_mlp": "the main job: MNIST-1D MLP (40-100-100-10, residual) with the hand-written backward, "
@@ -35,17 +38,6 @@ EXPERIMENTS = {
     "char_rnn": "LSTM and GRU language models on the same corpus, truncated BPTT with the state carried",
     "dp_sgd": "DP-SGD with per-example gradients from the hand-written backward and optax",
 }
-
 DEFAULT = "mnist1d_mlp"
-
-
-def available() -> dict:
-    """The registered experiments whose module exists (a registered name may still be in the making)."""
-    return {name: doc for name, doc in EXPERIMENTS.items() if importlib.util.find_spec(f"experiments.{name}")}
-
-
-def load(name: str):
-    """The module of experiment ``name``."""
-    if name not in EXPERIMENTS:
-        raise KeyError(f"unknown experiment {name!r}; expected one of {sorted(EXPERIMENTS)}")
-    return importlib.import_module(f"experiments.{name}")
+# A script's folder comes first on Python's path: a file mnist1d.py would hide the mnist1d package.
+FILES = {name: HERE / f"{name}.py" for name in EXPERIMENTS} | {"mnist1d": HERE / "mnist1d_table.py"}

@@ -10,6 +10,8 @@ backward in the reverse order: ``dz2 = 2 (z2 - y) / N``, ``dW2 = a1^T dz2``, ``d
 ``da1 = dz2 W2^T``, ``dz1 = da1 * a1 (1 - a1)``, ``dW1 = x^T dz1``, ``db1 = sum dz1``,
 ``dx = dz1 W1^T``. Every quantity is compared with ``jax.grad`` in float64, and the whole gradient
 with bpjax's own ``serial(Dense, Sigmoid, Dense)`` backward.
+
+Run: ``python experiments/chain_rule.py`` (or ``python -m experiments chain_rule``).
 """
 
 from __future__ import annotations
@@ -19,14 +21,15 @@ import jax.numpy as jnp
 import numpy as np
 
 import bpjax as bp
-from experiments import common
+import results
 
 W, X, TARGET = 2.0, 3.0, 10.0
 B, D_IN, D_HIDDEN, D_OUT = 4, 3, 5, 2
 RTOL = 1e-12  # float64: hand-written and autodiff gradients agree to roundoff (~1e-16 per operation)
 
 
-def _scalar(cfg) -> dict:
+def scalar() -> dict:
+    """Part 1: ``L = (w x - 10)^2`` by hand, by ``jax.grad`` and by bpjax's ``Dense(1, bias=False)`` with mse."""
     # forward, one elementary operation per line
     u = W * X              # u = w x
     e = u - TARGET         # e = u - 10
@@ -41,16 +44,17 @@ def _scalar(cfg) -> dict:
     model = bp.serial(bp.layers.Dense(1, bias=False))
     value, (grads, dx) = bp.value_and_grad(model, bp.losses.mse, wrt_input=True)(
         ({"W": jnp.array([[W]])},), jnp.array([[X]]), jnp.array([[TARGET]]))
-    cfg.log(f"L = (w x - 10)^2 at w = {W:g}, x = {X:g}:  u = w x = {u:g},  e = u - 10 = {e:g},  L = e^2 = {L:g}")
-    cfg.log(f"  dL/de = 2e = {dL_de:g};  dL/du = dL/de * 1 = {dL_du:g};  dL/dw = dL/du * x = {dL_dw:g}  "
-            f"(jax.grad: {float(ref_w):g});  dL/dx = dL/du * w = {dL_dx:g}  (jax.grad: {float(ref_x):g})")
-    cfg.log(f"  bpjax serial(Dense(1, bias=False)) with mse: L = {float(value):g}, "
-            f"dL/dW = {float(grads[0]['W'][0, 0]):g}, dL/dx = {float(dx[0, 0]):g}")
+    print(f"L = (w x - 10)^2 at w = {W:g}, x = {X:g}:  u = w x = {u:g},  e = u - 10 = {e:g},  L = e^2 = {L:g}")
+    print(f"  dL/de = 2e = {dL_de:g};  dL/du = dL/de * 1 = {dL_du:g};  dL/dw = dL/du * x = {dL_dw:g}  "
+          f"(jax.grad: {float(ref_w):g});  dL/dx = dL/du * w = {dL_dx:g}  (jax.grad: {float(ref_x):g})")
+    print(f"  bpjax serial(Dense(1, bias=False)) with mse: L = {float(value):g}, "
+          f"dL/dW = {float(grads[0]['W'][0, 0]):g}, dL/dx = {float(dx[0, 0]):g}")
     return {"L": L, "dL_dw": dL_dw, "dL_dx": dL_dx, "jax_dL_dw": float(ref_w), "jax_dL_dx": float(ref_x),
             "bpjax_L": float(value), "bpjax_dL_dw": float(grads[0]["W"][0, 0]), "bpjax_dL_dx": float(dx[0, 0])}
 
 
-def _two_layer(cfg) -> dict:
+def two_layer() -> dict:
+    """Part 2: a 2-layer sigmoid network's backward line by line, each quantity against ``jax.grad`` (float64)."""
     k = jax.random.split(jax.random.key(0), 4)
     x = jax.random.normal(k[0], (B, D_IN), jnp.float64)
     y = jax.random.normal(k[1], (B, D_OUT), jnp.float64)
@@ -85,54 +89,63 @@ def _two_layer(cfg) -> dict:
     manual = {"dz2": dz2, "dW2": dW2, "db2": db2, "da1": da1, "dz1": dz1, "dW1": dW1, "db1": db1, "dx": dx}
     maths = {"dz2": "2 (z2 - y) / N", "dW2": "a1^T dz2", "db2": "sum_rows dz2", "da1": "dz2 W2^T",
              "dz1": "da1 * a1 * (1 - a1)", "dW1": "x^T dz1", "db1": "sum_rows dz1", "dx": "dz1 W1^T"}
-    cfg.log(f"\n2-layer network, B={B}: x ({B},{D_IN}) -> Dense({D_HIDDEN}) -> sigmoid -> Dense({D_OUT}) -> MSE")
-    cfg.log(f"  forward:  z1 = x W1 + b1 {tuple(z1.shape)};  a1 = sigmoid(z1) {tuple(a1.shape)};  "
-            f"z2 = a1 W2 + b2 {tuple(z2.shape)};  L = mean((z2 - y)^2) = {float(L):.6f}")
-    cfg.log("  backward (reverse order), each against jax.grad in float64:")
+    print(f"\n2-layer network, B={B}: x ({B},{D_IN}) -> Dense({D_HIDDEN}) -> sigmoid -> Dense({D_OUT}) -> MSE")
+    print(f"  forward:  z1 = x W1 + b1 {tuple(z1.shape)};  a1 = sigmoid(z1) {tuple(a1.shape)};  "
+          f"z2 = a1 W2 + b2 {tuple(z2.shape)};  L = mean((z2 - y)^2) = {float(L):.6f}")
+    print("  backward (reverse order), each against jax.grad in float64:")
     errors = {}
-    for name, value in common.progress(manual.items(), cfg, "backward steps vs jax.grad"):
+    for name, value in manual.items():
         err = float(jnp.max(jnp.abs(value - ref[name])) / jnp.max(jnp.abs(ref[name])))
         errors[name] = err
-        cfg.log(f"    {name:<4}= {maths[name]:<22} shape {str(tuple(value.shape)):<8} |{name}|max = "
-                f"{float(jnp.max(jnp.abs(value))):.4e}   rel err vs jax.grad {err:.1e}")
+        print(f"    {name:<4}= {maths[name]:<22} shape {str(tuple(value.shape)):<8} |{name}|max = "
+              f"{float(jnp.max(jnp.abs(value))):.4e}   rel err vs jax.grad {err:.1e}")
     model = bp.serial(bp.layers.Dense(D_HIDDEN), bp.layers.Sigmoid(), bp.layers.Dense(D_OUT))
     params = ({"W": W1, "b": b1}, (), {"W": W2, "b": b2})
     value, (dparams, dx_lib) = bp.value_and_grad(model, bp.losses.mse, wrt_input=True)(params, x, y)
     lib = {"dW1": dparams[0]["W"], "db1": dparams[0]["b"], "dW2": dparams[2]["W"], "db2": dparams[2]["b"],
            "dx": dx_lib}
     lib_err = max(float(jnp.max(jnp.abs(v - manual[k]))) for k, v in lib.items())
-    cfg.log(f"  bpjax serial(Dense, Sigmoid, Dense) backward vs the lines above: max abs difference {lib_err:.1e}")
+    print(f"  bpjax serial(Dense, Sigmoid, Dense) backward vs the lines above: max abs difference {lib_err:.1e}")
     return {"loss": float(L), "rel_error_vs_jax_grad": errors, "max_rel_error": max(errors.values()),
             "bpjax_max_abs_difference": lib_err, "bpjax_loss": float(value), "maths": maths,
             "shapes": {k: tuple(v.shape) for k, v in manual.items()}}
 
 
-def run(cfg: common.Config) -> dict:
+def main(argv=None) -> dict:
+    args = results.command_line("chain_rule", __doc__, argv)
     with jax.enable_x64(True):
-        metrics = {"scalar": _scalar(cfg), "two_layer": _two_layer(cfg), "rtol": RTOL}
+        metrics = {"scalar": scalar(), "two_layer": two_layer(), "rtol": RTOL}
     one, two = metrics["scalar"], metrics["two_layer"]
     metrics["all_match"] = (one["bpjax_dL_dw"] == one["jax_dL_dw"] == one["dL_dw"]
                             and one["bpjax_dL_dx"] == one["jax_dL_dx"] == one["dL_dx"]
                             and two["max_rel_error"] < RTOL and two["bpjax_max_abs_difference"] < RTOL)
-    common.write_results(cfg, {"w": W, "x": X, "target": TARGET, "network": f"{D_IN}-{D_HIDDEN}-{D_OUT} sigmoid, MSE",
-                               "batch": B, "dtype": "float64"}, metrics)
+    print(f"\nall hand-written gradients match jax.grad (rtol {RTOL:g}): {metrics['all_match']}")
+    config = {"w": W, "x": X, "target": TARGET, "network": f"{D_IN}-{D_HIDDEN}-{D_OUT} sigmoid, MSE",
+              "batch": B, "dtype": "float64"}
+
     header = ["quantity", "maths", "shape", "rel error vs jax.grad (float64)"]
     rows = [[k, two["maths"][k], "x".join(map(str, two["shapes"][k])), e]
             for k, e in two["rel_error_vs_jax_grad"].items()]
-    common.write_csv(cfg.out / "chain_rule.csv", header, rows)
+    results.write_csv(args.out / "chain_rule.csv", header, rows)
+    fig, (ax1, ax2) = results.figure(2)
     w = np.linspace(0.0, 5.0, 101)
+    ax1.plot(w, (w * X - TARGET) ** 2, label="L(w)")
+    ax1.plot(w, one["L"] + one["bpjax_dL_dw"] * (w - W), ls="--", label=f"slope dL/dw = {one['bpjax_dL_dw']:g} (bpjax)")
+    ax1.plot([W], [one["L"]], "o", ms=4, label="w = 2")
+    ax1.set(title="L(w) = (w x - 10)^2 at x = 3, and its tangent at w = 2", xlabel="w", ylabel="L", ylim=(-20, 110))
     floor = 1e-18  # an exact match (error 0) is drawn at this floor of the log scale
     names = list(two["rel_error_vs_jax_grad"])
-    common.plot_panels(cfg.out / f"{cfg.name}.png", [
-        {"title": "L(w) = (w x - 10)^2 at x = 3, and its tangent at w = 2", "xlabel": "w", "ylabel": "L",
-         "lines": {"L(w)": (w, (w * X - TARGET) ** 2),
-                   f"slope dL/dw = {one['bpjax_dL_dw']:g} (bpjax)": (w, one["L"] + one["bpjax_dL_dw"] * (w - W),
-                                                                        {"ls": "--"})},
-         "points": {"w = 2": ([W], [one["L"]])}, "ylim": (-20, 110)},
-        {"title": "2-layer net: each backward quantity vs jax.grad", "xlabel": "quantity",
-         "ylabel": f"relative error (0 drawn at {floor:g})", "logy": True,
-         "points": {"float64": (names, [max(two["rel_error_vs_jax_grad"][k], floor) for k in names])},
-         "hlines": {f"rtol {RTOL:g}": RTOL}},
-    ], title="the chain rule by hand")
-    cfg.log(f"\nall hand-written gradients match jax.grad (rtol {RTOL:g}): {metrics['all_match']}")
+    ax2.plot(names, [max(two["rel_error_vs_jax_grad"][k], floor) for k in names], "o", ms=4, label="float64")
+    ax2.axhline(RTOL, ls="--", c="gray", lw=1, label=f"rtol {RTOL:g}")
+    ax2.set(title="2-layer net: each backward quantity vs jax.grad", xlabel="quantity",
+            ylabel=f"relative error (0 drawn at {floor:g})", yscale="log")
+    for ax in (ax1, ax2):
+        ax.legend(fontsize=8)
+    fig.suptitle("the chain rule by hand")
+    results.save_figure(args, fig)
+    results.save(args, config, metrics)
     return metrics
+
+
+if __name__ == "__main__":
+    main()

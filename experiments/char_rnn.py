@@ -14,6 +14,8 @@ window, each from a zero state: the GPT's own measure, a context of at most 64) 
 validation text read as 12 carried streams (the RNN's own strength: its context is everything
 before), the bigram floor on the same windows, float64 gradient checks against ``jax.grad``
 (with the carried state), curves and samples.
+
+Run: ``python experiments/char_rnn.py [--quick]`` (or ``python -m experiments char_rnn``).
 """
 
 from __future__ import annotations
@@ -25,12 +27,16 @@ import jax.numpy as jnp
 import numpy as np
 
 import bpjax as bp
+import results
+import text
 from bpjax import zoo
-from experiments import common, gpt, text
 
 EMBED = 64
 FEATURES = {"lstm": 405, "gru": 472}  # 0.81M parameters each, the GPT's budget
-BATCH, CONTEXT, STEPS = gpt.BATCH, gpt.CONTEXT, gpt.STEPS
+BATCH, CONTEXT, STEPS = 12, 64, 2000  # the gpt experiment's
+EVAL_EVERY, EVAL_WINDOWS = 250, 96  # the validation curve: the gpt experiment's subset of windows
+PROMPTS = ("def ", "class ", "    return ", "import ")
+SAMPLE_LENGTH = 300
 QUICK = {"features": {"lstm": 64, "gru": 64}, "context": 32, "steps": 80, "eval_every": 40}  # no final check
 
 
@@ -52,25 +58,26 @@ def streamed_loss(model, params, ids, *, batch: int, context: int) -> float:
     return float(total(params, x, y))
 
 
-def run_cell(cfg: common.Config, cell: str, corpus, features: int, context: int, steps: int, eval_every: int,
-             eval_data) -> dict:
+def run_cell(args, cell: str, corpus, features: int, context: int, steps: int, eval_every: int, eval_data) -> dict:
+    """Train one cell's language model with the state carried between batches; its model, params, state, history
+    and metrics."""
     model = zoo.char_rnn(len(text.VOCAB), cell=cell, features=features, embed_features=EMBED, batch_size=BATCH)
     params = model.init(jax.random.key(0), (context,))[1]
     state = bp.init_state(model, jax.random.key(0), (context,))
     n_params = sum(a.size for a in jax.tree.leaves(params))
     x, y = text.streams(corpus.train, BATCH, context)
     optimizer, _ = text.recipe(steps)
-    cfg.log(f"{model.name}: {n_params / 1e6:.2f}M parameters, {len(x) // BATCH} chunks of {BATCH} x {context} "
-            f"per pass over the training streams; {cfg.backward} backward, {steps} steps")
+    print(f"{model.name}: {n_params / 1e6:.2f}M parameters, {len(x) // BATCH} chunks of {BATCH} x {context} "
+          f"per pass over the training streams; {args.backward} backward, {steps} steps")
     first = text.float64_check(model, params, x[:BATCH], y[:BATCH], state=state)
     t0 = time.perf_counter()
     r = bp.train.fit(model, zoo.token_cross_entropy, optimizer, params, (x, y), steps=steps, batch_size=BATCH,
-                     state=state, eval_data=eval_data, eval_every=eval_every, backward=cfg.backward,
-                     verbose=cfg.progress)
+                     state=state, eval_data=eval_data, eval_every=eval_every, backward=args.backward,
+                     verbose=args.progress)
     seconds = time.perf_counter() - t0
     b = (steps - 1) % (len(x) // BATCH)  # the last step's batch, from the state the run ended in: truncation
-    last = first if cfg.quick else text.float64_check(model, r.params, x[b * BATCH:(b + 1) * BATCH],
-                                                      y[b * BATCH:(b + 1) * BATCH], state=r.state)
+    last = first if args.quick else text.float64_check(model, r.params, x[b * BATCH:(b + 1) * BATCH],
+                                                       y[b * BATCH:(b + 1) * BATCH], state=r.state)
     vx, vy = text.chunks(corpus.val, context)
     n = (len(vx) // 256) * 256
     return {"model": model, "params": r.params, "state": r.state, "history": r.history, "metrics": {
@@ -82,49 +89,56 @@ def run_cell(cfg: common.Config, cell: str, corpus, features: int, context: int,
         "train_seconds_with_compile": seconds}}
 
 
-def run(cfg: common.Config) -> dict:
-    q = cfg.quick
+def main(argv=None) -> dict:
+    args = results.command_line("char_rnn", __doc__, argv)
+    q = args.quick
     features = QUICK["features"] if q else FEATURES
     context, steps = (QUICK["context"], QUICK["steps"]) if q else (CONTEXT, STEPS)
-    eval_every = QUICK["eval_every"] if q else gpt.EVAL_EVERY
+    eval_every = QUICK["eval_every"] if q else EVAL_EVERY
     corpus = text.load()
     vx, vy = text.chunks(corpus.val, context)
-    pick = np.random.default_rng(1).permutation(len(vx))[:gpt.EVAL_WINDOWS]  # the GPT's validation subset
-    runs = {cell: run_cell(cfg, cell, corpus, features[cell], context, steps, eval_every, (vx[pick], vy[pick]))
+    pick = np.random.default_rng(1).permutation(len(vx))[:EVAL_WINDOWS]  # the GPT's validation subset
+    runs = {cell: run_cell(args, cell, corpus, features[cell], context, steps, eval_every, (vx[pick], vy[pick]))
             for cell in ("lstm", "gru")}
-    texts = {cell: text.samples(r["model"], r["params"], gpt.PROMPTS, 80 if q else gpt.SAMPLE_LENGTH,
+    texts = {cell: text.samples(r["model"], r["params"], PROMPTS, 80 if q else SAMPLE_LENGTH,
                                 context=context, temperature=0.8, top_k=20, state=r["state"])
              for cell, r in runs.items()}
     metrics = {cell: r["metrics"] for cell, r in runs.items()}
     metrics["samples"] = texts
     metrics["curve"] = {cell: {"eval_step": r["history"]["eval_step"], "eval_loss": r["history"]["eval_loss"]}
                         for cell, r in runs.items()}
+    for cell in runs:
+        m = metrics[cell]
+        print(f"{cell}: validation loss {m['val_loss_windows']:.3f} nats/char on {context}-character windows, "
+              f"{m['val_loss_streamed']:.3f} streamed (bigram floor {m['bigram_val_loss']:.3f}); worst manual "
+              f"vs jax.grad rel error {m['grad_check_max_rel_error']:.1e}")
+    print(texts["lstm"][0])
     config = {"models": {cell: r["model"].name for cell, r in runs.items()}, "embed": EMBED, "features": features,
               "batch": BATCH, "context": context, "steps": steps, "optimizer": "as the gpt experiment",
               "data": corpus.info, "truncated_bptt": f"{BATCH} carried streams, chunks of {context}",
               "trainer": "bp.train.fit(shuffle=False) with the state carried (TruncatedBPTT)"}
-    common.write_results(cfg, config, metrics)
-    common.write_csv(cfg.out / "curve.csv", ["step", *[f"{c} validation loss (subset)" for c in runs]],
-                     zip(runs["lstm"]["history"]["eval_step"], *[r["history"]["eval_loss"] for r in runs.values()]))
-    with open(cfg.out / "samples.txt", "w") as f:
+
+    results.write_csv(args.out / "curve.csv", ["step", *[f"{c} validation loss (subset)" for c in runs]],
+                      zip(runs["lstm"]["history"]["eval_step"], *[r["history"]["eval_loss"] for r in runs.values()]))
+    with open(args.out / "samples.txt", "w") as f:
         for cell, outs in texts.items():
             f.write(f"==== {cell}, temperature 0.8, top_k 20 ====\n" + "\n---\n".join(outs) + "\n\n")
-    bigram = runs["lstm"]["metrics"]["bigram_val_loss"]
-    lines = {}
+    fig, (ax,) = results.figure(1)
     for cell, r in runs.items():
         loss = r["history"]["loss"]
         k = min(50, len(loss))
         smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
-        lines[f"{cell} train ({k}-step mean)"] = (np.arange(len(smooth)) + k, smooth)
-        lines[f"{cell} validation (subset)"] = (r["history"]["eval_step"], r["history"]["eval_loss"], {"marker": "o"})
-    common.plot_panels(cfg.out / f"{cfg.name}.png", [
-        {"title": "loss (nats per character)", "xlabel": "step", "ylabel": "cross-entropy", "lines": lines,
-         "hlines": {f"bigram floor {bigram:.2f}": bigram}, "ylim": (0.5, 4.7)}],
-        title=f"char-RNN on Python source (truncated BPTT), {cfg.backward} backward")
-    for cell in runs:
-        m = metrics[cell]
-        cfg.log(f"{cell}: validation loss {m['val_loss_windows']:.3f} nats/char on {context}-character windows, "
-                f"{m['val_loss_streamed']:.3f} streamed (bigram floor {m['bigram_val_loss']:.3f}); worst manual "
-                f"vs jax.grad rel error {m['grad_check_max_rel_error']:.1e}")
-    cfg.log(texts["lstm"][0])
+        ax.plot(np.arange(len(smooth)) + k, smooth, label=f"{cell} train ({k}-step mean)")
+        ax.plot(r["history"]["eval_step"], r["history"]["eval_loss"], marker="o", label=f"{cell} validation (subset)")
+    bigram = metrics["lstm"]["bigram_val_loss"]
+    ax.axhline(bigram, ls="--", c="gray", lw=1, label=f"bigram floor {bigram:.2f}")
+    ax.set(title="loss (nats per character)", xlabel="step", ylabel="cross-entropy", ylim=(0.5, 4.7))
+    ax.legend(fontsize=8)
+    fig.suptitle(f"char-RNN on Python source (truncated BPTT), {args.backward} backward")
+    results.save_figure(args, fig)
+    results.save(args, config, metrics)
     return metrics
+
+
+if __name__ == "__main__":
+    main()

@@ -21,17 +21,21 @@ max has no unique derivative, and bpjax sends the whole gradient to the first ma
 rule) while ``jax.grad`` splits it among the ties: two valid subgradients that differ in ``db``
 and ``dx``. The check therefore runs on the batch plus ``N(0, 1e-3^2)`` jitter, which breaks every
 tie; the raw-batch difference is recorded beside it as ``tie_subgradient_rel_difference``.
+
+Run: ``python experiments/digits.py [--quick] [--seeds N]`` (or ``python -m experiments digits``).
 """
 
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
 import bpjax as bp
+import data
+import results
 from bpjax import layers as L
-from experiments import common, data
 
 PUBLISHED_SVC_ACCURACY = 0.969  # scikit-learn example: SVC(gamma=0.001), first half trains, second half tests
 SVC_GAMMA = 0.001
@@ -40,7 +44,7 @@ STEPS, QUICK_STEPS = 2000, 300
 BATCH = 64
 EVAL_EVERY = 100
 JITTER = 1e-3
-DEFAULT_SEEDS = 3
+SEEDS = 3  # without --seeds
 
 
 def cnn(classes: int = 10) -> bp.Layer:
@@ -64,45 +68,55 @@ def svc_accuracy(d: dict) -> float:
     return float(SVC(gamma=SVC_GAMMA).fit(flat(d["x"]), d["y"]).score(flat(d["x_test"]), d["y_test"]))
 
 
-def gradient_check(model: bp.Layer, params, x, y, *, jitter: float) -> "bp.GradientReport":
-    """Manual vs ``jax.grad`` in float64 at ``x + jitter * N(0, 1)`` (``jitter=0``: the raw batch)."""
+def gradient_check(model: bp.Layer, params, x, y, *, jitter: float) -> bp.GradientReport:
+    """Manual vs ``jax.grad`` in float64 at ``x + jitter * N(0, 1)`` (``jitter=0``: the raw batch).
+
+    Float64: late in training the loss nears zero and float32 gradients computed in two orders differ
+    by more than roundoff while both are right; in float64 check_gradients' ``rtol=1e-10`` tells them apart.
+    """
     x = np.asarray(x, np.float64) + jitter * np.random.default_rng(1).standard_normal(np.shape(x))
-    return common.float64_check(model, bp.losses.softmax_cross_entropy, params, x, y)
+    with jax.enable_x64(True):
+        params64 = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+        return bp.check_gradients(model, bp.losses.softmax_cross_entropy, params64, x, y)
 
 
-def run(cfg: common.Config) -> dict:
-    steps = QUICK_STEPS if cfg.quick else STEPS
+def main(argv=None) -> dict:
+    args = results.command_line("digits", __doc__, argv, seeds=SEEDS)
+    steps = QUICK_STEPS if args.quick else STEPS
     d = half_split()
     svc = svc_accuracy(d)
-    cfg.log(f"SVC(gamma={SVC_GAMMA}) on the first half: test accuracy {svc:.4f} (published {PUBLISHED_SVC_ACCURACY})")
+    print(f"SVC(gamma={SVC_GAMMA}) on the first half: test accuracy {svc:.4f} (published {PUBLISHED_SVC_ACCURACY})")
     model = cnn()
-    keys = jax.random.split(jax.random.key(0), cfg.seeds)
+    keys = jax.random.split(jax.random.key(0), args.seeds)
     params = bp.train.init_many(model, keys, d["x"].shape[1:])
+    model0 = lambda tree: jax.tree.map(lambda a: a[0], tree)  # the first seed's params
     xb, yb = d["x"][:BATCH], d["y"][:BATCH]
-    checks = {"init": gradient_check(model, common.model0(params), xb, yb, jitter=JITTER)}
-    on_train, train_curve, trained = common.evaluate_many(model, d["x"], d["y"]), [], {}
+    checks = {"init": gradient_check(model, model0(params), xb, yb, jitter=JITTER)}
+    x, y = jnp.asarray(d["x"]), jnp.asarray(d["y"])
+    train_accuracy = jax.jit(jax.vmap(lambda p: bp.losses.accuracy(bp.predict(model, p, x), y)))
+    train_curve, trained = [], {}
 
-    def callback(done, result):
-        train_curve.append(on_train(result.params, result.state)[0])
+    def callback(done, r):  # every EVAL_EVERY steps
+        train_curve.append(np.asarray(train_accuracy(r.params)))
         if done == steps:  # model 0 after training: tie-broken, and on the raw batch
-            trained["jitter"] = gradient_check(model, common.model0(result.params), xb, yb, jitter=JITTER)
-            trained["raw"] = gradient_check(model, common.model0(result.params), xb, yb, jitter=0.0)
+            trained["jitter"] = gradient_check(model, model0(r.params), xb, yb, jitter=JITTER)
+            trained["raw"] = gradient_check(model, model0(r.params), xb, yb, jitter=0.0)
 
     r = bp.train.fit_many(model, bp.losses.softmax_cross_entropy, optax.adam(LEARNING_RATE), params,
                           (d["x"], d["y"]), keys=keys, steps=steps, batch_size=BATCH,
-                          eval_data=(d["x_test"], d["y_test"]), eval_every=EVAL_EVERY, backward=cfg.backward,
-                          chunk_size=EVAL_EVERY, verbose=cfg.progress, callback=callback)
-    h = r.history
+                          eval_data=(d["x_test"], d["y_test"]), eval_every=EVAL_EVERY, backward=args.backward,
+                          chunk_size=EVAL_EVERY, verbose=args.progress, callback=callback)
+    h = r.history  # loss: (seeds, steps); eval_accuracy: (seeds, evaluations)
     checks["trained"], ties = trained["jitter"], trained["raw"]
     for when, report in checks.items():
-        cfg.log(f"gradient check ({when}, float64, jitter {JITTER:g}): manual vs jax.grad max rel error "
-                f"{report.max_rel_error:.1e} ({'OK' if report.ok else 'MISMATCH'})")
-    cfg.log(f"raw batch (tied max-pool windows): first-maximum vs split subgradients differ by "
-            f"{ties.max_rel_error:.2g} (relative)")
+        print(f"gradient check ({when}, float64, jitter {JITTER:g}): manual vs jax.grad max rel error "
+              f"{report.max_rel_error:.1e} ({'OK' if report.ok else 'MISMATCH'})")
+    print(f"raw batch (tied max-pool windows): first-maximum vs split subgradients differ by "
+          f"{ties.max_rel_error:.2g} (relative)")
 
     test, train_acc = h["eval_accuracy"][:, -1], train_curve[-1]
     metrics = {
-        "test_accuracy": float(test.mean()), "test_accuracy_std": common.mean_std(test)[1],
+        "test_accuracy": float(test.mean()), "test_accuracy_std": float(test.std(ddof=1)) if test.size > 1 else 0.0,
         "test_accuracy_per_seed": test, "train_accuracy": float(train_acc.mean()),
         "svc_test_accuracy": svc, "published_svc_accuracy": PUBLISHED_SVC_ACCURACY,
         "final_train_loss": float(h["loss"][:, -20:].mean()), "initial_loss": float(h["loss"][:, 0].mean()),
@@ -112,24 +126,31 @@ def run(cfg: common.Config) -> dict:
         "n_train": len(d["x"]), "n_test": len(d["x_test"]),
     }
     header = ["model", "train acc", "test acc (second half)"]
-    rows = [[f"bpjax CNN ({cfg.backward} backward, {steps} Adam steps, {cfg.seeds} seed(s))",
+    rows = [[f"bpjax CNN ({args.backward} backward, {steps} Adam steps, {args.seeds} seed(s))",
              metrics["train_accuracy"], metrics["test_accuracy"]],
             [f"scikit-learn SVC(gamma={SVC_GAMMA}), computed here", "", svc],
             ["SVC, published (scikit-learn example)", "", PUBLISHED_SVC_ACCURACY]]
-    cfg.log(common.markdown_table(header, rows))
-    common.write_csv(cfg.out / "digits.csv", header, rows)
-    common.write_results(cfg, {"data": "sklearn load_digits, first half train / second half test",
-                               "model": model.name, "layers": "Conv2D(16,3) Relu MaxPool2D(2) Conv2D(32,3) Relu "
-                                                             "Flatten Dense(10)",
-                               "optimizer": f"adam({LEARNING_RATE})", "steps": steps, "batch": BATCH,
-                               "seeds": cfg.seeds, "grad_check_jitter": JITTER,
-                               "trainer": "bp.train.fit_many(keys=seeds, shuffle=False)"}, metrics)
-    s = h["eval_step"]
-    common.plot_panels(cfg.out / f"{cfg.name}.png", [
-        {"title": "accuracy", "xlabel": "step", "ylabel": "accuracy", "ylim": (0.8, 1.005),
-         "lines": {"train": (s, np.stack(train_curve).mean(1)), "test": (s, h["eval_accuracy"].mean(0))},
-         "hlines": {f"SVC test {svc:.3f}": svc}},
-        {"title": "training loss", "xlabel": "step", "ylabel": "cross-entropy", "logy": True,
-         "lines": {"batch loss": (h["step"], h["loss"].mean(0))}},
-    ], title="8x8 digits: a small CNN with hand-written backward")
+    print(results.markdown(header, rows))
+    config = {"data": "sklearn load_digits, first half train / second half test", "model": model.name,
+              "layers": "Conv2D(16,3) Relu MaxPool2D(2) Conv2D(32,3) Relu Flatten Dense(10)",
+              "optimizer": f"adam({LEARNING_RATE})", "steps": steps, "batch": BATCH, "seeds": args.seeds,
+              "grad_check_jitter": JITTER, "trainer": "bp.train.fit_many(keys=seeds, shuffle=False)"}
+
+    results.write_csv(args.out / "digits.csv", header, rows)
+    fig, (ax1, ax2) = results.figure(2)
+    ax1.plot(h["eval_step"][0], np.stack(train_curve).mean(1), label="train")
+    ax1.plot(h["eval_step"][0], h["eval_accuracy"].mean(0), label="test")
+    ax1.axhline(svc, ls="--", c="gray", lw=1, label=f"SVC test {svc:.3f}")
+    ax1.set(title="accuracy", xlabel="step", ylabel="accuracy", ylim=(0.8, 1.005))
+    ax2.plot(h["step"][0], h["loss"].mean(0), label="batch loss")
+    ax2.set(title="training loss", xlabel="step", ylabel="cross-entropy", yscale="log")
+    for ax in (ax1, ax2):
+        ax.legend(fontsize=8)
+    fig.suptitle("8x8 digits: a small CNN with hand-written backward")
+    results.save_figure(args, fig)
+    results.save(args, config, metrics)
     return metrics
+
+
+if __name__ == "__main__":
+    main()

@@ -14,6 +14,8 @@ private backward (``sigma = 0``) against optax's aggregate of those per-example 
 MLP (40-100-100-10, ReLU) is trained without privacy, with clipping only (``sigma = 0``) and with
 noise multipliers ``sigma`` of 0.5 and 1.0: accuracy falls as noise grows. No privacy accounting
 (epsilon) is done here.
+
+Run: ``python experiments/dp_sgd.py [--quick]`` (or ``python -m experiments dp_sgd``).
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ import optax
 from optax.contrib import differentially_private_aggregate
 
 import bpjax as bp
+import data
+import results
 from bpjax import layers as L
-from experiments import common, data
 
 CLIP = 1.0
 NOISE = (None, 0.0, 0.5, 1.0)  # None: plain SGD on the batch gradient (no clipping, no noise)
@@ -90,37 +93,46 @@ def gradient_checks(model, xent, params, xb, yb, key):
     return max_rel(g, ref), max_rel(g_private, g_optax)
 
 
-def run(cfg: common.Config) -> dict:
-    steps = QUICK_STEPS if cfg.quick else STEPS
+def main(argv=None) -> dict:
+    args = results.command_line("dp_sgd", __doc__, argv)
+    steps = QUICK_STEPS if args.quick else STEPS
     d = data.mnist1d()
     model, xent = make_model(), bp.losses.softmax_cross_entropy
     _, params = model.init(jax.random.key(0), (40,))
     xb, yb = jnp.asarray(d["x"][:BATCH]), jnp.asarray(d["y"][:BATCH])
     check, private_check = (float(e) for e in gradient_checks(model, xent, params, xb, yb, jax.random.key(2)))
-    cfg.log(f"per-example gradients vs jax.vmap(jax.grad): max relative error {check:.1e} (float32)")
-    cfg.log(f"private backward (sigma 0) vs optax's differentially_private_aggregate of them: max relative error "
-            f"{private_check:.1e} (float32)")
-    if cfg.backward == "autodiff":
-        cfg.log("note: --backward autodiff differentiates the forward with jax.grad: no clipping, no noise")
+    print(f"per-example gradients vs jax.vmap(jax.grad): max relative error {check:.1e} (float32)")
+    print(f"private backward (sigma 0) vs optax's differentially_private_aggregate of them: max relative error "
+          f"{private_check:.1e} (float32)")
+    if args.backward == "autodiff":
+        print("note: --backward autodiff differentiates the forward with jax.grad: no clipping, no noise")
     rows, lines, metrics = [], {}, {"per_example_max_rel_error": check, "private_backward_max_rel_error": private_check}
-    for sigma in common.progress(QUICK_NOISE if cfg.quick else NOISE, cfg, "noise multipliers"):
+    for sigma in QUICK_NOISE if args.quick else NOISE:
         label = "SGD (non-private)" if sigma is None else f"DP-SGD clip {CLIP:g}, sigma {sigma:g}"
         trained = model if sigma is None else private(model, CLIP, sigma)
         r = bp.train.fit(trained, xent, optax.sgd(LEARNING_RATE), params, (d["x"], d["y"]), steps=steps,
                          batch_size=BATCH, key=jax.random.key(1), state=None if sigma is None else (),
-                         eval_data=(d["x_test"], d["y_test"]), backward=cfg.backward, verbose=cfg.progress)
+                         eval_data=(d["x_test"], d["y_test"]), backward=args.backward, verbose=args.progress)
         losses, acc = r.history["loss"], float(r.history["eval_accuracy"][-1])
-        smooth = np.convolve(losses, np.ones(20) / 20, mode="valid")
-        lines[label] = (np.arange(len(smooth)), smooth)
+        lines[label] = np.convolve(losses, np.ones(20) / 20, mode="valid")
         metrics[label] = {"test_accuracy": acc, "final_loss": float(losses[-50:].mean())}
         rows.append([label, float(losses[-50:].mean()), acc])
     header = ["training", "final train loss", "test accuracy"]
-    cfg.log(common.markdown_table(header, rows))
-    common.write_csv(cfg.out / "dp_sgd.csv", header, rows)
-    common.write_results(cfg, {"model": "40-100-100-10 relu", "clip": CLIP, "noise_multipliers": NOISE,
-                               "optimizer": f"sgd({LEARNING_RATE})", "steps": steps, "batch": BATCH,
-                               "trainer": "bp.train.fit; DP-SGD as the backward of experiments.dp_sgd.private"},
-                         metrics)
-    common.plot_panels(cfg.out / f"{cfg.name}.png", [{"title": "training loss (20-step mean)", "xlabel": "step",
-                                                      "ylabel": "loss", "lines": lines}])
+    print(results.markdown(header, rows))
+    config = {"model": "40-100-100-10 relu", "clip": CLIP, "noise_multipliers": NOISE,
+              "optimizer": f"sgd({LEARNING_RATE})", "steps": steps, "batch": BATCH,
+              "trainer": "bp.train.fit; DP-SGD as the backward of experiments.dp_sgd.private"}
+
+    results.write_csv(args.out / "dp_sgd.csv", header, rows)
+    fig, (ax,) = results.figure(1)
+    for label, smooth in lines.items():
+        ax.plot(np.arange(len(smooth)), smooth, label=label)
+    ax.set(title="training loss (20-step mean)", xlabel="step", ylabel="loss")
+    ax.legend(fontsize=8)
+    results.save_figure(args, fig)
+    results.save(args, config, metrics)
     return metrics
+
+
+if __name__ == "__main__":
+    main()

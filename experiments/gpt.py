@@ -17,6 +17,8 @@ end; samples; and what a key-value cache could save in :func:`bpjax.zoo.generate
 generated token with a whole-window forward beside a one-token forward, a cached step's floor).
 Anchor: nanoGPT's CPU run on Tiny Shakespeare reaches about 1.88 on its validation split; Python
 source is more predictable, so lower numbers are expected here.
+
+Run: ``python experiments/gpt.py [--quick]`` (or ``python -m experiments gpt``).
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import bpjax as bp
+import results
+import text
 from bpjax import zoo
-from experiments import common, text
 
 LAYERS, HEADS, WIDTH, CONTEXT, BATCH, STEPS = 4, 4, 128, 64, 12, 2000
 EVAL_EVERY, EVAL_WINDOWS = 250, 96
@@ -64,13 +67,14 @@ def kv_cache_estimate(model, params, context: int, steps: int = 200) -> dict:
             "most_a_cache_could_save_ms_per_token": gen_ms - one_ms, "tokens_timed": steps}
 
 
-def run(cfg: common.Config) -> dict:
-    q = cfg.quick
+def main(argv=None) -> dict:
+    args = results.command_line("gpt", __doc__, argv)
+    q = args.quick
     layers, heads, width, context = ((QUICK["layers"], QUICK["heads"], QUICK["width"], QUICK["context"]) if q
                                      else (LAYERS, HEADS, WIDTH, CONTEXT))
     steps, eval_every = (QUICK["steps"], QUICK["eval_every"]) if q else (STEPS, EVAL_EVERY)
     corpus = text.load()
-    x, y = text.windows(corpus.train, steps * BATCH, context, seed=0)
+    x, y = text.windows(corpus.train, steps * BATCH, context, seed=0)  # (steps * BATCH, context): one batch a step
     vx, vy = text.chunks(corpus.val, context)
     pick = np.random.default_rng(1).permutation(len(vx))[:EVAL_WINDOWS]  # the curve's validation subset
     ex, ey = vx[pick], vy[pick]
@@ -78,16 +82,16 @@ def run(cfg: common.Config) -> dict:
     params = model.init(jax.random.key(0), (context,))[1]
     n_params = sum(a.size for a in jax.tree.leaves(params))
     optimizer, schedule = text.recipe(steps)
-    cfg.log(f"{model.name}: {n_params / 1e6:.2f}M parameters; {corpus.info['characters']} characters of "
-            f"{corpus.info['source']}; {cfg.backward} backward, {steps} steps of {BATCH} x {context}")
+    print(f"{model.name}: {n_params / 1e6:.2f}M parameters; {corpus.info['characters']} characters of "
+          f"{corpus.info['source']}; {args.backward} backward, {steps} steps of {BATCH} x {context}")
 
     check_at = 4  # windows of the first batch for the float64 gradient checks
     first = text.float64_check(model, params, x[:check_at], y[:check_at])
-    cfg.log(f"step     0: manual vs jax.grad (float64) max rel error {first.max_rel_error:.2e} "
-            f"({'OK' if first.ok else 'MISMATCH'})")
+    print(f"step     0: manual vs jax.grad (float64) max rel error {first.max_rel_error:.2e} "
+          f"({'OK' if first.ok else 'MISMATCH'})")
     t0 = time.perf_counter()
     r = bp.train.fit(model, zoo.token_cross_entropy, optimizer, params, (x, y), steps=steps, batch_size=BATCH,
-                     eval_data=(ex, ey), eval_every=eval_every, backward=cfg.backward, verbose=cfg.progress)
+                     eval_data=(ex, ey), eval_every=eval_every, backward=args.backward, verbose=args.progress)
     train_seconds = time.perf_counter() - t0
     last = text.float64_check(model, r.params, x[-check_at:], y[-check_at:])
     h = r.history
@@ -109,30 +113,38 @@ def run(cfg: common.Config) -> dict:
         "nanogpt_tiny_shakespeare_val_loss": NANOGPT_SHAKESPEARE_VAL, "generation": kv,
         "curve": {"eval_step": h["eval_step"], "eval_loss": h["eval_loss"]}, "samples": texts,
     }
+    print(f"validation loss {val:.3f} nats/char (bigram floor {bigram:.3f}, uniform {np.log(len(text.VOCAB)):.3f}); "
+          f"training {train_seconds:.0f} s with compilation; worst manual vs jax.grad rel error "
+          f"{metrics['grad_check_max_rel_error']:.1e}")
+    if kv:
+        print(f"generate {kv['generate_ms_per_token']:.2f} ms/token, a one-token forward (a cached step's floor) "
+              f"{kv['one_token_forward_ms']:.2f} ms")
+    print(texts[next(iter(texts))][0])
     config = {"model": model.name, "layers": layers, "heads": heads, "width": width, "context": context,
               "batch": BATCH, "steps": steps, "optimizer": "clip_by_global_norm(1) + adamw(b2=0.99, wd=0.1 on "
               "matrices), warm-up 100 to 1e-3, cosine to 1e-4", "loss": "token_cross_entropy",
               "data": corpus.info, "eval": f"{EVAL_WINDOWS} validation windows every {eval_every} steps; the final "
               f"loss on every validation window", "trainer": "bp.train.fit(shuffle=False), random windows"}
-    common.write_results(cfg, config, metrics)
-    common.write_csv(cfg.out / "curve.csv", ["step", "validation loss (subset)"], zip(h["eval_step"], h["eval_loss"]))
-    with open(cfg.out / "samples.txt", "w") as f:
+
+    results.write_csv(args.out / "curve.csv", ["step", "validation loss (subset)"], zip(h["eval_step"], h["eval_loss"]))
+    with open(args.out / "samples.txt", "w") as f:
         for label, outs in texts.items():
             f.write(f"==== {label} ====\n" + "\n---\n".join(outs) + "\n\n")
+    fig, (ax1, ax2) = results.figure(2)
     smooth = np.convolve(h["loss"], np.ones(50) / 50, mode="valid") if steps >= 50 else h["loss"]
-    common.plot_panels(cfg.out / f"{cfg.name}.png", [
-        {"title": "loss (nats per character)", "xlabel": "step", "ylabel": "cross-entropy",
-         "lines": {"train (50-step mean)": (np.arange(len(smooth)) + (steps - len(smooth) + 1), smooth),
-                   "validation (subset)": (h["eval_step"], h["eval_loss"], {"marker": "o"})},
-         "hlines": {f"bigram floor {bigram:.2f}": bigram}, "ylim": (0.5, 4.7)},
-        {"title": "learning rate", "xlabel": "step", "ylabel": "lr",
-         "lines": {"warm-up + cosine": (h["step"], [float(schedule(s)) for s in h["step"] - 1])}},
-    ], title=f"{model.name} on Python source, {cfg.backward} backward")
-    cfg.log(f"validation loss {val:.3f} nats/char (bigram floor {bigram:.3f}, uniform {np.log(len(text.VOCAB)):.3f}); "
-            f"training {train_seconds:.0f} s with compilation; worst manual vs jax.grad rel error "
-            f"{metrics['grad_check_max_rel_error']:.1e}")
-    if kv:
-        cfg.log(f"generate {kv['generate_ms_per_token']:.2f} ms/token, a one-token forward (a cached step's floor) "
-                f"{kv['one_token_forward_ms']:.2f} ms")
-    cfg.log(texts[next(iter(texts))][0])
+    ax1.plot(np.arange(len(smooth)) + (steps - len(smooth) + 1), smooth, label="train (50-step mean)")
+    ax1.plot(h["eval_step"], h["eval_loss"], marker="o", label="validation (subset)")
+    ax1.axhline(bigram, ls="--", c="gray", lw=1, label=f"bigram floor {bigram:.2f}")
+    ax1.set(title="loss (nats per character)", xlabel="step", ylabel="cross-entropy", ylim=(0.5, 4.7))
+    ax2.plot(h["step"], [float(schedule(s)) for s in h["step"] - 1], label="warm-up + cosine")
+    ax2.set(title="learning rate", xlabel="step", ylabel="lr")
+    for ax in (ax1, ax2):
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{model.name} on Python source, {args.backward} backward")
+    results.save_figure(args, fig)
+    results.save(args, config, metrics)
     return metrics
+
+
+if __name__ == "__main__":
+    main()

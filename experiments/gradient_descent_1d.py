@@ -12,6 +12,8 @@ In bpjax terms ``x`` is the one weight of ``Dense(1, bias=False)`` applied to th
 followed by a ``Sin`` layer (``a = sin(z)``, backward ``dz = da * cos(z)``), and the loss is the
 output itself; every rate trains in one ``bp.train.fit_many`` sweep (``optax.sgd``, one step per
 chunk so its ``callback`` records ``x`` after every step).
+
+Run: ``python experiments/gradient_descent_1d.py`` (or ``python -m experiments gradient_descent_1d``).
 """
 
 from __future__ import annotations
@@ -23,12 +25,12 @@ import numpy as np
 import optax
 
 import bpjax as bp
-from experiments import common
+import results
 
 X0 = 2.0
 X_STAR = 3 * math.pi / 2
 RATES = {"too small (0.05)": 0.05, "good (1.0)": 1.0, "oscillating (1.8)": 1.8, "too large (3.0)": 3.0}
-STEPS = 30
+STEPS, QUICK_STEPS = 30, 15
 H = [1.0, 0.3, 0.1, 0.03, 0.01]
 
 
@@ -57,19 +59,21 @@ def descend(rates, steps: int, progress: bool) -> np.ndarray:
     return np.stack(path, 1)
 
 
-def run(cfg: common.Config) -> dict:
-    steps = 15 if cfg.quick else STEPS
+def main(argv=None) -> dict:
+    args = results.command_line("gradient_descent_1d", __doc__, argv)
+    steps = QUICK_STEPS if args.quick else STEPS
     # the local linear approximation and its error, f(x0 + h) - (f(x0) + f'(x0) h) ~ -sin(x0) h^2 / 2
     _, grads = bp.value_and_grad(sine_model(), HEIGHT)(({"W": jnp.full((1, 1), X0)}, ()), jnp.ones((1, 1)),
                                                        jnp.zeros((1, 1)))
     slope = float(grads[0]["W"][0, 0])
     lin = [(h, math.sin(X0 + h) - (math.sin(X0) + slope * h)) for h in H]
-    cfg.log(f"f(x) = sin(x), x0 = {X0}: f'(x0) = {slope:.4f} (bpjax backward; cos(x0) = {math.cos(X0):.4f}); "
-            f"linear-approximation error vs h:")
+    print(f"f(x) = sin(x), x0 = {X0}: f'(x0) = {slope:.4f} (bpjax backward; cos(x0) = {math.cos(X0):.4f}); "
+          f"linear-approximation error vs h:")
     for h, err in lin:
-        cfg.log(f"  h = {h:<5g} error {err:+.2e}   error / h^2 = {err / h**2:+.4f} "
-                f"(-sin(x0)/2 = {-math.sin(X0) / 2:+.4f})")
-    traj = descend(list(RATES.values()), steps, cfg.progress)
+        print(f"  h = {h:<5g} error {err:+.2e}   error / h^2 = {err / h**2:+.4f} "
+              f"(-sin(x0)/2 = {-math.sin(X0) / 2:+.4f})")
+
+    traj = descend(list(RATES.values()), steps, args.progress)  # (rates, steps + 1)
     rows, metrics = [], {"x_star": X_STAR, "steps": steps, "slope_at_x0": slope, "runs": {}}
     for (label, lr), xs in zip(RATES.items(), traj):
         dist = xs - X_STAR
@@ -78,19 +82,27 @@ def run(cfg: common.Config) -> dict:
              "distance": float(abs(dist[-1])), "overshoots": sign_changes, "first_step": float(xs[1] - xs[0])}
         metrics["runs"][label] = r
         rows.append([label, lr, r["x_final"], r["f_final"], r["distance"], sign_changes])
-    header = ["learning rate", "lr", f"x after {steps} steps", "sin(x)", "|x - 3pi/2|", "times x crossed 3pi/2"]
-    cfg.log(common.markdown_table(header, rows))
-    common.write_csv(cfg.out / "trajectories.csv", ["step", *RATES], [[t, *traj[:, t]] for t in range(steps + 1)])
     metrics["linear_approximation_error"] = lin
-    common.write_results(cfg, {"f": "sin(x)", "x0": X0, "rates": RATES, "steps": steps,
-                               "trainer": "bp.train.fit_many(optax.sgd, hparams=rates)"}, metrics)
+    print(results.markdown(["learning rate", "lr", f"x after {steps} steps", "sin(x)", "|x - 3pi/2|",
+                            "times x crossed 3pi/2"], rows))
+    config = {"f": "sin(x)", "x0": X0, "rates": RATES, "steps": steps,
+              "trainer": "bp.train.fit_many(optax.sgd, hparams=rates)"}
+
+    results.write_csv(args.out / "trajectories.csv", ["step", *RATES], [[t, *traj[:, t]] for t in range(steps + 1)])
+    fig, axes = results.figure(len(RATES))
     grid = np.linspace(0, 3 * np.pi, 400)
-    panels = []
-    for (label, lr), xs in zip(RATES.items(), traj):
+    for ax, (label, lr), xs in zip(axes, RATES.items(), traj):
         shown = np.clip(xs, grid[0], grid[-1])
-        panels.append({"title": f"lr = {lr}", "xlabel": "x", "ylabel": "sin(x)",
-                       "lines": {"sin(x)": (grid, np.sin(grid), {"c": "k", "lw": 1}),
-                                 "path": (shown, np.sin(shown), {"marker": "o", "ms": 3, "alpha": 0.7})},
-                       "points": {"x0 = 2": ([X0], [np.sin(X0)])}})
-    common.plot_panels(cfg.out / f"{cfg.name}.png", panels, title="gradient descent on sin(x) from x = 2")
+        ax.plot(grid, np.sin(grid), c="k", lw=1, label="sin(x)")
+        ax.plot(shown, np.sin(shown), marker="o", ms=3, alpha=0.7, label="path")
+        ax.plot([X0], [np.sin(X0)], "o", ms=4, label="x0 = 2")
+        ax.set(title=f"lr = {lr}", xlabel="x", ylabel="sin(x)")
+        ax.legend(fontsize=8)
+    fig.suptitle("gradient descent on sin(x) from x = 2")
+    results.save_figure(args, fig)
+    results.save(args, config, metrics)
     return metrics
+
+
+if __name__ == "__main__":
+    main()

@@ -7,17 +7,21 @@ differs (each an optax transformation fed bpjax's hand-written gradients by
 - SGD: ``W <- W - lr g``; momentum: ``v <- 0.9 v + g``, ``W <- W - lr v``; Nesterov looks ahead.
 - RMSProp: divide by a running RMS of ``g``; Adam: momentum plus RMSProp with bias correction.
 - Weight decay: ``W <- W - lr wd W`` each step; AdamW applies it outside Adam's scaling.
+
+Run: ``python experiments/optimizers.py [--seeds N]`` (or ``python -m experiments optimizers``).
 """
 
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
 import bpjax as bp
+import data
+import results
 from bpjax import zoo
-from experiments import common, data
 
 OPTIMIZERS = {
     "SGD (0.1)": lambda: optax.sgd(0.1),
@@ -35,39 +39,49 @@ STEPS, QUICK_STEPS = 3000, 300
 BATCH = 100
 
 
-def run(cfg: common.Config) -> dict:
-    steps = QUICK_STEPS if cfg.quick else STEPS
+def main(argv=None) -> dict:
+    args = results.command_line("optimizers", __doc__, argv)
+    steps = QUICK_STEPS if args.quick else STEPS
     d = data.mnist1d()
     model = zoo.mnist1d_mlp()
-    keys = jax.random.split(jax.random.key(0), cfg.seeds)
-    params = bp.train.init_many(model, keys, d["x"].shape[1:])
-    on_train = common.evaluate_many(model, d["x"], d["y"])
-    rows, curves, results = [], {}, {}
-    for name in QUICK if cfg.quick else OPTIMIZERS:
+    keys = jax.random.split(jax.random.key(0), args.seeds)
+    params = bp.train.init_many(model, keys, d["x"].shape[1:])  # the same weights for every optimizer
+    x, y = jnp.asarray(d["x"]), jnp.asarray(d["y"])
+    train_accuracy = jax.jit(jax.vmap(lambda p: bp.losses.accuracy(bp.predict(model, p, x), y)))
+    rows, curves, found = [], {}, {}
+    for name in QUICK if args.quick else OPTIMIZERS:
         r = bp.train.fit_many(model, bp.losses.softmax_cross_entropy, OPTIMIZERS[name](), params, (d["x"], d["y"]),
                               keys=keys, steps=steps, batch_size=BATCH, eval_data=(d["x_test"], d["y_test"]),
-                              backward=cfg.backward, verbose=cfg.progress)
-        h = r.history
+                              backward=args.backward, verbose=args.progress)
+        h = r.history  # loss: (seeds, steps)
         last = min(100, steps // 5)
         test = 100 * h["eval_accuracy"][:, -1]
         res = {"train_loss": float(np.mean(h["loss"][:, -last:])),
-               "train_acc_percent": float(100 * np.mean(on_train(r.params, r.state)[0])),
-               "test_acc_percent": float(test.mean()), "test_acc_std": common.mean_std(test)[1]}
-        results[name] = res
+               "train_acc_percent": float(100 * np.mean(train_accuracy(r.params))),
+               "test_acc_percent": float(test.mean()),
+               "test_acc_std": float(test.std(ddof=1)) if test.size > 1 else 0.0}
+        found[name] = res
         rows.append([name, res["train_loss"], res["train_acc_percent"], res["test_acc_percent"]])
         curves[name] = h["loss"].mean(0)
-        cfg.log(f"{name:<34} train loss {res['train_loss']:.3f}  train {res['train_acc_percent']:.1f}%  "
-                f"test {res['test_acc_percent']:.1f}%")
+        print(f"{name:<34} train loss {res['train_loss']:.3f}  train {res['train_acc_percent']:.1f}%  "
+              f"test {res['test_acc_percent']:.1f}%")
     header = ["optimizer", "train loss (last steps)", "train acc %", "test acc %"]
-    cfg.log(common.markdown_table(header, rows))
-    common.write_csv(cfg.out / "optimizers.csv", header, rows)
-    common.write_results(cfg, {"model": model.name, "steps": steps, "batch": BATCH, "seeds": cfg.seeds,
-                               "optimizers": list(OPTIMIZERS), "trainer": "bp.train.fit_many(keys=seeds)"},
-                         {"optimizers": results})
+    print(results.markdown(header, rows))
+    config = {"model": model.name, "steps": steps, "batch": BATCH, "seeds": args.seeds, "optimizers": list(OPTIMIZERS),
+              "trainer": "bp.train.fit_many(keys=seeds)"}
+
+    results.write_csv(args.out / "optimizers.csv", header, rows)
+    fig, (ax,) = results.figure(1)
     k = 25
-    smooth = lambda v: np.convolve(v, np.ones(k) / k, mode="valid")  # noqa: E731
-    common.plot_panels(cfg.out / f"{cfg.name}.png", [
-        {"title": f"training loss ({k}-step mean)", "xlabel": "step", "ylabel": "cross-entropy", "logy": True,
-         "lines": {name: (np.arange(k, steps + 1), smooth(c)) for name, c in curves.items()}},
-    ], title="optimisers on the MNIST-1D MLP (same init, same batches)")
-    return {"optimizers": results}
+    for name, c in curves.items():
+        ax.plot(np.arange(k, steps + 1), np.convolve(c, np.ones(k) / k, mode="valid"), label=name)
+    ax.set(title=f"training loss ({k}-step mean)", xlabel="step", ylabel="cross-entropy", yscale="log")
+    ax.legend(fontsize=8)
+    fig.suptitle("optimisers on the MNIST-1D MLP (same init, same batches)")
+    results.save_figure(args, fig)
+    results.save(args, config, {"optimizers": found})
+    return {"optimizers": found}
+
+
+if __name__ == "__main__":
+    main()

@@ -18,7 +18,8 @@ import numpy as np
 import optax
 
 import bpjax as bp
-from experiments import common, data
+import data
+import results
 
 STEPS, QUICK_STEPS = 4000, 1500
 LEARNING_RATE = 1.0
@@ -31,8 +32,9 @@ def least_squares(x, y):
     return sol[:-1], sol[-1]
 
 
-def run(cfg: common.Config) -> dict:
-    steps = QUICK_STEPS if cfg.quick else STEPS
+def main(argv=None) -> dict:
+    args = results.command_line("regression", __doc__, argv)
+    steps = QUICK_STEPS if args.quick else STEPS
     d = data.diabetes()
     W_ls, b_ls = least_squares(d["x"], d["y"])
     mse = lambda p, t: float(np.mean((p - t) ** 2))  # noqa: E731
@@ -43,9 +45,12 @@ def run(cfg: common.Config) -> dict:
     params = model.init(jax.random.key(0), (10,))[1]
     # Checked at the start, in float64: at the optimum the true gradient is a sum of large residual
     # terms cancelling to ~0, so any two correct programs differ there relative to it by roundoff.
-    report = common.float64_check(model, bp.losses.mse, params, x, d["y"])
+    with jax.enable_x64(True):
+        params64 = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+        report = bp.check_gradients(model, bp.losses.mse, params64, x.astype(np.float64), d["y"])
     r = bp.train.fit(model, bp.losses.mse, optax.adam(LEARNING_RATE), params, (x, d["y"]), steps=steps,
-                     batch_size=len(x), backward=cfg.backward, eval_data=(x_test, d["y_test"]), verbose=cfg.progress)
+                     batch_size=len(x), backward=args.backward, eval_data=(x_test, d["y_test"]), verbose=args.progress)
+
     params, losses = r.params, r.history["loss"]
     gd_test = float(r.history["eval_loss"][-1])  # fit's evaluation of the test set after the last step
     pred_test = np.asarray(bp.predict(model, params, jnp.asarray(x_test)))
@@ -55,27 +60,36 @@ def run(cfg: common.Config) -> dict:
     ls_train = mse(d["x"] @ W_ls + b_ls, d["y"])
     f1 = lambda v: f"{v:.1f}"  # noqa: E731
     rows = [["least squares (lstsq, float64)", f1(ls_train), f1(ls_test)],
-            [f"gradient descent (Adam {LEARNING_RATE:g}, {steps} full-batch steps, {cfg.backward} backward)",
+            [f"gradient descent (Adam {LEARNING_RATE:g}, {steps} full-batch steps, {args.backward} backward)",
              f1(losses[-1]), f1(gd_test)]]
     header = ["fit", "train MSE", "test MSE (last 20)"]
-    cfg.log(common.markdown_table(header, rows))
-    common.write_csv(cfg.out / "regression.csv", header, rows)
-    cfg.log(f"max |W_gd - W_ls| / max |W_ls| = {weight_rel_diff:.1e}; gradient check manual vs jax.grad "
-            f"max rel error {report.max_rel_error:.1e}")
+    print(results.markdown(header, rows))
+    print(f"max |W_gd - W_ls| / max |W_ls| = {weight_rel_diff:.1e}; gradient check manual vs jax.grad "
+          f"max rel error {report.max_rel_error:.1e}")
     metrics = {"least_squares_test_mse": ls_test, "least_squares_train_mse": ls_train,
                "gd_test_mse": gd_test, "gd_train_mse": float(losses[-1]), "initial_train_mse": float(losses[0]),
                "weight_rel_diff": weight_rel_diff, "bias_gd": b_gd, "bias_ls": float(b_ls[0]),
                "grad_check_max_rel_error": report.max_rel_error}
-    common.write_results(cfg, {"data": "sklearn load_diabetes, last 20 rows test", "model": "Dense(1)",
-                               "optimizer": f"adam({LEARNING_RATE})", "steps": steps,
-                               "features": "standardised with the training mean and std",
-                               "trainer": "bp.train.fit(batch_size=N)"}, metrics)
-    common.plot_panels(cfg.out / f"{cfg.name}.png", [
-        {"title": "training MSE", "xlabel": "step", "ylabel": "MSE", "logy": True,
-         "lines": {"gradient descent": (r.history["step"], losses)}, "hlines": {"least squares": ls_train}},
-        {"title": "test set: prediction vs target", "xlabel": "target", "ylabel": "prediction",
-         "points": {"gradient descent": (d["y_test"][:, 0], pred_test[:, 0]),
-                    "least squares": (d["y_test"][:, 0], (d["x_test"] @ W_ls + b_ls)[:, 0])},
-         "lines": {"y = x": ([25, 350], [25, 350], {"c": "gray", "lw": 1})}},
-    ], title="diabetes regression")
+    config = {"data": "sklearn load_diabetes, last 20 rows test", "model": "Dense(1)",
+              "optimizer": f"adam({LEARNING_RATE})", "steps": steps, "features": "standardised with the training "
+              "mean and std", "trainer": "bp.train.fit(batch_size=N)"}
+
+    results.write_csv(args.out / "regression.csv", header, rows)
+    fig, (ax1, ax2) = results.figure(2)
+    ax1.plot(r.history["step"], losses, label="gradient descent")
+    ax1.axhline(ls_train, ls="--", c="gray", lw=1, label="least squares")
+    ax1.set(title="training MSE", xlabel="step", ylabel="MSE", yscale="log")
+    ax2.plot([25, 350], [25, 350], c="gray", lw=1, label="y = x")
+    ax2.plot(d["y_test"][:, 0], pred_test[:, 0], "o", ms=4, label="gradient descent")
+    ax2.plot(d["y_test"][:, 0], (d["x_test"] @ W_ls + b_ls)[:, 0], "o", ms=4, label="least squares")
+    ax2.set(title="test set: prediction vs target", xlabel="target", ylabel="prediction")
+    for ax in (ax1, ax2):
+        ax.legend(fontsize=8)
+    fig.suptitle("diabetes regression")
+    results.save_figure(args, fig)
+    results.save(args, config, metrics)
     return metrics
+
+
+if __name__ == "__main__":
+    main()

@@ -25,6 +25,8 @@ unregularised, 100% train and 55% test accuracy (it peaks near 70% early, before
 are learnt); weight decay keeps the wrong labels out (7% memorised, gap 2.6 points); dropout
 only delays memorisation (4% at 300 steps, 76% at 2000, gap 23 points); both: gap about 0
 (``docs/results/regularization.json``).
+
+Run: ``python experiments/regularization.py [--quick] [--seeds N]`` (or ``python -m experiments regularization``).
 """
 
 from __future__ import annotations
@@ -35,8 +37,9 @@ import numpy as np
 import optax
 
 import bpjax as bp
+import data
+import results
 from bpjax import layers as L
-from experiments import common, data
 
 N_TRAIN = 300
 LABEL_NOISE = 0.3
@@ -47,7 +50,7 @@ DROP_IN, DROP_HIDDEN = 0.2, 0.5
 STEPS, QUICK_STEPS = 2000, 300
 BATCH = 100
 EVAL_EVERY = 100
-DEFAULT_SEEDS = 3
+SEEDS = 3  # without --seeds
 
 
 def mlp(dropout: bool) -> bp.Layer:
@@ -71,6 +74,19 @@ SETTINGS = {  # name -> (dropout?, weight decay)
 }
 
 
+def evaluate(model: bp.Layer, x, y):
+    """``fn(params, state) -> (accuracy (N,), loss (N,))`` of ``N`` stacked models on ``(x, y)``, eval mode, jitted."""
+    x, y = jnp.asarray(x), jnp.asarray(y)
+    xent = bp.losses.softmax_cross_entropy
+
+    def one(p, s):
+        pred = bp.predict(model, p, x, state=s if bp.is_contextual(model) else None)
+        return bp.losses.accuracy(pred, y), xent.value(pred, y)
+
+    jitted = jax.jit(jax.vmap(one))
+    return lambda params, state: tuple(np.asarray(a) for a in jitted(params, state))
+
+
 def noisy_labels(y: np.ndarray, fraction: float, seed: int = 0) -> tuple:
     """Replace a random ``fraction`` of the labels by a uniformly drawn *other* class: ``(y_noisy, flipped)``."""
     rng = np.random.default_rng(seed)
@@ -79,65 +95,72 @@ def noisy_labels(y: np.ndarray, fraction: float, seed: int = 0) -> tuple:
     return y_noisy, flipped
 
 
-def run(cfg: common.Config) -> dict:
-    steps = QUICK_STEPS if cfg.quick else STEPS
+def main(argv=None) -> dict:
+    args = results.command_line("regularization", __doc__, argv, seeds=SEEDS)
+    steps = QUICK_STEPS if args.quick else STEPS
     d = data.digits(n_train=N_TRAIN)
     d["y"], flipped = noisy_labels(d["y"], LABEL_NOISE)
-    keys = jax.random.split(jax.random.key(0), cfg.seeds)
-    rows, results, curves = [], {}, {}
+    keys = jax.random.split(jax.random.key(0), args.seeds)
+    rows, found, curves = [], {}, {}
     shape = d["x"].shape[1:]
     for dropout in (False, True):
         # one fit_many sweep per model: the seeds without and with weight decay (adamw's weight_decay=0 is adam)
         names = [n for n, (drop, _) in SETTINGS.items() if drop == dropout]
-        wd = jnp.asarray([SETTINGS[n][1] for n in names for _ in range(cfg.seeds)], jnp.float32)
+        wd = jnp.asarray([SETTINGS[n][1] for n in names for _ in range(args.seeds)], jnp.float32)
         run_keys = jnp.concatenate([keys] * len(names))
         model = mlp(dropout)
-        on_train, train_curve = common.evaluate_many(model, d["x"], d["y"]), []
+        on_train, train_curve = evaluate(model, d["x"], d["y"]), []
         r = bp.train.fit_many(model, bp.losses.softmax_cross_entropy, adamw,
                               bp.train.init_many(model, run_keys, shape),  # Dropout has no params: same weights
                               (d["x"], d["y"]), keys=run_keys, hparams=wd, steps=steps, batch_size=BATCH,
                               state=bp.init_state(model, keys[0], shape) if dropout else None,
-                              eval_data=(d["x_test"], d["y_test"]), eval_every=EVAL_EVERY, backward=cfg.backward,
-                              chunk_size=EVAL_EVERY, verbose=cfg.progress,
+                              eval_data=(d["x_test"], d["y_test"]), eval_every=EVAL_EVERY, backward=args.backward,
+                              chunk_size=EVAL_EVERY, verbose=args.progress,
                               callback=lambda done, r: train_curve.append(on_train(r.params, r.state)[0]))
         train_acc, train_loss = on_train(r.params, r.state)
-        memorised = common.evaluate_many(model, d["x"][flipped], d["y"][flipped])(r.params, r.state)[0]
+        memorised = evaluate(model, d["x"][flipped], d["y"][flipped])(r.params, r.state)[0]
         train_curve = np.stack(train_curve, 1)  # (models, evaluations)
         for i, name in enumerate(names):
-            m = slice(i * cfg.seeds, (i + 1) * cfg.seeds)  # this setting's seeds
+            m = slice(i * args.seeds, (i + 1) * args.seeds)  # this setting's seeds
             h = {k: v[m] if k not in ("step", "eval_step") else v for k, v in r.history.items()}
             test_acc, test_loss = h["eval_accuracy"][:, -1], h["eval_loss"][:, -1]
             res = {"train_acc": float(train_acc[m].mean()), "test_acc": float(test_acc.mean()),
-                   "test_acc_std": common.mean_std(test_acc)[1],
+                   "test_acc_std": float(test_acc.std(ddof=1)) if test_acc.size > 1 else 0.0,
                    "acc_gap": float((train_acc[m] - test_acc).mean()),
                    "train_loss": float(train_loss[m].mean()), "test_loss": float(test_loss.mean()),
                    "loss_gap": float((test_loss - train_loss[m]).mean()), "memorised": float(memorised[m].mean()),
                    "peak_test_acc": float(h["eval_accuracy"].mean(0).max())}
-            results[name] = res
+            found[name] = res
             rows.append([name, res["train_acc"], res["test_acc"], res["acc_gap"], res["memorised"],
                          res["train_loss"], res["test_loss"]])
-            curves[name] = (h["eval_step"], h["eval_accuracy"].mean(0), h["eval_loss"].mean(0),
+            curves[name] = (h["eval_step"][0], h["eval_accuracy"].mean(0), h["eval_loss"].mean(0),
                             train_curve[m].mean(0))
-            cfg.log(f"{name:<18} train acc {res['train_acc']:.3f}  test acc {res['test_acc']:.3f}  "
-                    f"gap {res['acc_gap']:.3f}  memorised {res['memorised']:.3f}")
+            print(f"{name:<18} train acc {res['train_acc']:.3f}  test acc {res['test_acc']:.3f}  "
+                  f"gap {res['acc_gap']:.3f}  memorised {res['memorised']:.3f}")
     header = ["setting", "train acc (noisy labels)", "test acc", "gap", "wrong labels memorised", "train loss",
               "test loss"]
-    cfg.log(common.markdown_table(header, rows))
-    common.write_csv(cfg.out / "regularization.csv", header, rows)
-    common.write_results(cfg, {"data": f"sklearn load_digits, first {N_TRAIN} train, the rest test",
-                               "label_noise": LABEL_NOISE, "relabelled": int(flipped.sum()),
-                               "model": f"Flatten Dense({WIDTH}) Relu Dense({WIDTH}) Relu Dense(10)",
-                               "optimizer": f"adam({LEARNING_RATE}) / adamw({LEARNING_RATE}, weight_decay={WD})",
-                               "dropout": [DROP_IN, DROP_HIDDEN], "steps": steps, "batch": BATCH,
-                               "seeds": cfg.seeds,
-                               "trainer": "bp.train.fit_many(hparams=weight decays, keys=seeds), one sweep per model"},
-                         {"settings": results})
-    common.plot_panels(cfg.out / f"{cfg.name}.png", [
-        {"title": "accuracy: test (solid), noisy training set (dashed)", "xlabel": "step", "ylabel": "accuracy",
-         "lines": {**{n: (c[0], c[1], {"c": f"C{i}"}) for i, (n, c) in enumerate(curves.items())},
-                   **{f"{n} (train)": (c[0], c[3], {"c": f"C{i}", "ls": "--"})
-                      for i, (n, c) in enumerate(curves.items())}}},
-        {"title": "test cross-entropy", "xlabel": "step", "ylabel": "cross-entropy",
-         "lines": {n: (c[0], c[2]) for n, c in curves.items()}},
-    ], title=f"wide MLP on {N_TRAIN} digits, {LABEL_NOISE:.0%} of labels wrong: weight decay and dropout")
-    return {"settings": results}
+    print(results.markdown(header, rows))
+    config = {"data": f"sklearn load_digits, first {N_TRAIN} train, the rest test", "label_noise": LABEL_NOISE,
+              "relabelled": int(flipped.sum()), "model": f"Flatten Dense({WIDTH}) Relu Dense({WIDTH}) Relu Dense(10)",
+              "optimizer": f"adam({LEARNING_RATE}) / adamw({LEARNING_RATE}, weight_decay={WD})",
+              "dropout": [DROP_IN, DROP_HIDDEN], "steps": steps, "batch": BATCH, "seeds": args.seeds,
+              "trainer": "bp.train.fit_many(hparams=weight decays, keys=seeds), one sweep per model"}
+
+    results.write_csv(args.out / "regularization.csv", header, rows)
+    fig, (ax1, ax2) = results.figure(2)
+    for i, (n, (step, test_acc, test_loss, train_acc)) in enumerate(curves.items()):
+        ax1.plot(step, test_acc, c=f"C{i}", label=n)
+        ax1.plot(step, train_acc, c=f"C{i}", ls="--", label=f"{n} (train)")
+        ax2.plot(step, test_loss, label=n)
+    ax1.set(title="accuracy: test (solid), noisy training set (dashed)", xlabel="step", ylabel="accuracy")
+    ax2.set(title="test cross-entropy", xlabel="step", ylabel="cross-entropy")
+    for ax in (ax1, ax2):
+        ax.legend(fontsize=8)
+    fig.suptitle(f"wide MLP on {N_TRAIN} digits, {LABEL_NOISE:.0%} of labels wrong: weight decay and dropout")
+    results.save_figure(args, fig)
+    results.save(args, config, {"settings": found})
+    return {"settings": found}
+
+
+if __name__ == "__main__":
+    main()

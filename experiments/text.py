@@ -124,7 +124,8 @@ def bigram_loss(train: np.ndarray, x: np.ndarray, y: np.ndarray, alpha: float = 
 
 
 # ---------------------------------------------------------------------------------------------------
-# what the language-model experiments share: the optimiser recipe, the full validation loss, samples
+# what the language-model experiments share: the optimiser recipe, the full validation loss, samples and
+# the float64 gradient check
 
 
 def recipe(steps: int, *, lr: float = 1e-3, min_lr: float = 1e-4, warmup: int = 100, weight_decay: float = 0.1,
@@ -175,9 +176,17 @@ def samples(model, params, prompts, length: int, *, context: int, temperature: f
     return [p + decode(o[width:]) for p, o in zip(prompts, np.asarray(out))]
 
 
-def float64_check(model, params, x, y, *, state=None, key=None):
-    """:func:`experiments.common.float64_check` of the token loss (the ids ``x, y`` stay integer)."""
-    from bpjax import zoo
-    from experiments import common
+def float64_check(model, params, x, y, *, state=None):
+    """:func:`bpjax.check_gradients` of the token loss at ``(params, state)`` cast to float64 (the ids ``x, y`` stay
+    integer): late in training float32 gradients computed in two orders differ by more than roundoff while both
+    are right; in float64 check_gradients' ``rtol=1e-10`` separates a wrong backward from roundoff."""
+    import jax
+    import jax.numpy as jnp
+    import optax
 
-    return common.float64_check(model, zoo.token_cross_entropy, params, x, y, state=state, key=key)
+    import bpjax as bp
+    from bpjax import zoo
+
+    with jax.enable_x64(True):
+        params, state = optax.tree_utils.tree_cast((params, state), jnp.float64)
+        return bp.check_gradients(model, zoo.token_cross_entropy, params, jnp.asarray(x), jnp.asarray(y), state=state)

@@ -17,6 +17,8 @@ likewise, so every ``|dL/dW_l| = |a_{l-1}.T @ dz_l|`` explodes (about ``4^depth`
 norm) while the first/last ratio stays near 1; Glorot sigmoid nets vanish (ratio << 1). Residual
 blocks ``h + relu(W h)`` with He weights double the forward variance per block, so without
 normalisation they explode as well (the reason for Fixup-style or normalised residual networks).
+
+Run: ``python experiments/vanishing_gradients.py [--quick]`` (or ``python -m experiments vanishing_gradients``).
 """
 
 from __future__ import annotations
@@ -27,9 +29,10 @@ import numpy as np
 import optax
 
 import bpjax as bp
+import data
+import results
 from bpjax import diagnostics as D
 from bpjax import layers as L
-from experiments import common, data
 
 NIELSEN_SIZES = [30, 30, 30, 30]
 NIELSEN_PUBLISHED = [0.00298, 0.0171, 0.0695, 0.285]  # MNIST, 784 inputs, first to last hidden layer
@@ -115,21 +118,22 @@ def train_one(name, cfg_tuple, depth, steps, d, key, backward, progress):
     return log, float(result.history["eval_accuracy"][-1])
 
 
-def run(cfg: common.Config) -> dict:
-    depth, steps = (QUICK_DEPTH, QUICK_STEPS) if cfg.quick else (DEPTH, STEPS)
+def main(argv=None) -> dict:
+    args = results.command_line("vanishing_gradients", __doc__, argv)
+    depth, steps = (QUICK_DEPTH, QUICK_STEPS) if args.quick else (DEPTH, STEPS)
     key = jax.random.key(0)
     part1 = nielsen(key)
-    cfg.log("Part 1: Nielsen's sigmoid net at init, |dC/db_l| per hidden layer, first to last")
-    cfg.log(common.markdown_table(
+    print("Part 1: Nielsen's sigmoid net at init, |dC/db_l| per hidden layer, first to last")
+    print(results.markdown(
         ["", *[f"layer {i + 1}" for i in range(4)], "factor per layer going back"],
         [["ours (digits, 64 inputs)", *part1["ours"], " ".join(f"{f:.2f}" for f in part1["factors"])],
          ["Nielsen (MNIST, 784 inputs)", *NIELSEN_PUBLISHED,
           " ".join(f"{f:.2f}" for f in part1["published_factors"])]]))
+
     d = data.mnist1d()
     rows, csv_rows, curves, metrics = [], [], {}, {"nielsen": part1, "configs": {}}
-    for name in QUICK_CONFIGS if cfg.quick else CONFIGS:
-        c = CONFIGS[name]
-        log, acc = train_one(name, c, depth, steps, d, key, cfg.backward, cfg.progress)
+    for name in QUICK_CONFIGS if args.quick else CONFIGS:
+        log, acc = train_one(name, CONFIGS[name], depth, steps, d, key, args.backward, args.progress)
         init, end = log[0]["norms"], log[-1]["norms"]
         ratio0 = float(init[0] / init[-2]) if np.all(np.isfinite(init)) else float("nan")
         ratio1 = float(end[0] / end[-2]) if np.all(np.isfinite(end)) else float("nan")
@@ -140,24 +144,31 @@ def run(cfg: common.Config) -> dict:
         curves[name] = log
         for r in log:
             csv_rows += [[name, r["step"], i + 1, float(v)] for i, v in enumerate(r["norms"])]
-    cfg.log(f"\nPart 2: {depth} hidden layers of {WIDTH}, MNIST-1D, Adam {LEARNING_RATE:g}, {steps} steps; "
-            f"|dL/dW_1| / |dL/dW_{depth}| (first over last hidden layer): <<1 vanishing, >>1 exploding")
-    cfg.log(common.markdown_table(["network", "ratio at init", f"ratio after {steps} steps",
-                                           "largest |dL/dW| at init", "test accuracy"], rows))
-    common.write_csv(cfg.out / "grad_norms.csv", ["network", "step", "layer", "grad_norm_W"], csv_rows)
-    common.write_results(cfg, {"depth": depth, "width": WIDTH, "steps": steps, "batch": BATCH,
-                               "optimizer": f"adam({LEARNING_RATE})", "data": "MNIST-1D; part 1: sklearn digits"},
-                         metrics)
+    print(f"\nPart 2: {depth} hidden layers of {WIDTH}, MNIST-1D, Adam {LEARNING_RATE:g}, {steps} steps; "
+          f"|dL/dW_1| / |dL/dW_{depth}| (first over last hidden layer): <<1 vanishing, >>1 exploding")
+    print(results.markdown(["network", "ratio at init", f"ratio after {steps} steps", "largest |dL/dW| at init",
+                            "test accuracy"], rows))
+    config = {"depth": depth, "width": WIDTH, "steps": steps, "batch": BATCH, "optimizer": f"adam({LEARNING_RATE})",
+              "data": "MNIST-1D; part 1: sklearn digits"}
+
+    results.write_csv(args.out / "grad_norms.csv", ["network", "step", "layer", "grad_norm_W"], csv_rows)
+    fig, (ax1, ax2, ax3) = results.figure(3)
+    ax1.plot(np.arange(1, 5), part1["ours"], label="ours (digits)")
+    ax1.plot(np.arange(1, 5), NIELSEN_PUBLISHED, ls="--", label="Nielsen (MNIST)")
+    ax1.set(title="Nielsen's sigmoid net at init", xlabel="hidden layer", ylabel="|dC/db|", yscale="log")
     layers = np.arange(1, depth + 2)
-    common.plot_panels(cfg.out / f"{cfg.name}.png", [
-        {"title": "Nielsen's sigmoid net at init", "xlabel": "hidden layer", "ylabel": "|dC/db|", "logy": True,
-         "lines": {"ours (digits)": (np.arange(1, 5), part1["ours"]),
-                   "Nielsen (MNIST)": (np.arange(1, 5), NIELSEN_PUBLISHED, {"ls": "--"})}},
-        {"title": "at initialisation", "xlabel": "layer", "ylabel": "|dL/dW|", "logy": True,
-         "lines": {n: (layers, np.where(np.isfinite(c[0]["norms"]), c[0]["norms"], np.nan))
-                   for n, c in curves.items()}},
-        {"title": f"after {steps} steps", "xlabel": "layer", "ylabel": "|dL/dW|", "logy": True,
-         "lines": {n: (layers, np.where(np.isfinite(c[-1]["norms"]), c[-1]["norms"], np.nan))
-                   for n, c in curves.items()}},
-    ], title="vanishing and exploding gradients")
+    for n, c in curves.items():
+        ax2.plot(layers, np.where(np.isfinite(c[0]["norms"]), c[0]["norms"], np.nan), label=n)
+        ax3.plot(layers, np.where(np.isfinite(c[-1]["norms"]), c[-1]["norms"], np.nan), label=n)
+    ax2.set(title="at initialisation", xlabel="layer", ylabel="|dL/dW|", yscale="log")
+    ax3.set(title=f"after {steps} steps", xlabel="layer", ylabel="|dL/dW|", yscale="log")
+    for ax in (ax1, ax2, ax3):
+        ax.legend(fontsize=8)
+    fig.suptitle("vanishing and exploding gradients")
+    results.save_figure(args, fig)
+    results.save(args, config, metrics)
     return metrics
+
+
+if __name__ == "__main__":
+    main()

@@ -1,59 +1,74 @@
 """The experiments' --quick runs: each writes its results, a CSV table and its figure, and its key claim holds in
-the numbers bpjax produced."""
+the numbers bpjax produced (read back from the results.json it wrote)."""
 
 import json
+import os
+import runpy
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import experiments
-from experiments import common
-from experiments.__main__ import main, parser
+from experiments.__main__ import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def record_of(out: Path, name: str) -> dict:
+    """The run's results.json, after checking what every run writes: the record, a CSV table and its figure."""
+    record = json.loads((out / "results.json").read_text())
+    assert record["experiment"] == name and record["seconds"] > 0
+    assert record["versions"]["jax"] and record["config"] and record["run"]["out"] == str(out)
+    assert list(out.glob("*.csv")), f"{name} wrote no CSV table"
+    assert (out / f"{name}.png").stat().st_size > 10_000  # the figure the README shows (docs/figures/<name>.png)
+    return record
 
 
 def run(name, tmp_path, *args):
+    """``python -m experiments NAME --quick ...`` in this process: the metrics it wrote, and its folder."""
     out = tmp_path / name
     assert main([name, "--quick", "--no-progress", "--out", str(out), *args]) == 0
-    record = json.loads((out / "results.json").read_text())
-    assert record["experiment"] == name and record["seconds"] > 0
-    assert record["versions"]["jax"] and record["config"]
-    assert list(out.glob("*.csv")), f"{name} wrote no CSV table"
-    assert (out / f"{name}.png").stat().st_size > 10_000  # the figure the README shows (docs/figures/<name>.png)
-    return record["metrics"], out
+    return record_of(out, name)["metrics"], out
 
 
-def test_list_names_every_experiment(capsys):
+def test_list_names_every_experiment_and_each_has_its_file(capsys):
     assert main(["list"]) == 0
     printed = capsys.readouterr().out
-    for name in experiments.available():
-        assert name in printed
-    assert "mnist1d_mlp" in experiments.available()
+    assert all(name in printed for name in experiments.EXPERIMENTS) and experiments.DEFAULT == "mnist1d_mlp"
+    assert all(path.is_file() for path in experiments.FILES.values())
+    assert not (experiments.HERE / "mnist1d.py").exists()  # it would hide the mnist1d package from the scripts
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["no_such_experiment"], "invalid choice: 'no_such_experiment'"),
-    (["mnist1d_mlp", "--seeds", "0"], "expected a positive integer (at least 1), got 0"),
-    (["mnist1d_mlp", "--seeds", "two"], "expected a positive integer, got 'two'"),
-    (["mnist1d_mlp", "--backward", "numeric"], "invalid choice: 'numeric'")])
+    (["no_such_experiment"], "argument name: invalid choice: 'no_such_experiment'"),
+    (["mnist1d_mlp", "--seeds", "0"], "argument --seeds: expected a positive integer (at least 1), got 0"),
+    (["mnist1d_mlp", "--seeds", "two"], "argument --seeds: expected a positive integer, got 'two'"),
+    (["mnist1d_mlp", "--backward", "numeric"], "argument --backward: invalid choice: 'numeric'"),
+    (["chain_rule", "--quick", "--publish"], "--publish copies a full run to docs/: run without --quick")])
 def test_bad_command_lines_are_argparse_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
-        parser().parse_args(argv)
+        main(argv)
     assert e.value.code == 2
     assert message in capsys.readouterr().err
 
 
-def test_an_existing_results_folder_is_refused_before_running(tmp_path, capsys, monkeypatch):
-    out = tmp_path / "done"
-    out.mkdir()
-    (out / "results.json").write_text("{}")
-    monkeypatch.setattr(experiments, "load", lambda name: pytest.fail("the experiment was loaded"))
-    with pytest.raises(SystemExit) as e:
-        main(["chain_rule", "--out", str(out)])
-    assert e.value.code == 2
-    assert f"{out / 'results.json'} exists already: pass --force to overwrite it" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["chain_rule", "--quick", "--publish", "--out", str(tmp_path / "new")])
-    assert "--publish copies a full run to docs/: run without --quick" in capsys.readouterr().err
+def test_an_existing_results_folder_or_a_file_as_out_is_refused_before_running(tmp_path, capsys):
+    done = tmp_path / "done"
+    done.mkdir()
+    (done / "results.json").write_text("{}")
+    taken = tmp_path / "taken.txt"
+    taken.write_text("kept")
+    for out, message in [(done, f"{done / 'results.json'} exists already: pass --force to overwrite it"),
+                         (taken, f"argument --out: expected a folder for the results, got the file {taken}"),
+                         (taken / "inside", f"argument --out: cannot make the results folder {taken / 'inside'}")]:
+        with pytest.raises(SystemExit) as e:
+            main(["chain_rule", "--out", str(out)])
+        assert e.value.code == 2 and message in capsys.readouterr().err
+    assert (done / "results.json").read_text() == "{}" and list(done.iterdir()) == [done / "results.json"]
+    assert taken.read_text() == "kept"
 
 
 def test_mnist1d_mlp_quick(tmp_path):
@@ -79,22 +94,32 @@ def test_chain_rule(tmp_path):
     assert m["all_match"] is True
 
 
-def test_publish_copies_the_results_and_the_figure_dropping_long_curves(tmp_path):
-    cfg = common.Config(name="demo", out=tmp_path / "out")
-    cfg.out.mkdir()
-    (cfg.out / "results.json").write_text(json.dumps({"metrics": {"accuracy": 0.5, "curve": list(range(20_000)),
-                                                                  "per_seed": [0.4, 0.6]}}, indent=2))
-    (cfg.out / "demo.png").write_bytes(b"png")
-    written = common.publish(cfg, tmp_path / "docs")
+def test_publish_copies_the_results_and_the_figure_dropping_long_curves(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(experiments.HERE))  # as the scripts import their helper
+    import results
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.json").write_text(json.dumps({"metrics": {"accuracy": 0.5, "curve": list(range(20_000)),
+                                                              "per_seed": [0.4, 0.6]}}, indent=2))
+    (out / "demo.png").write_bytes(b"png")
+    written = results.publish(out, "demo", tmp_path / "docs")
     assert written == [tmp_path / "docs" / "results" / "demo.json", tmp_path / "docs" / "figures" / "demo.png"]
     copy = json.loads(written[0].read_text())
     assert copy["metrics"]["accuracy"] == 0.5 and copy["metrics"]["per_seed"] == [0.4, 0.6]
     assert copy["metrics"]["curve"].startswith("omitted from the committed copy: 20000 values")
-    assert len(written[0].read_text()) <= common.PUBLISHED_LIMIT and written[1].read_bytes() == b"png"
+    assert len(written[0].read_text()) <= results.PUBLISHED_LIMIT and written[1].read_bytes() == b"png"
 
 
-def test_gradient_descent_1d(tmp_path):
-    m, out = run("gradient_descent_1d", tmp_path)
+def test_gradient_descent_1d_runs_as_a_script(tmp_path, monkeypatch):
+    """``python experiments/gradient_descent_1d.py --quick``, in this process as Python runs a script: the file as
+    ``__main__`` with its own folder first on the path (``test_a_copied_experiment_runs_on_its_own`` runs one in a
+    process of its own)."""
+    out, script = tmp_path / "gradient_descent_1d", str(experiments.FILES["gradient_descent_1d"])
+    monkeypatch.syspath_prepend(str(experiments.HERE))
+    monkeypatch.setattr(sys, "argv", [script, "--quick", "--no-progress", "--out", str(out)])
+    runpy.run_path(script, run_name="__main__")
+    m = record_of(out, "gradient_descent_1d")["metrics"]
     runs = m["runs"]
     small, good, osc, large = (runs[k] for k in ("too small (0.05)", "good (1.0)", "oscillating (1.8)",
                                                  "too large (3.0)"))
@@ -164,7 +189,7 @@ def test_mnist1d_table_ordering(tmp_path):
     # the paper's ordering holds already after 200 steps: logistic well below the MLP, logistic near its 32%
     assert 20 < r["logistic"]["test_acc_percent"] < 40
     assert r["logistic"]["test_acc_percent"] + 10 < r["mlp"]["test_acc_percent"]
-    assert all(v["grad_check_max_rel_error"] < 1e-10 for v in r.values())  # float64 check, see common.check_run0
+    assert all(v["grad_check_max_rel_error"] < 1e-10 for v in r.values())  # float64 check after the last step
     assert (out / "table.csv").read_text().count("\n") == 1 + 2
 
 
@@ -213,3 +238,80 @@ def test_forgetting_and_rehearsal(tmp_path):
     assert plain["task_a_drop_points"] > 30 and plain["task_a_acc"] < 0.1 and plain["task_b_acc"] > 0.9
     # 10 stored old images per batch of 100 keep a good part of A (measured 0.69) at no cost to B
     assert rehearsal["task_a_acc"] > plain["task_a_acc"] + 0.4 and rehearsal["task_b_acc"] > 0.9
+
+
+# A process of its own (5-10 s: Python, JAX and matplotlib start anew): the slow set runs it; the default suite
+# runs gradient_descent_1d as a script in-process (test_gradient_descent_1d_runs_as_a_script).
+@pytest.mark.slow
+def test_a_copied_experiment_runs_on_its_own(tmp_path):
+    """chain_rule.py copied out with its helper results.py, run with only bpjax importable (no experiments package)."""
+    copy, lib = tmp_path / "copy", tmp_path / "lib"
+    copy.mkdir()
+    lib.mkdir()
+    for name in ("chain_rule.py", "results.py"):
+        (copy / name).write_text((experiments.HERE / name).read_text())
+    (lib / "bpjax").symlink_to(ROOT / "bpjax")  # this checkout's bpjax, and nothing else of the repository
+    proc = subprocess.run([sys.executable, "chain_rule.py", "--quick", "--no-progress", "--out", str(copy / "out")],
+                          cwd=copy,
+                          env={**os.environ, "PYTHONPATH": str(lib), "JAX_PLATFORMS": "cpu"},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    m = record_of(copy / "out", "chain_rule")["metrics"]
+    assert m["all_match"] is True and m["scalar"]["bpjax_dL_dw"] == -24.0
+
+
+# Measured 21-27 s of CPU each (2-core machine, shared): the slow set (-m slow) runs them, the default
+# suite keeps the experiment tests under a minute.
+@pytest.mark.slow
+def test_vanishing_gradients_quick(tmp_path):
+    metrics, out = run("vanishing_gradients", tmp_path)
+    factors = np.asarray(metrics["nielsen"]["factors"])
+    # Nielsen's sigmoid net at init: each layer's gradient is several times smaller going back
+    # (published factors 5.7, 4.1, 4.1); we ask for more than 2x per layer.
+    assert np.all(factors > 2.0), factors
+    configs = metrics["configs"]
+    assert configs["sigmoid, Glorot"]["first_over_last_hidden_init"] < 1e-3          # vanishing
+    assert configs["relu, N(0,1) (exploding)"]["max_norm_init"] > 1e3                 # exploding
+    assert 1e-2 < configs["relu, He"]["first_over_last_hidden_init"] < 1e2            # kept in range
+    assert (out / "grad_norms.csv").exists()
+
+
+# ~10 s each with two workers on 2 cores: slow. The rules are tested by default in test_rules.py and
+# test_conv_rules.py (angles, DFA against its formula, B = W gives backprop), the HVP and power iteration in
+# test_second_order.py.
+@pytest.mark.slow
+def test_alignment_quick(tmp_path):
+    metrics, out = run("alignment", tmp_path)
+    for ds in ("mnist1d", "digits"):
+        if ds not in metrics:
+            continue
+        bp_angle = np.asarray(metrics[ds]["BP"]["final_grad_angle"], float)
+        fa_angle = np.asarray(metrics[ds]["FA"]["final_grad_angle"], float)
+        assert np.all(bp_angle < 1.0)           # exact backprop: the update is the gradient
+        assert np.nanmax(fa_angle) > 5.0        # feedback alignment: a real angle to the gradient
+        for rule in ("BP", "FA"):
+            assert metrics[ds][rule]["test_accuracy_mean"] > 0.15  # both learn (chance is 0.1)
+
+
+@pytest.mark.slow
+def test_hessian_quick(tmp_path):
+    metrics, _ = run("hessian", tmp_path)
+    assert metrics["init_rel_diff"] < 1e-4  # power iteration on the manual HVP == on jax.grad's HVP (f32)
+    assert metrics["init_manual"] > 0
+    # the sweep trained both rates: lambda_max measured after each chunk, SGD learnt at both rates
+    for lr in ("0.05", "0.2"):
+        run_ = metrics[f"lr_{lr}"]
+        assert len(run_["lambda_max"]) == 3 and run_["test_accuracy"] > 0.15
+
+
+# Measured 21-27 s of CPU each (2-core machine, shared): the slow set (-m slow) runs them, the default
+# suite keeps the experiment tests under a minute.
+@pytest.mark.slow
+def test_dp_sgd_quick(tmp_path):
+    metrics, _ = run("dp_sgd", tmp_path)
+    assert metrics["per_example_max_rel_error"] < 1e-5  # f32 per-example grads vs vmap(grad)
+    # the private backward without noise equals optax's aggregate of bpjax's per-example gradients (f32)
+    assert metrics["private_backward_max_rel_error"] < 1e-5
+    plain, private = metrics["SGD (non-private)"], metrics["DP-SGD clip 1, sigma 1"]
+    # plain SGD learns; clipped and noised updates learn more slowly in the same 100 steps
+    assert plain["test_accuracy"] > 0.25 and plain["final_loss"] < private["final_loss"]

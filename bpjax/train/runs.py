@@ -52,14 +52,19 @@ __all__ = ["fit", "fit_many", "init_many"]
 
 
 def prepare(model, loss, params, train_data, *, steps, batch_size, key, shuffle, eval_data, eval_every,
-             backward, state, metrics, nan_guard, unroll, make_optimizer, hp0, mesh, where):
+             backward, state, metrics, nan_guard, unroll, make_optimizer, hp0, mesh, where, checks=True):
     """Validate eagerly and build the static plan and the data: device-resident ``(x, y)`` (laid out over the
-    mesh's data axis on a mesh) or a :class:`~bpjax.train.stream.Stream` of batches."""
+    mesh's data axis on a mesh) or a :class:`~bpjax.train.stream.Stream` of batches. ``checks=False`` skips the
+    value checks of the data (finite, targets in range), the traced loss and the mesh check (fit's switch)."""
+    def arrays(pair, what):
+        return check_data(where, pair, what) if checks else tuple(jnp.asarray(a) for a in pair)
+
     check_model(model, where)
     loss_key, loss = loss, as_loss(loss)  # the plan keeps the caller's loss: as_loss wraps a function anew
     if backward not in BACKWARDS:
         raise _errors.BpjaxError(where, f"backward must be one of {BACKWARDS}, got {backward!r}")
-    check_mesh(where, mesh)
+    if checks:
+        check_mesh(where, mesh)
     streamed = isinstance(train_data, Stream) or is_stream(train_data)
     if streamed:  # the checks below see the first batch; the chunks check that every batch is finite
         batch_size = _errors.positive_int(where, "batch_size", batch_size)
@@ -67,10 +72,10 @@ def prepare(model, loss, params, train_data, *, steps, batch_size, key, shuffle,
             raise _errors.BpjaxError(where, "shuffle=True needs train_data=(x, y) on the devices; a stream of "
                                             "batches comes in the order its iterator yields them")
         stream = train_data if isinstance(train_data, Stream) else Stream(where, train_data, batch_size, mesh)
-        (x, y), N = check_data(where, stream.first, "train_data batch 0"), batch_size
+        (x, y), N = arrays(stream.first, "train_data batch 0"), batch_size
     else:  # on a mesh, laid out over the data axis first: no device ever holds the whole set
         train_data, N = shard_rows(train_data, mesh) if mesh is not None else (train_data, None)
-        x, y = check_data(where, train_data, "train_data")
+        x, y = arrays(train_data, "train_data")
         N = int(x.shape[0]) if N is None else N
     steps = _errors.positive_int(where, "steps", steps)
     batch_size = _errors.positive_int(where, "batch_size", batch_size, upper=N)
@@ -85,14 +90,16 @@ def prepare(model, loss, params, train_data, *, steps, batch_size, key, shuffle,
     # trace one forward + loss on a batch now: shape errors surface here, not deep inside the scan
     pred = trace_forward(where, "train_data", model, params, state, x, batch_size,
                          key=None if key is None else jax.random.key(0))
-    trace_loss(where, "train_data", loss, pred, y, batch_size)
-    check_targets(where, "train_data", loss, y, pred.shape)
+    if checks:
+        trace_loss(where, "train_data", loss, pred, y, batch_size)
+        check_targets(where, "train_data", loss, y, pred.shape)
     metrics = resolve_metrics(where, metrics, y, pred.shape)
     if eval_data is not None:
-        ex, ey = check_data(where, eval_data, "eval_data")
+        ex, ey = arrays(eval_data, "eval_data")
         if ex.shape[1:] != x.shape[1:] or ex.dtype != x.dtype:  # else the train trace above covers it
             trace_forward(where, "eval_data", model, params, state, ex, len(ex), train=False)  # evaluated whole
-        check_targets(where, "eval_data", loss, ey, pred.shape)
+        if checks:
+            check_targets(where, "eval_data", loss, ey, pred.shape)
         eval_every = steps if eval_every is None else _errors.positive_int(where, "eval_every", eval_every)
         eval_arrays = (ex, ey)
     else:
@@ -164,7 +171,7 @@ def fit(model: Layer, loss, optimizer: optax.GradientTransformation, params, tra
         mesh: Optional[Mesh] = None, data_parallel: bool = False,
         checkpoint_path: Optional[str] = None, checkpoint_every: Optional[int] = None,
         keep_checkpoints: int = resume.KEEP, accept_changes: Sequence[str] = (), nan_guard: bool = True,
-        callback: Optional[Callable[[int, FitResult], None]] = None) -> FitResult:
+        callback: Optional[Callable[[int, FitResult], None]] = None, checks: bool = True) -> FitResult:
     """Train ``model`` for ``steps`` optimiser steps in one compiled ``lax.scan`` (chunked for progress).
 
     Each step: ``xb, yb`` = the step's batch; ``value, grads`` = the ``backward`` gradient of
@@ -233,6 +240,10 @@ def fit(model: Layer, loss, optimizer: optax.GradientTransformation, params, tra
       callback: ``callback(steps_done, FitResult)`` between chunks (logging, early stopping by raising),
         in process 0 only unless wrapped in :func:`bpjax.train.every_process`; when it raises, every
         process stops.
+      checks: check the data eagerly before compiling (default): pairs of arrays, finite values, targets
+        in range for the loss, the loss traced on a batch. ``checks=False`` skips these (the compiled
+        program is the same); it is there to measure what they cost (``benchmarks/bench_checks.py``): a bad
+        input then surfaces inside the program, or as a NaN loss.
 
     Returns:
       :class:`FitResult` ``(params, opt_state, state, history)``.
@@ -245,7 +256,8 @@ def fit(model: Layer, loss, optimizer: optax.GradientTransformation, params, tra
     plan, data, eval_arrays, state = prepare(
         model, loss, params, train_data, steps=steps, batch_size=batch_size, key=key, shuffle=shuffle,
         eval_data=eval_data, eval_every=eval_every, backward=backward, state=state, metrics=metrics,
-        nan_guard=nan_guard, unroll=unroll, make_optimizer=Fixed(optimizer), hp0=None, mesh=mesh, where=where)
+        nan_guard=nan_guard, unroll=unroll, make_optimizer=Fixed(optimizer), hp0=None, mesh=mesh, where=where,
+        checks=checks)
     chunk_size, checkpoint_every = chunking(where, plan.steps, chunk_size, checkpoint_path, checkpoint_every,
                                              verbose, data.batch_bytes if plan.streamed else None)
     if opt_state is None:
