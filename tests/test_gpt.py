@@ -306,6 +306,9 @@ def test_gpt_init_scales_the_output_projections():
     assert np.all(np.asarray(attn["bo"]) == 0) and np.all(np.asarray(ln2["scale"]) == 1)
 
 
+# Slow: by default tests/test_gpt2_checkpoint.py compares the same GPT (loaded from a checkpoint of transformers'
+# GPT2LMHeadModel) with transformers' own, in float64: logits, loss, every gradient and 10 AdamW steps.
+@pytest.mark.slow
 def test_gpt_f64_equals_pytorch():
     # The same weights in a GPT written with torch ops: logits, loss and every gradient in float64. Two
     # implementations, the same maths: roundoff ~1e-16 per operation; 1e-10 relative leaves a wide margin.
