@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import random_params
+from conftest import initial_state, random_params
 
 import bpjax as bp
 from bpjax import layers as L
@@ -277,7 +277,8 @@ def test_gpt_f64_equals_jax_grad():
     assert bp.is_contextual(model)
     with jax.enable_x64(True):
         p = _params(model, dtype=jnp.float64)
-        state, key = bp.init_state(model, jax.random.key(0), (T,)), jax.random.key(5)
+        # an rbg key (XLA's RngBitGenerator): its masks compile in half of threefry's time on a CPU
+        state, key = initial_state(model, (T,)), jax.random.key(5, impl="rbg")
         ids, targets = _batch(1)
         # the masks travel in the residuals: one (B, T, D) for the embeddings, per block (B, H, T, T) for p and
         # two (B, T, D) for the branches
@@ -298,7 +299,7 @@ def test_gpt_init_scales_the_output_projections():
     # deviation within 1.1% (one sigma): 5% is 4.5 sigma.
     L_, D_ = 2, 64
     model = zoo.gpt(V, context=T, features=D_, num_layers=L_, num_heads=2)
-    p = jax.jit(lambda k: model.init(k, (T,))[1])(jax.random.key(0))
+    p = jax.jit(lambda k: model.init(k, (T,))[1])(jax.random.key(0, impl="rbg"))  # rbg: a quick sampler to compile
     (ln1, attn, _), (ln2, fc, _, proj, _) = p[3]
     small = 0.02 / np.sqrt(2 * L_)
     for a, std in [(attn["Wo"], small), (proj["W"], small), (attn["Wq"], 0.02), (fc["W"], 0.02), (p[0]["E"], 0.02)]:
