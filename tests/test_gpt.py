@@ -270,8 +270,9 @@ def test_gpt_f64_equals_jax_grad():
     # with dropout in its three places (GPT-2's embd_pdrop, attn_pdrop, resid_pdrop): one key gives the
     # hand-written backward and jax.grad the same masks. Same forward, different backward: only the order of the
     # sums differs (~1e-16 relative per operation); 1e-10 relative (check_gradients' float64 default) separates a
-    # wrong backward from roundoff. Without dropout the GPT of two blocks is checked against PyTorch below; one
-    # block here has every path of the dropout backward (the masks cost compile time: two blocks took 2x longer).
+    # wrong backward from roundoff. Without dropout the GPT of two blocks is checked against transformers' GPT-2
+    # (test_gpt2_checkpoint.py); one block here has every path of the dropout backward, and each mask's sampler
+    # adds compile time (four of them doubled this test's).
     model = zoo.gpt(V, context=T, features=D, num_layers=1, num_heads=HEADS, embed_dropout=0.1,
                     attention_dropout=0.2, residual_dropout=0.3)
     assert bp.is_contextual(model)
