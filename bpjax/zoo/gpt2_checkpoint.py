@@ -114,10 +114,11 @@ def _read_tensors(folder: str) -> dict:
             for name in f.keys():
                 try:
                     tensors[name.removeprefix(_PREFIX)] = f.get_tensor(name)
-                except (TypeError, ValueError) as e:  # e.g. bfloat16, which numpy has no dtype for
+                except (TypeError, ValueError) as e:  # a dtype numpy (with jax's ml_dtypes) cannot hold
                     raise _errors.BpjaxError("load_gpt2", f"{file}: tensor {name} of dtype "
                                                           f"{f.get_slice(name).get_dtype()} cannot be read as numpy "
-                                                          f"({e}); expected F16, F32 or F64") from None
+                                                          f"({e}); expected a float dtype: F16, BF16, F32, F64") \
+                        from None
     return tensors
 
 
@@ -134,7 +135,8 @@ def load_gpt2(folder, *, dtype=None, dropout: float | None = None) -> tuple[Laye
 
     Args:
       folder: the checkpoint folder (``config.json``, ``model.safetensors`` or its shards).
-      dtype: the params' dtype; default the stored one (float64 needs ``jax_enable_x64``).
+      dtype: the params' dtype; default the stored one (F16, BF16, F32 or F64; float64 needs
+        ``jax_enable_x64``).
       dropout: one drop probability for the embeddings, the attention and the residuals; default the
         config's ``embd_pdrop``, ``attn_pdrop``, ``resid_pdrop`` (GPT-2: 0.1 each, which makes the
         model contextual); ``0.0`` gives a simple model, e.g. for evaluation and :func:`~bpjax.zoo.generate`.
