@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import init_shapes, random_params
+from conftest import init_shapes, initial_state, random_params
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -258,6 +258,50 @@ def test_attention_keywords():
         L.TransformerBlock(2, 12)  # mlp_features is keyword-only
     with pytest.raises(bp.BpjaxTypeError, match="dtype must be a real floating-point dtype"):
         L.MultiHeadSelfAttention(2, dtype=jnp.int32)
+
+
+def test_attention_dropout_f64_and_eval():
+    # Dropout of p (GPT-2's attn_pdrop): the layer is contextual; one key gives the hand-written backward and
+    # jax.vjp the same mask (float64, rtol 1e-10 as in _check; finite differences of the same function are
+    # checked without dropout above: the masks' sampler doubles the compile time of each program).
+    raw = L.MultiHeadSelfAttention(2, causal=True, dropout=0.3)
+    assert bp.is_contextual(raw) and not bp.is_contextual(MHA[True])
+    layer = raw._replace(forward=jax.jit(raw.forward, static_argnames="train"), backward=jax.jit(raw.backward))
+    key = jax.random.key(3, impl="rbg")  # XLA's RngBitGenerator: compiles in half of threefry's time on a CPU
+    with jax.enable_x64(True):
+        params, x = _setup(layer, (2, 6, 8), jnp.float64)
+        r64 = bp.check_layer(layer, params, x, state=(), key=key, rtol=1e-10, finite_differences=False)
+        assert r64.ok and r64.max_rel_error <= 1e-10, str(r64)
+        forward = layer.forward
+        # the mask drops about 30% of p's entries (here 2 x 2 x 6 x 6 = 144), and is what the backward reads
+        mask = jax.tree.leaves(forward(params, x, state=(), key=key, train=True)[1][-1])
+        assert len(mask) == 1 and mask[0].shape == (2, 2, 6, 6) and 0.15 < 1 - np.mean(mask[0]) < 0.45
+        # eval mode: no key, no mask, the output of the layer without dropout (the same program's ops)
+        y, res, _ = forward(params, x, state=(), key=None, train=False)
+        assert jax.tree.leaves(res[-1]) == []
+        np.testing.assert_array_equal(y, jax.jit(L.MultiHeadSelfAttention(2, causal=True).forward)(params, x)[0])
+        with pytest.raises(bp.BpjaxError, match=r"MultiHeadSelfAttention\(2, causal\) Dropout\(0.3\): train mode "
+                                                r"with rate > 0 needs a PRNG key"):
+            forward(params, x, state=(), key=None, train=True)
+
+
+def test_transformer_block_options():
+    # The params have one structure whatever the dropout rates (the slots are () either way); the block is
+    # contextual exactly when a rate is above 0; out_init draws the attention's Wo and the MLP's second W.
+    plain = L.TransformerBlock(2, mlp_features=12, init="ones", out_init="zeros")
+    dropped = L.TransformerBlock(2, mlp_features=12, approximate_gelu=True, attention_dropout=0.1,
+                                 residual_dropout=0.2)
+    assert not bp.is_contextual(plain) and bp.is_contextual(dropped)
+    assert init_shapes(plain, (5, 8)) == init_shapes(dropped, (5, 8))
+    ((_, attn, slot), (_, fc, gelu, proj, slot2)) = jax.jit(lambda k: plain.init(k, (5, 8))[1])(jax.random.key(0))
+    assert slot == gelu == slot2 == () and np.all(np.asarray(attn["Wo"]) == 0) and np.all(np.asarray(proj["W"]) == 0)
+    assert np.all(np.asarray(attn["Wq"]) == 1) and np.all(np.asarray(fc["W"]) == 1)
+    # eval mode: no key, and exactly the block without dropout (its tanh GELU is checked against transformers'
+    # gelu_new in test_gpt2_checkpoint.py)
+    p, x = _setup(plain, (2, 5, 8), jnp.float32)
+    y = jax.jit(lambda p, x: dropped.forward(p, x, state=initial_state(dropped, (5, 8)), key=None, train=False)[0])
+    without = jax.jit(L.TransformerBlock(2, mlp_features=12, approximate_gelu=True).forward)
+    np.testing.assert_array_equal(y(p, x), without(p, x)[0])
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import random_params
+from conftest import initial_state, random_params
 
 import bpjax as bp
 from bpjax import layers as L
@@ -23,10 +23,11 @@ def _gpt():
 
 
 def _batch(seed, n=B):
-    """Random ids ``(n, T)`` and their next-token targets (numpy: no eager jax.random compile per shape)."""
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(0, V, (n, T + 1))
-    return jnp.asarray(ids[:, :-1], jnp.int32), jnp.asarray(ids[:, 1:], jnp.int32)
+    """``n`` windows ``(n, T)`` of a random token stream and their next-token targets (numpy: no eager
+    jax.random compile per shape)."""
+    stream = np.random.default_rng(seed).integers(0, V, n * (T + 1))
+    x, y = zoo.token_windows(stream, T, starts=np.arange(n) * (T + 1))
+    return jnp.asarray(x, jnp.int32), jnp.asarray(y, jnp.int32)
 
 
 def _shifted(params, seed=0, scale=0.1):
@@ -139,8 +140,12 @@ def test_tie_errors():
 def test_gpt_structure():
     model = _gpt()
     p = jax.eval_shape(lambda k: model.init(k, (T,))[1], jax.random.key(0))
-    assert p[0]["E"].shape == (V, D) and p[1]["P"].shape == (T, D) and p[-1] == {"W": ()}
-    assert len(p) == 2 + LAYERS + 2
+    assert p[0]["E"].shape == (V, D) and p[1]["P"].shape == (T, D) and p[2] == () and p[-1] == {"W": ()}
+    assert len(p) == 3 + LAYERS + 2 and not bp.is_contextual(model)  # E, P, the dropout slot, blocks, ln_f, W
+    assert zoo.gpt_config(model) == dict(vocab=V, context=T, features=D, num_layers=LAYERS, num_heads=HEADS,
+                                         mlp_features=4 * D, bias=True, approximate_gelu=True, embed_dropout=0.0,
+                                         attention_dropout=0.0, residual_dropout=0.0, stddev=0.02, dtype=None)
+    assert zoo.gpt_config(model._replace(name="renamed"))["context"] == T and zoo.gpt_config(L.Dense(3)) is None
     n = sum(a.size for a in jax.tree.leaves(p))
     # E, P; per block 2 LayerNorms, q k v o with biases, MLP D -> 4D -> D with biases; final LayerNorm
     per_block = 2 * 2 * D + 4 * (D * D + D) + (D * 4 * D + 4 * D) + (4 * D * D + D)
@@ -192,19 +197,42 @@ def test_generate():
     p = _params(model)
     forward = jax.jit(lambda p, ids: model.forward(p, ids)[0])
     prompt = jnp.asarray([[1, 2, 3], [4, 5, 6]], jnp.int32)
-    out = zoo.generate(model, p, prompt, 12, key=jax.random.key(1), context=T, top_k=3)
+    out = zoo.generate(model, p, prompt, 12, key=jax.random.key(1), top_k=3)  # the window: the model's context
     assert out.shape == (2, 15) and out.dtype == jnp.int32
     np.testing.assert_array_equal(out[:, :3], prompt)
     # greedy: each token is the argmax of the model's logits on the window before it
-    greedy = zoo.generate(model, p, prompt, 12, key=jax.random.key(1), context=T, temperature=0)
+    greedy = zoo.generate(model, p, prompt, 12, key=jax.random.key(1), temperature=0)
     for pos in (7, 14):  # before and after the window fills
         window = greedy[:, max(0, pos - T):pos]
         logits = forward(p, window)[:, -1]
         np.testing.assert_array_equal(greedy[:, pos], jnp.argmax(logits, -1))
+    # context=T given is the default (the same compiled loop)
+    np.testing.assert_array_equal(zoo.generate(model, p, prompt, 12, key=jax.random.key(1), context=T,
+                                               temperature=0), greedy)
     with pytest.raises(bp.BpjaxError, match="temperature must be a number >= 0, got -1"):
-        zoo.generate(model, p, prompt, 4, key=jax.random.key(0), context=T, temperature=-1)
+        zoo.generate(model, p, prompt, 4, key=jax.random.key(0), temperature=-1)
     with pytest.raises(bp.BpjaxError, match=r"prompt must be integer ids of shape \(B, P\)"):
-        zoo.generate(model, p, prompt[0], 4, key=jax.random.key(0), context=T)
+        zoo.generate(model, p, prompt[0], 4, key=jax.random.key(0))
+
+
+def test_token_windows():
+    ids = np.arange(100, dtype=np.int32)
+    x, y = zoo.token_windows(ids, 4)  # consecutive, non-overlapping: (100 - 1) // 4 windows
+    assert x.shape == y.shape == (24, 4)
+    np.testing.assert_array_equal(x[1], [4, 5, 6, 7])
+    np.testing.assert_array_equal(y, x + 1)
+    assert y[-1, -1] == 96
+    x, y = zoo.token_windows(ids, 99)  # the longest window: all but the last token, and its targets
+    np.testing.assert_array_equal(x, ids[None, :-1])
+    np.testing.assert_array_equal(y, ids[None, 1:])
+    x, y = zoo.token_windows(ids, 3, starts=np.array([[0, 96], [5, 7]]))  # any offsets, any shape
+    assert x.shape == (2, 2, 3) and list(x[0, 1]) == [96, 97, 98] and list(y[0, 1]) == [97, 98, 99]
+    with pytest.raises(bp.BpjaxError, match=r"starts must be integer offsets in \[0, 96\].*got int64 in \[0, 97\]"):
+        zoo.token_windows(ids, 3, starts=np.array([0, 97]))
+    with pytest.raises(bp.BpjaxError, match=r"T \+ 1 <= len\(ids\) = 100 tokens; expected T <= 99"):
+        zoo.token_windows(ids, 100)
+    with pytest.raises(bp.BpjaxError, match=r"ids must be a 1-D array of integer token ids, got float64 \(4, 25\)"):
+        zoo.token_windows(np.zeros((4, 25)), 3)
 
 
 # ---------------------------------------------------------------------------------------------- llm.c's test
@@ -221,13 +249,13 @@ def _torch_gpt(tp, ids):
     Bn, Tn = ids.shape
     x = tp[0]["E"][ids] + tp[1]["P"][:Tn]
     causal = torch.tril(torch.ones(Tn, Tn, dtype=torch.bool))
-    for (ln1, attn), (ln2, fc, _, proj) in tp[2:-2]:
+    for (ln1, attn, _), (ln2, fc, _, proj, _) in tp[3:-2]:
         h = ln(ln1, x)
         q, k, v = ((h @ attn[f"W{c}"] + attn[f"b{c}"]).view(Bn, Tn, HEADS, -1).transpose(1, 2) for c in "qkv")
         s = (q @ k.transpose(-1, -2)) / (q.shape[-1] ** 0.5)
         a = torch.softmax(s.masked_fill(~causal, float("-inf")), -1) @ v
         x = x + a.transpose(1, 2).reshape(Bn, Tn, -1) @ attn["Wo"] + attn["bo"]
-        x = x + F.gelu(ln(ln2, x) @ fc["W"] + fc["b"]) @ proj["W"] + proj["b"]
+        x = x + F.gelu(ln(ln2, x) @ fc["W"] + fc["b"], approximate="tanh") @ proj["W"] + proj["b"]  # GPT-2's GELU
     return ln(tp[-2], x) @ tp[0]["E"].T  # tied: logits = h @ E^T
 
 
@@ -238,20 +266,51 @@ def _to_torch(params, dtype):
 
 
 def test_gpt_f64_equals_jax_grad():
-    # llm.c's check, against jax.grad of the same forward: logits, loss and every parameter gradient, float64.
-    # Same forward, different backward: only the order of the sums differs (~1e-16 relative per operation);
-    # 1e-10 relative (check_gradients' float64 default) separates a wrong backward from roundoff.
-    model = _gpt()
+    # llm.c's check, against jax.grad of the same forward: logits, loss and every parameter gradient, float64,
+    # with dropout in its three places (GPT-2's embd_pdrop, attn_pdrop, resid_pdrop): one key gives the
+    # hand-written backward and jax.grad the same masks. Same forward, different backward: only the order of the
+    # sums differs (~1e-16 relative per operation); 1e-10 relative (check_gradients' float64 default) separates a
+    # wrong backward from roundoff. Without dropout the GPT of two blocks is checked against transformers' GPT-2
+    # (test_gpt2_checkpoint.py); one block here has every path of the dropout backward, and each mask's sampler
+    # adds compile time (four of them doubled this test's).
+    model = zoo.gpt(V, context=T, features=D, num_layers=1, num_heads=HEADS, embed_dropout=0.1,
+                    attention_dropout=0.2, residual_dropout=0.3)
+    assert bp.is_contextual(model)
     with jax.enable_x64(True):
         p = _params(model, dtype=jnp.float64)
+        # an rbg key (XLA's RngBitGenerator): its masks compile in half of threefry's time on a CPU
+        state, key = initial_state(model, (T,)), jax.random.key(5, impl="rbg")
         ids, targets = _batch(1)
-        report = bp.check_gradients(model, zoo.token_cross_entropy, p, ids, targets, rtol=1e-10)
+        # the masks travel in the residuals: one (B, T, D) for the embeddings, per block (B, H, T, T) for p and
+        # two (B, T, D) for the branches
+        masks = [r.shape for r in jax.tree.leaves(jax.eval_shape(
+            lambda p: model.forward(p, ids, state=state, key=key, train=True)[1], p)) if r.dtype == jnp.bool_]
+        assert sorted(masks) == sorted([(B, T, D)] * 3 + [(B, HEADS, T, T)])
+        report = bp.check_gradients(model, zoo.token_cross_entropy, p, ids, targets, state=state, key=key,
+                                    rtol=1e-10)
     assert report.ok, str(report)
     # every parameter has its row (E, P, 16 per block, the final LayerNorm's 2); the ids get no gradient
-    assert len(report.rows) == len(jax.tree.leaves(p)) == 4 + LAYERS * 16
+    assert len(report.rows) == len(jax.tree.leaves(p)) == 4 + 16
     assert report.max_rel_error < 1e-10
 
 
+def test_gpt_init_scales_the_output_projections():
+    # GPT-2's initialisation: N(0, 0.02^2) weights, except each block's attention Wo and MLP output W (GPT-2's
+    # c_proj), N(0, 0.02^2 / (2 L)); biases 0, LayerNorm scales 1. 64 x 64 = 4096 draws estimate a standard
+    # deviation within 1.1% (one sigma): 5% is 4.5 sigma.
+    L_, D_ = 2, 64
+    model = zoo.gpt(V, context=T, features=D_, num_layers=L_, num_heads=2)
+    p = jax.jit(lambda k: model.init(k, (T,))[1])(jax.random.key(0, impl="rbg"))  # rbg: a quick sampler to compile
+    (ln1, attn, _), (ln2, fc, _, proj, _) = p[3]
+    small = 0.02 / np.sqrt(2 * L_)
+    for a, std in [(attn["Wo"], small), (proj["W"], small), (attn["Wq"], 0.02), (fc["W"], 0.02), (p[0]["E"], 0.02)]:
+        assert abs(np.std(np.asarray(a)) / std - 1) < 0.05, (a.shape, np.std(np.asarray(a)), std)
+    assert np.all(np.asarray(attn["bo"]) == 0) and np.all(np.asarray(ln2["scale"]) == 1)
+
+
+# Slow: by default tests/test_gpt2_checkpoint.py compares the same GPT (loaded from a checkpoint of transformers'
+# GPT2LMHeadModel) with transformers' own, in float64: logits, loss, every gradient and 10 AdamW steps.
+@pytest.mark.slow
 def test_gpt_f64_equals_pytorch():
     # The same weights in a GPT written with torch ops: logits, loss and every gradient in float64. Two
     # implementations, the same maths: roundoff ~1e-16 per operation; 1e-10 relative leaves a wide margin.

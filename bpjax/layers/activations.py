@@ -30,7 +30,8 @@ def elementwise(name: str, f, df, keep: str = "z") -> Layer:
 
 
 def _parameter_free(name, f, backward, keep, min_rank) -> Layer:
-    """A layer without params: ``a = f(z)``, saving ``z`` or ``a`` (``keep``) for ``backward``."""
+    """A layer without params: ``a = f(z)``, saving ``z`` or ``a`` (``keep``), or nothing (``keep=None``), for
+    ``backward``."""
 
     def init(key, input_shape):
         return tuple(input_shape), ()
@@ -39,14 +40,14 @@ def _parameter_free(name, f, backward, keep, min_rank) -> Layer:
         _errors.check_floating(name, z)
         _errors.check_ndim(name, z, tuple(range(min_rank, 8)))
         a = f(z)
-        return a, (z if keep == "z" else a)
+        return a, (z if keep == "z" else a if keep == "a" else ())
 
     return Layer(init, forward, backward, name)
 
 
 def Identity() -> Layer:
-    """``a = z``; backward ``dz = da``."""
-    return elementwise("Identity", lambda z: z, lambda z: jnp.ones_like(z))
+    """``a = z``; backward ``dz = da``, with nothing kept for it (a placeholder costs no residual bytes)."""
+    return _parameter_free("Identity", lambda z: z, lambda params, kept, da: ((), da), None, min_rank=1)
 
 
 def Sigmoid() -> Layer:

@@ -16,8 +16,8 @@ from jax import lax
 
 from bpjax import _errors
 from bpjax.branching import Residual
-from bpjax.combinators import serial
-from bpjax.core import Layer
+from bpjax.combinators import container, serial
+from bpjax.core import Layer, apply
 from bpjax.initializers import Initializer, initializer, param_dtype
 from bpjax.layers.activations import Gelu
 from bpjax.layers.dense import Dense
@@ -89,8 +89,9 @@ def _split_input(name, x):
 
 
 def MultiHeadSelfAttention(num_heads: int, *, head_dim: int | None = None, causal: bool = False,
-                           bias: bool = True, init: Initializer = "glorot_uniform", stddev: float = 1.0,
-                           dtype=None, name: str | None = None) -> Layer:
+                           bias: bool = True, dropout: float = 0.0, init: Initializer = "glorot_uniform",
+                           stddev: float = 1.0, out_init: Initializer | None = None, dtype=None,
+                           name: str | None = None) -> Layer:
     """Multi-head scaled dot-product self-attention, ``x: (B, T, D) -> y: (B, T, D)``.
 
     Params: ``{"Wq", "Wk", "Wv": (D, H*hd), "bq", "bk", "bv": (H*hd,), "Wo": (H*hd, D), "bo": (D,)}``
@@ -104,35 +105,43 @@ def MultiHeadSelfAttention(num_heads: int, *, head_dim: int | None = None, causa
         s = q @ k^T / sqrt(hd)                                    # (B, H, T, T)
         s = where(visible(t, j), s, -inf)                         # causal: j <= t; padded: mask[b, j]
         p = softmax(s, -1)                                        # masked entries are exactly 0
-        o = p @ v                                                 # (B, H, T, hd) -> a: (B, T, H*hd)
+        p~ = Dropout(dropout)(p)                                  # p~ = p in eval or with dropout 0
+        o = p~ @ v                                                # (B, H, T, hd) -> a: (B, T, H*hd)
         y = a @ Wo + bo                                           # (B, T, D)
 
     A query row that sees no key at all (a sequence of padding only) gets ``p = 0``, so its ``o``
     is 0 and ``y = bo``: finite, never NaN (see :func:`_masked_softmax`). Padded query rows are
-    computed like the others; a loss should ignore them. The forward saves ``x, q, k, v, p, a``.
+    computed like the others; a loss should ignore them. The forward saves ``x, q, k, v, p, a``
+    (and the dropout mask).
 
     Backward (``dy: (B, T, D)``)::
 
         dWo = a^T dy,  dbo = sum dy,  do = heads(dy @ Wo^T)
-        dp = do @ v^T,  dv = p^T @ do
+        dp~ = do @ v^T,  dv = p~^T @ do,  dp = Dropout's backward of dp~ (the same mask)
         ds = p * (dp - sum(dp * p, -1))                           # softmax JVP; 0 where masked
         dq = ds @ k / sqrt(hd),  dk = ds^T @ q / sqrt(hd)
         dW* = x^T d*,  db* = sum d*,  dx = dq Wq^T + dk Wk^T + dv Wv^T
 
     With a mask input, ``dx`` is the pair ``(dx, dmask)``, ``dmask`` a ``float0`` zeros array (the
-    mask is not differentiable).
+    mask is not differentiable). With ``dropout > 0`` the layer is contextual (it draws the mask of
+    ``p`` from the PRNG key in training, as GPT-2's ``attn_pdrop``; :func:`bpjax.layers.Dropout`).
 
     Args:
       num_heads: number of heads ``H``.
       head_dim: width ``hd`` of each head; default ``D // H`` (then ``D`` must be divisible by ``H``).
       causal: mask future positions (query ``t`` sees keys ``j <= t``).
       bias: add the biases ``bq, bk, bv, bo``.
-      init: initialiser of the four weight matrices (a name from :mod:`bpjax.initializers` or a
+      dropout: drop probability of the attention probabilities ``p`` in training, in ``[0, 1)``.
+      init: initialiser of the weight matrices (a name from :mod:`bpjax.initializers` or a
         callable); biases start at zero.
       stddev: standard deviation for ``init="normal"`` (GPT-2 uses 0.02).
+      out_init: initialiser of the output projection ``Wo`` (default ``init``; GPT-2 draws it with
+        a smaller standard deviation, see :func:`bpjax.zoo.gpt`).
       dtype: parameter dtype; default the canonical float.
       name: display name (default ``MultiHeadSelfAttention(H)``, plus ``causal`` when set).
     """
+    from bpjax.layers.dropout import Dropout
+
     H = _errors.positive_int("MultiHeadSelfAttention", "num_heads", num_heads)
     if head_dim is not None:
         head_dim = _errors.positive_int("MultiHeadSelfAttention", "head_dim", head_dim)
@@ -140,6 +149,9 @@ def MultiHeadSelfAttention(num_heads: int, *, head_dim: int | None = None, causa
     param_dtype(name, dtype)
     keys = sorted([f"W{c}" for c in (*_PROJ, "o")] + ([f"b{c}" for c in (*_PROJ, "o")] if bias else []))
     w_init = initializer(init, stddev)
+    o_init = w_init if out_init is None else initializer(out_init, stddev)
+    with _errors.context(f"{name} dropout"):
+        drop = Dropout(dropout) if dropout else None
 
     def width(D):
         """``H * hd`` for model width ``D``, or an error when ``hd`` defaults and ``H`` does not divide ``D``."""
@@ -158,7 +170,7 @@ def MultiHeadSelfAttention(num_heads: int, *, head_dim: int | None = None, causa
         HD, dt = width(D), param_dtype(name, dtype)
         kq, kk, kv, ko = jax.random.split(key, 4)
         params = {"Wq": w_init(kq, (D, HD), dt), "Wk": w_init(kk, (D, HD), dt),
-                  "Wv": w_init(kv, (D, HD), dt), "Wo": w_init(ko, (HD, D), dt)}
+                  "Wv": w_init(kv, (D, HD), dt), "Wo": o_init(ko, (HD, D), dt)}
         if bias:
             params.update(bq=jnp.zeros((HD,), dt), bk=jnp.zeros((HD,), dt), bv=jnp.zeros((HD,), dt),
                           bo=jnp.zeros((D,), dt))
@@ -184,19 +196,26 @@ def MultiHeadSelfAttention(num_heads: int, *, head_dim: int | None = None, causa
                 raise _errors.BpjaxError(name, f"params do not match the layer: expected {k} {shape} for "
                                                f"input width D={D} and {H} heads, got {tuple(params[k].shape)}")
 
-    def forward(params, x):
+    def run(params, x, key, train):
         x, key_mask = _split_input(name, x)
         check(params, x)
         T, hd = x.shape[1], params["Wq"].shape[1] // H
         q, k, v = (_heads(x @ params[f"W{c}"] + (params[f"b{c}"] if bias else 0), H) for c in _PROJ)
         s = jnp.einsum("bhtd,bhjd->bhtj", q, k) / math.sqrt(hd)  # s = q k^T / sqrt(hd): (B, H, T, T)
         p = _masked_softmax(s, _visible(T, causal, key_mask))    # p = softmax(s), 0 where masked
-        a = _merge(jnp.einsum("bhtj,bhjd->bhtd", p, v))         # o = p v, heads merged: (B, T, H*hd)
+        dropped = ()
+        if drop is not None:                                      # p~ = Dropout(p), its mask kept
+            with _errors.context(name):
+                p_drop, saved, _ = drop.forward((), p, state=(), key=key, train=train)
+            dropped = (saved,)
+        else:
+            p_drop = p
+        a = _merge(jnp.einsum("bhtj,bhjd->bhtd", p_drop, v))    # o = p~ v, heads merged: (B, T, H*hd)
         y = a @ params["Wo"] + (params["bo"] if bias else 0)
-        return y, (x, q, k, v, p, a, () if key_mask is None else (key_mask,))
+        return y, (x, q, k, v, p, a, () if key_mask is None else (key_mask,), dropped)
 
     def backward(params, residuals, dy):
-        x, q, k, v, p, a, masked = residuals
+        x, q, k, v, p, a, masked, dropped = residuals
         hd = q.shape[-1]
         grads = {}
         # in the forward pass this was: y = a @ Wo + bo
@@ -204,9 +223,15 @@ def MultiHeadSelfAttention(num_heads: int, *, head_dim: int | None = None, causa
         if bias:
             grads["bo"] = dy.sum((0, 1))                          # dbo = sum over (B, T) of dy
         do = _heads(dy @ params["Wo"].T, H)                      # do: (B, H, T, hd)
-        # in the forward pass this was: o = p @ v
-        dp = jnp.einsum("bhtd,bhjd->bhtj", do, v)                # dp = do v^T: (B, H, T, T)
-        dv = jnp.einsum("bhtj,bhtd->bhjd", p, do)                # dv = p^T do: (B, H, T, hd)
+        # in the forward pass this was: o = p~ @ v
+        dp = jnp.einsum("bhtd,bhjd->bhtj", do, v)                # dp~ = do v^T: (B, H, T, T)
+        p_drop = p
+        if dropped:
+            # in the forward pass this was: p~ = Dropout(p) = M p, M diagonal (the mask over 1 - rate): its
+            # own transpose, so dp = M dp~, and p~ = M p comes back from p without keeping a second (T, T) array
+            p_drop = drop.backward((), dropped[0], p)[1]
+            dp = drop.backward((), dropped[0], dp)[1]
+        dv = jnp.einsum("bhtj,bhtd->bhjd", p_drop, do)           # dv = p~^T do: (B, H, T, hd)
         # in the forward pass this was: p = softmax(s); masked entries have p = 0, so ds = 0 there
         ds = p * (dp - jnp.sum(dp * p, axis=-1, keepdims=True))
         # in the forward pass this was: s = q @ k^T / sqrt(hd)
@@ -230,20 +255,39 @@ def MultiHeadSelfAttention(num_heads: int, *, head_dim: int | None = None, causa
             return grads, (dx, np.zeros(masked[0].shape, jax.dtypes.float0))
         return grads, dx
 
-    return Layer(init_fn, forward, backward, name)
+    def init_state(key, input_shape):
+        return tuple(input_shape), ()
+
+    return container(name, init_fn, lambda params, x, state, key, train: (*run(params, x, key, train), state),
+                     backward, (), init_state if drop is not None else None)
+
+
+def optional_dropout(rate: float) -> Layer:
+    """``Dropout(rate)``, or ``Identity()`` at rate 0: the slot keeps its place in the params (``()``) either way,
+    and a model without dropout stays a simple (not contextual) layer."""
+    from bpjax.layers.activations import Identity
+    from bpjax.layers.dropout import Dropout
+
+    return Dropout(rate) if rate else Identity()
 
 
 def TransformerBlock(num_heads: int, *, mlp_features: int, causal: bool = True, bias: bool = True,
-                     init: Initializer = "glorot_uniform", stddev: float = 1.0, dtype=None,
-                     name: str | None = None) -> Layer:
+                     approximate_gelu: bool = False, attention_dropout: float = 0.0, residual_dropout: float = 0.0,
+                     init: Initializer = "glorot_uniform", stddev: float = 1.0, out_init: Initializer | None = None,
+                     dtype=None, name: str | None = None) -> Layer:
     """A pre-norm transformer block, ``x: (B, T, D) -> (B, T, D)``, composed of bpjax layers::
 
-        x = x + MultiHeadSelfAttention(LayerNorm(x))                  # Residual(serial(LayerNorm, attention))
-        x = x + Dense(D)(Gelu(Dense(mlp_features)(LayerNorm(x))))     # Residual(serial(LayerNorm, MLP))
+        x = x + Drop(MultiHeadSelfAttention(LayerNorm(x)))               # Residual(serial(LayerNorm, attention, Drop))
+        x = x + Drop(Dense(D)(Gelu(Dense(mlp_features)(LayerNorm(x)))))  # Residual(serial(LayerNorm, MLP, Drop))
 
-    Params are the composed model's: ``((ln1, attn), (ln2, dense1, (), dense2))`` with ``ln*``
-    LayerNorm's ``{"scale", bias}`` of shape ``(D,)``, ``attn`` as in :func:`MultiHeadSelfAttention`,
-    ``dense1`` ``{"W": (D, mlp_features), "b"}``, ``dense2`` ``{"W": (mlp_features, D), "b"}``. The
+    ``Drop`` is ``Dropout(residual_dropout)`` (GPT-2's ``resid_pdrop``), or ``Identity()`` at rate 0;
+    the attention drops its probabilities with ``attention_dropout`` (``attn_pdrop``). The block is
+    contextual (it takes a PRNG key in training) exactly when a rate is above 0.
+
+    Params are the composed model's: ``((ln1, attn, ()), (ln2, dense1, (), dense2, ()))`` with ``ln*``
+    LayerNorm's ``{"scale", "b"}`` of shape ``(D,)``, ``attn`` as in :func:`MultiHeadSelfAttention`,
+    ``dense1`` ``{"W": (D, mlp_features), "b"}``, ``dense2`` ``{"W": (mlp_features, D), "b"}``, and
+    ``()`` for the GELU and the two dropout slots (the same structure whatever the rates). The
     backward is the composition's own: ``serial`` runs the two residual blocks in reverse, each
     ``Residual`` adds ``dy`` to its block's input gradient.
 
@@ -252,7 +296,11 @@ def TransformerBlock(num_heads: int, *, mlp_features: int, causal: bool = True, 
       mlp_features: hidden width of the MLP (GPT-2: ``4 D``).
       causal: mask future positions in the attention (default True, as in a decoder).
       bias: biases in the attention and the MLP (the layer norms keep theirs).
+      approximate_gelu: the MLP's :func:`Gelu` in its tanh form (GPT-2's ``gelu_new``); default exact.
+      attention_dropout, residual_dropout: drop probabilities in training, in ``[0, 1)``.
       init, stddev: initialiser of every weight matrix (attention and MLP), as in :func:`Dense`.
+      out_init: initialiser of the two projections back into the residual stream (the attention's
+        ``Wo`` and ``dense2``'s ``W``); default ``init``.
       dtype: parameter dtype of every sub-layer (layer norms included); default the canonical float.
       name: display name (default ``TransformerBlock(H, mlp_features=..., causal)``).
     """
@@ -261,33 +309,45 @@ def TransformerBlock(num_heads: int, *, mlp_features: int, causal: bool = True, 
     name = name or f"TransformerBlock({num_heads}, mlp_features={mlp_features}{', causal' if causal else ''})"
     param_dtype(name, dtype)
     w = dict(init=init, stddev=stddev, bias=bias, dtype=dtype)
+    w_out = w if out_init is None else dict(w, init=out_init)
+    with _errors.context(f"{name} attention_dropout"):
+        attention = MultiHeadSelfAttention(num_heads, causal=causal, dropout=attention_dropout, out_init=out_init,
+                                           **w)
+    with _errors.context(f"{name} residual_dropout"):
+        drops = [optional_dropout(residual_dropout) for _ in range(2)]
+    gelu = Gelu(approximate_gelu)
 
     @functools.lru_cache(maxsize=None)
     def block(D: int) -> Layer:
         """The composed block for model width ``D`` (the last Dense needs ``D`` by name)."""
-        attn = serial(LayerNorm(), MultiHeadSelfAttention(num_heads, causal=causal, **w))
-        mlp = serial(LayerNorm(), Dense(mlp_features, **w), Gelu(), Dense(D, **w))
+        attn = serial(LayerNorm(), attention, drops[0])
+        mlp = serial(LayerNorm(), Dense(mlp_features, **w), gelu, Dense(D, **w_out), drops[1])
         return serial(Residual(attn), Residual(mlp), name=name)
 
-    def init_fn(key, input_shape):
+    def init_with(key, input_shape, with_state):
         if len(input_shape) != 2:
             raise _errors.BpjaxError(name, f"expected an input shape (T, D) (one sequence, no batch axis), "
                                            f"got {tuple(input_shape)}")
         with _errors.context(name):
-            shape, params = block(int(input_shape[-1])).init(key, tuple(input_shape))
+            composed = block(int(input_shape[-1]))
+            shape, values = (composed.init_state if with_state else composed.init)(key, tuple(input_shape))
+        if with_state:
+            return shape, values
         dt = param_dtype(name, dtype)  # the layer norms draw in the canonical float: cast them too
-        return shape, jax.tree.map(lambda a: a.astype(dt), params)
+        return shape, jax.tree.map(lambda a: a.astype(dt), values)
 
-    def forward(params, x):
+    def run(params, x, state, key, train):
         _errors.check_floating(name, x)
         if x.ndim != 3:
             raise _errors.shape_error(name, "a rank-3 input (B, T, D)", x)
         with _errors.context(name):
-            return block(x.shape[-1]).forward(params, x)
+            return apply(block(x.shape[-1]), params, x, state=state, key=key, train=train)
 
     def backward(params, residuals, dy):
         # in the forward pass this was: y = serial(Residual(attn), Residual(mlp))(x), width D = dy.shape[-1]
         with _errors.context(name):
             return block(dy.shape[-1]).backward(params, residuals, dy)
 
-    return Layer(init_fn, forward, backward, name)
+    contextual = bool(attention_dropout or residual_dropout)
+    return container(name, lambda key, shape: init_with(key, shape, False), run, backward, (),
+                     (lambda key, shape: init_with(key, shape, True)) if contextual else None)

@@ -11,21 +11,27 @@ returns logits ``(B, 10)``:
 - :func:`mnist1d_gru`: ``x -> (B, 40, 1)``, bidirectional GRU (hidden 6, every step kept:
   ``(B, 40, 12)``), flatten (480), Dense(10).
 
-Language models, ``ids: (B, T) -> logits: (B, T, V)``, trained with :data:`token_cross_entropy`
-and sampled with :func:`generate`:
+Language models, ``ids: (B, T) -> logits: (B, T, V)``, trained with :data:`token_cross_entropy` on
+:func:`token_windows` of a token stream and sampled with :func:`generate`:
 
-- :func:`gpt`: GPT-2's layout, token and learned position embeddings, pre-norm transformer blocks,
-  a final LayerNorm and the output projection tied to the token embedding (:func:`bpjax.tied.tie`).
+- :func:`gpt`: GPT-2's layout and defaults, token and learned position embeddings, pre-norm
+  transformer blocks (tanh GELU, optional dropout), a final LayerNorm and the output projection
+  tied to the token embedding (:func:`bpjax.tied.tie`); :func:`gpt_config` gives its arguments back.
+  :func:`load_gpt2` and :func:`save_gpt2` read and write it as a Hugging Face GPT-2 checkpoint.
 - :func:`char_rnn`: Embedding, an LSTM or GRU, Dense(V); with ``batch_size`` the recurrent state is
   carried from one batch to the next (truncated backpropagation through time, :func:`TruncatedBPTT`).
 
-One module each: :mod:`~bpjax.zoo.mnist1d`, :mod:`~bpjax.zoo.transformer` (the GPT, with the loss and :func:`generate`),
-:mod:`~bpjax.zoo.recurrent_lm` (the character RNN).
+One module each: :mod:`~bpjax.zoo.mnist1d`, :mod:`~bpjax.zoo.language` (windows, the loss and
+:func:`generate`), :mod:`~bpjax.zoo.transformer` (the GPT), :mod:`~bpjax.zoo.gpt2_checkpoint` (GPT-2
+checkpoints in and out), :mod:`~bpjax.zoo.recurrent_lm` (the character RNN).
 """
 
+from bpjax.zoo.gpt2_checkpoint import load_gpt2, save_gpt2
+from bpjax.zoo.language import generate, token_cross_entropy, token_windows
 from bpjax.zoo.mnist1d import LENGTH, MODELS, N_CLASSES, AddChannel, logistic, mnist1d_cnn, mnist1d_gru, mnist1d_mlp
 from bpjax.zoo.recurrent_lm import TruncatedBPTT, char_rnn
-from bpjax.zoo.transformer import PositionEmbedding, generate, gpt, token_cross_entropy
+from bpjax.zoo.transformer import PositionEmbedding, gpt, gpt_config
 
 __all__ = ["LENGTH", "MODELS", "N_CLASSES", "AddChannel", "PositionEmbedding", "TruncatedBPTT", "char_rnn",
-           "generate", "gpt", "logistic", "mnist1d_cnn", "mnist1d_gru", "mnist1d_mlp", "token_cross_entropy"]
+           "generate", "gpt", "gpt_config", "load_gpt2", "logistic", "mnist1d_cnn", "mnist1d_gru", "mnist1d_mlp",
+           "save_gpt2", "token_cross_entropy", "token_windows"]

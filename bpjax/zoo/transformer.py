@@ -1,16 +1,15 @@
-"""The GPT and what the language models share: position embeddings, the next-token loss and the sampler."""
+"""The GPT (GPT-2's layout and defaults) and its learned position embedding."""
 
 from __future__ import annotations
 
-import functools
+import math
+import weakref
 
-import jax
 import jax.numpy as jnp
-from jax import lax
 
-from bpjax import _errors, losses
+from bpjax import _errors
 from bpjax.combinators import serial
-from bpjax.core import Layer, apply, check_model, is_contextual
+from bpjax.core import Layer
 from bpjax.initializers import Initializer, initializer, param_dtype
 
 
@@ -58,57 +57,38 @@ def PositionEmbedding(context: int, *, init: Initializer = "normal", stddev: flo
     return Layer(init_fn, forward, backward, name)
 
 
-def _token_rows(where, logits, targets):
-    """``logits: (B, T, V)``, ``targets: (B, T)`` integers -> ``(B*T, V)``, ``(B*T,)``."""
-    _errors.check_ndim(where, logits, 3, "logits (B, T, V)")
-    _token_targets(where, targets, logits.shape)
-    return logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)
-
-
-def _token_targets(where, targets, pred_shape):
-    if len(pred_shape) != 3 or jnp.ndim(targets) != 2 or tuple(jnp.shape(targets))[1:] != tuple(pred_shape[1:2]) \
-            or not jnp.issubdtype(jnp.result_type(targets), jnp.integer):
-        raise _errors.BpjaxError(where, f"expected integer targets (B, T) for logits (B, T, V) = {tuple(pred_shape)}, "
-                                        f"got {jnp.result_type(targets)} {tuple(jnp.shape(targets))}")
-
-
-def _token_xent_value(logits, targets):
-    return losses.softmax_cross_entropy.value(*_token_rows("token_cross_entropy", logits, targets))
-
-
-def _token_xent_value_and_grad(logits, targets):
-    # L = mean over the B*T positions of softmax_cross_entropy: the rows of logits as a batch of B*T
-    value, dz = losses.softmax_cross_entropy.value_and_grad(*_token_rows("token_cross_entropy", logits, targets))
-    return value, dz.reshape(logits.shape)
-
-
-def _token_xent_check(targets, pred_shape):
-    _token_targets("token_cross_entropy", targets, pred_shape)
-    losses.softmax_cross_entropy.check_targets(jnp.reshape(targets, -1), (-1, pred_shape[-1]))
-
-
-token_cross_entropy = losses.Loss(_token_xent_value, _token_xent_value_and_grad, "token_cross_entropy",
-                                  _token_xent_check)
-"""Next-token cross-entropy of a language model, nats per token: ``logits: (B, T, V)``, ``targets: (B, T)``.
-
-``L = -mean_{b,t} log softmax(logits[b, t])[targets[b, t]]``, the mean over all ``B*T`` positions; its
-backward is :data:`bpjax.losses.softmax_cross_entropy`'s fused ``dz = (softmax(z) - onehot(y)) / (B*T)``."""
+# a gpt's forward function -> the arguments gpt built it with (a weak key: the entry goes with the model)
+_CONFIGS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def gpt(vocab: int, *, context: int, features: int = 128, num_layers: int = 4, num_heads: int = 4,
-        mlp_features: int | None = None, bias: bool = True, stddev: float = 0.02, dtype=None,
-        name: str | None = None) -> Layer:
-    """A GPT (GPT-2's layout), ``ids: (B, T) -> logits: (B, T, vocab)`` with ``T <= context``::
+        mlp_features: int | None = None, bias: bool = True, approximate_gelu: bool = True,
+        embed_dropout: float = 0.0, attention_dropout: float = 0.0, residual_dropout: float = 0.0,
+        stddev: float = 0.02, dtype=None, name: str | None = None) -> Layer:
+    """A GPT with GPT-2's layout and defaults, ``ids: (B, T) -> logits: (B, T, vocab)`` with ``T <= context``::
 
-        h = E[ids] + P[:T]                                     # Embedding, PositionEmbedding
-        h = TransformerBlock(h)  x num_layers                  # pre-norm, causal, GELU MLP
+        h = Drop(E[ids] + P[:T])                               # Embedding, PositionEmbedding, embed_dropout
+        h = TransformerBlock(h)  x num_layers                  # pre-norm, causal, tanh-GELU MLP
         logits = LayerNorm(h) @ E^T                            # the output projection tied to E
 
-    The model is ``tie(serial(Embedding, PositionEmbedding, blocks..., LayerNorm, Dense(vocab,
+    The model is ``tie(serial(Embedding, PositionEmbedding, Drop, blocks..., LayerNorm, Dense(vocab,
     bias=False)), source=(0, "E"), target=(-1, "W"), transpose=True)``: params are the serial
-    model's, with ``()`` in place of the output ``W``; ``E`` gets the sum of the gradients of its two
-    uses. Weights are drawn from ``N(0, stddev^2)`` (GPT-2: 0.02), biases and ``LayerNorm`` start
-    at 0 and 1.
+    model's, ``(E, P, (), block_1, ..., block_L, ln_f, {"W": ()})``, with ``()`` in place of the
+    output ``W`` (``E`` gets the sum of the gradients of its two uses) and for the dropout slot
+    (``Drop`` is :func:`~bpjax.layers.Dropout`, or the identity at rate 0, so the params have one
+    structure whatever the rates). Each block's params are
+    :func:`~bpjax.layers.TransformerBlock`'s. :func:`gpt_config` gives back these arguments, and
+    :func:`~bpjax.zoo.load_gpt2` / :func:`~bpjax.zoo.save_gpt2` read and write the params as a
+    Hugging Face ``GPT2LMHeadModel`` checkpoint.
+
+    GPT-2's choices: the MLP's GELU in its tanh form (``gelu_new``); weights drawn from
+    ``N(0, stddev^2)`` with ``stddev = 0.02``, except the two projections of each block back into
+    the residual stream (the attention's ``Wo``, the MLP's second ``W``: GPT-2's ``c_proj``), drawn
+    from ``N(0, stddev^2 / (2 num_layers))`` so that the residual stream's variance does not grow
+    with depth; biases and ``LayerNorm`` start at 0 and 1. GPT-2 trains with dropout 0.1 in its
+    three places; here every rate defaults to 0 (nanoGPT's choice for pre-training), which keeps
+    the model a simple layer: with a rate above 0 it is contextual, and training passes ``key=``
+    and ``state=bp.init_state(model, key, (context,))``.
 
     Args:
       vocab: number of tokens ``V``.
@@ -117,98 +97,48 @@ def gpt(vocab: int, *, context: int, features: int = 128, num_layers: int = 4, n
       num_layers, num_heads: transformer blocks and attention heads (``num_heads`` divides ``D``).
       mlp_features: hidden width of each block's MLP (default ``4 D``).
       bias: biases in the attention and MLP projections.
-      stddev: standard deviation of every weight at initialisation.
+      approximate_gelu: the tanh GELU (GPT-2); False for the exact ``z Phi(z)``.
+      embed_dropout, attention_dropout, residual_dropout: drop probabilities in training, in
+        ``[0, 1)``, of the embeddings' sum, the attention probabilities and each block's two
+        branches before they join the residual stream (GPT-2's ``embd_pdrop``, ``attn_pdrop``,
+        ``resid_pdrop``).
+      stddev: standard deviation of the weights at initialisation (GPT-2's ``initializer_range``).
       dtype: parameter dtype; default the canonical float.
       name: display name (default ``gpt(L, H, D, T)``).
     """
     from bpjax.layers import Dense, Embedding, LayerNorm, TransformerBlock
+    from bpjax.layers.attention import optional_dropout
     from bpjax.tied import tie
 
     num_layers = _errors.positive_int("gpt", "num_layers", num_layers)
     D = _errors.positive_int("gpt", "features", features)
     mlp_features = 4 * D if mlp_features is None else mlp_features
+    if isinstance(stddev, bool) or not isinstance(stddev, (int, float)) or not stddev > 0:
+        raise _errors.BpjaxError("gpt", f"stddev must be a number > 0, got {stddev!r}")
     w = dict(init="normal", stddev=stddev, dtype=dtype)
-    body = serial(Embedding(vocab, D, **w), PositionEmbedding(context, **w),
-                  *[TransformerBlock(num_heads, mlp_features=mlp_features, bias=bias, **w) for _ in range(num_layers)],
+    out_init = initializer("normal", stddev / math.sqrt(2 * num_layers))  # GPT-2's c_proj: 0.02 / sqrt(2 L)
+    blocks = [TransformerBlock(num_heads, mlp_features=mlp_features, bias=bias, approximate_gelu=approximate_gelu,
+                               attention_dropout=attention_dropout, residual_dropout=residual_dropout,
+                               out_init=out_init, **w) for _ in range(num_layers)]
+    with _errors.context("gpt embed_dropout"):
+        drop = optional_dropout(embed_dropout)
+    body = serial(Embedding(vocab, D, **w), PositionEmbedding(context, **w), drop, *blocks,
                   LayerNorm(dtype=dtype), Dense(vocab, bias=False, **w))
     name = name or f"gpt(L{num_layers}, H{num_heads}, D{D}, T{context})"
-    return tie(body, source=(0, "E"), target=(-1, "W"), transpose=True, name=name)
+    model = tie(body, source=(0, "E"), target=(-1, "W"), transpose=True, name=name)
+    _CONFIGS[model.forward] = dict(
+        vocab=vocab, context=context, features=D, num_layers=num_layers, num_heads=num_heads,
+        mlp_features=mlp_features, bias=bias, approximate_gelu=approximate_gelu, embed_dropout=embed_dropout,
+        attention_dropout=attention_dropout, residual_dropout=residual_dropout, stddev=stddev, dtype=dtype)
+    return model
 
 
-def _sample(logits, key, temperature, top_k):
-    """One token per row of ``logits: (B, V)``: argmax at temperature 0, else a draw from
-    ``softmax(logits / temperature)`` restricted to the ``top_k`` largest logits."""
-    if temperature == 0:
-        return jnp.argmax(logits, -1)
-    logits = logits / temperature
-    if top_k is not None:
-        kth = lax.top_k(logits, top_k)[0][:, -1:]            # the k-th largest logit of each row
-        logits = jnp.where(logits < kth, -jnp.inf, logits)
-    return jax.random.categorical(key, logits, axis=-1)
+def gpt_config(model: Layer) -> dict | None:
+    """The arguments :func:`gpt` built ``model`` with, or None for a model :func:`gpt` did not build.
 
-
-@functools.partial(jax.jit, static_argnames=("model", "steps", "context", "temperature", "top_k"))
-def _generate(model, params, state, prompt, key, *, steps, context, temperature, top_k):
-    B, P = prompt.shape
-    n = max(P + steps, context)
-    buf = jnp.zeros((B, n), prompt.dtype).at[:, :P].set(prompt)
-
-    def body(i, carry):
-        buf, key = carry
-        pos = P + i                                      # the position to fill
-        start = jnp.clip(pos - context, 0, n - context)  # the window buf[start : start + context] ends at pos - 1
-        window = lax.dynamic_slice_in_dim(buf, start, context, axis=1)
-        logits = apply(model, params, window, state=state, train=False)[0]  # (B, context, V)
-        # causal: the logits at pos - 1 see tokens <= pos - 1 only, whatever follows in the window
-        last = lax.dynamic_index_in_dim(logits, pos - 1 - start, axis=1, keepdims=False)
-        key, sub = jax.random.split(key)
-        token = _sample(last.astype(jnp.float32), sub, temperature, top_k).astype(buf.dtype)
-        return lax.dynamic_update_slice_in_dim(buf, token[:, None], pos, axis=1), key
-
-    buf, _ = lax.fori_loop(0, steps, body, (buf, key))
-    return buf[:, :P + steps]
-
-
-def generate(model: Layer, params, prompt, steps: int, *, key, context: int, temperature: float = 1.0,
-             top_k: int | None = None, state=None):
-    """Sample ``steps`` tokens after ``prompt`` from a causal language model, in one compiled loop.
-
-    Each step runs ``model`` (eval mode) on the last ``context`` tokens and draws the next token from
-    ``softmax(logits[-1] / temperature)`` over the ``top_k`` most likely tokens (all of them when
-    ``top_k`` is None; the most likely one at ``temperature=0``). The window has a fixed length, so
-    the loop compiles once: before ``context`` tokens exist it is padded on the right, which a
-    causal model cannot see. No key-value cache: the ``gpt`` experiment measures what one could save
-    at nanoGPT's CPU shape (context 64): 5.5 ms per token with the whole-window forward, 0.37 ms for
-    a one-token forward (a cached step's floor), i.e. a few seconds per few hundred sampled
-    characters at most, against a second forward implementation to keep in step with the first.
-
-    Args:
-      model, params: a causal model ``ids: (B, T) -> logits: (B, T, V)`` for every ``T <= context``
-        (a :func:`gpt` or a :func:`char_rnn`).
-      prompt: ``(B, P)`` integer ids, ``P >= 1``.
-      steps: tokens to add.
-      key: PRNG key of the draws.
-      context: the window length (the model's context).
-      temperature: ``>= 0``; 1 samples the model's distribution, 0 is greedy.
-      top_k: keep the ``top_k`` largest logits (an int in ``[1, V]``), or None for all.
-      state: a contextual model's state (``bp.init_state``), used in eval mode.
-
-    Returns:
-      ``(B, P + steps)`` ids: the prompt and its continuation.
+    ``gpt(**gpt_config(model))`` builds the same model again (the name aside). A renamed model
+    (``model._replace(name=...)``) keeps them; a model whose ``forward`` was replaced does not.
     """
-    check_model(model, "generate")
-    prompt = jnp.asarray(prompt)
-    if prompt.ndim != 2 or prompt.shape[1] < 1 or not jnp.issubdtype(prompt.dtype, jnp.integer):
-        raise _errors.BpjaxError("generate", f"prompt must be integer ids of shape (B, P) with P >= 1, got "
-                                             f"{prompt.dtype} {tuple(prompt.shape)}")
-    steps = _errors.positive_int("generate", "steps", steps)
-    context = _errors.positive_int("generate", "context", context)
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
-        raise _errors.BpjaxError("generate", f"temperature must be a number >= 0, got {temperature!r}")
-    if top_k is not None:
-        top_k = _errors.positive_int("generate", "top_k", top_k)
-    if is_contextual(model) and state is None:
-        raise _errors.BpjaxError("generate", f"{model.name} keeps state: pass state=bp.init_state(model, key, "
-                                             f"(context,))")
-    return _generate(model, params, () if state is None else state, prompt.astype(jnp.int32), key, steps=steps,
-                     context=context, temperature=float(temperature), top_k=top_k)
+    forward = getattr(model, "forward", None)
+    config = _CONFIGS.get(forward) if callable(forward) else None
+    return None if config is None else dict(config)
