@@ -9,17 +9,18 @@ The public API::
     bp.autodiff_value_and_grad, bp.as_custom_vjp, bp.check_gradients, bp.check_layer
     bp.train.make_step, bp.train.fit
     bp.checkpoint.save / restore
+    bp.errors               BpjaxError, BpjaxTypeError and the shared checks (keys, shapes, arrays, finiteness)
 
 Submodules that pull in more than JAX (checkpoint, diagnostics, ...) load on first use.
 """
 
 import importlib
 
-from bpjax import layers, losses, train
-from bpjax._errors import BpjaxError, BpjaxTypeError
+from bpjax import errors, layers, losses, train
 from bpjax.branching import Residual, fan_in_concat, fan_in_sum, fan_out, parallel
 from bpjax.combinators import serial
 from bpjax.core import Layer, apply, init_state, is_contextual
+from bpjax.errors import BpjaxError, BpjaxTypeError
 from bpjax.grad import as_custom_vjp, autodiff_value_and_grad, predict, value_and_grad
 from bpjax.gradcheck import GradientReport, check_gradients, check_layer
 from bpjax.tied import tie
@@ -31,8 +32,8 @@ _LAZY_MODULES = ("checkpoint", "diagnostics", "rules", "per_example", "precision
 _LAZY_ATTRS = {"per_example_grads": "per_example"}
 
 __all__ = ["BpjaxError", "BpjaxTypeError", "GradientReport", "Layer", "Residual", "apply", "as_custom_vjp",
-           "autodiff_value_and_grad", "check_gradients", "check_layer", "fan_in_concat", "fan_in_sum", "fan_out",
-           "init_state", "is_contextual", "layers", "losses", "parallel", "predict", "serial", "train",
+           "autodiff_value_and_grad", "check_gradients", "check_layer", "errors", "fan_in_concat", "fan_in_sum",
+           "fan_out", "init_state", "is_contextual", "layers", "losses", "parallel", "predict", "serial", "train",
            "tie", "value_and_grad", *_LAZY_MODULES, *_LAZY_ATTRS]
 
 

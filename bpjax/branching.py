@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from bpjax import _errors, contract
+from bpjax import contract, errors
 from bpjax.combinators import check_layers, check_params, container
 from bpjax.core import Layer, apply, init, is_contextual, split_key, vjp
 
@@ -30,8 +30,8 @@ def _check_shapes(where, input_shape, n=None) -> tuple:
     if not isinstance(input_shape, (tuple, list)) or not input_shape or not all(map(_is_shape, input_shape)) \
             or (n is not None and len(input_shape) != n):
         want = f"{n} shapes" if n is not None else "shapes"
-        raise _errors.BpjaxError(where, f"expected a tuple of {want} as input_shape (one per branch, "
-                                        f"e.g. from fan_out), got {input_shape!r}")
+        raise errors.BpjaxError(where, f"expected a tuple of {want} as input_shape (one per branch, "
+                                       f"e.g. from fan_out), got {input_shape!r}")
     return tuple(tuple(s) for s in input_shape)
 
 
@@ -40,7 +40,7 @@ def _check_tuple(where, xs, n=None, what="input") -> None:
         got = f"a {type(xs).__name__} of length {len(xs)}" if isinstance(xs, (tuple, list)) \
             else f"a {type(xs).__name__} of shape {tuple(jnp.shape(xs))}"
         want = f"a tuple of {n} arrays" if n is not None else "a tuple of arrays"
-        raise _errors.BpjaxError(where, f"expected {want} as {what} (one per branch), got {got}")
+        raise errors.BpjaxError(where, f"expected {want} as {what} (one per branch), got {got}")
 
 
 def Residual(block: Layer, *, name: str | None = None) -> Layer:
@@ -59,30 +59,30 @@ def Residual(block: Layer, *, name: str | None = None) -> Layer:
 
     def check_shape(x_shape, y_shape):
         if tuple(y_shape) != tuple(x_shape):
-            raise _errors.BpjaxError(name, f"the block must keep the shape for y = x + block(x): input shape "
-                                           f"{tuple(x_shape)}, block output shape {tuple(y_shape)}")
+            raise errors.BpjaxError(name, f"the block must keep the shape for y = x + block(x): input shape "
+                                          f"{tuple(x_shape)}, block output shape {tuple(y_shape)}")
 
     def init_fn(key, input_shape):
-        with _errors.context("Residual"):
+        with errors.context("Residual"):
             out, params = init(block, key, input_shape)
         check_shape(input_shape, out)
         return tuple(input_shape), params
 
     def init_state(key, input_shape):
-        with _errors.context("Residual"):
+        with errors.context("Residual"):
             out, state = init(block, key, input_shape, state=True)
         check_shape(input_shape, out)
         return tuple(input_shape), state
 
     def run(params, x, state, key, train):
-        with _errors.context("Residual"):
+        with errors.context("Residual"):
             fx, residuals, new_state = apply(block, params, x, state=state, key=key, train=train)
         check_shape(jnp.shape(x), jnp.shape(fx))
         return x + fx, residuals, new_state
 
     def backward(params, residuals, dy):
         # in the forward pass this was: y = x + block(x)
-        with _errors.context("Residual"):
+        with errors.context("Residual"):
             dparams, dx_block = vjp(block, params, residuals, dy, dy)  # dx_block has the shape of x, hence of dy
         return dparams, dy + dx_block
 
@@ -103,7 +103,7 @@ def parallel(*layers: Layer, name: str | None = None) -> Layer:
         shapes = _check_shapes(name, input_shape, n)
         outs, values = [], []
         for i, (layer, k, s) in enumerate(zip(layers, split_key(key, n), shapes)):
-            with _errors.context(f"parallel[{i}]"):
+            with errors.context(f"parallel[{i}]"):
                 out, v = init(layer, k, s, state=contextual)
             outs.append(out)
             values.append(v)
@@ -116,7 +116,7 @@ def parallel(*layers: Layer, name: str | None = None) -> Layer:
         check_params(name, state, n, "state")
         ys, residuals, new_state = [], [], []
         for i, (layer, p, x, s, k) in enumerate(zip(layers, params, xs, state, split_key(key, n))):
-            with _errors.context(f"parallel[{i}]"):
+            with errors.context(f"parallel[{i}]"):
                 y, r, s = apply(layer, p, x, state=s, key=k, train=train)
             ys.append(y)
             residuals.append(r)
@@ -128,7 +128,7 @@ def parallel(*layers: Layer, name: str | None = None) -> Layer:
         residuals, likes = saved
         dparams, dxs = [], []
         for i, (layer, p, r, dy, lk) in enumerate(zip(layers, params, residuals, dys, likes)):
-            with _errors.context(f"parallel[{i}]"):
+            with errors.context(f"parallel[{i}]"):
                 dp, dx = vjp(layer, p, r, dy, contract.unlike(lk))
             dparams.append(dp)
             dxs.append(dx)
@@ -142,17 +142,17 @@ def parallel(*layers: Layer, name: str | None = None) -> Layer:
 def fan_out(n: int) -> Layer:
     """``x -> (x,) * n``; backward sums the branches' cotangents: ``dx = dy_0 + ... + dy_{n-1}``."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise _errors.BpjaxError("fan_out", f"n must be a positive int, got {n!r}")
+        raise errors.BpjaxError("fan_out", f"n must be a positive int, got {n!r}")
     name = f"fan_out({n})"
 
     def init(key, input_shape):
         if not _is_shape(input_shape):
-            raise _errors.BpjaxError(name, f"expected a single input shape, got {input_shape!r}")
+            raise errors.BpjaxError(name, f"expected a single input shape, got {input_shape!r}")
         return (tuple(input_shape),) * n, ()
 
     def forward(params, x):
         if isinstance(x, (tuple, list)):
-            raise _errors.BpjaxError(name, f"expected one array as input, got a {type(x).__name__} of length {len(x)}")
+            raise errors.BpjaxError(name, f"expected one array as input, got a {type(x).__name__} of length {len(x)}")
         return (x,) * n, ()
 
     def backward(params, residuals, dys):
@@ -172,14 +172,14 @@ def fan_in_sum() -> Layer:
     def init(key, input_shape):
         shapes = _check_shapes(name, input_shape)
         if len(set(shapes)) != 1:
-            raise _errors.BpjaxError(name, f"expected equal input shapes, got {shapes}")
+            raise errors.BpjaxError(name, f"expected equal input shapes, got {shapes}")
         return shapes[0], ()
 
     def forward(params, xs):
         _check_tuple(name, xs)
         shapes = [tuple(jnp.shape(x)) for x in xs]
         if len(set(shapes)) != 1:
-            raise _errors.BpjaxError(name, f"expected inputs of equal shape, got shapes {shapes}")
+            raise errors.BpjaxError(name, f"expected inputs of equal shape, got shapes {shapes}")
         y = xs[0]
         for x in xs[1:]:
             y = y + x
@@ -199,18 +199,18 @@ def fan_in_concat(axis: int = -1) -> Layer:
     back into pieces of sizes ``d_i`` along ``axis``.
     """
     if isinstance(axis, bool) or not isinstance(axis, int) or axis == 0:
-        raise _errors.BpjaxError("fan_in_concat", f"axis must be a non-batch axis (an int other than 0), got {axis!r}")
+        raise errors.BpjaxError("fan_in_concat", f"axis must be a non-batch axis (an int other than 0), got {axis!r}")
     name = f"fan_in_concat({axis})"
 
     def init(key, input_shape):
         shapes = _check_shapes(name, input_shape)
         rank = len(shapes[0]) + 1
         if not -rank <= axis < rank or len({len(s) for s in shapes}) != 1:
-            raise _errors.BpjaxError(name, f"axis {axis} does not fit input shapes {shapes} (plus the batch axis)")
+            raise errors.BpjaxError(name, f"axis {axis} does not fit input shapes {shapes} (plus the batch axis)")
         ax = axis % rank - 1  # the axis in per-example shapes
         rest = {s[:ax] + s[ax + 1:] for s in shapes}
         if len(rest) != 1:
-            raise _errors.BpjaxError(name, f"input shapes must agree off axis {axis}, got {shapes}")
+            raise errors.BpjaxError(name, f"input shapes must agree off axis {axis}, got {shapes}")
         out = list(shapes[0])
         out[ax] = sum(s[ax] for s in shapes)
         return tuple(out), ()
@@ -220,10 +220,10 @@ def fan_in_concat(axis: int = -1) -> Layer:
         shapes = [tuple(jnp.shape(x)) for x in xs]
         ndim = len(shapes[0])
         if not -ndim <= axis < ndim or axis % ndim == 0 or len({len(s) for s in shapes}) != 1:
-            raise _errors.BpjaxError(name, f"axis {axis} does not fit input shapes {shapes} (axis 0 is the batch)")
+            raise errors.BpjaxError(name, f"axis {axis} does not fit input shapes {shapes} (axis 0 is the batch)")
         ax = axis % ndim
         if len({s[:ax] + s[ax + 1:] for s in shapes}) != 1:
-            raise _errors.BpjaxError(name, f"input shapes must agree off axis {axis}, got {shapes}")
+            raise errors.BpjaxError(name, f"input shapes must agree off axis {axis}, got {shapes}")
         # residual: zero-size arrays (0, d_i) that carry each piece's size (and dtype) to the backward
         return jnp.concatenate(xs, axis=ax), tuple(jnp.zeros((0, s[ax]), jnp.result_type(x))
                                                    for s, x in zip(shapes, xs))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Callable, Optional, Sequence
 
-from bpjax import _errors, contract
+from bpjax import contract, errors
 from bpjax.core import Layer, apply, init, is_contextual, split_key, vjp
 
 
@@ -19,19 +19,19 @@ def check_params(where: str, params, n: int, what: str = "params") -> None:
     if not isinstance(params, (tuple, list)) or len(params) != n:
         got = f"a {type(params).__name__} of length {len(params)}" if isinstance(params, (tuple, list)) \
             else f"a {type(params).__name__}"
-        raise _errors.BpjaxError(where, f"{what} do not match the model: expected a tuple of {n} "
-                                        f"per-layer {what}, got {got}")
+        raise errors.BpjaxError(where, f"{what} do not match the model: expected a tuple of {n} "
+                                       f"per-layer {what}, got {got}")
 
 
 def check_layers(where: str, layers: Sequence) -> tuple:
     """At least one child, each a :class:`Layer` (a forgotten call, ``Relu`` for ``Relu()``, is named)."""
     layers = tuple(layers)
     if not layers:
-        raise _errors.BpjaxError(where, "expected at least one layer, got none")
+        raise errors.BpjaxError(where, "expected at least one layer, got none")
     for i, layer in enumerate(layers):
         if not isinstance(layer, Layer):
-            raise _errors.BpjaxTypeError(where, f"argument {i} is a {type(layer).__name__}, expected a "
-                                                f"bpjax Layer (did you forget to call it, e.g. Relu()?)")
+            raise errors.BpjaxTypeError(where, f"argument {i} is a {type(layer).__name__}, expected a "
+                                               f"bpjax Layer (did you forget to call it, e.g. Relu()?)")
     return layers
 
 
@@ -66,7 +66,7 @@ def serial_forward(layers: Sequence[Layer], params, x, state, key, train: bool, 
     state = ((),) * n if isinstance(state, tuple) and not state else state
     residuals, likes, new_state, outputs = [], [], [], []
     for i, (layer, p, s, k) in enumerate(zip(layers, params, state, split_key(key, n))):
-        with _errors.context(f"serial[{i}]"):
+        with errors.context(f"serial[{i}]"):
             likes.append(contract.like(x))
             x, r, s = apply(layer, p, x, state=s, key=k, train=train)
         residuals.append(r)
@@ -89,7 +89,7 @@ def serial_backward(layers: Sequence[Layer], params, residuals, dy, *, after: Op
     n = len(layers)
     dparams = [None] * n
     for i in reversed(range(n)):  # go in the reverse order of the forward pass
-        with _errors.context(f"serial[{i}]"):
+        with errors.context(f"serial[{i}]"):
             dparams[i], dy = vjp(layers[i], params[i], rs[i], dy, contract.unlike(likes[i]))
         if after is not None:
             dy = after(i, dy)
@@ -115,7 +115,7 @@ def serial(*layers: Layer, name: str | None = None) -> Layer:
     def init_with(key, input_shape, with_state):
         values, shape = [], tuple(input_shape)
         for i, (layer, k) in enumerate(zip(layers, split_key(key, n))):
-            with _errors.context(f"serial[{i}]"):
+            with errors.context(f"serial[{i}]"):
                 shape, v = init(layer, k, shape, state=with_state)
             values.append(v)
         return shape, tuple(values)

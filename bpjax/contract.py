@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bpjax import _errors
+from bpjax import errors
 
 
 def _shape(a) -> tuple:
@@ -58,7 +58,7 @@ def _pair(where: str, out, what: str, names: str, n: int = 2):
     if not isinstance(out, tuple) or len(out) != n:
         hints = _HINTS.get((what, n), {})
         kind = len(out) if isinstance(out, tuple) else "array" if hasattr(out, "shape") else type(out)
-        raise _errors.BpjaxError(where, f"{what} must return {names}, got {describe(out)}{hints.get(kind, '')}")  # type: ignore[attr-defined]
+        raise errors.BpjaxError(where, f"{what} must return {names}, got {describe(out)}{hints.get(kind, '')}")  # type: ignore[attr-defined]
     return out
 
 
@@ -66,8 +66,8 @@ def init_output(where: str, out) -> tuple:
     """``out`` of ``layer.init`` must be ``(output_shape, params)``."""
     shape, params = _pair(where, out, "init", "(output_shape, params)")
     if not isinstance(shape, (tuple, list)):
-        raise _errors.BpjaxError(where, f"init must return (output_shape, params) with output_shape a tuple of ints "
-                                        f"(one example, no batch axis), got output_shape {shape!r:.80}")
+        raise errors.BpjaxError(where, f"init must return (output_shape, params) with output_shape a tuple of ints "
+                                       f"(one example, no batch axis), got output_shape {shape!r:.80}")
     return tuple(shape), params
 
 
@@ -90,8 +90,8 @@ def _check_like(where: str, what: str, got, like) -> None:
         missing, extra = sorted(_paths(like) - _paths(got)), sorted(_paths(got) - _paths(like))
         detail = "".join([f"; missing {what}{', '.join(missing)}" if missing else "",
                           f"; not in {of}: {what}{', '.join(extra)}" if extra else ""])
-        raise _errors.BpjaxError(where, f"backward returned {what} with structure {s_got}, expected the structure "
-                                        f"of {of} {s_like}{detail}")
+        raise errors.BpjaxError(where, f"backward returned {what} with structure {s_got}, expected the structure "
+                                       f"of {of} {s_like}{detail}")
     for (path, g), l in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(like)):
         lt = _dtype(l)
         if not jnp.issubdtype(lt, jnp.inexact):
@@ -101,11 +101,11 @@ def _check_like(where: str, what: str, got, like) -> None:
             f"its input{' ' + jax.tree_util.keystr(path) if path else ''}"
         if _shape(g) != _shape(l):
             hint = " (transposed?)" if _shape(g) == _shape(l)[::-1] and len(_shape(l)) > 1 else ""
-            raise _errors.BpjaxError(where, f"backward returned {leaf} of shape {_shape(g)}, expected "
-                                            f"{_shape(l)} (the shape of {mine}){hint}")
+            raise errors.BpjaxError(where, f"backward returned {leaf} of shape {_shape(g)}, expected "
+                                           f"{_shape(l)} (the shape of {mine}){hint}")
         if _dtype(g) != lt:
-            raise _errors.BpjaxTypeError(where, f"backward returned {leaf} of dtype {_dtype(g)}, expected "
-                                                f"{lt} (the dtype of {mine})")
+            raise errors.BpjaxTypeError(where, f"backward returned {leaf} of dtype {_dtype(g)}, expected "
+                                               f"{lt} (the dtype of {mine})")
 
 
 def backward_output(where: str, out, params, like_x: Any = None) -> tuple:

@@ -43,10 +43,8 @@ import weakref
 from typing import Any, Callable, NamedTuple, Optional, Tuple
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
-from bpjax import _errors, contract
+from bpjax import contract, errors
 
 Array = jax.Array
 Shape = Tuple[int, ...]
@@ -87,58 +85,11 @@ class Layer(NamedTuple):
         return self.name
 
 
-def check_key(where: str, key, *, what: str = "key", allow_none: bool = True):
-    """``key`` when it is one PRNG key (a typed ``jax.random.key`` or a legacy ``uint32[2]``), or ``None``.
-
-    Works on tracers (only the dtype and shape are read). Anything else is a :class:`BpjaxTypeError`
-    naming ``where`` and ``what``: an int seed (``0``, ``np.int64(42)``) gets the fix in the message,
-    an array of several keys is told to pick one.
-    """
-    if key is None and allow_none:
-        return None
-    if isinstance(key, (bool, int, np.integer)):
-        raise _errors.BpjaxTypeError(where, f"{what} must be a PRNG key, got the int {key}: pass "
-                                            f"jax.random.key({int(key)}) (an int seed is not taken as a key)")
-    dtype, shape = getattr(key, "dtype", None), tuple(getattr(key, "shape", ()))
-    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
-        if shape == ():
-            return key
-        got = f"an array of keys of shape {shape}"
-    elif dtype is not None and jnp.dtype(dtype) == jnp.uint32 and shape == (2,):
-        return key  # a legacy raw key, jax.random.PRNGKey(seed)
-    elif key is None:
-        got = "None"
-    elif dtype is not None:
-        got = f"an array of dtype {dtype} and shape {shape}" + (" (an int seed?)" if shape == () else "")
-    else:
-        got = f"{type(key).__name__} {key!r:.60}"
-    raise _errors.BpjaxTypeError(where, f"{what} must be one PRNG key (jax.random.key(seed); of split keys, "
-                                        f"keys[i]), got {got}")
-
-
-def as_shape(where: str, input_shape) -> Shape:
-    """``input_shape`` as a tuple: an int ``n`` is ``(n,)``; a tuple/list of positive ints, or of such
-    shapes (multi-input layers), passes; anything else is a :class:`BpjaxTypeError` naming ``where``."""
-    if isinstance(input_shape, (int, np.integer)) and not isinstance(input_shape, bool):
-        input_shape = (input_shape,)
-
-    def ok(s) -> bool:
-        if isinstance(s, (tuple, list)):
-            return all(ok(d) for d in s) if any(isinstance(d, (tuple, list)) for d in s) else all(
-                isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 1 for d in s)
-        return False
-
-    if not ok(input_shape):
-        raise _errors.BpjaxTypeError(where, f"input_shape must be a tuple of ints >= 1 (one example, no batch "
-                                            f"axis), e.g. (40,) or (28, 28, 1), got {input_shape!r:.80}")
-    return tuple(tuple(d) if isinstance(d, list) else d for d in input_shape)  # type: ignore[misc]
-
-
 _CHECKED: "weakref.WeakValueDictionary[Any, Callable]" = weakref.WeakValueDictionary()
 
 
 def _checked_init(fn, name: str, what: str):
-    """``fn(key, input_shape)`` with ``key`` and ``input_shape`` checked (:func:`check_key`, :func:`as_shape`).
+    """``fn(key, input_shape)`` with ``key`` and ``input_shape`` checked (:mod:`bpjax.errors`).
 
     One wrapper per (function, layer name): building a layer twice from the same functions gives equal
     layers, as before, and a wrapper is never wrapped again (a renamed layer re-wraps the raw function).
@@ -154,13 +105,13 @@ def _checked_init(fn, name: str, what: str):
 
     @functools.wraps(raw)
     def init(key, input_shape, *args, **kwargs):
-        key = check_key(where, key)
-        input_shape = as_shape(where, input_shape)
+        key = errors.check_key(where, key)
+        input_shape = errors.as_shape(where, input_shape)
         try:
             return raw(key, input_shape, *args, **kwargs)
         except TypeError as e:
             if key is None and "PRNG key" in str(e):  # a layer with parameters, called without a key
-                raise _errors.BpjaxTypeError(where, "key must be a PRNG key (jax.random.key(seed)) for a layer "
+                raise errors.BpjaxTypeError(where, "key must be a PRNG key (jax.random.key(seed)) for a layer "
                                                     "with parameters, got None") from None
             raise
 
@@ -186,7 +137,7 @@ Layer._make = classmethod(lambda cls, iterable: cls(*iterable))  # type: ignore[
 def check_model(model, where: str = "model") -> Layer:
     """``model`` itself when it is a :class:`Layer`; a :class:`BpjaxTypeError` naming ``where`` otherwise."""
     if not isinstance(model, Layer):
-        raise _errors.BpjaxTypeError(where, f"expected a bpjax Layer (e.g. bp.serial(...)), got "
+        raise errors.BpjaxTypeError(where, f"expected a bpjax Layer (e.g. bp.serial(...)), got "
                                             f"{type(model).__name__}")
     return model
 
@@ -229,10 +180,10 @@ def apply(layer: Layer, params: Params, x: Array, *, state: State = (), key: Opt
 
     Simple layers ignore ``state``, ``key`` and ``train`` and return ``state`` unchanged. The
     layer's output is checked against the contract (:mod:`bpjax.contract`); a contextual layer's
-    ``key`` must be a PRNG key or ``None`` (:func:`check_key`).
+    ``key`` must be a PRNG key or ``None`` (:func:`bpjax.errors.check_key`).
     """
     if is_contextual(layer):
-        check_key(layer.name, key)
+        errors.check_key(layer.name, key)
         return contract.forward_output(layer.name, layer.forward(params, x, state=state, key=key, train=train), True)
     y, residuals = contract.forward_output(layer.name, layer.forward(params, x), False)
     return y, residuals, state

@@ -22,7 +22,7 @@ from typing import Sequence, Union, cast
 import jax
 import jax.numpy as jnp
 
-from bpjax import _errors
+from bpjax import errors
 from bpjax.combinators import serial, serial_backward, serial_forward
 from bpjax.core import Layer, check_model, is_contextual
 from bpjax.grad import gradients
@@ -65,10 +65,10 @@ def diagnostics(model: Union[Layer, Sequence[Layer]], loss):
 
     def fn(params, x, y, *, updates=None, state=None, key=None, train=True):
         if contextual and state is None:
-            raise _errors.BpjaxError(model.name, "this model keeps state or draws random numbers: pass state=...")
+            raise errors.BpjaxError(model.name, "this model keeps state or draws random numbers: pass state=...")
         out = {"param_norm": _norms(params)}
         if updates is not None:
-            _errors.check_tree_like("diagnostics", updates, params, "updates")
+            errors.check_tree_like("diagnostics", updates, params, "updates")
             out["update_ratio"] = jax.tree.map(lambda u, p: u / jnp.maximum(p, jnp.finfo(p.dtype).tiny),
                                                _norms(updates), out["param_norm"])
         if layers is None:

@@ -18,73 +18,32 @@ from __future__ import annotations
 from typing import Optional
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
-from bpjax import _errors
-from bpjax.core import Layer, apply, check_key, check_model, is_contextual, vjp
+from bpjax import errors
+from bpjax.core import Layer, apply, check_model, is_contextual, vjp
 from bpjax.losses import as_loss
 
 BACKWARDS = ("manual", "autodiff")
 
 
-def as_data(where: str, what: str, a):
-    """``a`` as a JAX array when it is a (nested) list or tuple of numbers; arrays, numpy arrays and
-    pytrees of arrays (a tuple input of a multi-input model) pass unchanged; a string is refused."""
-    if isinstance(a, (str, bytes)):
-        raise _errors.BpjaxTypeError(where, f"{what} must be an array (or nested lists of numbers), got "
-                                            f"{type(a).__name__} {a!r:.40}")
-    if isinstance(a, (list, tuple)) and a and all(isinstance(v, (bool, int, float)) or np.shape(v) == ()
-                                                  for v in jax.tree.leaves(a)):
-        try:  # numbers (or scalars traced by a user's jit, which passes a list as a pytree of scalars)
-            return jnp.asarray(a) if any(isinstance(v, jax.Array) for v in jax.tree.leaves(a)) else \
-                jnp.asarray(np.asarray(a))
-        except ValueError:
-            raise _errors.BpjaxTypeError(where, f"{what} must be an array; got a ragged nested {type(a).__name__} "
-                                                f"of numbers") from None
-    return a
-
-
-def check_finite(where: str, what: str, x) -> None:
-    """Raise a :class:`BpjaxError` at once when a concrete floating leaf of ``x`` holds NaN or Inf.
-
-    Traced leaves pass: inside ``jit`` a NaN input gives a NaN loss and NaN gradients by itself
-    (and bpjax's checked training step reports it through ``checkify``).
-    """
-    for path, a in jax.tree_util.tree_leaves_with_path(x):
-        if not _errors.is_concrete(a) or not jnp.issubdtype(jnp.result_type(a), jnp.inexact):
-            continue
-        if isinstance(a, jax.Array) and not a.is_fully_addressable:  # spans other processes: count on the devices
-            finite = jnp.isfinite(a)
-            n_bad = int(jnp.sum(~finite))
-            first = int(jnp.argmax(~finite.reshape(a.shape[0], -1).all(1))) if n_bad and a.ndim else 0
-        else:
-            bad = ~np.isfinite(np.asarray(a))
-            n_bad = int(bad.sum())
-            first = int(np.argwhere(bad)[0][0]) if n_bad and bad.ndim else 0
-        if n_bad:
-            name = what + jax.tree_util.keystr(path)
-            raise _errors.BpjaxError(where, f"{name} contains NaN or Inf ({n_bad} entries, first at "
-                                            f"example {first}); expected finite values")
-
-
 def check_inputs(where: str, x, y, key=None):
     """The eager argument checks of every public function that takes data, in one place.
 
-    ``x`` and ``y`` as arrays (:func:`as_data`), ``key`` a PRNG key or ``None``
-    (:func:`bpjax.core.check_key`), a concrete ``x`` finite (:func:`check_finite`). Targets are the
+    ``x`` and ``y`` as arrays (:func:`bpjax.errors.as_array`), ``key`` a PRNG key or ``None``
+    (:func:`bpjax.errors.check_key`), a concrete ``x`` finite (:func:`bpjax.errors.check_finite`). Targets are the
     loss's to check (it raises at once on concrete ones). Returns ``(x, y)``.
     """
-    check_key(where, key)
-    x, y = as_data(where, "input x", x), as_data(where, "target y", y)
-    check_finite(where, "input x", x)
+    errors.check_key(where, key)
+    x = errors.as_array(where, "input x", x)
+    y = y if y is None else errors.as_array(where, "target y", y)
+    errors.check_finite(where, "input x", x)
     return x, y
 
 
 def _state(model: Layer, state, where: str):
     if state is None:
         if is_contextual(model):
-            raise _errors.BpjaxError(where, f"{model.name} keeps state or draws random numbers: pass "
+            raise errors.BpjaxError(where, f"{model.name} keeps state or draws random numbers: pass "
                                             f"state=bp.init_state(model, key, input_shape) (and key=...)")
         return ()
     return state
@@ -110,7 +69,7 @@ def gradients(model: Layer, loss, *, backward: str = "manual", wrt_input: bool =
     check_model(model)
     loss = as_loss(loss)
     if backward not in BACKWARDS:
-        raise _errors.BpjaxError("backward", f"expected one of {BACKWARDS}, got {backward!r}")
+        raise errors.BpjaxError("backward", f"expected one of {BACKWARDS}, got {backward!r}")
     where = model.name if where is None else where
 
     if backward == "manual":

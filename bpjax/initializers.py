@@ -36,7 +36,7 @@ from typing import Callable, Union
 import jax
 import jax.numpy as jnp
 
-from bpjax import _errors
+from bpjax import errors
 
 InitFn = Callable[[jax.Array, tuple, jnp.dtype], jax.Array]
 Initializer = Union[str, InitFn]
@@ -74,8 +74,8 @@ def initializer(init: Initializer, stddev: float = 1.0) -> InitFn:
         fill = 1.0 if init == "ones" else 0.0
         return lambda key, shape, dtype: jnp.full(shape, fill, dtype)
     if init not in INITS:
-        raise _errors.BpjaxError("initializer", f"unknown init {init!r}; expected one of "
-                                                f"{sorted([*INITS, *FAN_FREE])} or a callable")
+        raise errors.BpjaxError("initializer", f"unknown init {init!r}; expected one of "
+                                               f"{sorted([*INITS, *FAN_FREE])} or a callable")
     distribution, mode, scale = INITS[init]
 
     def fn(key, shape, dtype):
@@ -107,8 +107,8 @@ def param_dtype(where: str, dtype) -> jnp.dtype:
     except (TypeError, ValueError):
         dt = None
     if dt is None or not jnp.issubdtype(dt, jnp.floating):
-        raise _errors.BpjaxTypeError(where, f"dtype must be a real floating-point dtype (jnp.float32, "
-                                            f"jnp.float64, ...), got {dtype!r}")
+        raise errors.BpjaxTypeError(where, f"dtype must be a real floating-point dtype (jnp.float32, "
+                                           f"jnp.float64, ...), got {dtype!r}")
     return dt
 
 

@@ -29,7 +29,7 @@ forms used are sums of same-signed terms there (see each function's comments).
 
 Value checks (labels in range, targets in [0, 1], finite targets) raise at once on concrete arrays,
 through ``checkify`` inside bpjax's training step, and inside any other ``jit`` turn the value AND
-``dpred`` into NaN (:func:`bpjax._errors.poison`), so every gradient of a step on invalid data is NaN
+``dpred`` into NaN (:func:`bpjax.errors.poison`), so every gradient of a step on invalid data is NaN
 with either backward.
 """
 
@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bpjax import _errors
+from bpjax import errors
 from bpjax.layers.activations import log_softmax_parts
 
 
@@ -64,7 +64,7 @@ class Loss:
         of the model's prediction ``(B, ...)`` for a batch of this data; only its trailing axes are
         compared with ``target``'s (the leading batch size is not), so one batch's prediction shape
         checks a whole dataset's targets. Meant for concrete arrays: on traced ones it only checks
-        shapes and dtypes (and, inside :func:`bpjax._errors.checked`, adds the value checks).
+        shapes and dtypes (and, inside :func:`bpjax.errors.checked`, adds the value checks).
         Plain-function losses (:func:`as_loss`) check nothing here.
     """
 
@@ -90,21 +90,21 @@ def as_loss(loss) -> Loss:
     if isinstance(loss, Loss):
         return loss
     if not callable(loss):
-        raise _errors.BpjaxTypeError("loss", f"expected a bpjax Loss or a function (pred, target) -> scalar, "
-                                             f"got {type(loss).__name__}")
+        raise errors.BpjaxTypeError("loss", f"expected a bpjax Loss or a function (pred, target) -> scalar, "
+                                            f"got {type(loss).__name__}")
     name = getattr(loss, "__name__", type(loss).__name__)
 
     def value(pred, target):
         out = loss(pred, target)
         where = f"loss {name}"
         if not hasattr(out, "shape") and not isinstance(out, (int, float, np.generic)):
-            raise _errors.BpjaxTypeError(where, f"returned a {type(out).__name__}, expected a scalar array")
+            raise errors.BpjaxTypeError(where, f"returned a {type(out).__name__}, expected a scalar array")
         if jnp.shape(out) != ():
-            raise _errors.BpjaxError(where, f"returned shape {tuple(jnp.shape(out))}, expected a scalar: "
-                                            f"did you forget the mean?")
+            raise errors.BpjaxError(where, f"returned shape {tuple(jnp.shape(out))}, expected a scalar: "
+                                           f"did you forget the mean?")
         if not jnp.issubdtype(jnp.result_type(out), jnp.floating):
-            raise _errors.BpjaxTypeError(where, f"returned dtype {jnp.result_type(out)}, expected a real "
-                                                f"floating-point scalar")
+            raise errors.BpjaxTypeError(where, f"returned dtype {jnp.result_type(out)}, expected a real "
+                                               f"floating-point scalar")
         return out
 
     return Loss(value, jax.value_and_grad(value), name)
@@ -127,31 +127,13 @@ def scaled(loss: Loss, scale) -> Loss:
 # shared validation
 
 
-def _as_array(where: str, x, what: str):
-    """``x`` as a jax array: jax arrays pass, numpy arrays and nested lists of numbers are converted."""
-    if isinstance(x, jax.Array):
-        return x
-    if isinstance(x, (np.ndarray, np.generic, list, tuple, int, float)):
-        try:
-            arr = np.asarray(x)
-        except ValueError:  # ragged nested lists
-            arr = np.asarray(None, dtype=object)
-        if arr.dtype.kind in "biuf":
-            return jnp.asarray(arr)
-        got = "ragged or non-numeric nested lists" if arr.dtype == object else f"dtype {arr.dtype}"
-        raise _errors.BpjaxTypeError(where, f"expected a numeric {what} array, got a {type(x).__name__} "
-                                            f"of {got}")
-    raise _errors.BpjaxTypeError(where, f"expected the {what} as an array (jax or numpy array, or nested "
-                                        f"lists of numbers), got {type(x).__name__}")
-
-
 def _check_pred(where: str, pred, ndims):
     """The prediction as a floating array of rank in ``ndims`` with a non-empty batch."""
-    pred = _as_array(where, pred, "prediction")
-    _errors.check_floating(where, pred, "prediction")
-    _errors.check_ndim(where, pred, ndims, "prediction")
+    pred = errors.as_array(where, "prediction", pred)
+    errors.check_floating(where, pred, "prediction")
+    errors.check_ndim(where, pred, ndims, "prediction")
     if pred.shape[0] == 0:
-        raise _errors.BpjaxError(where, f"empty batch: prediction has shape {tuple(pred.shape)}")
+        raise errors.BpjaxError(where, f"empty batch: prediction has shape {tuple(pred.shape)}")
     return pred
 
 
@@ -159,13 +141,13 @@ def _same_shape(where: str, pred_shape, target, what: str = "prediction") -> Non
     if tuple(jnp.shape(target)) != tuple(pred_shape):
         t = tuple(jnp.shape(target))
         hint = f" (reshape the target to {t + (1,)})" if tuple(pred_shape) == t + (1,) else ""
-        raise _errors.BpjaxError(where, f"{what} and target shapes differ: {what} {tuple(pred_shape)}, "
-                                        f"target {t}{hint}; pred - target would broadcast")
+        raise errors.BpjaxError(where, f"{what} and target shapes differ: {what} {tuple(pred_shape)}, "
+                                       f"target {t}{hint}; pred - target would broadcast")
 
 
 def _range(xp, t):
     """Values for the message of a failed range check: min and max over the non-NaN entries (nan when
-    all are NaN) and the number of NaN entries (``xp``: numpy or jax.numpy, :func:`bpjax._errors.array_module`)."""
+    all are NaN) and the number of NaN entries (``xp``: numpy or jax.numpy, :func:`bpjax.errors.array_module`)."""
     if xp is np and np.isnan(t).all():  # numpy warns on an all-NaN (or empty) slice; the message shows nan
         return dict(lo=t.dtype.type(np.nan), hi=t.dtype.type(np.nan), n=int(t.size))
     return dict(lo=xp.nanmin(t), hi=xp.nanmax(t), n=xp.sum(xp.isnan(t)))
@@ -175,12 +157,12 @@ def _check_targets_with(where: str, validate):
     """``check_targets`` of a loss whose validator is ``validate(target, pred_shape, dtype) -> (t, ok)``."""
 
     def check_targets(target, pred_shape) -> None:
-        target = _as_array(where, target, "target")
+        target = errors.as_array(where, "target", target)
         pred_shape = tuple(pred_shape)
         if jnp.ndim(target) == 0 or len(pred_shape) == 0:
-            raise _errors.BpjaxError(where, f"expected a batch axis first in the targets and the prediction "
-                                            f"shape, got target shape {tuple(jnp.shape(target))} and prediction "
-                                            f"shape {pred_shape}")
+            raise errors.BpjaxError(where, f"expected a batch axis first in the targets and the prediction "
+                                           f"shape, got target shape {tuple(jnp.shape(target))} and prediction "
+                                           f"shape {pred_shape}")
         t_dtype = jnp.result_type(target)  # float targets are checked in their own precision
         dtype = t_dtype if jnp.issubdtype(t_dtype, jnp.floating) else jnp.zeros(()).dtype
         validate(target, (jnp.shape(target)[0],) + pred_shape[1:], dtype)
@@ -196,14 +178,14 @@ def _loss(name: str, validate, maths, min_rank=1, max_rank=7) -> Loss:
 
     def value_and_grad(pred, target):
         pred = _check_pred(name, pred, ranks)
-        t, ok = validate(_as_array(name, target, "target"), pred.shape, pred.dtype)
+        t, ok = validate(errors.as_array(name, "target", target), pred.shape, pred.dtype)
         value, dpred = maths(pred, t)
-        return _errors.poison(value, ok), _errors.poison(dpred, ok)
+        return errors.poison(value, ok), errors.poison(dpred, ok)
 
     def value(pred, target):
         pred = _check_pred(name, pred, ranks)
-        t, ok = validate(_as_array(name, target, "target"), pred.shape, pred.dtype)
-        return _errors.poison(maths(pred, t, grad=False), ok)
+        t, ok = validate(errors.as_array(name, "target", target), pred.shape, pred.dtype)
+        return errors.poison(maths(pred, t, grad=False), ok)
 
     return Loss(value, value_and_grad, name, _check_targets_with(name, validate))
 
@@ -216,12 +198,12 @@ def _mse_validate(target, pred_shape, dtype):
     where = "mse"
     t_dtype = jnp.result_type(target)
     if not (jnp.issubdtype(t_dtype, jnp.floating) or jnp.issubdtype(t_dtype, jnp.integer)):
-        raise _errors.BpjaxTypeError(where, f"expected a real (float or integer) target, got dtype {t_dtype}")
+        raise errors.BpjaxTypeError(where, f"expected a real (float or integer) target, got dtype {t_dtype}")
     _same_shape(where, pred_shape, target)
-    xp = _errors.array_module(target)
+    xp = errors.array_module(target)
     t = xp.asarray(target).astype(dtype)
-    ok = _errors.check_value(where, xp.all(xp.isfinite(t)), "expected finite targets, got {n} NaN or Inf entries",
-                             n=xp.sum(~xp.isfinite(t)))
+    ok = errors.check_value(where, xp.all(xp.isfinite(t)), "expected finite targets, got {n} NaN or Inf entries",
+                            n=xp.sum(~xp.isfinite(t)))
     return t, ok
 
 
@@ -244,36 +226,36 @@ def _xent_validate(target, pred_shape, dtype):
     """Integer labels ``(B,)`` become one-hot rows; float targets ``(B, C)`` pass as they are."""
     where = "softmax_cross_entropy"
     if len(pred_shape) != 2:
-        raise _errors.BpjaxError(where, f"expected rank-2 logits (B, C), got shape {tuple(pred_shape)}")
+        raise errors.BpjaxError(where, f"expected rank-2 logits (B, C), got shape {tuple(pred_shape)}")
     B, C = pred_shape
     t_dtype = jnp.result_type(target)
     if t_dtype == jnp.bool_ or not (jnp.issubdtype(t_dtype, jnp.integer) or jnp.issubdtype(t_dtype, jnp.floating)):
-        raise _errors.BpjaxTypeError(where, f"targets must be integer class ids (B,) or float "
-                                            f"probabilities (B, {C}), got dtype {t_dtype}")
+        raise errors.BpjaxTypeError(where, f"targets must be integer class ids (B,) or float "
+                                           f"probabilities (B, {C}), got dtype {t_dtype}")
     shape = tuple(jnp.shape(target))
     if jnp.issubdtype(t_dtype, jnp.integer):
         if shape != (B,):
             hint = f" (squeeze the last axis: labels of shape ({B},))" if shape == (B, 1) else ""
-            raise _errors.BpjaxError(where, f"integer labels must have shape ({B},) to match logits "
-                                            f"{(B, C)}, got {shape}{hint}")
-        xp = _errors.array_module(target)
+            raise errors.BpjaxError(where, f"integer labels must have shape ({B},) to match logits "
+                                           f"{(B, C)}, got {shape}{hint}")
+        xp = errors.array_module(target)
         target = xp.asarray(target)
-        ok = _errors.check_value(where, xp.all((target >= 0) & (target < C)),
-                                 "labels must lie in [0, {C}), got min {lo} and max {hi}",
-                                 C=C, **({"lo": xp.min(target), "hi": xp.max(target)} if target.size else
-                                         {"lo": "none", "hi": "none"}))
+        ok = errors.check_value(where, xp.all((target >= 0) & (target < C)),
+                                "labels must lie in [0, {C}), got min {lo} and max {hi}",
+                                C=C, **({"lo": xp.min(target), "hi": xp.max(target)} if target.size else
+                                        {"lo": "none", "hi": "none"}))
         if xp is np:  # one-hot rows by numpy: no XLA program to compile for a concrete batch
             return np.eye(C, dtype=dtype)[target], ok
         return jax.nn.one_hot(target, C, dtype=dtype), ok
     if shape != (B, C):
         hint = " (float labels? integer class ids must have an integer dtype)" if shape == (B,) else ""
-        raise _errors.BpjaxError(where, f"float targets must be probabilities of shape {(B, C)} like the "
-                                        f"logits, got {shape}{hint}")
-    xp = _errors.array_module(target)
+        raise errors.BpjaxError(where, f"float targets must be probabilities of shape {(B, C)} like the "
+                                       f"logits, got {shape}{hint}")
+    xp = errors.array_module(target)
     t = xp.asarray(target).astype(dtype)
-    ok = _errors.check_value(where, xp.all((t >= 0) & xp.isfinite(t)),  # False for NaN too
-                             "probability targets must be finite and >= 0, got min {lo}, max {hi} "
-                             "and {n} NaN entries", **_range(xp, t))
+    ok = errors.check_value(where, xp.all((t >= 0) & xp.isfinite(t)),  # False for NaN too
+                            "probability targets must be finite and >= 0, got min {lo}, max {hi} "
+                            "and {n} NaN entries", **_range(xp, t))
     return t, ok
 
 
@@ -303,13 +285,13 @@ def _bce_validate(target, pred_shape, dtype):
     where = "binary_cross_entropy"
     t_dtype = jnp.result_type(target)
     if not (jnp.issubdtype(t_dtype, jnp.floating) or jnp.issubdtype(t_dtype, jnp.integer) or t_dtype == jnp.bool_):
-        raise _errors.BpjaxTypeError(where, f"targets must be real 0/1 or probabilities, got dtype {t_dtype}")
+        raise errors.BpjaxTypeError(where, f"targets must be real 0/1 or probabilities, got dtype {t_dtype}")
     _same_shape(where, pred_shape, target, "logits")
-    xp = _errors.array_module(target)
+    xp = errors.array_module(target)
     t = xp.asarray(target).astype(dtype)
-    ok = _errors.check_value(where, xp.all((t >= 0) & (t <= 1)),  # False for NaN too
-                             "targets must lie in [0, 1], got min {lo}, max {hi} and {n} NaN entries",
-                             **_range(xp, t))
+    ok = errors.check_value(where, xp.all((t >= 0) & (t <= 1)),  # False for NaN too
+                            "targets must lie in [0, 1], got min {lo}, max {hi} and {n} NaN entries",
+                            **_range(xp, t))
     return t, ok
 
 
@@ -329,7 +311,7 @@ binary_cross_entropy = _loss("binary_cross_entropy", _bce_validate, _bce)
 
 def accuracy(logits, labels) -> jax.Array:
     """Fraction of rows whose argmax matches the integer label (or the argmax of soft targets)."""
-    logits, labels = _as_array("accuracy", logits, "logits"), _as_array("accuracy", labels, "labels")
+    logits, labels = errors.as_array("accuracy", "logits", logits), errors.as_array("accuracy", "labels", labels)
     if jnp.ndim(labels) == 2:
         labels = jnp.argmax(labels, -1)
     return jnp.mean(jnp.argmax(logits, -1) == labels)

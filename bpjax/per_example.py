@@ -18,7 +18,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from bpjax import _errors
+from bpjax import errors
 from bpjax.core import Layer, apply, check_model
 from bpjax.grad import _state, check_inputs, gradients
 from bpjax.losses import as_loss
@@ -46,12 +46,12 @@ def per_example_grads(model: Layer, loss):
     def fn(params, x, y, *, state=None, key=None, train=True):
         x, y = check_inputs(where, x, y, key)
         if jnp.ndim(x) < 1 or jnp.ndim(y) < 1 or jnp.shape(x)[0] != jnp.shape(y)[0]:
-            raise _errors.BpjaxError(where, f"expected x (B, ...) and y (B, ...) with the same "
-                                            f"batch size, got x {jnp.shape(x)} and y {jnp.shape(y)}")
-        if _errors.is_concrete(y):  # the loss's whole-batch target check, on the model's output shape
+            raise errors.BpjaxError(where, f"expected x (B, ...) and y (B, ...) with the same "
+                                           f"batch size, got x {jnp.shape(x)} and y {jnp.shape(y)}")
+        if errors.is_concrete(y):  # the loss's whole-batch target check, on the model's output shape
             st = _state(model, state, model.name)
             pred = jax.eval_shape(lambda p, xb: apply(model, p, xb, state=st, key=key, train=train)[0], params, x)
-            with _errors.context(f"{where}:"):
+            with errors.context(f"{where}:"):
                 loss.check_targets(y, pred.shape)
 
         def one(xi, yi):  # a batch of one: (1, ...)
@@ -81,9 +81,9 @@ def dense_per_example_grads(a_prev: jax.Array, dz: jax.Array, *, bias: bool = Tr
       ``{"W": (B, D_in, D_out), "b": (B, D_out)}`` (``"b"`` only with ``bias``).
     """
     if jnp.shape(a_prev)[:-1] != jnp.shape(dz)[:-1]:
-        raise _errors.BpjaxError("dense_per_example_grads", f"a_prev (B, ..., D_in) and dz (B, ..., D_out) must "
-                                                            f"share leading axes, got {jnp.shape(a_prev)} and "
-                                                            f"{jnp.shape(dz)}")
+        raise errors.BpjaxError("dense_per_example_grads", f"a_prev (B, ..., D_in) and dz (B, ..., D_out) must "
+                                                           f"share leading axes, got {jnp.shape(a_prev)} and "
+                                                           f"{jnp.shape(dz)}")
     B = a_prev.shape[0]
     a3 = a_prev.reshape(B, -1, a_prev.shape[-1])   # (B, T, D_in)
     dz3 = dz.reshape(B, -1, dz.shape[-1])          # (B, T, D_out)

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from bpjax import _errors
+from bpjax import errors
 from bpjax.core import Layer, check_model, is_contextual
 
 __all__ = ["LossScaleState", "MixedPrecision", "loss_scaled"]
@@ -72,8 +72,8 @@ def MixedPrecision(model: Layer, compute_dtype=jnp.bfloat16) -> Layer:
     except TypeError:
         cd = None
     if cd is None or not jnp.issubdtype(cd, jnp.floating):
-        raise _errors.BpjaxTypeError("MixedPrecision", f"compute_dtype must be a floating dtype (jnp.bfloat16, "
-                                                       f"jnp.float16), got {compute_dtype!r}")
+        raise errors.BpjaxTypeError("MixedPrecision", f"compute_dtype must be a floating dtype (jnp.bfloat16, "
+                                                      f"jnp.float16), got {compute_dtype!r}")
     name = f"MixedPrecision({model.name}, {cd.name})"
 
     def run(params, x, context):
@@ -129,14 +129,14 @@ def loss_scaled(optimizer: optax.GradientTransformation, *, initial: float = 2.0
     from bpjax.train.step import as_transformation
 
     optimizer = as_transformation("loss_scaled", optimizer)
-    period = _errors.positive_int("loss_scaled", "period", period)
+    period = errors.positive_int("loss_scaled", "period", period)
 
     def init(params):
         return LossScaleState(optimizer.init(params), jnp.asarray(initial, jnp.float32), jnp.zeros((), jnp.int32))
 
     def update(grads, state, params=None, **extra):
         grads = jax.tree.map(lambda g: g / state.scale.astype(g.dtype), grads)
-        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+        finite = jnp.all(errors.finite_leaves(grads))
         if "grad" in extra:
             extra["grad"] = grads
         if not isinstance(optimizer, optax.GradientTransformationExtraArgs):

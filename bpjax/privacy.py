@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 from optax.contrib import differentially_private_aggregate
 
-from bpjax import _errors
+from bpjax import errors
 from bpjax.core import Layer, check_model, is_contextual
 from bpjax.per_example import per_example_grads
 
@@ -50,13 +50,13 @@ def DPSGD(model: Layer, *, l2_norm_clip: float, noise_multiplier: float) -> Laye
     check_model(model, "DPSGD")
     name = f"DPSGD({model.name}, clip {l2_norm_clip:g}, noise {noise_multiplier:g})"
     if is_contextual(model):
-        raise _errors.BpjaxError(name, f"expected a simple model, got {model.name}, which keeps state or draws "
-                                       f"random numbers: an example's gradient is the model run on it alone "
-                                       f"(batch norm in eval mode, or LayerNorm)")
+        raise errors.BpjaxError(name, f"expected a simple model, got {model.name}, which keeps state or draws "
+                                      f"random numbers: an example's gradient is the model run on it alone "
+                                      f"(batch norm in eval mode, or LayerNorm)")
     for what, v in (("l2_norm_clip", l2_norm_clip), ("noise_multiplier", noise_multiplier)):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 or (what == "l2_norm_clip" and v == 0):
             want = "a positive number" if what == "l2_norm_clip" else "a number >= 0"
-            raise _errors.BpjaxError("DPSGD", f"{what} must be {want}, got {v!r}")
+            raise errors.BpjaxError("DPSGD", f"{what} must be {want}, got {v!r}")
 
     def cotangent(pred, t):  # L = sum(pred * t), dL/dpred = t: per-example gradients of the cotangent t
         return jnp.sum(pred * t)
@@ -68,7 +68,7 @@ def DPSGD(model: Layer, *, l2_norm_clip: float, noise_multiplier: float) -> Laye
 
     def forward(params, x, *, state, key=None, train=True):
         if train and key is None and noise_multiplier > 0:
-            raise _errors.BpjaxError(name, "draws noise at every training step: pass key= (fit(..., key=...))")
+            raise errors.BpjaxError(name, "draws noise at every training step: pass key= (fit(..., key=...))")
         y, residuals = model.forward(params, x)
         return y, (x, residuals, key), state
 

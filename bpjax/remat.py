@@ -17,7 +17,7 @@ from __future__ import annotations
 import jax
 from jax import lax
 
-from bpjax import _errors
+from bpjax import errors
 from bpjax.core import Layer, apply, is_contextual, read_mode, tag_mode, vjp
 
 
@@ -33,7 +33,7 @@ def remat(block: Layer, *, name: str | None = None) -> Layer:
     A contextual block (dropout) recomputes with the same key, so it draws the same mask.
     """
     if not isinstance(block, Layer):
-        raise _errors.BpjaxTypeError("remat", f"expected a bpjax Layer, got {type(block).__name__}")
+        raise errors.BpjaxTypeError("remat", f"expected a bpjax Layer, got {type(block).__name__}")
     name = name or f"remat({block.name})"
 
     if not is_contextual(block):

@@ -25,7 +25,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from bpjax import _errors
+from bpjax import errors
 from bpjax.combinators import serial, serial_backward
 from bpjax.core import Layer, apply
 from bpjax.core import init_state as _init_state
@@ -52,7 +52,7 @@ def sign_feedback(W: jax.Array) -> jax.Array:
 def rule_tag(where: str, backward_rule: str) -> str:
     """Check ``backward_rule`` (raising a :class:`BpjaxError` naming ``where``); its tag for layer names."""
     if backward_rule not in BACKWARD_RULES:
-        raise _errors.BpjaxError(where, f"unknown backward_rule {backward_rule!r}; expected one of {BACKWARD_RULES}")
+        raise errors.BpjaxError(where, f"unknown backward_rule {backward_rule!r}; expected one of {BACKWARD_RULES}")
     return {"exact": "", "feedback_alignment": ", FA", "sign_symmetry": ", sign"}[backward_rule]
 
 
@@ -76,7 +76,7 @@ def with_backward_rule(name: str, backward_rule: str, init_fn, forward, backward
             return backward_with(sign_feedback(params["W"]), residuals, dz)
         return Layer(init_fn, forward, backward_sign, name)
 
-    with _errors.context(name):  # a bad feedback_init names the layer
+    with errors.context(name):  # a bad feedback_init names the layer
         b_init = initializer(feedback_init, stddev)
 
     def init_state(key, input_shape):
@@ -87,13 +87,13 @@ def with_backward_rule(name: str, backward_rule: str, init_fn, forward, backward
     def forward_fa(params, x, *, state, key=None, train=True):
         if not isinstance(state, dict) or set(state) != {"B"}:
             got = sorted(state) if isinstance(state, dict) else type(state).__name__
-            raise _errors.BpjaxError(name, f"state does not match the layer: expected keys ['B'], got {got} "
-                                           f"(use bp.init_state(model, key, input_shape))")
+            raise errors.BpjaxError(name, f"state does not match the layer: expected keys ['B'], got {got} "
+                                          f"(use bp.init_state(model, key, input_shape))")
         z, residuals = forward(params, x)
         B = state["B"]
         if B.shape != params["W"].shape:
-            raise _errors.BpjaxError(name, f"feedback weights B must have the shape of W {tuple(params['W'].shape)}, "
-                                           f"got {tuple(B.shape)}")
+            raise errors.BpjaxError(name, f"feedback weights B must have the shape of W {tuple(params['W'].shape)}, "
+                                          f"got {tuple(B.shape)}")
         return z, (residuals, B), state  # the backward needs the layer's residuals and the fixed B
 
     def backward_fa(params, residuals, dz):
@@ -203,16 +203,16 @@ def DFA(*layers: Layer, feedback_init: Initializer = "glorot_uniform", name: Opt
         for i, (layer, p, k) in enumerate(zip(layers, params, jax.random.split(k_b, len(layers)))):
             if _is_dense_params(p):
                 if not first and len(shape) != 1:
-                    raise _errors.BpjaxError(f"{name} serial[{i}]", f"DFA needs Dense inputs of shape (B, D), "
-                                                                    f"got per-example shape {shape}")
+                    raise errors.BpjaxError(f"{name} serial[{i}]", f"DFA needs Dense inputs of shape (B, D), "
+                                                                   f"got per-example shape {shape}")
                 Bs.append(() if first else b_init(k, (C, shape[0]), p["W"].dtype))
                 first = False
             else:
                 Bs.append(())
             shape, _ = layer.init(k, shape)
         if len(out_shape) != 1:
-            raise _errors.BpjaxError(name, f"expected a model output of shape (B, C), got per-example shape "
-                                           f"{out_shape}")
+            raise errors.BpjaxError(name, f"expected a model output of shape (B, C), got per-example shape "
+                                          f"{out_shape}")
         state = {"layers": _init_state(inner, k_inner, input_shape), "B": tuple(Bs)}
         return out_shape, state
 
@@ -220,14 +220,14 @@ def DFA(*layers: Layer, feedback_init: Initializer = "glorot_uniform", name: Opt
 
     def forward(params, x, *, state, key=None, train=True):
         if not isinstance(state, dict) or set(state) != {"layers", "B"}:
-            raise _errors.BpjaxError(name, "state does not match the model: expected {'layers', 'B'} from "
-                                           "bp.init_state(model, key, input_shape)")
+            raise errors.BpjaxError(name, "state does not match the model: expected {'layers', 'B'} from "
+                                          "bp.init_state(model, key, input_shape)")
         y, residuals, new_inner = apply(inner, params, x, state=state["layers"], key=key, train=train)
         return y, (residuals, state["B"]), {"layers": new_inner, "B": state["B"]}
 
     def backward(params, saved, dy):
         residuals, Bs = saved
-        _errors.check_ndim(name, dy, 2, "output gradient")
+        errors.check_ndim(name, dy, 2, "output gradient")
         e = dy                                     # the output error e = dL/dy: (B, C)
 
         def direct(i, d):                          # DFA: da_{l-1} = e @ B_l instead of dz_l @ W_l.T

@@ -16,8 +16,8 @@ import jax
 import jax.flatten_util
 import jax.numpy as jnp
 
-from bpjax import _errors
-from bpjax.core import Layer, check_key, check_model
+from bpjax import errors
+from bpjax.core import Layer, check_model
 from bpjax.grad import check_inputs, gradients
 
 
@@ -40,7 +40,7 @@ def hvp(model: Layer, loss):
     check_model(model)
 
     def fn(params, x, y, v, *, state=None, key=None, train=True):
-        _errors.check_tree_like("hvp", v, params, "vector v")
+        errors.check_tree_like("hvp", v, params, "vector v")
         g = _grad_of_params(model, loss, x, y, state, key, train, "hvp")
         return jax.jvp(g, (params,), (v,))[1]
 
@@ -71,11 +71,11 @@ def top_eigenvalue(model: Layer, loss, *, iters: int = 20):
 
     Returns ``fn(params, x, y, key, *, state=None, train=True) -> (lambda, v)``; jit-able (``iters`` static).
     """
-    iters = _errors.positive_int("top_eigenvalue", "iters", iters)
+    iters = errors.positive_int("top_eigenvalue", "iters", iters)
     check_model(model)
 
     def fn(params, x, y, key, *, state=None, train=True):
-        check_key("top_eigenvalue", key, allow_none=False)
+        errors.check_key("top_eigenvalue", key, allow_none=False)
         x, y = check_inputs("top_eigenvalue", x, y)  # at once, before the power iteration is traced
         g = _grad_of_params(model, loss, x, y, state, None, train, "top_eigenvalue")
         flat, unravel = jax.flatten_util.ravel_pytree(params)

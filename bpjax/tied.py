@@ -23,7 +23,7 @@ from typing import Sequence, Tuple, Union
 
 import jax.numpy as jnp
 
-from bpjax import _errors
+from bpjax import errors
 from bpjax.combinators import container
 from bpjax.core import Layer, apply, check_model, init, is_contextual, vjp
 
@@ -52,8 +52,8 @@ def _resolve(where: str, tree, path, what: str, empty: bool = False) -> Path:
     """``path`` checked against ``tree``: every key exists and it ends at an array (at ``()`` when ``empty``, the
     target of tied params); negative indices made positive."""
     if isinstance(path, (str, int)) or not isinstance(path, Sequence) or not path:
-        raise _errors.BpjaxTypeError(where, f"{what} must be a non-empty tuple of keys and indices into the params, "
-                                            f"e.g. (0, 'E'), got {path!r}")
+        raise errors.BpjaxTypeError(where, f"{what} must be a non-empty tuple of keys and indices into the params, "
+                                           f"e.g. (0, 'E'), got {path!r}")
     out, node = [], tree
     for k in path:
         if isinstance(node, dict) and k in node:
@@ -64,16 +64,16 @@ def _resolve(where: str, tree, path, what: str, empty: bool = False) -> Path:
         else:
             keys = sorted(node) if isinstance(node, dict) else \
                 f"indices 0..{len(node) - 1}" if isinstance(node, (tuple, list)) else f"a leaf {type(node).__name__}"
-            raise _errors.BpjaxError(where, f"{what} {tuple(path)!r} does not exist in the params: at {tuple(out)!r} "
-                                            f"expected one of {keys}, got {k!r}")
+            raise errors.BpjaxError(where, f"{what} {tuple(path)!r} does not exist in the params: at {tuple(out)!r} "
+                                           f"expected one of {keys}, got {k!r}")
         node = node[k]
     if empty and not (isinstance(node, tuple) and node == ()):
-        raise _errors.BpjaxError(where, f"params do not match the tied model: expected () at the {what} "
-                                        f"{tuple(out)!r} (the tied array lives at the source), got a "
-                                        f"{type(node).__name__}")
+        raise errors.BpjaxError(where, f"params do not match the tied model: expected () at the {what} "
+                                       f"{tuple(out)!r} (the tied array lives at the source), got a "
+                                       f"{type(node).__name__}")
     if not empty and not hasattr(node, "shape"):
-        raise _errors.BpjaxError(where, f"{what} {tuple(path)!r} must end at an array of the params, got a "
-                                        f"{type(node).__name__}")
+        raise errors.BpjaxError(where, f"{what} {tuple(path)!r} must end at an array of the params, got a "
+                                       f"{type(node).__name__}")
     return tuple(out)
 
 
@@ -106,16 +106,16 @@ def tie(model: Layer, *, source: Path, target: Path, transpose: bool = False, na
 
     def check_pair(params, src, tgt):
         if src == tgt:
-            raise _errors.BpjaxError(name, f"source and target are the same leaf {src!r}: nothing to tie")
+            raise errors.BpjaxError(name, f"source and target are the same leaf {src!r}: nothing to tie")
         a, b = _get(params, src), _get(params, tgt)
         if transpose and jnp.ndim(a) != 2:
-            raise _errors.BpjaxError(name, f"transpose=True needs a 2-D source, got shape {tuple(jnp.shape(a))}")
+            raise errors.BpjaxError(name, f"transpose=True needs a 2-D source, got shape {tuple(jnp.shape(a))}")
         want = tuple(jnp.shape(a))[::-1] if transpose else tuple(jnp.shape(a))
         if tuple(jnp.shape(b)) != want or jnp.result_type(a) != jnp.result_type(b):
-            raise _errors.BpjaxError(name, f"the target {tgt!r} must have shape {want} and dtype "
-                                           f"{jnp.result_type(a)} to be tied to the source {src!r}"
-                                           f"{' (transposed)' if transpose else ''}, got shape "
-                                           f"{tuple(jnp.shape(b))} and dtype {jnp.result_type(b)}")
+            raise errors.BpjaxError(name, f"the target {tgt!r} must have shape {want} and dtype "
+                                          f"{jnp.result_type(a)} to be tied to the source {src!r}"
+                                          f"{' (transposed)' if transpose else ''}, got shape "
+                                          f"{tuple(jnp.shape(b))} and dtype {jnp.result_type(b)}")
 
     def paths(params):
         """``(source, target)`` resolved against tied params (``()`` at the target)."""
@@ -126,24 +126,24 @@ def tie(model: Layer, *, source: Path, target: Path, transpose: bool = False, na
         return _set(params, tgt, f(_get(params, src)))
 
     def init_fn(key, input_shape):
-        with _errors.context(name):
+        with errors.context(name):
             shape, params = init(model, key, input_shape)
         src, tgt = _resolve(name, params, source, "source"), _resolve(name, params, target, "target")
         check_pair(params, src, tgt)
         return shape, _set(params, tgt, ())
 
     def init_state(key, input_shape):
-        with _errors.context(name):
+        with errors.context(name):
             return init(model, key, input_shape, state=True)
 
     def run(params, x, state, key, train):
         src, tgt = paths(params)
-        with _errors.context(name):
+        with errors.context(name):
             return apply(model, full(params, src, tgt), x, state=state, key=key, train=train)
 
     def backward(params, residuals, dy):
         src, tgt = paths(params)
-        with _errors.context(name):
+        with errors.context(name):
             dfull, dx = vjp(model, full(params, src, tgt), residuals, dy)
         # in the forward pass this was: full[target] = f(params[source]), so both uses add up
         dsource = _get(dfull, src) + f(_get(dfull, tgt))

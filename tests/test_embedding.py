@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import bpjax as bp
-from bpjax import _errors
+from bpjax import errors
 from bpjax import layers as L
 
 
@@ -109,9 +109,9 @@ def test_embedding_errors():
     # traced: NaN in a user's own jit, a clear error inside bpjax's checked functions
     y = jax.jit(lambda p, i: layer.forward(p, i)[0])(params, jnp.array([[0, 9, 1]]))
     assert np.all(np.isnan(np.asarray(y)))
-    err, _ = jax.jit(_errors.checked(lambda p, i: layer.forward(p, i)[0]))(params, jnp.array([[0, 9, 1]]))
+    err, _ = jax.jit(errors.checked(lambda p, i: layer.forward(p, i)[0]))(params, jnp.array([[0, 9, 1]]))
     with pytest.raises(bp.BpjaxError, match=r"ids must lie in \[0, 5\), got min 0 and max 9"):
-        _errors.throw(err)
+        errors.throw(err)
     with pytest.raises(bp.BpjaxError, match=r"expected \{'E': \(5, 2\)\}"):
         layer.forward({"E": jnp.ones((4, 2))}, jnp.array([[0, 1]]))
     with pytest.raises(bp.BpjaxError, match="rank-1 or"):

@@ -151,7 +151,7 @@ def test_meshes_come_from_jax_make_mesh_grouped_by_process(monkeypatch):
     assert calls == [((2, 2), ("data", "model"), axis_types)]
     devices, names, _ = sharding.data_parallel_mesh(laid_out)
     assert [d.id for d in devices] == [2, 3, 5, 4] and names == ("data",)
-    with pytest.raises(sharding._errors.BpjaxError, match=r"make_mesh: a mesh of shape \(4, 2\) needs 8 devices, "
+    with pytest.raises(sharding.errors.BpjaxError, match=r"make_mesh: a mesh of shape \(4, 2\) needs 8 devices, "
                                                           r"got 4"):
         sharding.make_mesh((4, 2), ("data", "model"), devices=laid_out)
 

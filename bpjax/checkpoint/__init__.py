@@ -57,7 +57,7 @@ from typing import Any, Optional
 
 import jax
 
-from bpjax import _errors
+from bpjax import errors
 from bpjax.checkpoint.arguments import _check_json, _file_path, _model_name, _tilde_hint
 from bpjax.checkpoint.atomic import _atomic_write
 from bpjax.checkpoint.encoding import (
@@ -133,15 +133,15 @@ def save(path, tree, *, metadata: Optional[dict] = None, model=None, backend: st
     path = _file_path("save", path, tree)
     where = f"checkpoint.save({path})"
     if backend not in BACKENDS:
-        raise _errors.BpjaxError(where, f"backend: expected one of {BACKENDS}, got {backend!r}")
+        raise errors.BpjaxError(where, f"backend: expected one of {BACKENDS}, got {backend!r}")
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         found = "is a file" if os.path.exists(directory) else "does not exist"
-        raise _errors.BpjaxError(where, f"expected an existing directory, {directory!r} {found}{_tilde_hint(path)}")
+        raise errors.BpjaxError(where, f"expected an existing directory, {directory!r} {found}{_tilde_hint(path)}")
     if backend == "npz" and os.path.isdir(path):
-        raise _errors.BpjaxError(where, "expected a file path, got a directory")
+        raise errors.BpjaxError(where, "expected a file path, got a directory")
     if metadata is not None and not isinstance(metadata, dict):
-        raise _errors.BpjaxTypeError(where, f"metadata: expected a dict, got {type(metadata).__name__}")
+        raise errors.BpjaxTypeError(where, f"metadata: expected a dict, got {type(metadata).__name__}")
     _check_json(where, "metadata", metadata)
     name = _model_name(where, model)
     leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
@@ -174,7 +174,7 @@ def _read_entry(path: str, where: str):
     if is_run_folder(path):
         found = newest(path, lambda entry: read(entry, f"{where} {entry}"), where)
         if found is None:
-            raise _errors.BpjaxError(where, "the run folder holds no checkpoint yet (no step_* entry)")
+            raise errors.BpjaxError(where, "the run folder holds no checkpoint yet (no step_* entry)")
         return (found[1], *found[2])
     return (path, *read(path, where))
 

@@ -6,7 +6,7 @@ import math
 import os
 from typing import Any, Optional
 
-from bpjax import _errors
+from bpjax import errors
 from bpjax.checkpoint.encoding import _is_number
 
 
@@ -21,12 +21,12 @@ def _file_path(fn: str, path, tree: Any = None) -> str:
         got = repr(path) if path is None or _is_number(path) else type(path).__name__
         swapped = fn == "save" and isinstance(tree, (str, bytes, os.PathLike))
         hint = "; the arguments look swapped: it is save(path, tree)" if swapped else ""
-        raise _errors.BpjaxTypeError(where, f"path: expected a file path (str or os.PathLike), got {got}{hint}")
+        raise errors.BpjaxTypeError(where, f"path: expected a file path (str or os.PathLike), got {got}{hint}")
     if not path:
-        raise _errors.BpjaxError(where, "path: expected a file path, got an empty string")
+        raise errors.BpjaxError(where, "path: expected a file path, got an empty string")
     if path.endswith(("/", os.sep)):
-        raise _errors.BpjaxError(f"{where}({path})", "expected a file path, got a directory path (it ends with a "
-                                                     "separator)")
+        raise errors.BpjaxError(f"{where}({path})", "expected a file path, got a directory path (it ends with a "
+                                                    "separator)")
     return path
 
 
@@ -40,13 +40,13 @@ def _check_json(where: str, what: str, value) -> None:
         return
     if isinstance(value, float):
         if not math.isfinite(value):
-            raise _errors.BpjaxError(where, f"{what}: expected a finite number (JSON has no nan or inf), got {value}")
+            raise errors.BpjaxError(where, f"{what}: expected a finite number (JSON has no nan or inf), got {value}")
         return
     if isinstance(value, dict):
         for k, v in value.items():
             if not isinstance(k, str):
-                raise _errors.BpjaxTypeError(where, f"{what}: expected str keys (JSON would read {k!r} back as "
-                                                    f"{str(k)!r}), got the {type(k).__name__} key {k!r}")
+                raise errors.BpjaxTypeError(where, f"{what}: expected str keys (JSON would read {k!r} back as "
+                                                   f"{str(k)!r}), got the {type(k).__name__} key {k!r}")
             _check_json(where, f"{what}[{k!r}]", v)
         return
     if isinstance(value, (list, tuple)):
@@ -54,8 +54,8 @@ def _check_json(where: str, what: str, value) -> None:
             _check_json(where, f"{what}[{i}]", v)
         return
     hint = "; convert it with float(x), int(x) or x.tolist()" if hasattr(value, "dtype") else ""
-    raise _errors.BpjaxTypeError(where, f"{what}: expected a JSON value (dict with str keys, list, str, int, "
-                                        f"finite float, bool or None), got {type(value).__name__}{hint}")
+    raise errors.BpjaxTypeError(where, f"{what}: expected a JSON value (dict with str keys, list, str, int, "
+                                       f"finite float, bool or None), got {type(value).__name__}{hint}")
 
 
 def _model_name(where: str, model) -> Optional[str]:
@@ -64,5 +64,5 @@ def _model_name(where: str, model) -> Optional[str]:
         return model
     if isinstance(model, Layer):
         return model.name
-    raise _errors.BpjaxTypeError(where, f"model: expected a bp.Layer or a description str, got "
-                                        f"{type(model).__name__}")
+    raise errors.BpjaxTypeError(where, f"model: expected a bp.Layer or a description str, got "
+                                       f"{type(model).__name__}")

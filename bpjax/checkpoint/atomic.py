@@ -8,7 +8,7 @@ import secrets
 import zipfile
 from typing import Optional
 
-from bpjax import _errors
+from bpjax import errors
 from bpjax.checkpoint.encoding import _META
 
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed member dates: same tree, same bytes
@@ -36,7 +36,7 @@ def _create_temp(where: str, directory: str, name: str):
             return tmp, open(tmp, "xb")
         except FileExistsError:
             continue
-    raise _errors.BpjaxError(where, f"expected a free temporary file name in {directory!r}, found 16 taken")
+    raise errors.BpjaxError(where, f"expected a free temporary file name in {directory!r}, found 16 taken")
 
 
 def _atomic_write(where: str, path: str, members, meta_bytes: bytes) -> None:
@@ -56,8 +56,8 @@ def _atomic_write(where: str, path: str, members, meta_bytes: bytes) -> None:
         if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
         if isinstance(e, OSError):
-            raise _errors.BpjaxError(where, f"could not write the checkpoint: {type(e).__name__}: "
-                                            f"{e.strerror or e}") from e
+            raise errors.BpjaxError(where, f"could not write the checkpoint: {type(e).__name__}: "
+                                           f"{e.strerror or e}") from e
         raise
     if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable (POSIX)
         fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bpjax import _errors
+from bpjax import errors
 
 FORMAT = "bpjax-checkpoint"
 FORMAT_VERSION = 1
@@ -46,8 +46,8 @@ def _encode_structure(treedef, where: str):
         keys = aux[1] if typ is collections.defaultdict else aux  # defaultdict: (default_factory, keys)
         for k in keys:
             if not isinstance(k, (str, int)) or isinstance(k, bool):
-                raise _errors.BpjaxTypeError(where, f"dict keys must be str or int to be saved, got {k!r} "
-                                                    f"({type(k).__name__})")
+                raise errors.BpjaxTypeError(where, f"dict keys must be str or int to be saved, got {k!r} "
+                                                   f"({type(k).__name__})")
         spec: dict = {"dict": [[k, kid] for k, kid in zip(keys, kids)]}
         if typ is not dict:
             spec["type"] = typ.__name__
@@ -100,29 +100,29 @@ def _encode_leaf(where: str, path: str, leaf):
     if _is_number(leaf):
         kind = type(leaf).__name__
         if kind == "int" and not _INT64[0] <= leaf <= _INT64[1]:
-            raise _errors.BpjaxError(where, f"leaf {label}: expected a Python int in int64's range "
-                                            f"[-2**63, 2**63 - 1], got {leaf}")
+            raise errors.BpjaxError(where, f"leaf {label}: expected a Python int in int64's range "
+                                           f"[-2**63, 2**63 - 1], got {leaf}")
         arr: np.ndarray = np.asarray(leaf, {"bool": np.bool_, "int": np.int64, "float": np.float64}[kind])
         return arr, {"path": path, "kind": kind, "dtype": str(arr.dtype), "shape": []}
-    if not _errors.is_concrete(leaf):
-        raise _errors.BpjaxTypeError(where, f"leaf {label}: expected a concrete array, got a traced value "
-                                            f"({type(leaf).__name__}): save runs outside jax.jit/grad/vmap, on the "
-                                            f"arrays a jitted function returns")
+    if not errors.is_concrete(leaf):
+        raise errors.BpjaxTypeError(where, f"leaf {label}: expected a concrete array, got a traced value "
+                                           f"({type(leaf).__name__}): save runs outside jax.jit/grad/vmap, on the "
+                                           f"arrays a jitted function returns")
     if isinstance(leaf, jax.Array) and leaf.is_deleted():
-        raise _errors.BpjaxError(where, f"leaf {label}: expected a live array, got one whose buffer has been "
-                                        f"deleted or donated (e.g. by make_step(donate=True)): save the arrays "
-                                        f"the donating call returned")
+        raise errors.BpjaxError(where, f"leaf {label}: expected a live array, got one whose buffer has been "
+                                       f"deleted or donated (e.g. by make_step(donate=True)): save the arrays "
+                                       f"the donating call returned")
     if _is_key(leaf):
         return jax.random.key_data(leaf), {"path": path, "kind": "key", "impl": str(jax.random.key_impl(leaf)),
                                            "dtype": str(leaf.dtype), "shape": list(np.shape(leaf))}
     if not isinstance(leaf, (np.ndarray, np.generic, jax.Array)):
         hint = ("; strings and other records belong in metadata=" if isinstance(leaf, str) else
                 "; save the params or optimizer state, not the model or optimizer" if callable(leaf) else "")
-        raise _errors.BpjaxTypeError(where, f"leaf {label}: expected an array, PRNG key or Python number, "
-                                            f"got {type(leaf).__name__}{hint}")
+        raise errors.BpjaxTypeError(where, f"leaf {label}: expected an array, PRNG key or Python number, "
+                                           f"got {type(leaf).__name__}{hint}")
     dtype = np.dtype(leaf.dtype)
     if dtype.hasobject or dtype.isbuiltin == 0:  # objects, raw void and structured dtypes
-        raise _errors.BpjaxTypeError(where, f"leaf {label}: dtype {dtype} cannot be saved without pickle")
+        raise errors.BpjaxTypeError(where, f"leaf {label}: dtype {dtype} cannot be saved without pickle")
     return leaf, {"path": path, "kind": "array", "dtype": str(dtype), "shape": list(np.shape(leaf))}
 
 
@@ -130,14 +130,14 @@ def _to_numpy(where: str, path: str, leaf):
     """``(numpy array to store in the .npz, leaf record)`` for one leaf."""
     value, record = _encode_leaf(where, path, leaf)
     if spans_processes(value):
-        raise _errors.BpjaxError(where, f"leaf {_label(path)}: a jax.Array split over the devices of several "
-                                        f"processes ({value.sharding}) cannot go into one .npz file without a full "
-                                        f"gather: save with backend=\"orbax\" (every process writes its own "
-                                        f"shards; install it with pip install -e \".[orbax]\")")
+        raise errors.BpjaxError(where, f"leaf {_label(path)}: a jax.Array split over the devices of several "
+                                       f"processes ({value.sharding}) cannot go into one .npz file without a full "
+                                       f"gather: save with backend=\"orbax\" (every process writes its own "
+                                       f"shards; install it with pip install -e \".[orbax]\")")
     arr = np.asarray(value)
     if record["kind"] == "array" and arr.dtype.isbuiltin == 2:  # bfloat16, float8, int4: raw bits, viewed back
         if arr.dtype.itemsize not in (1, 2, 4, 8):
-            raise _errors.BpjaxTypeError(where, f"leaf {_label(path)}: dtype {arr.dtype} cannot be saved")
+            raise errors.BpjaxTypeError(where, f"leaf {_label(path)}: dtype {arr.dtype} cannot be saved")
         arr = arr.view(f"u{arr.dtype.itemsize}")
     return arr, record
 

@@ -26,7 +26,7 @@ import time
 import warnings
 from typing import Callable, List, Optional, Tuple, TypeVar
 
-from bpjax import _errors
+from bpjax import errors
 from bpjax.checkpoint.atomic import temporary_of
 
 __all__ = ["ENTRY_PATTERN", "LOCK_NAME", "DamagedCheckpointWarning", "StaleLockWarning", "acquire", "entries",
@@ -72,19 +72,19 @@ def newest(folder: str, read: Callable[[str], T], where: str) -> Optional[Tuple[
     skipped with a :class:`DamagedCheckpointWarning` naming it and the reason; when every entry is
     refused, the newest one's error is raised.
     """
-    errors = []
+    failures = []
     for step, path in entries(folder):
         try:
             value = read(path)
-        except _errors.BpjaxError as e:
-            errors.append((path, e))
+        except errors.BpjaxError as e:
+            failures.append((path, e))
             continue
-        for bad, err in errors:
+        for bad, err in failures:
             warnings.warn(f"{where}: skipped the damaged checkpoint {bad!r} ({err.message}); using "
                           f"{os.path.basename(path)} (step {step})", DamagedCheckpointWarning, stacklevel=3)
         return step, path, value
-    if errors:
-        raise errors[0][1]
+    if failures:
+        raise failures[0][1]
     return None
 
 
@@ -118,14 +118,14 @@ def prepare(folder: str, where: str) -> None:
     """
     parent = os.path.dirname(os.path.abspath(folder))
     if os.path.isfile(folder):
-        raise _errors.BpjaxError(where, f"checkpoint_path {folder!r}: expected a run folder (or a new name), "
-                                        f"found a file; a single checkpoint written by bp.checkpoint.save is "
-                                        f"read with bp.checkpoint.restore, not resumed by fit")
+        raise errors.BpjaxError(where, f"checkpoint_path {folder!r}: expected a run folder (or a new name), "
+                                       f"found a file; a single checkpoint written by bp.checkpoint.save is "
+                                       f"read with bp.checkpoint.restore, not resumed by fit")
     if not os.path.isdir(parent):
         found = "is a file" if os.path.exists(parent) else "does not exist"
         tilde = "; '~' is not expanded: pass os.path.expanduser(path)" if folder.startswith("~") else ""
-        raise _errors.BpjaxError(where, f"checkpoint_path {folder!r}: expected its parent folder to exist, "
-                                        f"{parent!r} {found}{tilde}")
+        raise errors.BpjaxError(where, f"checkpoint_path {folder!r}: expected its parent folder to exist, "
+                                       f"{parent!r} {found}{tilde}")
     try:
         os.makedirs(folder, exist_ok=True)
         probe = os.path.join(folder, f".probe.tmp-{os.getpid()}-{secrets.token_hex(8)}")
@@ -135,9 +135,9 @@ def prepare(folder: str, where: str) -> None:
             os.fsync(f.fileno())
         os.remove(probe)
     except OSError as e:
-        raise _errors.BpjaxError(where, f"checkpoint_path {folder!r}: expected a folder this process can write "
-                                        f"checkpoints to, got {type(e).__name__}: {e.strerror or e} (checked "
-                                        f"before the first step)") from None
+        raise errors.BpjaxError(where, f"checkpoint_path {folder!r}: expected a folder this process can write "
+                                       f"checkpoints to, got {type(e).__name__}: {e.strerror or e} (checked "
+                                       f"before the first step)") from None
 
 
 # ---------------------------------------------------------------- one writer per folder
@@ -192,10 +192,10 @@ def acquire(folder: str, where: str) -> dict:
             if not stale:
                 same = holder.get("host") == me["host"] and holder.get("pid") == me["pid"]
                 who = "another fit call of this process" if same else f"another run ({_describe(holder)})"
-                raise _errors.BpjaxError(where, f"checkpoint_path {folder!r} is held by {who}: two runs writing "
-                                                f"one folder would resume and overwrite each other's checkpoints. "
-                                                f"Wait for it to end or use another checkpoint_path; if that run "
-                                                f"is gone (e.g. on another host), delete {path!r}")
+                raise errors.BpjaxError(where, f"checkpoint_path {folder!r} is held by {who}: two runs writing "
+                                               f"one folder would resume and overwrite each other's checkpoints. "
+                                               f"Wait for it to end or use another checkpoint_path; if that run "
+                                               f"is gone (e.g. on another host), delete {path!r}")
             warnings.warn(f"{where}: checkpoint_path {folder!r} was locked by a process that no longer runs "
                           f"({_describe(holder)}); taking the lock over", StaleLockWarning, stacklevel=3)
             tmp = os.path.join(folder, f".{LOCK_NAME}.tmp-{os.getpid()}-{secrets.token_hex(8)}")
@@ -210,8 +210,8 @@ def acquire(folder: str, where: str) -> dict:
             f.flush()
             os.fsync(f.fileno())
         return me
-    raise _errors.BpjaxError(where, f"checkpoint_path {folder!r}: could not take the lock {path!r} (another run "
-                                    f"keeps taking it)")
+    raise errors.BpjaxError(where, f"checkpoint_path {folder!r}: could not take the lock {path!r} (another run "
+                                   f"keeps taking it)")
 
 
 def release(folder: str, lock: dict) -> None:

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bpjax import _errors
+from bpjax import errors
 from bpjax.checkpoint.arguments import _tilde_hint
 from bpjax.checkpoint.atomic import temporary_of
 from bpjax.checkpoint.encoding import (
@@ -43,11 +43,11 @@ def _missing_hint(path: str) -> str:
 def _check_format(where: str, meta) -> None:
     """Raise unless ``meta`` is a bpjax record of this format version."""
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise _errors.BpjaxError(where, f"not a bpjax checkpoint: expected format {FORMAT!r}")
+        raise errors.BpjaxError(where, f"not a bpjax checkpoint: expected format {FORMAT!r}")
     if meta.get("format_version") != FORMAT_VERSION:
-        raise _errors.BpjaxError(where, f"expected checkpoint format version {FORMAT_VERSION}, got "
-                                        f"{meta.get('format_version')!r} (written by bpjax "
-                                        f"{meta.get('bpjax_version')})")
+        raise errors.BpjaxError(where, f"expected checkpoint format version {FORMAT_VERSION}, got "
+                                       f"{meta.get('format_version')!r} (written by bpjax "
+                                       f"{meta.get('bpjax_version')})")
 
 
 def read(path: str, where: str):
@@ -60,11 +60,11 @@ def read(path: str, where: str):
     if name is not None:
         final = os.path.join(os.path.dirname(path), name)
         what = "directory" if os.path.isdir(path) else "file"
-        raise _errors.BpjaxError(where, f"expected a checkpoint, got the temporary {what} of a save (it may be "
-                                        f"partial, so it is never read): restore {final!r}")
+        raise errors.BpjaxError(where, f"expected a checkpoint, got the temporary {what} of a save (it may be "
+                                       f"partial, so it is never read): restore {final!r}")
     if not os.path.exists(path):
-        raise _errors.BpjaxError(where, "no such file: expected a checkpoint written by bp.checkpoint.save"
-                                        + _missing_hint(path))
+        raise errors.BpjaxError(where, "no such file: expected a checkpoint written by bp.checkpoint.save"
+                                       + _missing_hint(path))
     if os.path.isdir(path):
         from bpjax.checkpoint import sharded
 
@@ -72,31 +72,31 @@ def read(path: str, where: str):
     try:
         fh = open(path, "rb")
     except OSError as e:
-        raise _errors.BpjaxError(where, f"expected a readable file, got {type(e).__name__}: {e.strerror or e}") \
+        raise errors.BpjaxError(where, f"expected a readable file, got {type(e).__name__}: {e.strerror or e}") \
             from None
     try:
         with fh, zipfile.ZipFile(fh) as zf:
             names = set(zf.namelist())
             if _META not in names:
-                raise _errors.BpjaxError(where, f"not a bpjax checkpoint: the zip has no {_META} member "
-                                                f"(found {sorted(names)[:5]})")
+                raise errors.BpjaxError(where, f"not a bpjax checkpoint: the zip has no {_META} member "
+                                               f"(found {sorted(names)[:5]})")
             meta = json.loads(zf.read(_META))
             _check_format(where, meta)
             members = [zf.read(f"leaf_{i:05d}.npy") for i in range(len(meta["leaves"]))]
-    except _errors.BpjaxError:
+    except errors.BpjaxError:
         raise
     except (zipfile.BadZipFile, zipfile.LargeZipFile, KeyError, EOFError, OSError, ValueError,
             UnicodeDecodeError) as e:
-        raise _errors.BpjaxError(where, f"corrupted or truncated checkpoint (expected a bpjax .npz zip): "
-                                        f"{type(e).__name__}: {e}") from None
+        raise errors.BpjaxError(where, f"corrupted or truncated checkpoint (expected a bpjax .npz zip): "
+                                       f"{type(e).__name__}: {e}") from None
     found = _checksum(meta, members)
     if found != meta.get("sha256"):
-        raise _errors.BpjaxError(where, f"checksum mismatch, the file is corrupted: expected sha256 "
-                                        f"{meta.get('sha256')}, got {found}")
+        raise errors.BpjaxError(where, f"checksum mismatch, the file is corrupted: expected sha256 "
+                                       f"{meta.get('sha256')}, got {found}")
     try:
         arrays = [np.lib.format.read_array(io.BytesIO(m), allow_pickle=False) for m in members]
     except ValueError as e:  # e.g. an object array: never unpickled
-        raise _errors.BpjaxError(where, f"unreadable array member (expected plain .npy data): {e}") from None
+        raise errors.BpjaxError(where, f"unreadable array member (expected plain .npy data): {e}") from None
     return meta, arrays
 
 
@@ -112,8 +112,8 @@ def _like_record(where: str, path: str, leaf):
     if hasattr(leaf, "dtype") and hasattr(leaf, "shape"):  # arrays, numpy scalars, jax.ShapeDtypeStruct
         return "array", str(jnp.dtype(leaf.dtype)), tuple(leaf.shape)
     hint = "; pass the state, e.g. like=optimizer.init(params), not the optimizer or model" if callable(leaf) else ""
-    raise _errors.BpjaxTypeError(where, f"like: leaf {_label(path)}: expected an array, jax.ShapeDtypeStruct, PRNG "
-                                        f"key or Python number, got {type(leaf).__name__}{hint}")
+    raise errors.BpjaxTypeError(where, f"like: leaf {_label(path)}: expected an array, jax.ShapeDtypeStruct, PRNG "
+                                       f"key or Python number, got {type(leaf).__name__}{hint}")
 
 
 def match_like(where: str, records: list, like):
@@ -126,15 +126,15 @@ def match_like(where: str, records: list, like):
         missing = [p for p in want if p not in have]
         extra = [p for p in have if p not in want]
         listed = lambda paths: " ".join(paths[:5]) + (" ..." if len(paths) > 5 else "") or "none"  # noqa: E731
-        raise _errors.BpjaxError(where, f"the checkpoint does not match `like`: expected {len(want)} leaves, "
-                                        f"found {len(have)}; in `like` only: {listed(missing)}; in the file only: "
-                                        f"{listed(extra)}" + ("" if missing or extra else " (same paths, other order)"))
+        raise errors.BpjaxError(where, f"the checkpoint does not match `like`: expected {len(want)} leaves, "
+                                       f"found {len(have)}; in `like` only: {listed(missing)}; in the file only: "
+                                       f"{listed(extra)}" + ("" if missing or extra else " (same paths, other order)"))
     for (kind, dtype, shape), rec in zip(expected, records):
         if kind != rec["kind"]:
             raise _kind_mismatch(where, rec, kind, dtype, shape)
         if dtype is not None and (dtype != rec["dtype"] or shape != tuple(rec["shape"])):
-            raise _errors.BpjaxError(where, f"leaf {_label(rec['path'])}: expected {dtype}{list(shape)} (as in "
-                                            f"`like`), found {rec['dtype']}{rec['shape']} in the file")
+            raise errors.BpjaxError(where, f"leaf {_label(rec['path'])}: expected {dtype}{list(shape)} (as in "
+                                           f"`like`), found {rec['dtype']}{rec['shape']} in the file")
     return treedef
 
 
@@ -146,7 +146,7 @@ def _kind_text(kind: str, dtype: str, shape) -> str:
     return f"a Python {kind}"
 
 
-def _kind_mismatch(where: str, rec: dict, kind: str, dtype, shape) -> _errors.BpjaxTypeError:
+def _kind_mismatch(where: str, rec: dict, kind: str, dtype, shape) -> errors.BpjaxTypeError:
     hint = ""
     if kind == "key" and rec["kind"] == "array" and rec["dtype"] == "uint32":
         hint = ("; the file holds a raw key (jax.random.PRNGKey): pass a raw key in `like`, or wrap the result "
@@ -154,9 +154,9 @@ def _kind_mismatch(where: str, rec: dict, kind: str, dtype, shape) -> _errors.Bp
     elif kind == "array" and rec["kind"] == "key":
         hint = ("; the file holds a typed key (jax.random.key): pass a typed key in `like`, or take "
                 "jax.random.key_data of the result")
-    return _errors.BpjaxTypeError(where, f"leaf {_label(rec['path'])}: expected {_kind_text(kind, dtype, shape)} "
-                                         f"(as in `like`), found {_kind_text(rec['kind'], rec['dtype'], rec['shape'])}"
-                                         f" in the file{hint}")
+    return errors.BpjaxTypeError(where, f"leaf {_label(rec['path'])}: expected {_kind_text(kind, dtype, shape)} "
+                                        f"(as in `like`), found {_kind_text(rec['kind'], rec['dtype'], rec['shape'])}"
+                                        f" in the file{hint}")
 
 
 def decode(where: str, path: str, meta: dict, arrays, like):

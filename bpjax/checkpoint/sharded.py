@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from bpjax import _errors
+from bpjax import errors
 from bpjax.checkpoint.encoding import _label, spans_processes
 from bpjax.checkpoint.reading import _check_format
 
@@ -52,8 +52,8 @@ def require(where: str):
     try:
         import orbax.checkpoint as ocp
     except ImportError:
-        raise _errors.BpjaxError(where, f"the sharded backend needs orbax-checkpoint, which is not installed: "
-                                        f"{INSTALL}") from None
+        raise errors.BpjaxError(where, f"the sharded backend needs orbax-checkpoint, which is not installed: "
+                                       f"{INSTALL}") from None
     return ocp
 
 
@@ -126,12 +126,12 @@ def save(where: str, path: str, values: list, meta: dict) -> None:
     new directory ``path``; every process calls it, each writing the shards it holds."""
     ocp = require(where)
     if os.path.exists(path):
-        raise _errors.BpjaxError(where, "expected a new path, the directory exists: a sharded checkpoint is "
-                                        "written once (orbax commits it by renaming its temporary directory onto "
-                                        "the path, and never replaces one); remove it first or save to a new path")
+        raise errors.BpjaxError(where, "expected a new path, the directory exists: a sharded checkpoint is "
+                                       "written once (orbax commits it by renaming its temporary directory onto "
+                                       "the path, and never replaces one); remove it first or save to a new path")
     if not values:
-        raise _errors.BpjaxError(where, 'expected a tree with at least one leaf (orbax stores no empty tree): save '
-                                        'an empty tree with backend="npz"')
+        raise errors.BpjaxError(where, 'expected a tree with at least one leaf (orbax stores no empty tree): save '
+                                       'an empty tree with backend="npz"')
     values = [np.asarray(v) if _local(v) else v for v in values]
     meta = dict(meta, checksums=checksums(values))
     try:
@@ -139,7 +139,7 @@ def save(where: str, path: str, values: list, meta: dict) -> None:
             checkpointer.save(path, args=ocp.args.StandardSave(dict(zip(_names(len(values)), values))),
                               custom_metadata={"bpjax": meta})
     except Exception as e:  # noqa: BLE001 -- orbax and TensorStore raise OSError, ValueError and bare Exception
-        raise _errors.BpjaxError(where, f"could not write the checkpoint: {type(e).__name__}: {e}") from e
+        raise errors.BpjaxError(where, f"could not write the checkpoint: {type(e).__name__}: {e}") from e
 
 
 def read_meta(where: str, path: str) -> dict:
@@ -151,16 +151,16 @@ def read_meta(where: str, path: str) -> dict:
             step = json.load(f)
     except FileNotFoundError:
         found = sorted(os.listdir(path))
-        raise _errors.BpjaxError(where, f"expected a checkpoint file, got a directory, and not one of a sharded "
-                                        f"checkpoint either (it has no {STEP_METADATA}; found "
-                                        f"{found[:5]}{' ...' if len(found) > 5 else ''})") from None
+        raise errors.BpjaxError(where, f"expected a checkpoint file, got a directory, and not one of a sharded "
+                                       f"checkpoint either (it has no {STEP_METADATA}; found "
+                                       f"{found[:5]}{' ...' if len(found) > 5 else ''})") from None
     except (OSError, ValueError) as e:
-        raise _errors.BpjaxError(where, f"corrupted sharded checkpoint: {STEP_METADATA} is not readable JSON "
-                                        f"({type(e).__name__}: {e})") from None
+        raise errors.BpjaxError(where, f"corrupted sharded checkpoint: {STEP_METADATA} is not readable JSON "
+                                       f"({type(e).__name__}: {e})") from None
     meta = step.get("custom_metadata", {}).get("bpjax") if isinstance(step, dict) else None
     if meta is None:
-        raise _errors.BpjaxError(where, f"not a bpjax checkpoint: orbax's {STEP_METADATA} holds no bpjax record "
-                                        f"(a directory written by orbax itself, not by bp.checkpoint.save?)")
+        raise errors.BpjaxError(where, f"not a bpjax checkpoint: orbax's {STEP_METADATA} holds no bpjax record "
+                                       f"(a directory written by orbax itself, not by bp.checkpoint.save?)")
     _check_format(where, meta)
     return meta
 
@@ -209,12 +209,12 @@ def read_arrays(where: str, path: str, meta: dict, like_leaves) -> list:
                 targets = {n: _target(r, leaf) for n, r, leaf in zip(names, records, like_leaves)}
             out = checkpointer.restore(path, args=ocp.args.StandardRestore(targets))
     except Exception as e:  # noqa: BLE001 -- a missing file is a ValueError, a truncated one a bare Exception
-        raise _errors.BpjaxError(where, f"damaged or incomplete sharded checkpoint (expected the directory that "
-                                        f"bp.checkpoint.save(backend=\"orbax\") wrote): {type(e).__name__}: "
-                                        f"{str(e)[:500]}") from None
+        raise errors.BpjaxError(where, f"damaged or incomplete sharded checkpoint (expected the directory that "
+                                       f"bp.checkpoint.save(backend=\"orbax\") wrote): {type(e).__name__}: "
+                                       f"{str(e)[:500]}") from None
     values = [out[n] for n in names]
     for rec, want, found in zip(records, meta["checksums"], checksums(values)):
         if found != want:
-            raise _errors.BpjaxError(where, f"checksum mismatch at leaf {_label(rec['path'])}, the checkpoint's data "
-                                            f"is corrupted: expected {want}, got {found}")
+            raise errors.BpjaxError(where, f"checksum mismatch at leaf {_label(rec['path'])}, the checkpoint's data "
+                                           f"is corrupted: expected {want}, got {found}")
     return values

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bpjax import _errors
+from bpjax import errors
 from bpjax.core import Layer, apply, check_model, vjp
 from bpjax.gradcheck import judge as _judge
 from bpjax.gradcheck import measure, paths
@@ -48,7 +48,7 @@ def _cotangent(where, y, dy, seed):
     if str(jax.tree.structure(dy)) != str(jax.tree.structure(y)) or any(
             jnp.shape(a) != jnp.shape(b) for a, b in zip(jax.tree.leaves(dy), jax.tree.leaves(y))):
         shapes = lambda t: jax.tree.map(lambda a: tuple(jnp.shape(a)), t)  # noqa: E731
-        raise _errors.BpjaxError(where, f"dy must have the output's shape {shapes(y)}, got {shapes(dy)}")
+        raise errors.BpjaxError(where, f"dy must have the output's shape {shapes(y)}, got {shapes(dy)}")
     return dy
 
 

@@ -9,9 +9,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bpjax import _errors
+from bpjax import errors
 from bpjax.core import Layer, check_model
-from bpjax.grad import check_finite, gradients
+from bpjax.grad import gradients
 from bpjax.gradcheck import judge as _judge
 from bpjax.gradcheck import measure, paths, world64
 from bpjax.gradcheck.report import GradientReport
@@ -25,7 +25,7 @@ REFERENCES = {"jit": "jax.grad under jit", "eager": "jax.grad, eager (not under 
 def _manual(model, loss, train, params, x, y, state, key):
     """The hand-written ``(value, new_state, (dparams, dx))``; value checks (labels in range) through ``checkify``."""
     fn = gradients(model, loss, wrt_input=True)
-    return _errors.checked(lambda p, x, y: fn(p, x, y, state, key, train))(params, x, y)
+    return errors.checked(lambda p, x, y: fn(p, x, y, state, key, train))(params, x, y)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
@@ -51,14 +51,14 @@ def check_settings(where: str, rtol, fd_eps, fd_rtol, fd_directions, finite_diff
     """Tolerances and settings: positive numbers, a positive int, ``None``/bool switches, a known reference."""
     for what, value in (("rtol", rtol), ("fd_eps", fd_eps), ("fd_rtol", fd_rtol)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
-            raise _errors.BpjaxError(where, f"{what} must be a positive number, got {value!r}")
+            raise errors.BpjaxError(where, f"{what} must be a positive number, got {value!r}")
     if isinstance(fd_directions, bool) or not isinstance(fd_directions, int) or fd_directions < 1:
-        raise _errors.BpjaxError(where, f"fd_directions must be a positive int, got {fd_directions!r}")
+        raise errors.BpjaxError(where, f"fd_directions must be a positive int, got {fd_directions!r}")
     for what, value in (("finite_differences", finite_differences), ("sweep", sweep_)):
         if value is not None and not isinstance(value, bool):
-            raise _errors.BpjaxTypeError(where, f"{what} must be None (when needed), True or False, got {value!r}")
+            raise errors.BpjaxTypeError(where, f"{what} must be None (when needed), True or False, got {value!r}")
     if reference not in REFERENCES:
-        raise _errors.BpjaxError(where, f"reference must be one of {tuple(REFERENCES)}, got {reference!r}")
+        raise errors.BpjaxError(where, f"reference must be one of {tuple(REFERENCES)}, got {reference!r}")
 
 
 def rows_of(params, x, labels):
@@ -128,12 +128,12 @@ def check_gradients(model: Layer, loss, params, x, y, *, state=None, key=None, t
     for leaf in jax.tree.leaves(x):  # float inputs, or integer ids (embeddings: no input gradient)
         dtype = jnp.result_type(leaf)
         if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)):
-            raise _errors.BpjaxTypeError(model.name, f"expected a real floating-point input (or integer ids), "
-                                                     f"got dtype {dtype}")
-    check_finite("check_gradients", "x", x)
+            raise errors.BpjaxTypeError(model.name, f"expected a real floating-point input (or integer ids), "
+                                                    f"got dtype {dtype}")
+    errors.check_finite("check_gradients", "x", x)
     check_settings("check_gradients", rtol, fd_eps, fd_rtol, fd_directions, finite_differences, reference, sweep)
     error, (_, _, manual) = _manual(model, loss, train, params, x, y, state, key)
-    _errors.throw(error)
+    errors.throw(error)
     ref = reference_gradients(reference, model, loss, train, params, x, y, state, key)[2]
     keep, names, labels = rows_of(params, x, paths.labels(model, params))
     whose = paths.backwards(model, params, x)  # hand-written, or jax.vjp in an Autodiff layer

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from bpjax import _errors
+from bpjax import errors
 
 F64 = jnp.dtype("float64")
 _IMPLS = {"threefry2x32": jrandom.threefry_prng_impl, "rbg": jrandom.rbg_prng_impl,
@@ -38,7 +38,7 @@ def to64(tree):
     def cast(a):
         if not jnp.issubdtype(jnp.result_type(a), jnp.floating):
             return a
-        local = _errors.is_concrete(a) and not (isinstance(a, jax.Array) and not a.is_fully_addressable)
+        local = errors.is_concrete(a) and not (isinstance(a, jax.Array) and not a.is_fully_addressable)
         return jnp.asarray(np.asarray(a, np.float64)) if local else jnp.asarray(a, F64)
 
     return jax.tree.map(cast, tree)

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import erfc
 
-from bpjax import _errors
+from bpjax import errors
 from bpjax.core import Layer
 
 
@@ -37,8 +37,8 @@ def _parameter_free(name, f, backward, keep, min_rank) -> Layer:
         return tuple(input_shape), ()
 
     def forward(params, z):
-        _errors.check_floating(name, z)
-        _errors.check_ndim(name, z, tuple(range(min_rank, 8)))
+        errors.check_floating(name, z)
+        errors.check_ndim(name, z, tuple(range(min_rank, 8)))
         a = f(z)
         return a, (z if keep == "z" else a if keep == "a" else ())
 
@@ -80,7 +80,7 @@ def Relu() -> Layer:
 
 def _check_number(where: str, what: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise _errors.BpjaxError(where, f"{what} must be a finite real number, got {value!r}")
+        raise errors.BpjaxError(where, f"{what} must be a finite real number, got {value!r}")
 
 
 def LeakyRelu(negative_slope: float = 0.01) -> Layer:

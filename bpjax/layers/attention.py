@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from bpjax import _errors
+from bpjax import errors
 from bpjax.branching import Residual
 from bpjax.combinators import container, serial
 from bpjax.core import Layer, apply
@@ -75,16 +75,16 @@ def _split_input(name, x):
     if not isinstance(x, (tuple, list)):
         return x, None
     if len(x) != 2:
-        raise _errors.BpjaxError(name, f"expected x: (B, T, D) or a pair (x, mask) with mask: (B, T), got a "
-                                       f"{type(x).__name__} of length {len(x)}")
+        raise errors.BpjaxError(name, f"expected x: (B, T, D) or a pair (x, mask) with mask: (B, T), got a "
+                                      f"{type(x).__name__} of length {len(x)}")
     x, mask = x
     dtype = jnp.result_type(mask)
     if not (dtype == jnp.bool_ or jnp.issubdtype(dtype, jnp.integer)):
-        raise _errors.BpjaxTypeError(name, f"mask must be boolean (or integer 0/1), True where a key is a real "
-                                           f"token, got dtype {dtype}")
+        raise errors.BpjaxTypeError(name, f"mask must be boolean (or integer 0/1), True where a key is a real "
+                                          f"token, got dtype {dtype}")
     if jnp.ndim(x) != 3 or jnp.shape(mask) != jnp.shape(x)[:2]:
-        raise _errors.BpjaxError(name, f"mask must have shape (B, T) = {tuple(jnp.shape(x)[:2])} to match x of "
-                                       f"shape {tuple(jnp.shape(x))}, got {tuple(jnp.shape(mask))}")
+        raise errors.BpjaxError(name, f"mask must have shape (B, T) = {tuple(jnp.shape(x)[:2])} to match x of "
+                                      f"shape {tuple(jnp.shape(x))}, got {tuple(jnp.shape(mask))}")
     return x, jnp.asarray(mask).astype(bool)
 
 
@@ -142,30 +142,30 @@ def MultiHeadSelfAttention(num_heads: int, *, head_dim: int | None = None, causa
     """
     from bpjax.layers.dropout import Dropout
 
-    H = _errors.positive_int("MultiHeadSelfAttention", "num_heads", num_heads)
+    H = errors.positive_int("MultiHeadSelfAttention", "num_heads", num_heads)
     if head_dim is not None:
-        head_dim = _errors.positive_int("MultiHeadSelfAttention", "head_dim", head_dim)
+        head_dim = errors.positive_int("MultiHeadSelfAttention", "head_dim", head_dim)
     name = name or f"MultiHeadSelfAttention({H}{', causal' if causal else ''})"
     param_dtype(name, dtype)
     keys = sorted([f"W{c}" for c in (*_PROJ, "o")] + ([f"b{c}" for c in (*_PROJ, "o")] if bias else []))
     w_init = initializer(init, stddev)
     o_init = w_init if out_init is None else initializer(out_init, stddev)
-    with _errors.context(f"{name} dropout"):
+    with errors.context(f"{name} dropout"):
         drop = Dropout(dropout) if dropout else None
 
     def width(D):
         """``H * hd`` for model width ``D``, or an error when ``hd`` defaults and ``H`` does not divide ``D``."""
         if head_dim is None and D % H:
-            raise _errors.BpjaxError(name, f"model width D={D} is not divisible by num_heads={H}; "
-                                           f"expected D a multiple of {H} (or pass head_dim)")
+            raise errors.BpjaxError(name, f"model width D={D} is not divisible by num_heads={H}; "
+                                          f"expected D a multiple of {H} (or pass head_dim)")
         return H * (head_dim or D // H)
 
     def init_fn(key, input_shape):
         if len(input_shape) == 2 and all(isinstance(s, (tuple, list)) for s in input_shape):
             input_shape = input_shape[0]                          # ((T, D), (T,)): x with its mask
         if len(input_shape) != 2:
-            raise _errors.BpjaxError(name, f"expected an input shape (T, D) (one sequence, no batch axis), "
-                                           f"got {tuple(input_shape)}")
+            raise errors.BpjaxError(name, f"expected an input shape (T, D) (one sequence, no batch axis), "
+                                          f"got {tuple(input_shape)}")
         D = int(input_shape[-1])
         HD, dt = width(D), param_dtype(name, dtype)
         kq, kk, kv, ko = jax.random.split(key, 4)
@@ -177,24 +177,24 @@ def MultiHeadSelfAttention(num_heads: int, *, head_dim: int | None = None, causa
         return tuple(input_shape), params
 
     def check(params, x):
-        _errors.check_floating(name, x)
+        errors.check_floating(name, x)
         if x.ndim != 3:
-            raise _errors.shape_error(name, "a rank-3 input (B, T, D)", x)
+            raise errors.shape_error(name, "a rank-3 input (B, T, D)", x)
         if not isinstance(params, dict) or sorted(params) != keys:
             got = sorted(params) if isinstance(params, dict) else type(params).__name__
-            raise _errors.BpjaxError(name, f"params do not match the layer: expected keys {keys}, got {got}")
+            raise errors.BpjaxError(name, f"params do not match the layer: expected keys {keys}, got {got}")
         D, Wq = x.shape[-1], params["Wq"]
         if Wq.ndim == 2 and Wq.shape[0] != D:
-            raise _errors.BpjaxError(name, f"expected input with {Wq.shape[0]} features on the last axis "
-                                           f"(shape (B, T, {Wq.shape[0]})), got shape {tuple(x.shape)}")
+            raise errors.BpjaxError(name, f"expected input with {Wq.shape[0]} features on the last axis "
+                                          f"(shape (B, T, {Wq.shape[0]})), got shape {tuple(x.shape)}")
         HD = width(D)
         want = {"Wq": (D, HD), "Wk": (D, HD), "Wv": (D, HD), "Wo": (HD, D)}
         if bias:
             want.update(bq=(HD,), bk=(HD,), bv=(HD,), bo=(D,))
         for k, shape in want.items():
             if tuple(params[k].shape) != shape:
-                raise _errors.BpjaxError(name, f"params do not match the layer: expected {k} {shape} for "
-                                               f"input width D={D} and {H} heads, got {tuple(params[k].shape)}")
+                raise errors.BpjaxError(name, f"params do not match the layer: expected {k} {shape} for "
+                                              f"input width D={D} and {H} heads, got {tuple(params[k].shape)}")
 
     def run(params, x, key, train):
         x, key_mask = _split_input(name, x)
@@ -205,7 +205,7 @@ def MultiHeadSelfAttention(num_heads: int, *, head_dim: int | None = None, causa
         p = _masked_softmax(s, _visible(T, causal, key_mask))    # p = softmax(s), 0 where masked
         dropped = ()
         if drop is not None:                                      # p~ = Dropout(p), its mask kept
-            with _errors.context(name):
+            with errors.context(name):
                 p_drop, saved, _ = drop.forward((), p, state=(), key=key, train=train)
             dropped = (saved,)
         else:
@@ -304,16 +304,16 @@ def TransformerBlock(num_heads: int, *, mlp_features: int, causal: bool = True, 
       dtype: parameter dtype of every sub-layer (layer norms included); default the canonical float.
       name: display name (default ``TransformerBlock(H, mlp_features=..., causal)``).
     """
-    num_heads = _errors.positive_int("TransformerBlock", "num_heads", num_heads)
-    mlp_features = _errors.positive_int("TransformerBlock", "mlp_features", mlp_features)
+    num_heads = errors.positive_int("TransformerBlock", "num_heads", num_heads)
+    mlp_features = errors.positive_int("TransformerBlock", "mlp_features", mlp_features)
     name = name or f"TransformerBlock({num_heads}, mlp_features={mlp_features}{', causal' if causal else ''})"
     param_dtype(name, dtype)
     w = dict(init=init, stddev=stddev, bias=bias, dtype=dtype)
     w_out = w if out_init is None else dict(w, init=out_init)
-    with _errors.context(f"{name} attention_dropout"):
+    with errors.context(f"{name} attention_dropout"):
         attention = MultiHeadSelfAttention(num_heads, causal=causal, dropout=attention_dropout, out_init=out_init,
                                            **w)
-    with _errors.context(f"{name} residual_dropout"):
+    with errors.context(f"{name} residual_dropout"):
         drops = [optional_dropout(residual_dropout) for _ in range(2)]
     gelu = Gelu(approximate_gelu)
 
@@ -326,9 +326,9 @@ def TransformerBlock(num_heads: int, *, mlp_features: int, causal: bool = True, 
 
     def init_with(key, input_shape, with_state):
         if len(input_shape) != 2:
-            raise _errors.BpjaxError(name, f"expected an input shape (T, D) (one sequence, no batch axis), "
-                                           f"got {tuple(input_shape)}")
-        with _errors.context(name):
+            raise errors.BpjaxError(name, f"expected an input shape (T, D) (one sequence, no batch axis), "
+                                          f"got {tuple(input_shape)}")
+        with errors.context(name):
             composed = block(int(input_shape[-1]))
             shape, values = (composed.init_state if with_state else composed.init)(key, tuple(input_shape))
         if with_state:
@@ -337,15 +337,15 @@ def TransformerBlock(num_heads: int, *, mlp_features: int, causal: bool = True, 
         return shape, jax.tree.map(lambda a: a.astype(dt), values)
 
     def run(params, x, state, key, train):
-        _errors.check_floating(name, x)
+        errors.check_floating(name, x)
         if x.ndim != 3:
-            raise _errors.shape_error(name, "a rank-3 input (B, T, D)", x)
-        with _errors.context(name):
+            raise errors.shape_error(name, "a rank-3 input (B, T, D)", x)
+        with errors.context(name):
             return apply(block(x.shape[-1]), params, x, state=state, key=key, train=train)
 
     def backward(params, residuals, dy):
         # in the forward pass this was: y = serial(Residual(attn), Residual(mlp))(x), width D = dy.shape[-1]
-        with _errors.context(name):
+        with errors.context(name):
             return block(dy.shape[-1]).backward(params, residuals, dy)
 
     contextual = bool(attention_dropout or residual_dropout)

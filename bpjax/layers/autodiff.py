@@ -28,7 +28,7 @@ from typing import Callable, Optional
 
 import jax
 
-from bpjax import _errors, contract
+from bpjax import contract, errors
 from bpjax.core import Layer
 
 
@@ -51,9 +51,9 @@ def Autodiff(apply: Callable, init: Callable, *, name: Optional[str] = None) -> 
     """
     if not callable(apply) or not callable(init):
         bad, what = (apply, "apply") if not callable(apply) else (init, "init")
-        raise _errors.BpjaxTypeError("Autodiff", f"{what} must be a function, got {type(bad).__name__}: pass "
-                                                 f"apply(params, x) -> y and init(key, input_shape) -> "
-                                                 f"(output_shape, params)")
+        raise errors.BpjaxTypeError("Autodiff", f"{what} must be a function, got {type(bad).__name__}: pass "
+                                                f"apply(params, x) -> y and init(key, input_shape) -> "
+                                                f"(output_shape, params)")
     fn_name = getattr(apply, "__name__", "<lambda>")
     name = name or ("Autodiff" if fn_name == "<lambda>" else f"Autodiff({fn_name})")
 
@@ -85,13 +85,13 @@ def Autodiff(apply: Callable, init: Callable, *, name: Optional[str] = None) -> 
         _, shapes, treedef, where = traced[0]
         describe = lambda t: [(tuple(a.shape), str(a.dtype)) for a in jax.tree.leaves(t)]  # noqa: E731
         if str(jax.tree.structure(dy)) != str(jax.tree.structure(y)) or describe(dy) != describe(y):
-            raise _errors.BpjaxError(name, f"expected dy with the output's shapes and dtypes {describe(y)}, got "
-                                           f"{describe(dy)}")
+            raise errors.BpjaxError(name, f"expected dy with the output's shapes and dtypes {describe(y)}, got "
+                                          f"{describe(dy)}")
         fresh = [s for s, i in zip(shapes, where) if i is None]
         if describe(kept) != describe(fresh):
-            raise _errors.BpjaxError(name, f"apply traced differently in the backward than in the forward: kept "
-                                           f"{describe(kept)}, traced {describe(fresh)}; apply must be a pure "
-                                           f"function of (params, x)")
+            raise errors.BpjaxError(name, f"apply traced differently in the backward than in the forward: kept "
+                                          f"{describe(kept)}, traced {describe(fresh)}; apply must be a pure "
+                                          f"function of (params, x)")
         own, it = jax.tree.leaves(params), iter(kept)
         leaves = [own[i] if i is not None else next(it) for i in where]
         return jax.tree.unflatten(treedef, leaves)(dy)  # (dparams, dx) = pullback(dy)

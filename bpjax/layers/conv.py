@@ -31,7 +31,7 @@ from typing import Sequence, Tuple, Union
 import jax.numpy as jnp
 from jax import lax
 
-from bpjax import _errors
+from bpjax import errors
 from bpjax.core import Layer
 from bpjax.initializers import Initializer, initializer, param_dtype
 from bpjax.rules import rule_tag, with_backward_rule
@@ -48,10 +48,10 @@ IM2COL_MAX_ELEMENTS = 1 << 17
 def tuple_arg(where: str, what: str, value, n: int) -> Tuple[int, ...]:
     """``value`` (a positive int, or a length-``n`` tuple or list of them) as an ``n``-tuple of ints."""
     if not isinstance(value, (tuple, list)):
-        return (_errors.positive_int(where, what, value),) * n
+        return (errors.positive_int(where, what, value),) * n
     if len(value) != n:
-        raise _errors.BpjaxError(where, f"{what} must be a positive int or a tuple of {n} of them, got {value!r}")
-    return tuple(_errors.positive_int(where, f"{what}[{i}]", v) for i, v in enumerate(value))
+        raise errors.BpjaxError(where, f"{what} must be a positive int or a tuple of {n} of them, got {value!r}")
+    return tuple(errors.positive_int(where, f"{what}[{i}]", v) for i, v in enumerate(value))
 
 
 def padding_arg(where: str, padding, n: int):
@@ -66,8 +66,8 @@ def padding_arg(where: str, padding, n: int):
     if isinstance(padding, (tuple, list)) and len(padding) == n and all(
             isinstance(p, (tuple, list)) and len(p) == 2 and all(count(v) for v in p) for p in padding):
         return tuple((int(lo), int(hi)) for lo, hi in padding)
-    raise _errors.BpjaxError(where, f"padding must be 'SAME', 'VALID', an int >= 0 or {n} pairs (lo, hi) of "
-                                    f"ints >= 0, got {padding!r}")
+    raise errors.BpjaxError(where, f"padding must be 'SAME', 'VALID', an int >= 0 or {n} pairs (lo, hi) of "
+                                   f"ints >= 0, got {padding!r}")
 
 
 def window_geometry(where: str, sizes, k_eff, stride, padding):
@@ -88,8 +88,8 @@ def window_geometry(where: str, sizes, k_eff, stride, padding):
     out = []
     for axis, (size, k, s, (lo, hi)) in enumerate(zip(sizes, k_eff, stride, pads)):
         if size + lo + hi < k:
-            raise _errors.BpjaxError(where, f"window {k} (dilated) is bigger than the padded input on spatial axis "
-                                            f"{axis}: size {size} + padding ({lo}, {hi}) = {size + lo + hi}")
+            raise errors.BpjaxError(where, f"window {k} (dilated) is bigger than the padded input on spatial axis "
+                                           f"{axis}: size {size} + padding ({lo}, {hi}) = {size + lo + hi}")
         out.append((size + lo + hi - k) // s + 1)
     return pads, tuple(out)
 
@@ -98,8 +98,8 @@ def init_geometry(name: str, n: int, input_shape, geometry):
     """Check a per-example ``input_shape`` (``n`` spatial axes, then channels); ``-> (shape, out sizes)``."""
     input_shape = tuple(input_shape)
     if len(input_shape) != n + 1:
-        raise _errors.BpjaxError(name, f"expected an input shape of rank {n + 1} (spatial..., C) per example, "
-                                       f"got {input_shape}")
+        raise errors.BpjaxError(name, f"expected an input shape of rank {n + 1} (spatial..., C) per example, "
+                                      f"got {input_shape}")
     return input_shape, geometry(input_shape)[1]
 
 
@@ -141,28 +141,28 @@ def col2im(dP, sizes, ks, stride, dilation, pads):
 
 def _conv(n: int, cls: str, features, kernel_size, stride, padding, dilation, groups, bias, init, stddev, dtype,
           name, backward_rule, feedback_init):
-    features = _errors.positive_int(cls, "features", features)
+    features = errors.positive_int(cls, "features", features)
     ks = tuple_arg(cls, "kernel_size", kernel_size, n)
     stride = tuple_arg(cls, "stride", stride, n)
     dilation = tuple_arg(cls, "dilation", dilation, n)
     padding = padding_arg(cls, padding, n)
-    if features % _errors.positive_int(cls, "groups", groups):
-        raise _errors.BpjaxError(cls, f"groups must divide features={features}, got groups={groups}")
+    if features % errors.positive_int(cls, "groups", groups):
+        raise errors.BpjaxError(cls, f"groups must divide features={features}, got groups={groups}")
     tag = rule_tag(cls, backward_rule)
     name = name or f"{cls}({features}, {ks if n > 1 else ks[0]}{tag})"
     param_dtype(name, dtype)
     k_eff = tuple((k - 1) * d + 1 for k, d in zip(ks, dilation))
     G, F = groups, features
     sp = _SPATIAL[n]
-    with _errors.context(name):  # a bad init names the layer
+    with errors.context(name):  # a bad init names the layer
         w_init = initializer(init, stddev)
 
     def geometry(in_shape):
         """``in_shape`` (L, C_in) or (H, W, C_in) -> pads and output spatial sizes; checks the groups."""
         c_in = in_shape[-1]
         if c_in % G:
-            raise _errors.BpjaxError(name, f"groups={G} must divide the input channels, got C_in={c_in} "
-                                           f"(input shape {tuple(in_shape)})")
+            raise errors.BpjaxError(name, f"groups={G} must divide the input channels, got C_in={c_in} "
+                                          f"(input shape {tuple(in_shape)})")
         return window_geometry(name, in_shape[:-1], k_eff, stride, padding)
 
     def init_fn(key, input_shape):
@@ -177,18 +177,18 @@ def _conv(n: int, cls: str, features, kernel_size, stride, padding, dilation, gr
         keys = {"W", "b"} if bias else {"W"}
         if not isinstance(params, dict) or set(params) != keys:
             got = sorted(params) if isinstance(params, dict) else type(params).__name__
-            raise _errors.BpjaxError(name, f"params do not match the layer: expected keys {sorted(keys)}, got {got}")
-        _errors.check_floating(name, x)
-        _errors.check_ndim(name, x, n + 2)
+            raise errors.BpjaxError(name, f"params do not match the layer: expected keys {sorted(keys)}, got {got}")
+        errors.check_floating(name, x)
+        errors.check_ndim(name, x, n + 2)
         W = params["W"]
         want = f"W ({', '.join(map(str, ks))}, C_in // {G}, {F})" + (f" and b ({F},)" if bias else "")
         if W.ndim != n + 2 or W.shape[:n] != ks or W.shape[-1] != F or (bias and params["b"].shape != (F,)):
-            raise _errors.BpjaxError(name, f"params do not match the layer: expected {want}, got W {tuple(W.shape)}"
-                                           + (f" and b {tuple(params['b'].shape)}" if bias else ""))
+            raise errors.BpjaxError(name, f"params do not match the layer: expected {want}, got W {tuple(W.shape)}"
+                                          + (f" and b {tuple(params['b'].shape)}" if bias else ""))
         if x.shape[-1] != W.shape[-2] * G:
-            raise _errors.BpjaxError(name, f"expected {W.shape[-2] * G} input channels on the last axis (W has "
-                                           f"{W.shape[-2]} per group, groups={G}), got an input of shape "
-                                           f"{tuple(x.shape)}")
+            raise errors.BpjaxError(name, f"expected {W.shape[-2] * G} input channels on the last axis (W has "
+                                          f"{W.shape[-2]} per group, groups={G}), got an input of shape "
+                                          f"{tuple(x.shape)}")
         return geometry(x.shape[1:])
 
     def forward(params, x):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from bpjax import _errors
+from bpjax import errors
 from bpjax.core import Layer
 from bpjax.initializers import Initializer, initializer, param_dtype
 from bpjax.rules import rule_tag, with_backward_rule
@@ -42,15 +42,15 @@ def Dense(features: int, *, init: Initializer = "glorot_uniform", stddev: float 
           (:func:`bpjax.rules.sign_feedback`); no state.
       feedback_init: initialiser of ``B`` for ``"feedback_alignment"`` (default: ``init``).
     """
-    features = _errors.positive_int("Dense", "features", features)
+    features = errors.positive_int("Dense", "features", features)
     name = name or f"Dense({features}{rule_tag('Dense', backward_rule)})"
     param_dtype(name, dtype)
-    with _errors.context(name):  # a bad init names the layer
+    with errors.context(name):  # a bad init names the layer
         w_init = initializer(init, stddev)
 
     def init_fn(key, input_shape):
         if len(input_shape) < 1:
-            raise _errors.BpjaxError(name, f"expected an input shape with a feature axis, got {tuple(input_shape)}")
+            raise errors.BpjaxError(name, f"expected an input shape with a feature axis, got {tuple(input_shape)}")
         d_in, dt = int(input_shape[-1]), param_dtype(name, dtype)
         params = {"W": w_init(key, (d_in, features), dt)}
         if bias:
@@ -85,18 +85,18 @@ def _check(name: str, features: int, bias: bool, params, x) -> None:
     keys = ["W", "b"] if bias else ["W"]
     if not isinstance(params, dict) or set(params) != set(keys):
         got = sorted(params) if isinstance(params, dict) else type(params).__name__
-        raise _errors.BpjaxError(name, f"params do not match the layer: expected keys {keys}, got {got}")
-    _errors.check_floating(name, x)
-    _errors.check_ndim(name, x, tuple(range(2, 8)))
+        raise errors.BpjaxError(name, f"params do not match the layer: expected keys {keys}, got {got}")
+    errors.check_floating(name, x)
+    errors.check_ndim(name, x, tuple(range(2, 8)))
     W = params["W"]
-    _errors.check_floating(name, W, "weight W")
+    errors.check_floating(name, W, "weight W")
     if W.ndim != 2 or W.shape[1] != features or (bias and params["b"].shape != (features,)):
-        raise _errors.BpjaxError(name, f"params do not match the layer: expected W (D_in, {features}) "
-                                       f"and b ({features},), got W {tuple(W.shape)}"
-                                       + (f" and b {tuple(params['b'].shape)}" if bias else ""))
+        raise errors.BpjaxError(name, f"params do not match the layer: expected W (D_in, {features}) "
+                                      f"and b ({features},), got W {tuple(W.shape)}"
+                                      + (f" and b {tuple(params['b'].shape)}" if bias else ""))
     if x.shape[-1] != W.shape[0]:
-        raise _errors.BpjaxError(name, f"expected input with {W.shape[0]} features on the last axis "
-                                       f"(shape (B, ..., {W.shape[0]})), got shape {tuple(x.shape)}")
+        raise errors.BpjaxError(name, f"expected input with {W.shape[0]} features on the last axis "
+                                      f"(shape (B, ..., {W.shape[0]})), got shape {tuple(x.shape)}")
 
 
 __all__ = ["Dense"]

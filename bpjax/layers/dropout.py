@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from bpjax import _errors
+from bpjax import errors
 from bpjax.core import Layer, read_mode, tag_mode
 
 
@@ -27,7 +27,7 @@ def Dropout(rate: float, *, name: str | None = None) -> Layer:
       name: display name (default ``Dropout(rate)``).
     """
     if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
-        raise _errors.BpjaxError("Dropout", f"rate must be a number in [0, 1), got {rate!r}")
+        raise errors.BpjaxError("Dropout", f"rate must be a number in [0, 1), got {rate!r}")
     name = name or f"Dropout({rate})"
     scale = 1.0 / (1.0 - rate)
 
@@ -35,13 +35,13 @@ def Dropout(rate: float, *, name: str | None = None) -> Layer:
         return tuple(input_shape), ()
 
     def forward(params, x, *, state, key, train):
-        _errors.check_floating(name, x)
-        _errors.check_ndim(name, x, tuple(range(1, 8)))
+        errors.check_floating(name, x)
+        errors.check_ndim(name, x, tuple(range(1, 8)))
         if not train or rate == 0:
             return x, tag_mode(False, ()), state  # identity (eval, or rate 0): nothing to remember
         if key is None:
-            raise _errors.BpjaxError(name, "train mode with rate > 0 needs a PRNG key: pass key=jax.random.key(...) "
-                                           "(or train=False for evaluation)")
+            raise errors.BpjaxError(name, "train mode with rate > 0 needs a PRNG key: pass key=jax.random.key(...) "
+                                          "(or train=False for evaluation)")
         mask = jax.random.bernoulli(key, 1.0 - rate, x.shape)
         return jnp.where(mask, x * scale, 0), tag_mode(True, mask), state  # the backward reuses this mask
 

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bpjax import _errors
+from bpjax import errors
 from bpjax.core import Layer
 from bpjax.initializers import Initializer, initializer, param_dtype
 
@@ -34,11 +34,11 @@ def Embedding(vocab: int, features: int, *, init: Initializer = "normal", stddev
       dtype: dtype of ``E``; default the canonical float (float32, or float64 with x64 on).
       name: display name (default ``Embedding(vocab, features)``).
     """
-    vocab = _errors.positive_int("Embedding", "vocab", vocab)
-    features = _errors.positive_int("Embedding", "features", features)
+    vocab = errors.positive_int("Embedding", "vocab", vocab)
+    features = errors.positive_int("Embedding", "features", features)
     name = name or f"Embedding({vocab}, {features})"
     param_dtype(name, dtype)
-    with _errors.context(name):  # a bad init names the layer
+    with errors.context(name):  # a bad init names the layer
         e_init = initializer(init, stddev)
 
     def init_fn(key, input_shape):
@@ -48,19 +48,19 @@ def Embedding(vocab: int, features: int, *, init: Initializer = "normal", stddev
         if not isinstance(params, dict) or set(params) != {"E"} or jnp.shape(params["E"]) != (vocab, features):
             got = {k: tuple(jnp.shape(v)) for k, v in params.items()} if isinstance(params, dict) \
                 else type(params).__name__
-            raise _errors.BpjaxError(name, f"params do not match the layer: expected {{'E': ({vocab}, {features})}}, "
-                                           f"got {got}")
+            raise errors.BpjaxError(name, f"params do not match the layer: expected {{'E': ({vocab}, {features})}}, "
+                                          f"got {got}")
         dtype = jnp.result_type(ids)
         if not jnp.issubdtype(dtype, jnp.integer):
-            raise _errors.BpjaxTypeError(name, f"expected integer ids (B, ...), got dtype {dtype}")
-        _errors.check_ndim(name, ids, tuple(range(1, 8)), "ids array")
-        xp = _errors.array_module(ids)
+            raise errors.BpjaxTypeError(name, f"expected integer ids (B, ...), got dtype {dtype}")
+        errors.check_ndim(name, ids, tuple(range(1, 8)), "ids array")
+        xp = errors.array_module(ids)
         i = xp.asarray(ids)
-        ok = jnp.asarray(True) if ids.size == 0 else _errors.check_value(
+        ok = jnp.asarray(True) if ids.size == 0 else errors.check_value(
             name, xp.all((i >= 0) & (i < vocab)), "ids must lie in [0, {vocab}), got min {lo} and max {hi}",
             vocab=vocab, lo=xp.min(i), hi=xp.max(i))
         y = jnp.take(params["E"], ids, axis=0)  # y = E[ids]
-        return _errors.poison(y, ok), ids  # NaN (and NaN gradients) when a traced range check failed
+        return errors.poison(y, ok), ids  # NaN (and NaN gradients) when a traced range check failed
 
     def backward(params, ids, dy):
         # in the forward pass this was: y = E[ids], so now we scatter-add: dE[ids] += dy

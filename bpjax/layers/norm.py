@@ -11,27 +11,27 @@ import math
 
 import jax.numpy as jnp
 
-from bpjax import _errors
+from bpjax import errors
 from bpjax.core import Layer, read_mode, tag_mode
 from bpjax.initializers import Initializer, initializer, param_dtype
 
 
 def _check_hyper(where: str, eps, momentum=None) -> None:
     if not isinstance(eps, (int, float)) or not eps > 0:
-        raise _errors.BpjaxError(where, f"eps must be a positive number, got {eps!r}")
+        raise errors.BpjaxError(where, f"eps must be a positive number, got {eps!r}")
     if momentum is not None and (not isinstance(momentum, (int, float)) or not 0 <= momentum <= 1):
-        raise _errors.BpjaxError(where, f"momentum must be a number in [0, 1], got {momentum!r}")
+        raise errors.BpjaxError(where, f"momentum must be a number in [0, 1], got {momentum!r}")
 
 
 def _affine_init(name: str, init: Initializer, dtype):
     """``init(key, input_shape: (..., C)) -> (input_shape, {"scale": init (C,), "b": zeros (C,)})``."""
     param_dtype(name, dtype)
-    with _errors.context(name):
+    with errors.context(name):
         scale_init = initializer(init)
 
     def init_fn(key, input_shape):
         if len(input_shape) < 1:
-            raise _errors.BpjaxError(name, f"expected an input shape with a feature axis, got {tuple(input_shape)}")
+            raise errors.BpjaxError(name, f"expected an input shape with a feature axis, got {tuple(input_shape)}")
         C, dt = int(input_shape[-1]), param_dtype(name, dtype)
         return tuple(input_shape), {"scale": scale_init(key, (C,), dt), "b": jnp.zeros((C,), dt)}
 
@@ -42,16 +42,16 @@ def _check_input(name: str, params, x, min_ndim: int) -> int:
     """Validate ``params = {"scale": (C,), "b": (C,)}`` and ``x: (..., C)``; return ``C``."""
     if not isinstance(params, dict) or set(params) != {"scale", "b"}:
         got = sorted(params) if isinstance(params, dict) else type(params).__name__
-        raise _errors.BpjaxError(name, f"params do not match the layer: expected keys ['b', 'scale'], got {got}")
-    _errors.check_floating(name, x)
-    _errors.check_ndim(name, x, tuple(range(min_ndim, 8)))
+        raise errors.BpjaxError(name, f"params do not match the layer: expected keys ['b', 'scale'], got {got}")
+    errors.check_floating(name, x)
+    errors.check_ndim(name, x, tuple(range(min_ndim, 8)))
     C = params["scale"].shape[-1] if params["scale"].ndim == 1 else -1
     if params["scale"].shape != (C,) or params["b"].shape != (C,):
-        raise _errors.BpjaxError(name, f"params do not match the layer: expected scale and b of shape (C,), "
-                                       f"got {tuple(params['scale'].shape)} and {tuple(params['b'].shape)}")
+        raise errors.BpjaxError(name, f"params do not match the layer: expected scale and b of shape (C,), "
+                                      f"got {tuple(params['scale'].shape)} and {tuple(params['b'].shape)}")
     if x.shape[-1] != C:
-        raise _errors.BpjaxError(name, f"expected input with {C} features on the last axis (shape (B, ..., {C})), "
-                                       f"got shape {tuple(x.shape)}")
+        raise errors.BpjaxError(name, f"expected input with {C} features on the last axis (shape (B, ..., {C})), "
+                                      f"got shape {tuple(x.shape)}")
     return C
 
 
@@ -119,8 +119,8 @@ def BatchNorm(*, momentum: float = 0.9, eps: float = 1e-5, init: Initializer = "
         C = _check_input(name, params, x, 2)
         if not isinstance(state, dict) or set(state) != {"mean", "var"} or any(
                 jnp.shape(v) != (C,) for v in state.values()):
-            raise _errors.BpjaxError(name, f"state does not match the layer: expected {{'mean': ({C},), "
-                                           f"'var': ({C},)}}, got {state!r:.200}")
+            raise errors.BpjaxError(name, f"state does not match the layer: expected {{'mean': ({C},), "
+                                          f"'var': ({C},)}}, got {state!r:.200}")
         axes = tuple(range(x.ndim - 1))
         if not train:
             rstd = 1.0 / jnp.sqrt(state["var"].astype(x.dtype) + eps)
@@ -128,8 +128,8 @@ def BatchNorm(*, momentum: float = 0.9, eps: float = 1e-5, init: Initializer = "
             return params["scale"] * xhat + params["b"], tag_mode(False, (xhat, rstd)), state
         N = math.prod(x.shape[:-1])
         if N < 2:
-            raise _errors.BpjaxError(name, f"train mode needs more than one value per channel, got input shape "
-                                           f"{tuple(x.shape)} ({N} per channel)")
+            raise errors.BpjaxError(name, f"train mode needs more than one value per channel, got input shape "
+                                          f"{tuple(x.shape)} ({N} per channel)")
         mean = jnp.mean(x, axis=axes)
         xc = x - mean
         var = jnp.mean(xc * xc, axis=axes)  # biased

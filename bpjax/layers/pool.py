@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bpjax import _errors
+from bpjax import errors
 from bpjax.core import Layer
 from bpjax.layers.conv import (
     IntOrTuple,
@@ -68,8 +68,8 @@ def _pool(n: int, kind: str, window, stride, padding, name):
         pads, out = window_geometry(name, in_shape[:-1], window, stride, padding)
         for axis, ((lo, hi), k) in enumerate(zip(pads, window)):
             if lo >= k or hi >= k:
-                raise _errors.BpjaxError(name, f"padding ({lo}, {hi}) on spatial axis {axis} must be smaller than "
-                                               f"the window {k} (else a window holds only padding)")
+                raise errors.BpjaxError(name, f"padding ({lo}, {hi}) on spatial axis {axis} must be smaller than "
+                                              f"the window {k} (else a window holds only padding)")
         return pads, out
 
     def init(key, input_shape):
@@ -77,8 +77,8 @@ def _pool(n: int, kind: str, window, stride, padding, name):
         return (*out, input_shape[-1]), ()
 
     def windows(x, pad_value):
-        _errors.check_floating(name, x)
-        _errors.check_ndim(name, x, n + 2)
+        errors.check_floating(name, x)
+        errors.check_ndim(name, x, n + 2)
         pads, out = geometry(x.shape[1:])
         return patches(x, window, stride, ones, pads, out, pad_value), pads, out
 
@@ -162,13 +162,13 @@ def GlobalAvgPool(*, name: str | None = None) -> Layer:
 
     def init(key, input_shape):
         if len(input_shape) < 2:
-            raise _errors.BpjaxError(name, f"expected an input shape (spatial..., C) per example, got "
-                                           f"{tuple(input_shape)}")
+            raise errors.BpjaxError(name, f"expected an input shape (spatial..., C) per example, got "
+                                          f"{tuple(input_shape)}")
         return (input_shape[-1],), ()
 
     def forward(params, x):
-        _errors.check_floating(name, x)
-        _errors.check_ndim(name, x, tuple(range(3, 8)))
+        errors.check_floating(name, x)
+        errors.check_ndim(name, x, tuple(range(3, 8)))
         return jnp.mean(x, axis=tuple(range(1, x.ndim - 1))), _carrier(x)
 
     def backward(params, like, dy):

@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from bpjax import _errors
+from bpjax import errors
 from bpjax.core import Layer
 from bpjax.initializers import Initializer, initializer, param_dtype
 from bpjax.layers.cells import _CELLS, _Cell
@@ -50,19 +50,19 @@ def _shapes(cell, D, H):
 
 def _recurrent(cell: _Cell, features: int, return_sequences: bool, init, recurrent_init, forget_bias,
                unroll: int, dtype, name) -> Layer:
-    H = _errors.positive_int(cell.kind, "features", features)
-    unroll = _errors.positive_int(cell.kind, "unroll", unroll)
+    H = errors.positive_int(cell.kind, "features", features)
+    unroll = errors.positive_int(cell.kind, "unroll", unroll)
     G = cell.gates
     name = name or f"{cell.kind}({H})"
     param_dtype(name, dtype)
-    with _errors.context(name):  # a bad init names the layer
+    with errors.context(name):  # a bad init names the layer
         w_init = None if init is None else initializer(init)
         r_init = None if recurrent_init is None else initializer(recurrent_init)
 
     def init_fn(key, input_shape):
         if len(input_shape) != 2 or input_shape[0] < 1:
-            raise _errors.BpjaxError(name, f"expected an input shape (T, D) with T >= 1 (one example, no "
-                                           f"batch axis), got {tuple(input_shape)}")
+            raise errors.BpjaxError(name, f"expected an input shape (T, D) with T >= 1 (one example, no "
+                                          f"batch axis), got {tuple(input_shape)}")
         dt = param_dtype(name, dtype)
         shapes = _shapes(cell, int(input_shape[1]), H)
         keys = jax.random.split(key, len(shapes))
@@ -81,23 +81,23 @@ def _recurrent(cell: _Cell, features: int, return_sequences: bool, init, recurre
         return out, params
 
     def check(params, x):
-        _errors.check_floating(name, x)
+        errors.check_floating(name, x)
         if not isinstance(params, dict) or set(params) != {"Wx", "Wh", "b", *cell.extra}:
             got = sorted(params) if isinstance(params, dict) else type(params).__name__
-            raise _errors.BpjaxError(name, f"params do not match the layer: expected keys "
-                                           f"{sorted(['Wx', 'Wh', 'b', *cell.extra])}, got {got}")
+            raise errors.BpjaxError(name, f"params do not match the layer: expected keys "
+                                          f"{sorted(['Wx', 'Wh', 'b', *cell.extra])}, got {got}")
         if x.ndim != 3:
-            raise _errors.shape_error(name, "a rank-3 input (B, T, D) (batch, time, features)", x)
+            raise errors.shape_error(name, "a rank-3 input (B, T, D) (batch, time, features)", x)
         B, T, D = x.shape
         if T == 0:
-            raise _errors.BpjaxError(name, f"expected at least one time step, got an input of shape {(B, T, D)}")
+            raise errors.BpjaxError(name, f"expected at least one time step, got an input of shape {(B, T, D)}")
         D_w = params["Wx"].shape[0] if params["Wx"].ndim == 2 else D
         want, got = _shapes(cell, D_w, H), {n: tuple(p.shape) for n, p in params.items()}
         if got != want:
-            raise _errors.BpjaxError(name, f"params do not match the layer: expected shapes {want}, got {got}")
+            raise errors.BpjaxError(name, f"params do not match the layer: expected shapes {want}, got {got}")
         if D != D_w:
-            raise _errors.BpjaxError(name, f"expected input with {D_w} features on the last axis "
-                                           f"(shape (B, T, {D_w})), got shape {(B, T, D)}")
+            raise errors.BpjaxError(name, f"expected input with {D_w} features on the last axis "
+                                          f"(shape (B, T, {D_w})), got shape {(B, T, D)}")
 
     def forward(params, x):
         """``x: (B, T, D) -> y: (B, T, H)`` (``return_sequences``) or ``(B, H)`` (the last state).
@@ -116,9 +116,9 @@ def _recurrent(cell: _Cell, features: int, return_sequences: bool, init, recurre
             carry0 = tuple(jnp.zeros((B, H), xp.dtype) for _ in range(cell.n_carry))  # h_0 = 0 (c_0 = 0)
         if not isinstance(carry0, (tuple, list)) or len(carry0) != cell.n_carry or any(
                 jnp.shape(c) != (B, H) for c in carry0):
-            raise _errors.BpjaxError(name, f"the initial state must be a tuple of {cell.n_carry} arrays of shape "
-                                           f"{(B, H)} ((h,) or (h, c)), got "
-                                           f"{jax.tree.map(jnp.shape, carry0)!r:.120}")
+            raise errors.BpjaxError(name, f"the initial state must be a tuple of {cell.n_carry} arrays of shape "
+                                          f"{(B, H)} ((h,) or (h, c)), got "
+                                          f"{jax.tree.map(jnp.shape, carry0)!r:.120}")
         carry0 = tuple(jnp.asarray(c, xp.dtype) for c in carry0)
         carry_T, out = lax.scan(lambda c, xp_t: cell.step(params, c, xp_t), carry0, xp, unroll=unroll)
         hs = out[..., :H]                                         # (T, B, H): h_1 .. h_T
@@ -243,13 +243,13 @@ def Bidirectional(rnn: Layer, *, name: str | None = None) -> Layer:
     un-reverse and run each copy's backward, and add the two ``dx`` (re-reversing the second).
     """
     if not isinstance(rnn, Layer):
-        raise _errors.BpjaxTypeError("Bidirectional", f"expected a bpjax Layer such as GRU(6), got "
-                                                      f"{type(rnn).__name__}")
+        raise errors.BpjaxTypeError("Bidirectional", f"expected a bpjax Layer such as GRU(6), got "
+                                                     f"{type(rnn).__name__}")
     name = name or f"Bidirectional({rnn.name})"
 
     def init(key, input_shape):
         k1, k2 = jax.random.split(key)
-        with _errors.context(name):
+        with errors.context(name):
             shape, p_fwd = rnn.init(k1, input_shape)
             _, p_bwd = rnn.init(k2, input_shape)
         return (*shape[:-1], 2 * shape[-1]), {"fwd": p_fwd, "bwd": p_bwd}
@@ -257,11 +257,11 @@ def Bidirectional(rnn: Layer, *, name: str | None = None) -> Layer:
     def forward(params, x):
         if not isinstance(params, dict) or set(params) != {"fwd", "bwd"}:
             got = sorted(params) if isinstance(params, dict) else type(params).__name__
-            raise _errors.BpjaxError(name, f"params do not match the layer: expected keys ['bwd', 'fwd'], got {got}")
-        _errors.check_tree_like(name, params["bwd"], params["fwd"], "params['bwd'] (like params['fwd'])")
-        _errors.check_ndim(name, x, 3, "input (B, T, D)")
+            raise errors.BpjaxError(name, f"params do not match the layer: expected keys ['bwd', 'fwd'], got {got}")
+        errors.check_tree_like(name, params["bwd"], params["fwd"], "params['bwd'] (like params['fwd'])")
+        errors.check_ndim(name, x, 3, "input (B, T, D)")
         # both copies in ONE loop: vmap over a leading direction axis [fwd, bwd] of params and input
-        with _errors.context(name):
+        with errors.context(name):
             ys, residuals = jax.vmap(rnn.forward)(_stack(params), jnp.stack([x, jnp.flip(x, 1)]))
         y_f, y_b = ys[0], ys[1]
         if y_b.ndim == 3:  # all states: align the backward copy's states with the time axis of x

@@ -6,7 +6,7 @@ import math
 
 import jax.numpy as jnp
 
-from bpjax import _errors
+from bpjax import errors
 from bpjax.core import Layer
 
 
@@ -21,12 +21,12 @@ def Flatten(*, name: str | None = None) -> Layer:
     def init(key, input_shape):
         if not isinstance(input_shape, (tuple, list)) or not all(
                 isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in input_shape):
-            raise _errors.BpjaxError(name, f"expected an input shape (a tuple of ints >= 0, no batch axis), "
-                                           f"got {input_shape!r}")
+            raise errors.BpjaxError(name, f"expected an input shape (a tuple of ints >= 0, no batch axis), "
+                                          f"got {input_shape!r}")
         return (math.prod(input_shape),), ()
 
     def forward(params, x):
-        _errors.check_ndim(name, x, tuple(range(1, 8)))
+        errors.check_ndim(name, x, tuple(range(1, 8)))
         # residual: a zero-size array (0, d1, d2, ...) that carries the input shape and no data
         return x.reshape(x.shape[0], -1), jnp.zeros((0, *x.shape[1:]), x.dtype)
 

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from bpjax import _errors
+from bpjax import errors
 
 __all__ = ["EveryProcess", "broadcast", "every_process", "initialize", "is_main", "on_main", "process_local",
            "to_host"]
@@ -51,17 +51,17 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
         return False
     missing = [k for k, v in zip(ENV, given) if v is None]
     if missing:
-        raise _errors.BpjaxError("initialize", f"expected coordinator_address, num_processes and process_id "
-                                               f"(or the variables {', '.join(ENV)}) together, got none for "
-                                               f"{missing}")
+        raise errors.BpjaxError("initialize", f"expected coordinator_address, num_processes and process_id "
+                                              f"(or the variables {', '.join(ENV)}) together, got none for "
+                                              f"{missing}")
     try:
         count, index = int(given[1]), int(given[2])  # type: ignore[arg-type]  # not None: checked above
     except ValueError:
-        raise _errors.BpjaxError("initialize", f"num_processes and process_id must be integers, got "
-                                               f"{given[1]!r} and {given[2]!r}") from None
-    count = _errors.positive_int("initialize", "num_processes", count)
+        raise errors.BpjaxError("initialize", f"num_processes and process_id must be integers, got "
+                                              f"{given[1]!r} and {given[2]!r}") from None
+    count = errors.positive_int("initialize", "num_processes", count)
     if not 0 <= index < count:
-        raise _errors.BpjaxError("initialize", f"process_id must lie in [0, {count}), got {index}")
+        raise errors.BpjaxError("initialize", f"process_id must lie in [0, {count}), got {index}")
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=given[0], num_processes=count, process_id=index)
     return True
@@ -112,8 +112,8 @@ def on_main(fn: Callable[[], Any], what: str, *, all_processes: bool = False):
 
         failed = np.asarray(multihost_utils.process_allgather(np.int32(error is not None)))
         if error is None and failed.any():
-            raise _errors.BpjaxError("fit", f"{what} raised in process {int(np.argmax(failed))}; every process "
-                                            f"stops here")
+            raise errors.BpjaxError("fit", f"{what} raised in process {int(np.argmax(failed))}; every process "
+                                           f"stops here")
     if error is not None:
         raise error
 

@@ -14,7 +14,7 @@ from typing import Optional
 
 import numpy as np
 
-from bpjax import _errors
+from bpjax import errors
 from bpjax.train import distributed, guard, resume
 from bpjax.train.cache import compiled_chunk
 from bpjax.train.history import FitResult, history
@@ -58,11 +58,11 @@ def chunking(where: str, steps: int, chunk_size, checkpoint_path, checkpoint_eve
     """Validated ``(chunk_size, checkpoint_every)``; a checkpoint path alone saves after every chunk."""
     if chunk_size is None:
         chunk_size = default_chunk(steps, verbose, batch_bytes)
-    chunk_size = _errors.positive_int(where, "chunk_size", chunk_size)
+    chunk_size = errors.positive_int(where, "chunk_size", chunk_size)
     if checkpoint_every is not None:
-        checkpoint_every = _errors.positive_int(where, "checkpoint_every", checkpoint_every)
+        checkpoint_every = errors.positive_int(where, "checkpoint_every", checkpoint_every)
         if checkpoint_path is None:
-            raise _errors.BpjaxError(where, "checkpoint_every is set but checkpoint_path is None")
+            raise errors.BpjaxError(where, "checkpoint_every is set but checkpoint_path is None")
     elif checkpoint_path is not None:
         checkpoint_every = chunk_size
     return chunk_size, checkpoint_every

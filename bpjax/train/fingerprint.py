@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bpjax import _errors
+from bpjax import errors
 
 FIELDS = ("model", "loss", "optimizer", "batch_size", "shuffle", "data")
 HASH_BYTES = 1 << 28  # 256 MB: datasets up to this size are hashed whole
@@ -136,7 +136,7 @@ def check_accept(where: str, accept: Sequence[str]) -> tuple:
     accept = tuple(accept)
     bad = [a for a in accept if a not in FIELDS]
     if bad:
-        raise _errors.BpjaxError(where, f"accept_changes: expected names from {FIELDS}, got {bad}")
+        raise errors.BpjaxError(where, f"accept_changes: expected names from {FIELDS}, got {bad}")
     return accept
 
 
@@ -152,5 +152,5 @@ def refuse(where: str, path: str, step: int, diffs: Dict[str, str], accepted: Se
     if "params" in left:
         fix += (" The params have other shapes: this checkpoint cannot be resumed by this model; use another "
                 "checkpoint_path.")
-    raise _errors.BpjaxError(where, f"the checkpoint in {path!r} (step {step}) was written by another run:\n"
-                                    f"{lines}\n{fix.strip()}")
+    raise errors.BpjaxError(where, f"the checkpoint in {path!r} (step {step}) was written by another run:\n"
+                                   f"{lines}\n{fix.strip()}")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from bpjax import _errors
+from bpjax import errors
 from bpjax.train.cache import compiled_chunk
 from bpjax.train.loop import CAUSES
 
@@ -72,7 +72,7 @@ def stop(plan, carry, hp, keys, block, lo: int, hi: int, batched: int):
         step, cause_name = int(steps[model]), CAUSES[int(causes[model])]
         message = (f"{who}{_cause(frozen, int(causes[model]), int(leaves[model]), batched)} at step {step} "
                    f"(0-based); the returned params are those before that step (nan_guard=True)")
-    err = _errors.BpjaxError("fit", message)
+    err = errors.BpjaxError("fit", message)
     err.params, err.opt_state, err.state = frozen  # type: ignore[attr-defined]  # the guard's report, on the error
     err.step, err.cause = step, cause_name  # type: ignore[attr-defined]
     raise err

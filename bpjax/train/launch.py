@@ -21,7 +21,7 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence
 
-from bpjax import _errors
+from bpjax import errors
 
 __all__ = ["free_port", "launch"]
 
@@ -63,7 +63,7 @@ def launch(argv: Sequence[str], *, processes: int, cpu_devices: Optional[int] = 
       BpjaxError: a process exited with a non-zero code or the job ran past ``timeout``; it names the
         process, and with ``log_dir`` quotes the end of its log.
     """
-    processes = _errors.positive_int("launch", "processes", processes)
+    processes = errors.positive_int("launch", "processes", processes)
     port = free_port()
     logs = [open(os.path.join(log_dir, f"process_{i}.log"), "w") if log_dir else None for i in range(processes)]
     procs = [subprocess.Popen([sys.executable, *argv], env=process_env(i, processes, port, cpu_devices, env),
@@ -101,7 +101,7 @@ def launch(argv: Sequence[str], *, processes: int, cpu_devices: Optional[int] = 
             i = max(failed, 0)
             with open(os.path.join(log_dir, f"process_{i}.log")) as f:
                 tail = f"; the end of process {i}'s log:\n" + f.read()[-3000:]
-        raise _errors.BpjaxError("launch", f"{who} {why} (exit codes {codes}){tail}")
+        raise errors.BpjaxError("launch", f"{who} {why} (exit codes {codes}){tail}")
     return codes
 
 
@@ -117,7 +117,7 @@ def main(args: Optional[Sequence[str]] = None) -> None:
     try:
         launch([a.script, *a.script_args], processes=a.processes, cpu_devices=a.cpu_devices, timeout=a.timeout,
                log_dir=a.log_dir)
-    except _errors.BpjaxError as e:
+    except errors.BpjaxError as e:
         sys.exit(str(e))
 
 

@@ -30,6 +30,7 @@ import optax
 from jax import lax
 from jax.sharding import NamedSharding, PartitionSpec
 
+from bpjax import errors
 from bpjax.core import Layer, apply
 from bpjax.losses import as_loss
 from bpjax.train.sharding import constrain_params, take_rows
@@ -68,19 +69,6 @@ class Plan(NamedTuple):
     unroll: int
     streamed: bool = False
     diagnose: bool = False
-
-
-def tree_all_finite(tree):
-    """``(leaves,)`` bools: whether each leaf of ``tree`` is finite (integer and key leaves always are)."""
-    leaves = jax.tree.leaves(tree)
-    return jnp.stack([jnp.all(jnp.isfinite(leaf)) if jnp.issubdtype(leaf.dtype, jnp.inexact) else jnp.asarray(True)
-                      for leaf in leaves]) if leaves else jnp.ones((0,), bool)
-
-
-def all_finite(*arrays):
-    """Whether every floating entry of ``arrays`` is finite (integer arrays always are)."""
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in arrays if jnp.issubdtype(a.dtype, jnp.inexact)]
-                             or [jnp.asarray(True)]))
 
 
 def make_chunk(plan: Plan, length: int):
@@ -127,7 +115,7 @@ def make_chunk(plan: Plan, length: int):
 
         def diagnose(step, bad, value, grads, new):
             """The first non-finite quantity of this step as ``(step, cause, leaf)``, kept once found."""
-            checks = [jnp.isfinite(value)[None], *(tree_all_finite(t) for t in (grads, *new))]
+            checks = [jnp.isfinite(value)[None], *(errors.finite_leaves(t) for t in (grads, *new))]
             ok = [jnp.all(c) for c in checks]
             cause = jnp.argmin(jnp.stack(ok))  # the first failing check, in the order of CAUSES
             leaf = lax.switch(cause, [lambda c=c: jnp.argmin(c).astype(jnp.int32) if c.shape[0] else
@@ -161,7 +149,7 @@ def make_chunk(plan: Plan, length: int):
                               lambda: nan)
             else:
                 ev = ()
-            finite = all_finite(xb, yb) if plan.streamed else ()
+            finite = jnp.all(errors.finite_leaves((xb, yb))) if plan.streamed else ()
             return (new_params, new_opt, new_state, done, perm, bad), (value.astype(jnp.float32), ev, finite)
 
         params, opt_state, state = carry
@@ -170,7 +158,7 @@ def make_chunk(plan: Plan, length: int):
         c0 = (params, opt_state, state, jnp.asarray(start, jnp.int32), perm, bad)
         c, out = lax.scan(body, c0, data if plan.streamed else None, length=length, unroll=plan.unroll)
         params, opt_state, state, _, _, bad = c
-        out = (*out, tree_all_finite((params, opt_state, state)), bad)
+        out = (*out, errors.finite_leaves((params, opt_state, state)), bad)
         if plan.sharding is not None:  # what the driver reads on the host: in full on every device
             out = lax.with_sharding_constraint(out, NamedSharding(plan.sharding.mesh, PartitionSpec()))
             params, opt_state = constrain_params((params, opt_state), plan.sharding.mesh)

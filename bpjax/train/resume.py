@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bpjax import _errors
+from bpjax import errors
 from bpjax.checkpoint import folder
 from bpjax.checkpoint.reading import decode, read
 from bpjax.train import distributed, fingerprint
@@ -161,9 +161,9 @@ def _restore(run: RunFolder, plan, carry, names, batched):
         return 0, None
     start, entry, (meta, arrays) = found
     if not 0 < start <= plan.steps:
-        raise _errors.BpjaxError(where, f"the checkpoint in {run.path!r} is at step {start}, past steps="
-                                        f"{plan.steps}: pass steps >= {start} to train on, or use another "
-                                        f"checkpoint_path for a new run")
+        raise errors.BpjaxError(where, f"the checkpoint in {run.path!r} is at step {start}, past steps="
+                                       f"{plan.steps}: pass steps >= {start} to train on, or use another "
+                                       f"checkpoint_path for a new run")
     diffs = fingerprint.differences(meta["metadata"].get("run") or {}, run.record)
     fingerprint.refuse(where, run.path, start, diffs, run.accept)
     like, _ = _like(plan, carry, names, batched, start)
@@ -171,8 +171,8 @@ def _restore(run: RunFolder, plan, carry, names, batched):
     if not fresh_optimizer:
         return start, decode(f"{where} checkpoint {entry}", entry, meta, arrays, like)
     if arrays is None:
-        raise _errors.BpjaxError(where, f"{entry!r}: a sharded checkpoint is restored whole, so an optimizer whose "
-                                        f"state has another structure cannot continue it; start a new run")
+        raise errors.BpjaxError(where, f"{entry!r}: a sharded checkpoint is restored whole, so an optimizer whose "
+                                       f"state has another structure cannot continue it; start a new run")
     # accepted: another optimizer whose state has another structure starts from its init
     warnings.warn(f"fit: resuming {entry!r} with another optimizer (accept_changes): params and state restored, "
                   f"the optimizer state starts afresh", UserWarning, stacklevel=5)
@@ -230,7 +230,7 @@ def raise_if_bad_input(finite, lo) -> None:
     finite = np.asarray(finite)
     if finite.size and not finite.all():
         step = lo + int(np.argmin(finite.reshape(-1, finite.shape[-1]).all(0)))
-        raise _errors.BpjaxError("fit", f"train_data batch of step {step} (0-based) contains NaN or Inf")
+        raise errors.BpjaxError("fit", f"train_data batch of step {step} (0-based) contains NaN or Inf")
 
 
 def check_folder_args(where: str, path, keep) -> tuple:
@@ -239,6 +239,6 @@ def check_folder_args(where: str, path, keep) -> tuple:
         if isinstance(path, os.PathLike):
             path = os.fspath(path)
         if not isinstance(path, str) or not path:
-            raise _errors.BpjaxTypeError(where, f"checkpoint_path must be a folder path (str or os.PathLike), got "
-                                                f"{path!r:.60}")
-    return path, _errors.positive_int(where, "keep_checkpoints", keep)
+            raise errors.BpjaxTypeError(where, f"checkpoint_path must be a folder path (str or os.PathLike), got "
+                                               f"{path!r:.60}")
+    return path, errors.positive_int(where, "keep_checkpoints", keep)

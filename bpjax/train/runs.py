@@ -16,8 +16,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from bpjax import _errors
-from bpjax.core import Layer, check_key, check_model, is_contextual
+from bpjax import errors
+from bpjax.core import Layer, check_model, is_contextual
 from bpjax.core import init as core_init
 from bpjax.grad import BACKWARDS
 from bpjax.losses import as_loss
@@ -62,30 +62,30 @@ def prepare(model, loss, params, train_data, *, steps, batch_size, key, shuffle,
     check_model(model, where)
     loss_key, loss = loss, as_loss(loss)  # the plan keeps the caller's loss: as_loss wraps a function anew
     if backward not in BACKWARDS:
-        raise _errors.BpjaxError(where, f"backward must be one of {BACKWARDS}, got {backward!r}")
+        raise errors.BpjaxError(where, f"backward must be one of {BACKWARDS}, got {backward!r}")
     if checks:
         check_mesh(where, mesh)
     streamed = isinstance(train_data, Stream) or is_stream(train_data)
     if streamed:  # the checks below see the first batch; the chunks check that every batch is finite
-        batch_size = _errors.positive_int(where, "batch_size", batch_size)
+        batch_size = errors.positive_int(where, "batch_size", batch_size)
         if shuffle:
-            raise _errors.BpjaxError(where, "shuffle=True needs train_data=(x, y) on the devices; a stream of "
-                                            "batches comes in the order its iterator yields them")
+            raise errors.BpjaxError(where, "shuffle=True needs train_data=(x, y) on the devices; a stream of "
+                                           "batches comes in the order its iterator yields them")
         stream = train_data if isinstance(train_data, Stream) else Stream(where, train_data, batch_size, mesh)
         (x, y), N = arrays(stream.first, "train_data batch 0"), batch_size
     else:  # on a mesh, laid out over the data axis first: no device ever holds the whole set
         train_data, N = shard_rows(train_data, mesh) if mesh is not None else (train_data, None)
         x, y = arrays(train_data, "train_data")
         N = int(x.shape[0]) if N is None else N
-    steps = _errors.positive_int(where, "steps", steps)
-    batch_size = _errors.positive_int(where, "batch_size", batch_size, upper=N)
+    steps = errors.positive_int(where, "steps", steps)
+    batch_size = errors.positive_int(where, "batch_size", batch_size, upper=N)
     sharding = data_sharding(where, mesh, batch_size)
-    unroll = _errors.positive_int(where, "unroll", unroll)
+    unroll = errors.positive_int(where, "unroll", unroll)
     if shuffle and key is None:
-        raise _errors.BpjaxError(where, "shuffle=True needs key=jax.random.key(...)")
+        raise errors.BpjaxError(where, "shuffle=True needs key=jax.random.key(...)")
     if is_contextual(model) and state is None:
-        raise _errors.BpjaxError(where, f"{model.name} keeps state or draws random numbers: pass "
-                                        f"state=bp.init_state(model, key, input_shape)")
+        raise errors.BpjaxError(where, f"{model.name} keeps state or draws random numbers: pass "
+                                       f"state=bp.init_state(model, key, input_shape)")
     state = () if state is None else state
     # trace one forward + loss on a batch now: shape errors surface here, not deep inside the scan
     pred = trace_forward(where, "train_data", model, params, state, x, batch_size,
@@ -100,11 +100,11 @@ def prepare(model, loss, params, train_data, *, steps, batch_size, key, shuffle,
             trace_forward(where, "eval_data", model, params, state, ex, len(ex), train=False)  # evaluated whole
         if checks:
             check_targets(where, "eval_data", loss, ey, pred.shape)
-        eval_every = steps if eval_every is None else _errors.positive_int(where, "eval_every", eval_every)
+        eval_every = steps if eval_every is None else errors.positive_int(where, "eval_every", eval_every)
         eval_arrays = (ex, ey)
     else:
         if eval_every is not None:
-            raise _errors.BpjaxError(where, "eval_every is set but eval_data is None")
+            raise errors.BpjaxError(where, "eval_every is set but eval_data is None")
         eval_arrays = ()
     jax.eval_shape(lambda p, h: make_optimizer(h).init(p), params, hp0)
     if mesh is not None:
@@ -250,7 +250,7 @@ def fit(model: Layer, loss, optimizer: optax.GradientTransformation, params, tra
     """
     where = "fit"
     optimizer = as_transformation(where, optimizer)
-    check_key(where, key)
+    errors.check_key(where, key)
     if data_parallel and mesh is None:
         mesh = data_parallel_mesh()
     plan, data, eval_arrays, state = prepare(
@@ -309,8 +309,8 @@ def many_states(where: str, model: Layer, state, n: int, init_keys, input_shape)
         if not is_contextual(model):
             return ()
         if init_keys is None:
-            raise _errors.BpjaxError(where, f"{model.name} keeps state or draws random numbers: pass keys= (each "
-                                            f"model's state is then drawn from its own key) or state=")
+            raise errors.BpjaxError(where, f"{model.name} keeps state or draws random numbers: pass keys= (each "
+                                           f"model's state is then drawn from its own key) or state=")
         return init_many(model, init_keys, input_shape, state=True)
     one = jax.eval_shape(lambda k: core_init(model, k, input_shape, state=True)[1], jax.random.key(0))
     shapes = [tuple(a.shape) for a in jax.tree.leaves(one)]
@@ -320,9 +320,9 @@ def many_states(where: str, model: Layer, state, n: int, init_keys, input_shape)
         return jax.tree.map(lambda a: jnp.broadcast_to(a, (n, *jnp.shape(a))), state)  # shared by every model
     if same and given == [(n, *s) for s in shapes]:
         return state
-    raise _errors.BpjaxError(where, f"state: expected one model's state (leaf shapes {shapes[:3]}...) or one per "
-                                    f"model with a leading axis {n} (bp.train.init_many(model, keys, input_shape, "
-                                    f"state=True)), got leaf shapes {given[:3]}...")
+    raise errors.BpjaxError(where, f"state: expected one model's state (leaf shapes {shapes[:3]}...) or one per "
+                                   f"model with a leading axis {n} (bp.train.init_many(model, keys, input_shape, "
+                                   f"state=True)), got leaf shapes {given[:3]}...")
 
 
 def fit_many(model: Layer, loss, optimizer, params, train_data: Tuple[Any, Any], *, steps: int, batch_size: int,
@@ -382,14 +382,14 @@ def fit_many(model: Layer, loss, optimizer, params, train_data: Tuple[Any, Any],
         sizes.update({f"params{jax.tree_util.keystr(p)}": np.shape(a)[0] if np.ndim(a) else None
                       for p, a in jax.tree_util.tree_leaves_with_path(params)})
     if not sizes:
-        raise _errors.BpjaxError(where, "give keys=(N keys), hparams=(leading axis N) or stacked params")
+        raise errors.BpjaxError(where, "give keys=(N keys), hparams=(leading axis N) or stacked params")
     scalars = [k for k, v in sizes.items() if v is None]
     if scalars:
-        raise _errors.BpjaxError(where, f"{', '.join(scalars[:3])}{' ...' if len(scalars) > 3 else ''}: expected one "
-                                        f"value per model (a leading model axis N, e.g. jnp.array([1e-3, 1e-2])), "
-                                        f"got a scalar")
+        raise errors.BpjaxError(where, f"{', '.join(scalars[:3])}{' ...' if len(scalars) > 3 else ''}: expected one "
+                                       f"value per model (a leading model axis N, e.g. jnp.array([1e-3, 1e-2])), "
+                                       f"got a scalar")
     if len(set(sizes.values())) != 1:
-        raise _errors.BpjaxError(where, f"keys, hparams and params must share one leading model axis N, got {sizes}")
+        raise errors.BpjaxError(where, f"keys, hparams and params must share one leading model axis N, got {sizes}")
     n = next(iter(sizes.values()))
     if is_stream(train_data):  # the input shape from the first batch (kept and trained on)
         stream = Stream(where, train_data, batch_size, mesh)
@@ -402,7 +402,7 @@ def fit_many(model: Layer, loss, optimizer, params, train_data: Tuple[Any, Any],
         init_keys, run_keys_from = split_many(keys)
     if params is None:
         if keys is None or init_keys is None:
-            raise _errors.BpjaxError(where, "params=None needs keys to initialise the models")
+            raise errors.BpjaxError(where, "params=None needs keys to initialise the models")
         params, keys = init_many(model, init_keys, input_shape), run_keys_from
     states = many_states(where, model, state, n, init_keys, input_shape)
     first = lambda tree: jax.tree.map(lambda a: a[0], tree)  # noqa: E731

@@ -22,7 +22,7 @@ import numpy as np
 from jax import lax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from bpjax import _errors
+from bpjax import errors
 
 __all__ = ["data_parallel_mesh", "device_bytes", "make_mesh", "param_spec", "replicate", "shard_batch",
            "shard_params", "shard_rows", "take_rows"]
@@ -48,14 +48,14 @@ def make_mesh(axis_shapes: Sequence[int], axis_names: Sequence[str],
     """
     shape, names = tuple(axis_shapes), tuple(axis_names)
     if len(shape) != len(names) or not all(isinstance(n, str) for n in names):
-        raise _errors.BpjaxError("make_mesh", f"expected one axis name (a str) per axis size, got sizes {shape} "
-                                              f"and names {names}")
+        raise errors.BpjaxError("make_mesh", f"expected one axis name (a str) per axis size, got sizes {shape} "
+                                             f"and names {names}")
     devices = jax.devices() if devices is None else list(devices)
     for size in shape:
-        _errors.positive_int("make_mesh", "an axis size", size)
+        errors.positive_int("make_mesh", "an axis size", size)
     if int(np.prod(shape)) > len(devices):
-        raise _errors.BpjaxError("make_mesh", f"a mesh of shape {shape} needs {int(np.prod(shape))} devices, got "
-                                              f"{len(devices)}")
+        raise errors.BpjaxError("make_mesh", f"a mesh of shape {shape} needs {int(np.prod(shape))} devices, got "
+                                             f"{len(devices)}")
     auto = (AxisType.Auto,) * len(shape)
     laid_out = jax.make_mesh(shape, names, axis_types=auto, devices=devices).devices
     by_process = sorted(laid_out.flat, key=lambda d: d.process_index)  # stable: make_mesh's order within a process
@@ -168,12 +168,12 @@ def check_mesh(where: str, mesh) -> None:
     """``mesh`` is ``None`` or a :class:`jax.sharding.Mesh` whose axes are ``AxisType.Auto`` (bpjax's step places
     its arrays with sharding constraints, not with sharding in types)."""
     if mesh is not None and not isinstance(mesh, Mesh):
-        raise _errors.BpjaxTypeError(where, f"mesh must be a jax.sharding.Mesh, got {type(mesh).__name__}")
+        raise errors.BpjaxTypeError(where, f"mesh must be a jax.sharding.Mesh, got {type(mesh).__name__}")
     types = tuple(getattr(mesh, "axis_types", ()) or ()) if mesh is not None else ()
     if any(t != AxisType.Auto for t in types):
-        raise _errors.BpjaxError(where, f"mesh: expected Auto axes, got {types} (jax.make_mesh's default is "
-                                        f"Explicit): build it with bp.train.make_mesh(shape, names), or "
-                                        f"jax.make_mesh(..., axis_types=(jax.sharding.AxisType.Auto,) * ndim)")
+        raise errors.BpjaxError(where, f"mesh: expected Auto axes, got {types} (jax.make_mesh's default is "
+                                       f"Explicit): build it with bp.train.make_mesh(shape, names), or "
+                                       f"jax.make_mesh(..., axis_types=(jax.sharding.AxisType.Auto,) * ndim)")
 
 
 def data_sharding(where: str, mesh, batch_size: int) -> Optional[NamedSharding]:
@@ -183,8 +183,8 @@ def data_sharding(where: str, mesh, batch_size: int) -> Optional[NamedSharding]:
         return None
     axis = data_axis(mesh)
     if batch_size % mesh.shape[axis]:
-        raise _errors.BpjaxError(where, f"batch_size={batch_size} must be divisible by the {mesh.shape[axis]} "
-                                        f"devices of the mesh axis {axis!r}")
+        raise errors.BpjaxError(where, f"batch_size={batch_size} must be divisible by the {mesh.shape[axis]} "
+                                       f"devices of the mesh axis {axis!r}")
     return NamedSharding(mesh, PartitionSpec(axis))
 
 

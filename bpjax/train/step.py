@@ -16,9 +16,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from bpjax import _errors
-from bpjax.core import Layer, check_key, check_model, is_contextual
-from bpjax.grad import BACKWARDS, as_data, check_finite, gradients
+from bpjax import errors
+from bpjax.core import Layer, check_model, is_contextual
+from bpjax.grad import BACKWARDS, gradients
 from bpjax.losses import as_loss, scaled
 from bpjax.precision import LossScaleState
 from bpjax.train.validate import check_opt_state
@@ -35,8 +35,8 @@ def as_transformation(where: str, optimizer) -> optax.GradientTransformation:
     if isinstance(optimizer, optax.MultiSteps) or callable(getattr(optimizer, "gradient_transformation", None)):
         return optimizer.gradient_transformation()
     hint = " (did you forget to call it, e.g. optax.adam(1e-3)?)" if callable(optimizer) else ""
-    raise _errors.BpjaxTypeError(where, f"optimizer: expected an optax GradientTransformation (e.g. "
-                                        f"optax.adam(1e-3)){hint}, got {type(optimizer).__name__}")
+    raise errors.BpjaxTypeError(where, f"optimizer: expected an optax GradientTransformation (e.g. "
+                                       f"optax.adam(1e-3)){hint}, got {type(optimizer).__name__}")
 
 
 def value_function(model: Layer, loss, backward: str):
@@ -128,22 +128,20 @@ def make_step(model: Layer, loss, optimizer: optax.GradientTransformation, *, ba
     loss = as_loss(loss)
     optimizer = as_transformation("make_step", optimizer)
     if backward not in BACKWARDS:
-        raise _errors.BpjaxError("make_step", f"backward must be one of {BACKWARDS}, got {backward!r}")
+        raise errors.BpjaxError("make_step", f"backward must be one of {BACKWARDS}, got {backward!r}")
     inner_step = update(model, loss, backward)
     contextual = is_contextual(model)
 
     def step(params, opt_state, x, y, state, key):
         check_opt_state("make_step", optimizer, params, opt_state)  # static: runs once per traced structure
         if checks:
-            check_finite(model.name, "input x", x)  # concrete x (jit=False): at once, with the count and the example
-            finite = [jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(x) if jnp.issubdtype(a.dtype, jnp.inexact)]
-            if finite:
-                _errors.check_value(model.name, jnp.all(jnp.stack(finite)), "input x contains NaN or Inf")
+            errors.check_finite(model.name, "input x", x)  # concrete x (jit=False): at once, with count and example
+            errors.check_value(model.name, jnp.all(errors.finite_leaves(x)), "input x contains NaN or Inf")
         params, opt_state, new_state, value, _ = inner_step(params, opt_state, optimizer, x, y, state, key)
         return params, opt_state, new_state, value
 
     if jit:
-        inner = jax.jit(_errors.checked(step) if checks else step, donate_argnums=(0, 1) if donate else ())
+        inner = jax.jit(errors.checked(step) if checks else step, donate_argnums=(0, 1) if donate else ())
 
         def compiled(*args):
             try:
@@ -156,15 +154,15 @@ def make_step(model: Layer, loss, optimizer: optax.GradientTransformation, *, ba
                 return out
             err, out = out
             if not isinstance(out[3], jax.core.Tracer):  # inside a user's jit: no values to raise on
-                _errors.throw(err)
+                errors.throw(err)
             return out
     else:
         compiled = step
 
     def run_contextual(params, opt_state, x, y, *, state=None, key=None):
-        check_key("make_step step", key)
-        return compiled(params, opt_state, as_data("make_step step", "x", x), as_data("make_step step", "y", y),
-                        state, key)
+        errors.check_key("make_step step", key)
+        return compiled(params, opt_state, errors.as_array("make_step step", "x", x),
+                        errors.as_array("make_step step", "y", y), state, key)
 
     def run(params, opt_state, x, y):
         params, opt_state, _, value = run_contextual(params, opt_state, x, y, state=(), key=None)
@@ -173,7 +171,7 @@ def make_step(model: Layer, loss, optimizer: optax.GradientTransformation, *, ba
     return run_contextual if contextual else run
 
 
-def _deleted_error(args, donate: bool) -> _errors.BpjaxError:
+def _deleted_error(args, donate: bool) -> errors.BpjaxError:
     """The error for arrays deleted before the step ran: which argument, and (when donating) why."""
     names = ("params", "opt_state", "x", "y", "state")
     gone = [f"{n}{jax.tree_util.keystr(p)}" for n, tree in zip(names, args)
@@ -182,5 +180,5 @@ def _deleted_error(args, donate: bool) -> _errors.BpjaxError:
     why = (" were donated to an earlier call of this step, which wrote its results into their buffers: "
            "continue from the arrays it returned (params, opt_state, ... = step(params, opt_state, ...))"
            if donate else " were deleted (donated to another jitted function, or .delete()d)")
-    return _errors.BpjaxError(where, f"{', '.join(gone[:4]) or 'an argument'}{' ...' if len(gone) > 4 else ''}"
-                                     f"{why}; expected live arrays")
+    return errors.BpjaxError(where, f"{', '.join(gone[:4]) or 'an argument'}{' ...' if len(gone) > 4 else ''}"
+                                    f"{why}; expected live arrays")

@@ -25,7 +25,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from bpjax import _errors
+from bpjax import errors
 
 __all__ = ["Stream", "is_stream"]
 
@@ -61,24 +61,24 @@ class Stream:
         try:
             batch = next(self.iterator)
         except StopIteration:
-            raise _errors.BpjaxError(self.where, f"train_data ended after {self.read} batches; the run needs "
-                                                 f"one batch per step") from None
+            raise errors.BpjaxError(self.where, f"train_data ended after {self.read} batches; the run needs "
+                                                f"one batch per step") from None
         if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-            raise _errors.BpjaxTypeError(self.where, f"train_data batch {self.read}: expected a pair (xb, yb) of "
-                                                     f"arrays, got {type(batch).__name__}")
+            raise errors.BpjaxTypeError(self.where, f"train_data batch {self.read}: expected a pair (xb, yb) of "
+                                                    f"arrays, got {type(batch).__name__}")
         xb, yb = np.asarray(batch[0]), np.asarray(batch[1])
         if self.read == 0:
             if xb.ndim < 1 or yb.ndim < 1 or xb.shape[0] != self.rows or yb.shape[0] != self.rows:
                 per = " per process" if self.mesh is not None and jax.process_count() > 1 else ""
-                raise _errors.BpjaxError(self.where, f"train_data batch 0: expected xb and yb with {self.rows} "
-                                                     f"rows{per} (batch_size={self.global_rows}), got xb "
-                                                     f"{xb.shape} and yb {yb.shape}")
+                raise errors.BpjaxError(self.where, f"train_data batch 0: expected xb and yb with {self.rows} "
+                                                    f"rows{per} (batch_size={self.global_rows}), got xb "
+                                                    f"{xb.shape} and yb {yb.shape}")
             self.spec = ((xb.shape, xb.dtype), (yb.shape, yb.dtype))
         elif ((xb.shape, xb.dtype), (yb.shape, yb.dtype)) != self.spec:
             (sx, dx), (sy, dy) = self.spec
-            raise _errors.BpjaxError(self.where, f"train_data batch {self.read}: expected xb {sx} {dx} and yb "
-                                                 f"{sy} {dy} like batch 0, got xb {xb.shape} {xb.dtype} and yb "
-                                                 f"{yb.shape} {yb.dtype}")
+            raise errors.BpjaxError(self.where, f"train_data batch {self.read}: expected xb {sx} {dx} and yb "
+                                                f"{sy} {dy} like batch 0, got xb {xb.shape} {xb.dtype} and yb "
+                                                f"{yb.shape} {yb.dtype}")
         self.read += 1
         return xb, yb
 

@@ -13,9 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bpjax import _errors
-from bpjax.core import apply, check_key
-from bpjax.grad import check_finite
+from bpjax import errors
+from bpjax.core import apply
 from bpjax.losses import accuracy
 
 
@@ -26,16 +25,18 @@ def check_data(where: str, data, what: str):
     Returns ``(x, y)`` as JAX arrays.
     """
     if not isinstance(data, (tuple, list)) or len(data) != 2:
-        raise _errors.BpjaxTypeError(where, f"{what} must be a pair (x, y) of arrays, got {type(data).__name__}")
-    x, y = (as_array(where, f"{what} {name}", a) for name, a in zip("xy", data))
+        raise errors.BpjaxTypeError(where, f"{what} must be a pair (x, y) of arrays, got {type(data).__name__}")
+    x, y = (errors.as_array(where, f"{what} {name}", a) for name, a in zip("xy", data))
+    if not isinstance(x, jax.Array):
+        raise errors.BpjaxTypeError(where, f"{what} x must be an array, got a {type(x).__name__} of arrays")
     if not (jnp.issubdtype(x.dtype, jnp.floating) or jnp.issubdtype(x.dtype, jnp.integer)):
-        raise _errors.BpjaxTypeError(where, f"{what} x must be real floating point (or integer ids for a model "
-                                            f"that starts with an Embedding), got dtype {x.dtype}")
+        raise errors.BpjaxTypeError(where, f"{what} x must be real floating point (or integer ids for a model "
+                                           f"that starts with an Embedding), got dtype {x.dtype}")
     if x.ndim < 1 or y.ndim < 1 or x.shape[0] != y.shape[0] or x.shape[0] == 0:
-        raise _errors.BpjaxError(where, f"{what}: x and y must share a non-empty leading (example) axis, got "
-                                        f"x {tuple(x.shape)} and y {tuple(y.shape)}")
-    check_finite(where, f"{what} x", x)
-    check_finite(where, f"{what} y", y)
+        raise errors.BpjaxError(where, f"{what}: x and y must share a non-empty leading (example) axis, got "
+                                       f"x {tuple(x.shape)} and y {tuple(y.shape)}")
+    errors.check_finite(where, f"{what} x", x)
+    errors.check_finite(where, f"{what} y", y)
     return x, y
 
 
@@ -45,24 +46,15 @@ def trace_forward(where: str, what: str, model, params, state, x, batch_size: in
     Shape and dtype errors surface here, before anything compiles, prefixed with the dataset at
     fault (``"fit train_data: serial[0] Dense(4): ..."``).
     """
-    with _errors.context(f"{where} {what}:"):
+    with errors.context(f"{where} {what}:"):
         return jax.eval_shape(lambda p, s, xb: apply(model, p, xb, state=s, key=key, train=train)[0],
                               params, state, x[:batch_size])
 
 
 def trace_loss(where: str, what: str, loss, pred, y, batch_size: int) -> None:
     """The loss on one batch: ``pred`` (a shape struct) against ``y``; traced, not run; errors name the dataset."""
-    with _errors.context(f"{where} {what}:"):
+    with errors.context(f"{where} {what}:"):
         jax.eval_shape(loss.value, pred, y[:batch_size])
-
-
-def as_array(where: str, what: str, a):
-    """``a`` as a JAX array (numpy arrays and nested lists of numbers too), or a clear error."""
-    try:
-        return jnp.asarray(a)
-    except (TypeError, ValueError) as e:
-        raise _errors.BpjaxTypeError(where, f"{what} must be an array (or a nested list of numbers), got "
-                                            f"{type(a).__name__}: {e}") from None
 
 
 def check_targets(where: str, what: str, loss, y, pred_shape) -> None:
@@ -70,7 +62,7 @@ def check_targets(where: str, what: str, loss, y, pred_shape) -> None:
 
     ``pred_shape`` is the model's output shape for a batch; errors are prefixed with the dataset.
     """
-    with _errors.context(f"{where} {what}:"):
+    with errors.context(f"{where} {what}:"):
         loss.check_targets(y, pred_shape)
 
 
@@ -102,13 +94,13 @@ def resolve_metrics(where: str, metrics, y, pred_shape=None) -> dict:
             out["loss"] = None  # filled in with the training loss
         elif m in known:
             if shape is not None and not (len(shape) == 2 and shape[-1] >= 2 and y.ndim in (1, 2)):
-                raise _errors.BpjaxError(where, f"metric 'accuracy' needs class logits (B, C) with C >= 2 and "
-                                                f"labels (N,) or (N, C), got a model output {shape} and targets "
-                                                f"{tuple(y.shape)}; pass metrics={{name: fn(pred, y)}}")
+                raise errors.BpjaxError(where, f"metric 'accuracy' needs class logits (B, C) with C >= 2 and "
+                                               f"labels (N,) or (N, C), got a model output {shape} and targets "
+                                               f"{tuple(y.shape)}; pass metrics={{name: fn(pred, y)}}")
             out[m] = known[m]
         else:
-            raise _errors.BpjaxError(where, f"unknown metric {m!r}: expected 'loss', 'accuracy' or a dict "
-                                            f"name -> fn(pred, y)")
+            raise errors.BpjaxError(where, f"unknown metric {m!r}: expected 'loss', 'accuracy' or a dict "
+                                           f"name -> fn(pred, y)")
     return out
 
 
@@ -129,13 +121,13 @@ def check_opt_state(where: str, optimizer, params, opt_state) -> None:
         hint = (" (the same arrays in plain dicts/lists: an optimizer state restored without like=; restore it "
                 "with checkpoint.restore(path, like=...) holding optimizer.init(params))" if plain else
                 " (from another optimizer or other params? build it with optimizer.init(params))")
-        raise _errors.BpjaxError(where, f"opt_state does not match optimizer.init(params): expected structure "
-                                        f"{want_s}, got {got_s}{hint}")
+        raise errors.BpjaxError(where, f"opt_state does not match optimizer.init(params): expected structure "
+                                       f"{want_s}, got {got_s}{hint}")
     for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(expected), jax.tree.leaves(opt_state)):
         if tuple(np.shape(a)) != tuple(np.shape(b)):
-            raise _errors.BpjaxError(where, f"opt_state leaf {jax.tree_util.keystr(path)}: expected shape "
-                                            f"{tuple(np.shape(a))} (from optimizer.init(params)), got "
-                                            f"{tuple(np.shape(b))}")
+            raise errors.BpjaxError(where, f"opt_state leaf {jax.tree_util.keystr(path)}: expected shape "
+                                           f"{tuple(np.shape(a))} (from optimizer.init(params)), got "
+                                           f"{tuple(np.shape(b))}")
 
 
 def check_factory(where: str, optimizer, hparams) -> None:
@@ -148,24 +140,24 @@ def check_factory(where: str, optimizer, hparams) -> None:
     """
     fixed = isinstance(optimizer, optax.GradientTransformation)
     if not fixed and not callable(optimizer):
-        raise _errors.BpjaxTypeError(where, f"optimizer must be an optax GradientTransformation or a function "
-                                            f"hp -> GradientTransformation, got {type(optimizer).__name__}")
+        raise errors.BpjaxTypeError(where, f"optimizer must be an optax GradientTransformation or a function "
+                                           f"hp -> GradientTransformation, got {type(optimizer).__name__}")
     if fixed and hparams is not None:
-        raise _errors.BpjaxError(where, "hparams are given but optimizer is one fixed GradientTransformation, "
-                                        "which would ignore them: pass a factory, e.g. "
-                                        "optimizer=lambda lr: optax.adam(lr), or hparams=None")
+        raise errors.BpjaxError(where, "hparams are given but optimizer is one fixed GradientTransformation, "
+                                       "which would ignore them: pass a factory, e.g. "
+                                       "optimizer=lambda lr: optax.adam(lr), or hparams=None")
     if not fixed and hparams is None:
-        raise _errors.BpjaxError(where, f"optimizer is a function hp -> GradientTransformation "
-                                        f"({getattr(optimizer, '__name__', type(optimizer).__name__)}) but hparams "
-                                        f"is None: it would be called with None (optax.sgd(None) applies no "
-                                        f"learning rate); pass hparams=(leading axis N) or a GradientTransformation")
+        raise errors.BpjaxError(where, f"optimizer is a function hp -> GradientTransformation "
+                                       f"({getattr(optimizer, '__name__', type(optimizer).__name__)}) but hparams "
+                                       f"is None: it would be called with None (optax.sgd(None) applies no "
+                                       f"learning rate); pass hparams=(leading axis N) or a GradientTransformation")
     if not fixed:  # the factory on model 0's hparams (concrete, nothing compiled) must give an optimizer
         leaves = jax.tree.leaves(hparams)
         if leaves and all(np.ndim(a) >= 1 and np.shape(a)[0] >= 1 for a in leaves):
             built = optimizer(jax.tree.map(lambda a: a[0], hparams))
             if not isinstance(built, (optax.GradientTransformation, optax.MultiSteps)):
-                raise _errors.BpjaxTypeError(where, f"optimizer(hparams[0]) must return an optax "
-                                                    f"GradientTransformation, got {type(built).__name__}")
+                raise errors.BpjaxTypeError(where, f"optimizer(hparams[0]) must return an optax "
+                                                   f"GradientTransformation, got {type(built).__name__}")
 
 
 def check_keys(where: str, keys):
@@ -175,7 +167,7 @@ def check_keys(where: str, keys):
         return None
     if isinstance(keys, (list, tuple)):
         for i, k in enumerate(keys):
-            check_key(where, k, what=f"keys[{i}]")
+            errors.check_key(where, k, what=f"keys[{i}]")
         return jnp.stack([jnp.asarray(k) for k in keys]) if keys else keys
     dtype, shape = getattr(keys, "dtype", None), tuple(getattr(keys, "shape", ()))
     typed = dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
@@ -187,5 +179,5 @@ def check_keys(where: str, keys):
         got = f"the int {keys!r}"
     else:
         got = f"{type(keys).__name__}" + (f" of dtype {dtype} and shape {shape}" if dtype is not None else "")
-    raise _errors.BpjaxTypeError(where, f"keys must be N PRNG keys, one per model: jax.random.split(key, N), "
-                                        f"got {got}")
+    raise errors.BpjaxTypeError(where, f"keys must be N PRNG keys, one per model: jax.random.split(key, N), "
+                                       f"got {got}")

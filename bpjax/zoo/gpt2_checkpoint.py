@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bpjax import _errors
+from bpjax import errors
 from bpjax.core import Layer, check_model
 from bpjax.zoo.transformer import gpt, gpt_config
 
@@ -79,19 +79,19 @@ def _read_config(folder: str) -> dict:
     """``config.json`` of ``folder``, every field that the GPT fixes checked against what it represents."""
     path = os.path.join(folder, "config.json")
     if not os.path.isfile(path):
-        raise _errors.BpjaxError("load_gpt2", f"{folder} holds no config.json; expected a folder written by "
-                                              f"save_pretrained (config.json and {_WEIGHTS})")
+        raise errors.BpjaxError("load_gpt2", f"{folder} holds no config.json; expected a folder written by "
+                                             f"save_pretrained (config.json and {_WEIGHTS})")
     with open(path) as f:
         config = json.load(f)
     for field, (default, supported, meaning) in _FIXED.items():
         value = config.get(field, default)
         if value not in supported:
-            raise _errors.BpjaxError("load_gpt2", f"{path}: config field {field}={value!r} cannot be represented; "
-                                                  f"bpjax's gpt supports {field} in {list(supported)} ({meaning})")
+            raise errors.BpjaxError("load_gpt2", f"{path}: config field {field}={value!r} cannot be represented; "
+                                                 f"bpjax's gpt supports {field} in {list(supported)} ({meaning})")
     for field in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
         if not isinstance(config.get(field), int):
-            raise _errors.BpjaxError("load_gpt2", f"{path}: config field {field} must be an int, got "
-                                                  f"{config.get(field)!r}")
+            raise errors.BpjaxError("load_gpt2", f"{path}: config field {field} must be an int, got "
+                                                 f"{config.get(field)!r}")
     return config
 
 
@@ -106,8 +106,8 @@ def _read_tensors(folder: str) -> dict:
         with open(index) as f:
             files = sorted(set(json.load(f)["weight_map"].values()))
     else:
-        raise _errors.BpjaxError("load_gpt2", f"{folder} holds neither {_WEIGHTS} nor {_INDEX}; expected a folder "
-                                              f"written by save_pretrained (safe_serialization, the default)")
+        raise errors.BpjaxError("load_gpt2", f"{folder} holds neither {_WEIGHTS} nor {_INDEX}; expected a folder "
+                                             f"written by save_pretrained (safe_serialization, the default)")
     tensors = {}
     for file in files:
         with safe_open(os.path.join(folder, file), framework="np") as f:
@@ -115,9 +115,9 @@ def _read_tensors(folder: str) -> dict:
                 try:
                     tensors[name.removeprefix(_PREFIX)] = f.get_tensor(name)
                 except (TypeError, ValueError) as e:  # a dtype numpy (with jax's ml_dtypes) cannot hold
-                    raise _errors.BpjaxError("load_gpt2", f"{file}: tensor {name} of dtype "
-                                                          f"{f.get_slice(name).get_dtype()} cannot be read as numpy "
-                                                          f"({e}); expected a float dtype: F16, BF16, F32, F64") \
+                    raise errors.BpjaxError("load_gpt2", f"{file}: tensor {name} of dtype "
+                                                         f"{f.get_slice(name).get_dtype()} cannot be read as numpy "
+                                                         f"({e}); expected a float dtype: F16, BF16, F32, F64") \
                         from None
     return tensors
 
@@ -156,26 +156,26 @@ def load_gpt2(folder, *, dtype=None, dropout: float | None = None) -> tuple[Laye
                 dtype=dtype)
     head = tensors.pop("lm_head.weight", None)
     if head is not None and not np.array_equal(head, tensors.get("wte.weight", np.zeros(0))):
-        raise _errors.BpjaxError("load_gpt2", f"{folder}: lm_head.weight differs from wte.weight; bpjax's gpt ties "
-                                              f"the output projection to the token embedding (tie_word_embeddings)")
+        raise errors.BpjaxError("load_gpt2", f"{folder}: lm_head.weight differs from wte.weight; bpjax's gpt ties "
+                                             f"the output projection to the token embedding (tie_word_embeddings)")
     for name in [n for n in tensors if n.endswith((".attn.bias", ".attn.masked_bias"))]:
         del tensors[name]                                  # old checkpoints' causal-mask buffers, not weights
     values = {}
     for name, path, cols in _layout(L, D):
         if name not in tensors:
-            raise _errors.BpjaxError("load_gpt2", f"{folder}: the checkpoint has no tensor {name}, expected for a "
-                                                  f"GPT-2 of {L} layers (config.json)")
+            raise errors.BpjaxError("load_gpt2", f"{folder}: the checkpoint has no tensor {name}, expected for a "
+                                                 f"GPT-2 of {L} layers (config.json)")
         values[path] = tensors[name] if cols is None else tensors[name][..., cols]
     unknown = sorted(set(tensors) - {name for name, _, _ in _layout(L, D)})
     if unknown:
-        raise _errors.BpjaxError("load_gpt2", f"{folder}: tensors {unknown[:6]} have no place in a GPT2LMHeadModel "
-                                              f"of {L} layers (a model with another head, or cross-attention?)")
+        raise errors.BpjaxError("load_gpt2", f"{folder}: tensors {unknown[:6]} have no place in a GPT2LMHeadModel "
+                                             f"of {L} layers (a model with another head, or cross-attention?)")
 
     def leaf(key_path, like):
         a = values[_path(key_path)]
         if a.shape != like.shape:
-            raise _errors.BpjaxError("load_gpt2", f"{folder}: the tensor for params{jax.tree_util.keystr(key_path)} "
-                                                  f"has shape {a.shape}, expected {like.shape} from config.json")
+            raise errors.BpjaxError("load_gpt2", f"{folder}: the tensor for params{jax.tree_util.keystr(key_path)} "
+                                                 f"has shape {a.shape}, expected {like.shape} from config.json")
         return jnp.asarray(a, dtype)
 
     shapes = jax.eval_shape(lambda k: model.init(k, (config["n_positions"],))[1], jax.random.key(0))
@@ -200,22 +200,22 @@ def save_gpt2(folder, model: Layer, params) -> None:
     check_model(model, "save_gpt2")
     config = gpt_config(model)
     if config is None:
-        raise _errors.BpjaxError("save_gpt2", f"expected a model built by bpjax.zoo.gpt (or load_gpt2), got "
-                                              f"{model.name}")
+        raise errors.BpjaxError("save_gpt2", f"expected a model built by bpjax.zoo.gpt (or load_gpt2), got "
+                                             f"{model.name}")
     if not config["bias"]:
-        raise _errors.BpjaxError("save_gpt2", "GPT-2 has biases in every projection: expected a gpt built with "
-                                              "bias=True, got bias=False")
+        raise errors.BpjaxError("save_gpt2", "GPT-2 has biases in every projection: expected a gpt built with "
+                                             "bias=True, got bias=False")
     D, L = config["features"], config["num_layers"]
     flat = {_path(k): np.asarray(a) for k, a in jax.tree_util.tree_leaves_with_path(params)}
     columns: dict = {}
     for name, path, _ in _layout(L, D):                  # q, k, v in order: c_attn's columns
         if path not in flat:
-            raise _errors.BpjaxError("save_gpt2", f"params do not match {model.name}: no array at params{list(path)}")
+            raise errors.BpjaxError("save_gpt2", f"params do not match {model.name}: no array at params{list(path)}")
         columns.setdefault(name, []).append(flat[path])
     tensors = {_PREFIX + name: np.ascontiguousarray(np.concatenate(parts, -1)) for name, parts in columns.items()}
     dtypes = sorted({str(a.dtype) for a in tensors.values()})
     if len(dtypes) != 1:
-        raise _errors.BpjaxError("save_gpt2", f"expected params of one dtype, got {dtypes}")
+        raise errors.BpjaxError("save_gpt2", f"expected params of one dtype, got {dtypes}")
     hf = {field: fixed[0] for field, fixed in _FIXED.items()}  # GPT-2's own values of the fields the GPT fixes
     hf.update({"architectures": ["GPT2LMHeadModel"], "vocab_size": config["vocab"],
                "n_positions": config["context"], "n_embd": D, "n_layer": L, "n_head": config["num_heads"],

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from bpjax import _errors, losses
+from bpjax import errors, losses
 from bpjax.core import Layer, apply, check_model, is_contextual
 
 
@@ -37,27 +37,27 @@ def token_windows(ids, T: int, starts=None):
     """
     ids = np.asarray(ids)
     if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
-        raise _errors.BpjaxError("token_windows", f"ids must be a 1-D array of integer token ids, got "
-                                                  f"{ids.dtype} {ids.shape}")
+        raise errors.BpjaxError("token_windows", f"ids must be a 1-D array of integer token ids, got "
+                                                 f"{ids.dtype} {ids.shape}")
     N = len(ids)
-    T = _errors.positive_int("token_windows", "T", T)
+    T = errors.positive_int("token_windows", "T", T)
     if T > N - 1:
-        raise _errors.BpjaxError("token_windows", f"a window of T={T} tokens and its targets need T + 1 <= "
-                                                  f"len(ids) = {N} tokens; expected T <= {N - 1}")
+        raise errors.BpjaxError("token_windows", f"a window of T={T} tokens and its targets need T + 1 <= "
+                                                 f"len(ids) = {N} tokens; expected T <= {N - 1}")
     starts = np.arange(0, N - T, T) if starts is None else np.asarray(starts)
     if not np.issubdtype(starts.dtype, np.integer) or starts.size and not (
             0 <= starts.min() and starts.max() <= N - T - 1):
-        raise _errors.BpjaxError("token_windows", f"starts must be integer offsets in [0, {N - T - 1}] (a window "
-                                                  f"of {T} and its targets inside {N} tokens), got {starts.dtype} "
-                                                  f"in [{starts.min() if starts.size else '-'}, "
-                                                  f"{starts.max() if starts.size else '-'}]")
+        raise errors.BpjaxError("token_windows", f"starts must be integer offsets in [0, {N - T - 1}] (a window "
+                                                 f"of {T} and its targets inside {N} tokens), got {starts.dtype} "
+                                                 f"in [{starts.min() if starts.size else '-'}, "
+                                                 f"{starts.max() if starts.size else '-'}]")
     idx = starts[..., None] + np.arange(T)                  # (..., T): x = ids[s + t], y = ids[s + t + 1]
     return ids[idx], ids[idx + 1]
 
 
 def _token_rows(where, logits, targets):
     """``logits: (B, T, V)``, ``targets: (B, T)`` integers -> ``(B*T, V)``, ``(B*T,)``."""
-    _errors.check_ndim(where, logits, 3, "logits (B, T, V)")
+    errors.check_ndim(where, logits, 3, "logits (B, T, V)")
     _token_targets(where, targets, logits.shape)
     return logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)
 
@@ -65,8 +65,8 @@ def _token_rows(where, logits, targets):
 def _token_targets(where, targets, pred_shape):
     if len(pred_shape) != 3 or jnp.ndim(targets) != 2 or tuple(jnp.shape(targets))[1:] != tuple(pred_shape[1:2]) \
             or not jnp.issubdtype(jnp.result_type(targets), jnp.integer):
-        raise _errors.BpjaxError(where, f"expected integer targets (B, T) for logits (B, T, V) = {tuple(pred_shape)}, "
-                                        f"got {jnp.result_type(targets)} {tuple(jnp.shape(targets))}")
+        raise errors.BpjaxError(where, f"expected integer targets (B, T) for logits (B, T, V) = {tuple(pred_shape)}, "
+                                       f"got {jnp.result_type(targets)} {tuple(jnp.shape(targets))}")
 
 
 def _token_xent_value(logits, targets):
@@ -158,21 +158,21 @@ def generate(model: Layer, params, prompt, steps: int, *, key, context: int | No
     check_model(model, "generate")
     prompt = jnp.asarray(prompt)
     if prompt.ndim != 2 or prompt.shape[1] < 1 or not jnp.issubdtype(prompt.dtype, jnp.integer):
-        raise _errors.BpjaxError("generate", f"prompt must be integer ids of shape (B, P) with P >= 1, got "
-                                             f"{prompt.dtype} {tuple(prompt.shape)}")
-    steps = _errors.positive_int("generate", "steps", steps)
+        raise errors.BpjaxError("generate", f"prompt must be integer ids of shape (B, P) with P >= 1, got "
+                                            f"{prompt.dtype} {tuple(prompt.shape)}")
+    steps = errors.positive_int("generate", "steps", steps)
     if context is None:
         from bpjax.zoo.transformer import gpt_config
 
         config = gpt_config(model)
         context = config["context"] if config else prompt.shape[1] + steps
-    context = _errors.positive_int("generate", "context", context)
+    context = errors.positive_int("generate", "context", context)
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
-        raise _errors.BpjaxError("generate", f"temperature must be a number >= 0, got {temperature!r}")
+        raise errors.BpjaxError("generate", f"temperature must be a number >= 0, got {temperature!r}")
     if top_k is not None:
-        top_k = _errors.positive_int("generate", "top_k", top_k)
+        top_k = errors.positive_int("generate", "top_k", top_k)
     if is_contextual(model) and state is None:
-        raise _errors.BpjaxError("generate", f"{model.name} keeps state: pass state=bp.init_state(model, key, "
-                                             f"(context,))")
+        raise errors.BpjaxError("generate", f"{model.name} keeps state: pass state=bp.init_state(model, key, "
+                                            f"(context,))")
     return _generate(model, params, () if state is None else state, prompt.astype(jnp.int32), key, steps=steps,
                      context=context, temperature=float(temperature), top_k=top_k)

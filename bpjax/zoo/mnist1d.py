@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bpjax import _errors
+from bpjax import errors
 from bpjax.combinators import serial
 from bpjax.core import Layer
 
@@ -18,7 +18,7 @@ def AddChannel() -> Layer:
         return (*tuple(input_shape), 1), ()
 
     def forward(params, x):
-        _errors.check_ndim(name, x, 2, "signal (B, L)")
+        errors.check_ndim(name, x, 2, "signal (B, L)")
         return x[..., None], ()
 
     def backward(params, residuals, dy):

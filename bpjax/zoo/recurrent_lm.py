@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from bpjax import _errors
+from bpjax import errors
 from bpjax.combinators import serial
 from bpjax.core import Layer, apply, check_model, init
 
@@ -37,11 +37,11 @@ def TruncatedBPTT(rnn: Layer, *, batch_size: int, name: str | None = None) -> La
       name: display name (default ``TruncatedBPTT(<rnn>)``).
     """
     check_model(rnn, "TruncatedBPTT")
-    batch_size = _errors.positive_int("TruncatedBPTT", "batch_size", batch_size)
+    batch_size = errors.positive_int("TruncatedBPTT", "batch_size", batch_size)
     name = name or f"TruncatedBPTT({rnn.name})"
 
     def init_fn(key, input_shape):
-        with _errors.context(name):
+        with errors.context(name):
             return init(rnn, key, input_shape)
 
     def init_state(key, input_shape):
@@ -51,19 +51,19 @@ def TruncatedBPTT(rnn: Layer, *, batch_size: int, name: str | None = None) -> La
         return shape, jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), carry)
 
     def forward(params, x, *, state, key, train):
-        with _errors.context(name):
+        with errors.context(name):
             if not train:
                 y, residuals, _ = apply(rnn, params, x)
                 return y, (residuals, ()), state
             if x.shape[0] != batch_size:
-                raise _errors.BpjaxError(name, f"train mode carries the state of {batch_size} streams: expected a "
-                                               f"batch of {batch_size}, got shape {tuple(x.shape)}")
+                raise errors.BpjaxError(name, f"train mode carries the state of {batch_size} streams: expected a "
+                                              f"batch of {batch_size}, got shape {tuple(x.shape)}")
             (y, carry), residuals, _ = apply(rnn, params, (x, state))
         return y, (residuals, (jax.tree.map(jnp.zeros_like, carry),)), lax.stop_gradient(carry)
 
     def backward(params, residuals, dy):
         residuals, carried = residuals
-        with _errors.context(name):
+        with errors.context(name):
             if not carried:
                 return rnn.backward(params, residuals, dy)
             # in the forward pass this was: (y, carry_T) = rnn(params, (x, carry)); carry_T feeds no loss of
@@ -97,7 +97,7 @@ def char_rnn(vocab: int, *, cell: str = "lstm", features: int = 256, embed_featu
 
     cells = {"lstm": LSTM, "gru": GRU}
     if cell not in cells:
-        raise _errors.BpjaxError("char_rnn", f"cell must be one of {sorted(cells)}, got {cell!r}")
+        raise errors.BpjaxError("char_rnn", f"cell must be one of {sorted(cells)}, got {cell!r}")
     rnn = cells[cell](features)
     if batch_size is not None:
         rnn = TruncatedBPTT(rnn, batch_size=batch_size)

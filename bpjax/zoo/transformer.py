@@ -7,7 +7,7 @@ import weakref
 
 import jax.numpy as jnp
 
-from bpjax import _errors
+from bpjax import errors
 from bpjax.combinators import serial
 from bpjax.core import Layer
 from bpjax.initializers import Initializer, initializer, param_dtype
@@ -25,7 +25,7 @@ def PositionEmbedding(context: int, *, init: Initializer = "normal", stddev: flo
       dtype: dtype of ``P``; default the canonical float.
       name: display name (default ``PositionEmbedding(context)``).
     """
-    context = _errors.positive_int("PositionEmbedding", "context", context)
+    context = errors.positive_int("PositionEmbedding", "context", context)
     name = name or f"PositionEmbedding({context})"
     param_dtype(name, dtype)
     p_init = initializer(init, stddev)
@@ -33,18 +33,18 @@ def PositionEmbedding(context: int, *, init: Initializer = "normal", stddev: flo
     def check_shape(T, D_got, D=None):
         if T > context or (D is not None and D_got != D):
             want = f"(B, T, {D}) with T <= {context}" if D is not None else f"(T, D) with T <= {context}"
-            raise _errors.BpjaxError(name, f"expected an input of shape {want}, got T={T} and D={D_got}")
+            raise errors.BpjaxError(name, f"expected an input of shape {want}, got T={T} and D={D_got}")
 
     def init_fn(key, input_shape):
         if len(input_shape) != 2:
-            raise _errors.BpjaxError(name, f"expected an input shape (T, D) (one sequence, no batch axis), "
-                                           f"got {tuple(input_shape)}")
+            raise errors.BpjaxError(name, f"expected an input shape (T, D) (one sequence, no batch axis), "
+                                          f"got {tuple(input_shape)}")
         check_shape(*input_shape)
         return tuple(input_shape), {"P": p_init(key, (context, int(input_shape[1])), param_dtype(name, dtype))}
 
     def forward(params, x):                      # x: (B, T, D)
-        _errors.check_floating(name, x)
-        _errors.check_ndim(name, x, 3, "input (B, T, D)")
+        errors.check_floating(name, x)
+        errors.check_ndim(name, x, 3, "input (B, T, D)")
         check_shape(x.shape[1], x.shape[2], params["P"].shape[1])
         return x + params["P"][:x.shape[1]], ()  # y = x + P[:T]
 
@@ -110,17 +110,17 @@ def gpt(vocab: int, *, context: int, features: int = 128, num_layers: int = 4, n
     from bpjax.layers.attention import optional_dropout
     from bpjax.tied import tie
 
-    num_layers = _errors.positive_int("gpt", "num_layers", num_layers)
-    D = _errors.positive_int("gpt", "features", features)
+    num_layers = errors.positive_int("gpt", "num_layers", num_layers)
+    D = errors.positive_int("gpt", "features", features)
     mlp_features = 4 * D if mlp_features is None else mlp_features
     if isinstance(stddev, bool) or not isinstance(stddev, (int, float)) or not stddev > 0:
-        raise _errors.BpjaxError("gpt", f"stddev must be a number > 0, got {stddev!r}")
+        raise errors.BpjaxError("gpt", f"stddev must be a number > 0, got {stddev!r}")
     w = dict(init="normal", stddev=stddev, dtype=dtype)
     out_init = initializer("normal", stddev / math.sqrt(2 * num_layers))  # GPT-2's c_proj: 0.02 / sqrt(2 L)
     blocks = [TransformerBlock(num_heads, mlp_features=mlp_features, bias=bias, approximate_gelu=approximate_gelu,
                                attention_dropout=attention_dropout, residual_dropout=residual_dropout,
                                out_init=out_init, **w) for _ in range(num_layers)]
-    with _errors.context("gpt embed_dropout"):
+    with errors.context("gpt embed_dropout"):
         drop = optional_dropout(embed_dropout)
     body = serial(Embedding(vocab, D, **w), PositionEmbedding(context, **w), drop, *blocks,
                   LayerNorm(dtype=dtype), Dense(vocab, bias=False, **w))
