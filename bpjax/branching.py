@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from bpjax import contract, errors
 from bpjax.combinators import check_layers, check_params, container
-from bpjax.core import Layer, apply, init, is_contextual, split_key, vjp
+from bpjax.core import Layer, backward_of, forward_of, init_of, is_contextual, split_key
 
 
 def _is_shape(s) -> bool:
@@ -64,26 +64,26 @@ def Residual(block: Layer, *, name: str | None = None) -> Layer:
 
     def init_fn(key, input_shape):
         with errors.context("Residual"):
-            out, params = init(block, key, input_shape)
+            out, params = init_of(block, key, input_shape)
         check_shape(input_shape, out)
         return tuple(input_shape), params
 
     def init_state(key, input_shape):
         with errors.context("Residual"):
-            out, state = init(block, key, input_shape, state=True)
+            out, state = init_of(block, key, input_shape, state=True)
         check_shape(input_shape, out)
         return tuple(input_shape), state
 
     def run(params, x, state, key, train):
         with errors.context("Residual"):
-            fx, residuals, new_state = apply(block, params, x, state=state, key=key, train=train)
+            fx, residuals, new_state = forward_of(block, params, x, state=state, key=key, train=train)
         check_shape(jnp.shape(x), jnp.shape(fx))
         return x + fx, residuals, new_state
 
     def backward(params, residuals, dy):
         # in the forward pass this was: y = x + block(x)
         with errors.context("Residual"):
-            dparams, dx_block = vjp(block, params, residuals, dy, dy)  # dx_block has the shape of x, hence of dy
+            dparams, dx_block = backward_of(block, params, residuals, dy, dy)  # dx_block: the shape of x, so of dy
         return dparams, dy + dx_block
 
     return container(name, init_fn, run, backward, (block,), init_state if is_contextual(block) else None)
@@ -104,7 +104,7 @@ def parallel(*layers: Layer, name: str | None = None) -> Layer:
         outs, values = [], []
         for i, (layer, k, s) in enumerate(zip(layers, split_key(key, n), shapes)):
             with errors.context(f"parallel[{i}]"):
-                out, v = init(layer, k, s, state=contextual)
+                out, v = init_of(layer, k, s, state=contextual)
             outs.append(out)
             values.append(v)
         return tuple(outs), tuple(values)
@@ -117,7 +117,7 @@ def parallel(*layers: Layer, name: str | None = None) -> Layer:
         ys, residuals, new_state = [], [], []
         for i, (layer, p, x, s, k) in enumerate(zip(layers, params, xs, state, split_key(key, n))):
             with errors.context(f"parallel[{i}]"):
-                y, r, s = apply(layer, p, x, state=s, key=k, train=train)
+                y, r, s = forward_of(layer, p, x, state=s, key=k, train=train)
             ys.append(y)
             residuals.append(r)
             new_state.append(s)
@@ -129,7 +129,7 @@ def parallel(*layers: Layer, name: str | None = None) -> Layer:
         dparams, dxs = [], []
         for i, (layer, p, r, dy, lk) in enumerate(zip(layers, params, residuals, dys, likes)):
             with errors.context(f"parallel[{i}]"):
-                dp, dx = vjp(layer, p, r, dy, contract.unlike(lk))
+                dp, dx = backward_of(layer, p, r, dy, contract.unlike(lk))
             dparams.append(dp)
             dxs.append(dx)
         return tuple(dparams), tuple(dxs)

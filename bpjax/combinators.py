@@ -11,16 +11,24 @@ from __future__ import annotations
 from typing import Callable, Optional, Sequence
 
 from bpjax import contract, errors
-from bpjax.core import Layer, apply, init, is_contextual, split_key, vjp
+from bpjax.core import Layer, backward_of, forward_of, init_of, is_contextual, split_key
 
 
 def check_params(where: str, params, n: int, what: str = "params") -> None:
-    """``params`` (or a container's ``state``) must be a tuple with one entry per child."""
-    if not isinstance(params, (tuple, list)) or len(params) != n:
-        got = f"a {type(params).__name__} of length {len(params)}" if isinstance(params, (tuple, list)) \
-            else f"a {type(params).__name__}"
-        raise errors.BpjaxError(where, f"{what} do not match the model: expected a tuple of {n} "
-                                       f"per-layer {what}, got {got}")
+    """``params`` (or a container's ``state``) must be the tuple ``init`` returned, one entry per child.
+
+    A list of the right length is refused too, with the fix: its gradients would come back as a tuple,
+    which optax and ``jax.tree.map`` would not pair with the list.
+    """
+    if type(params) is tuple and len(params) == n:
+        return
+    if isinstance(params, list) and len(params) == n:
+        raise errors.BpjaxTypeError(where, f"{what} must be the tuple init returned, one entry per layer: expected "
+                                           f"a tuple of {n} per-layer {what}, got a list (pass tuple({what}))")
+    got = f"a {type(params).__name__} of length {len(params)}" if isinstance(params, (tuple, list)) \
+        else f"a {type(params).__name__}"
+    raise errors.BpjaxError(where, f"{what} do not match the model: expected a tuple of {n} "
+                                   f"per-layer {what}, got {got}")
 
 
 def check_layers(where: str, layers: Sequence) -> tuple:
@@ -68,7 +76,7 @@ def serial_forward(layers: Sequence[Layer], params, x, state, key, train: bool, 
     for i, (layer, p, s, k) in enumerate(zip(layers, params, state, split_key(key, n))):
         with errors.context(f"serial[{i}]"):
             likes.append(contract.like(x))
-            x, r, s = apply(layer, p, x, state=s, key=k, train=train)
+            x, r, s = forward_of(layer, p, x, state=s, key=k, train=train)
         residuals.append(r)
         new_state.append(s)
         outputs.append(x)
@@ -90,7 +98,7 @@ def serial_backward(layers: Sequence[Layer], params, residuals, dy, *, after: Op
     dparams = [None] * n
     for i in reversed(range(n)):  # go in the reverse order of the forward pass
         with errors.context(f"serial[{i}]"):
-            dparams[i], dy = vjp(layers[i], params[i], rs[i], dy, contract.unlike(likes[i]))
+            dparams[i], dy = backward_of(layers[i], params[i], rs[i], dy, contract.unlike(likes[i]))
         if after is not None:
             dy = after(i, dy)
     return tuple(dparams), dy
@@ -116,7 +124,7 @@ def serial(*layers: Layer, name: str | None = None) -> Layer:
         values, shape = [], tuple(input_shape)
         for i, (layer, k) in enumerate(zip(layers, split_key(key, n))):
             with errors.context(f"serial[{i}]"):
-                shape, v = init(layer, k, shape, state=with_state)
+                shape, v = init_of(layer, k, shape, state=with_state)
             values.append(v)
         return shape, tuple(values)
 
@@ -126,8 +134,7 @@ def serial(*layers: Layer, name: str | None = None) -> Layer:
             check_params(name, state, n, "state")
         return serial_forward(layers, params, x, state, key, train)
 
-    def backward(params, residuals, dy):
-        check_params(name, params, n)
+    def backward(params, residuals, dy):  # params checked by the forward
         return serial_backward(layers, params, residuals, dy)
 
     return container(name, lambda key, shape: init_with(key, shape, False), run, backward, layers,

@@ -137,8 +137,10 @@ Layer._make = classmethod(lambda cls, iterable: cls(*iterable))  # type: ignore[
 def check_model(model, where: str = "model") -> Layer:
     """``model`` itself when it is a :class:`Layer`; a :class:`BpjaxTypeError` naming ``where`` otherwise."""
     if not isinstance(model, Layer):
+        hint = (" (a JAX function apply(params, x) -> y becomes a layer with bp.layers.Autodiff(apply, init))"
+                if callable(model) else "")
         raise errors.BpjaxTypeError(where, f"expected a bpjax Layer (e.g. bp.serial(...)), got "
-                                            f"{type(model).__name__}")
+                                           f"{type(model).__name__}{hint}")
     return model
 
 
@@ -156,6 +158,16 @@ def is_contextual(layer: Layer) -> bool:
     return layer.init_state is not None
 
 
+def check_state(where: str, model: Layer, state, fix: str = "state=bp.init_state(model, key, input_shape)"):
+    """``state`` as given, ``()`` for a simple model given none; a contextual model given none is a
+    :class:`BpjaxError` naming ``where``, the model and ``fix``."""
+    if state is not None:
+        return state
+    if is_contextual(model):
+        raise errors.BpjaxError(where, f"{model.name} keeps state or draws random numbers: pass {fix}")
+    return ()
+
+
 def init_state(layer: Layer, key: PRNGKey, input_shape: Shape) -> State:
     """The initial non-trained state of ``layer`` (``()`` for a simple layer)."""
     if layer.init_state is None:
@@ -163,8 +175,8 @@ def init_state(layer: Layer, key: PRNGKey, input_shape: Shape) -> State:
     return contract.init_output(layer.name, layer.init_state(key, input_shape))[1]
 
 
-def init(layer: Layer, key: PRNGKey, input_shape: Shape, *, state: bool = False) -> Tuple[Shape, Any]:
-    """``layer.init(key, input_shape) -> (output_shape, params)``, its contract checked.
+def init_of(layer: Layer, key: PRNGKey, input_shape: Shape, *, state: bool = False) -> Tuple[Shape, Any]:
+    """``layer.init(key, input_shape) -> (output_shape, params)``, its contract checked (:mod:`bpjax.contract`).
 
     With ``state=True``: ``(output_shape, state)`` from ``layer.init_state`` (``()`` for a simple layer).
     """
@@ -174,19 +186,45 @@ def init(layer: Layer, key: PRNGKey, input_shape: Shape, *, state: bool = False)
     return contract.init_output(layer.name, fn(key, input_shape))
 
 
+def forward_of(layer: Layer, params: Params, x: Array, *, state: State = (), key: Optional[PRNGKey] = None,
+               train: bool = True) -> Tuple[Array, Residuals, State]:
+    """Any layer's forward with one signature, ``-> (y, residuals, new_state)``, its contract checked.
+
+    Simple layers ignore ``state``, ``key`` and ``train`` and return ``state`` unchanged. Every
+    container runs its children through it; the key is the caller's to have checked (:func:`apply`).
+    """
+    if is_contextual(layer):
+        return contract.forward_output(layer.name, layer.forward(params, x, state=state, key=key, train=train), True)
+    y, residuals = contract.forward_output(layer.name, layer.forward(params, x), False)
+    return y, residuals, state
+
+
+def backward_of(layer: Layer, params: Params, residuals: Residuals, dy, like_x=None) -> Tuple[Params, Any]:
+    """``layer.backward(params, residuals, dy) -> (dparams, dx)``, the pullback of the forward at ``dy``.
+
+    A leaf layer's output is checked (:func:`bpjax.contract.backward_output`): ``dparams`` mirrors ``params``
+    (structure, shapes, dtypes) and ``dx`` mirrors ``like_x`` (the input, or shape/dtype structs of it) when
+    given. A container's (a layer with ``children``) is not: its ``dparams`` and ``dx`` are its children's,
+    each checked where that child's backward ran.
+    """
+    out = layer.backward(params, residuals, dy)
+    if layer.children:
+        return out
+    return contract.backward_output(layer.name, out, params, like_x)
+
+
 def apply(layer: Layer, params: Params, x: Array, *, state: State = (), key: Optional[PRNGKey] = None,
           train: bool = True) -> Tuple[Array, Residuals, State]:
     """Run any layer's forward with a uniform signature: ``-> (y, residuals, new_state)``.
 
     Simple layers ignore ``state``, ``key`` and ``train`` and return ``state`` unchanged. The
     layer's output is checked against the contract (:mod:`bpjax.contract`); a contextual layer's
-    ``key`` must be a PRNG key or ``None`` (:func:`bpjax.errors.check_key`).
+    ``key`` must be a PRNG key or ``None`` (:func:`bpjax.errors.check_key`). The public form of
+    :func:`forward_of`.
     """
     if is_contextual(layer):
         errors.check_key(layer.name, key)
-        return contract.forward_output(layer.name, layer.forward(params, x, state=state, key=key, train=train), True)
-    y, residuals = contract.forward_output(layer.name, layer.forward(params, x), False)
-    return y, residuals, state
+    return forward_of(layer, params, x, state=state, key=key, train=train)
 
 
 def tag_mode(train: bool, residuals: Residuals) -> dict:
@@ -204,9 +242,3 @@ def read_mode(saved: dict) -> Tuple[bool, Residuals]:
     """``(train, residuals)`` from residuals made by :func:`tag_mode`."""
     (mode, residuals), = saved.items()
     return mode == "train", residuals
-
-
-def vjp(layer: Layer, params: Params, residuals: Residuals, dy, like_x=None) -> Tuple[Params, Any]:
-    """``layer.backward(params, residuals, dy) -> (dparams, dx)``, checked: ``dparams`` mirrors ``params``
-    (structure, shapes, dtypes) and ``dx`` mirrors ``like_x`` (the input, or shape/dtype structs of it) when given."""
-    return contract.backward_output(layer.name, layer.backward(params, residuals, dy), params, like_x)

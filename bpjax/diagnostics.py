@@ -24,8 +24,8 @@ import jax.numpy as jnp
 
 from bpjax import errors
 from bpjax.combinators import serial, serial_backward, serial_forward
-from bpjax.core import Layer, check_model, is_contextual
-from bpjax.grad import gradients
+from bpjax.core import Layer, check_model
+from bpjax.grad import check_inputs, gradients
 from bpjax.losses import as_loss
 
 
@@ -60,12 +60,11 @@ def diagnostics(model: Union[Layer, Sequence[Layer]], loss):
         model = serial(*layers)
     model = cast(Layer, check_model(model))
     loss = as_loss(loss)
-    contextual = is_contextual(model)
     vg = gradients(model, loss)
+    where = f"diagnostics({model.name})"
 
     def fn(params, x, y, *, updates=None, state=None, key=None, train=True):
-        if contextual and state is None:
-            raise errors.BpjaxError(model.name, "this model keeps state or draws random numbers: pass state=...")
+        x, y, state = check_inputs(where, model, x, y, state, key)
         out = {"param_norm": _norms(params)}
         if updates is not None:
             errors.check_tree_like("diagnostics", updates, params, "updates")
@@ -75,8 +74,7 @@ def diagnostics(model: Union[Layer, Sequence[Layer]], loss):
             value, _, grads = vg(params, x, y, state, key, train)
             return {"loss": value, "grad_norm": _norms(grads), **out}
         # serial's own forward and backward, keeping each layer's output a_l and the signal dL/da_l
-        a, residuals, _, acts = serial_forward(layers, params, x, () if state is None else state, key, train,
-                                               keep_outputs=True)
+        a, residuals, _, acts = serial_forward(layers, params, x, state, key, train, keep_outputs=True)
         value, d = loss.value_and_grad(a, y)
         back = [None] * len(layers)
         back[-1] = jnp.linalg.norm(jnp.ravel(d))  # |dL/da| at the model output

@@ -11,6 +11,9 @@ the same triple for every model, simple or contextual::
 ``model.backward`` (no ``jax.grad`` anywhere), with the layer contract checked
 (:mod:`bpjax.contract`); ``backward="autodiff"`` is ``jax.value_and_grad`` of the same forward and
 loss value, the reference.
+
+The public functions check their arguments once (:func:`check_backward`, :func:`check_inputs`,
+:func:`bpjax.losses.as_loss`); :func:`gradients` beneath them trusts its caller.
 """
 
 from __future__ import annotations
@@ -20,89 +23,81 @@ from typing import Optional
 import jax
 
 from bpjax import errors
-from bpjax.core import Layer, apply, check_model, is_contextual, vjp
-from bpjax.losses import as_loss
+from bpjax.core import Layer, backward_of, check_model, check_state, forward_of, is_contextual
+from bpjax.losses import Loss, as_loss
 
 BACKWARDS = ("manual", "autodiff")
 
 
-def check_inputs(where: str, x, y, key=None):
-    """The eager argument checks of every public function that takes data, in one place.
+def check_backward(where: str, backward: str) -> str:
+    """``backward`` when it is one of :data:`BACKWARDS`; a :class:`bpjax.BpjaxError` naming ``where`` otherwise."""
+    if backward not in BACKWARDS:
+        raise errors.BpjaxError(where, f"backward must be one of {BACKWARDS}, got {backward!r}")
+    return backward
 
-    ``x`` and ``y`` as arrays (:func:`bpjax.errors.as_array`), ``key`` a PRNG key or ``None``
-    (:func:`bpjax.errors.check_key`), a concrete ``x`` finite (:func:`bpjax.errors.check_finite`). Targets are the
-    loss's to check (it raises at once on concrete ones). Returns ``(x, y)``.
+
+def check_inputs(where: str, model: Layer, x, y, state, key):
+    """The argument checks of every public function that takes data, in one place: ``(x, y, state)``.
+
+    ``x`` and ``y`` as arrays (:func:`bpjax.errors.as_array`; ``y=None`` for none), ``key`` a PRNG key
+    or ``None`` (:func:`bpjax.errors.check_key`), a concrete ``x`` finite
+    (:func:`bpjax.errors.check_finite`), ``state`` given for a contextual model
+    (:func:`bpjax.core.check_state`; ``()`` for a simple one). Targets are the loss's to check (it
+    raises at once on concrete ones).
     """
     errors.check_key(where, key)
     x = errors.as_array(where, "input x", x)
     y = y if y is None else errors.as_array(where, "target y", y)
     errors.check_finite(where, "input x", x)
-    return x, y
+    return x, y, check_state(where, model, state)
 
 
-def _state(model: Layer, state, where: str):
-    if state is None:
-        if is_contextual(model):
-            raise errors.BpjaxError(where, f"{model.name} keeps state or draws random numbers: pass "
-                                            f"state=bp.init_state(model, key, input_shape) (and key=...)")
-        return ()
-    return state
-
-
-def gradients(model: Layer, loss, *, backward: str = "manual", wrt_input: bool = False,
-              where: Optional[str] = None):
-    """The one gradient path: ``fn(params, x, y, state=None, key=None, train=True) -> (value, new_state, grads)``.
+def gradients(model: Layer, loss: Loss, *, backward: str = "manual", wrt_input: bool = False):
+    """The one gradient path: ``fn(params, x, y, state, key, train) -> (value, new_state, grads)``.
 
     ``grads`` has the structure of ``params`` (``(dparams, dx)`` with ``wrt_input=True``);
-    ``new_state`` is ``()`` for a simple model. A contextual model needs ``state``.
-
-    Every call runs :func:`check_inputs` first, so every caller gets the same rule: concrete data are
-    checked at once (a NaN input raises); traced data (inside ``jit``, ``vmap``, ``lax.scan``) are
-    checked by the loss's traced value checks (``checkify`` or NaN), at no cost per step.
+    ``new_state`` is ``()`` for a simple model. The caller has checked its arguments: ``model`` a
+    layer, ``loss`` a :class:`~bpjax.losses.Loss`, ``backward`` one of :data:`BACKWARDS`, and the
+    data, ``state`` (``()`` for a simple model) and ``key`` (:func:`check_inputs`). Traced data
+    (inside ``jit``, ``vmap``, ``lax.scan``) are checked by the loss's traced value checks
+    (``checkify`` or NaN), at no cost per step.
 
     Args:
       model, loss: what to differentiate: ``value = loss(model(params, x), y)``.
       backward: ``"manual"`` (the hand-written backward) or ``"autodiff"`` (``jax.grad``).
       wrt_input: also return the gradient with respect to ``x``.
-      where: the public function named in errors (default: the model's name).
     """
-    check_model(model)
-    loss = as_loss(loss)
-    if backward not in BACKWARDS:
-        raise errors.BpjaxError("backward", f"expected one of {BACKWARDS}, got {backward!r}")
-    where = model.name if where is None else where
-
     if backward == "manual":
-        def manual(params, x, y, state=None, key=None, train=True):
-            x, y = check_inputs(where, x, y, key)
-            state = _state(model, state, model.name)
-            pred, residuals, new_state = apply(model, params, x, state=state, key=key, train=train)
+        def manual(params, x, y, state, key, train):
+            pred, residuals, new_state = forward_of(model, params, x, state=state, key=key, train=train)
             value, dpred = loss.value_and_grad(pred, y)
-            dparams, dx = vjp(model, params, residuals, dpred, x)  # the layer contract, checked while tracing
+            dparams, dx = backward_of(model, params, residuals, dpred, x)  # the layer contract, checked in tracing
             return value, new_state, ((dparams, dx) if wrt_input else dparams)
 
         return manual
 
     def objective(params, x, y, state, key, train):
-        pred, _, new_state = apply(model, params, x, state=state, key=key, train=train)
+        pred, _, new_state = forward_of(model, params, x, state=state, key=key, train=train)
         return loss.value(pred, y), new_state
 
     grad_fn = jax.value_and_grad(objective, argnums=(0, 1) if wrt_input else 0, has_aux=True, allow_int=True)
 
-    def autodiff(params, x, y, state=None, key=None, train=True):
-        x, y = check_inputs(where, x, y, key)
-        (value, new_state), grads = grad_fn(params, x, y, _state(model, state, model.name), key, train)
+    def autodiff(params, x, y, state, key, train):
+        (value, new_state), grads = grad_fn(params, x, y, state, key, train)
         return value, new_state, grads
 
     return autodiff
 
 
-def _public(model: Layer, fn):
+def _public(where: str, model: Layer, loss, backward: str, wrt_input: bool):
     """``jax.value_and_grad``'s convention: ``(value, grads)``, or ``((value, new_state), grads)`` when the
-    model has state (``has_aux``)."""
+    model has state (``has_aux``); the arguments checked once, here and at each call."""
+    check_model(model)
+    fn = gradients(model, as_loss(loss), backward=check_backward(where, backward), wrt_input=wrt_input)
     contextual = is_contextual(model)
 
     def public(params, x, y, *, state=None, key=None, train=True):
+        x, y, state = check_inputs(where, model, x, y, state, key)
         value, new_state, grads = fn(params, x, y, state, key, train)
         return ((value, new_state), grads) if contextual else (value, grads)
 
@@ -119,16 +114,15 @@ def value_and_grad(model: Layer, loss, *, backward: str = "manual", wrt_input: b
     structure of ``params``. For a contextual model (with state or randomness) it is
     ``fn(params, x, y, *, state, key=None, train=True) -> ((value, new_state), grads)``, the
     ``has_aux`` convention of ``jax.value_and_grad``. With ``wrt_input=True``, ``grads`` is
-    ``(dparams, dx)``.
+    ``(dparams, dx)``. Concrete data are checked at once (:func:`check_inputs`).
     """
-    return _public(model, gradients(model, loss, backward=backward, wrt_input=wrt_input, where="value_and_grad"))
+    return _public("value_and_grad", model, loss, backward, wrt_input)
 
 
 def autodiff_value_and_grad(model: Layer, loss, *, wrt_input: bool = False):
     """The reference: ``jax.value_and_grad`` of the same forward and loss value (same signature as
     :func:`value_and_grad`). The forward is bpjax's, so only the backward differs."""
-    return _public(model, gradients(model, loss, backward="autodiff", wrt_input=wrt_input,
-                                    where="autodiff_value_and_grad"))
+    return _public("autodiff_value_and_grad", model, loss, "autodiff", wrt_input)
 
 
 def as_custom_vjp(model: Layer, *, train: bool = True):
@@ -144,22 +138,22 @@ def as_custom_vjp(model: Layer, *, train: bool = True):
 
     @jax.custom_vjp
     def g(params, x, state, key=None):
-        return apply(model, params, x, state=state, key=key, train=train)[::2]
+        return forward_of(model, params, x, state=state, key=key, train=train)[::2]
 
     def g_fwd(params, x, state, key=None):
-        y, residuals, new_state = apply(model, params, x, state=state, key=key, train=train)
+        y, residuals, new_state = forward_of(model, params, x, state=state, key=key, train=train)
         return (y, new_state), (params, residuals)
 
     def g_bwd(saved, cotangents):
         params, residuals = saved
         dy, _ = cotangents  # the state output is not differentiated
-        dparams, dx = vjp(model, params, residuals, dy)
+        dparams, dx = backward_of(model, params, residuals, dy)
         return dparams, dx, None, None
 
     g.defvjp(g_fwd, g_bwd)
 
     def contextual(params, x, state, key=None):
-        x, _ = check_inputs("as_custom_vjp", x, None, key)
+        x, _, state = check_inputs("as_custom_vjp", model, x, None, state, key)
         return g(params, x, state, key)
 
     if is_contextual(model):
@@ -174,5 +168,5 @@ def as_custom_vjp(model: Layer, *, train: bool = True):
 def predict(model: Layer, params, x, *, state=None, key: Optional[jax.Array] = None, train: bool = False):
     """The model's output (eval mode by default): ``y = model(params, x)``."""
     check_model(model)
-    x, _ = check_inputs("predict", x, None, key)
-    return apply(model, params, x, state=_state(model, state, model.name), key=key, train=train)[0]
+    x, _, state = check_inputs("predict", model, x, None, state, key)
+    return forward_of(model, params, x, state=state, key=key, train=train)[0]

@@ -80,23 +80,20 @@ class Loss:
         return self.name
 
 
-def as_loss(loss) -> Loss:
-    """Return ``loss`` if it is a :class:`Loss`; wrap a plain ``(pred, target) -> scalar`` function otherwise.
+@dataclass(frozen=True)
+class _ScalarOf:
+    """``fn(pred, target)``, its output checked to be a real floating-point scalar: a plain function's loss value.
 
-    The wrapped function's output is checked: a non-scalar (``(B,)``: a forgotten mean) or
-    non-floating result raises a :class:`bpjax.BpjaxError` naming the loss, where ``jax.grad`` would
-    only say "Gradient only defined for scalar-output functions".
+    Frozen (equal and hashed by the function), so that :func:`as_loss` of one function is one loss
+    each time: ``fit`` keeps its compiled program for it.
     """
-    if isinstance(loss, Loss):
-        return loss
-    if not callable(loss):
-        raise errors.BpjaxTypeError("loss", f"expected a bpjax Loss or a function (pred, target) -> scalar, "
-                                            f"got {type(loss).__name__}")
-    name = getattr(loss, "__name__", type(loss).__name__)
 
-    def value(pred, target):
-        out = loss(pred, target)
-        where = f"loss {name}"
+    fn: Callable
+    name: str
+
+    def __call__(self, pred, target):
+        out = self.fn(pred, target)
+        where = f"loss {self.name}"
         if not hasattr(out, "shape") and not isinstance(out, (int, float, np.generic)):
             raise errors.BpjaxTypeError(where, f"returned a {type(out).__name__}, expected a scalar array")
         if jnp.shape(out) != ():
@@ -107,7 +104,32 @@ def as_loss(loss) -> Loss:
                                                f"floating-point scalar")
         return out
 
-    return Loss(value, jax.value_and_grad(value), name)
+
+@dataclass(frozen=True)
+class _ValueAndGradOf:
+    """``jax.value_and_grad`` of a :class:`_ScalarOf` with respect to ``pred``; equal when it is."""
+
+    value: _ScalarOf
+
+    def __call__(self, pred, target):
+        return jax.value_and_grad(self.value)(pred, target)
+
+
+def as_loss(loss) -> Loss:
+    """Return ``loss`` if it is a :class:`Loss`; wrap a plain ``(pred, target) -> scalar`` function otherwise.
+
+    The wrapped function's output is checked: a non-scalar (``(B,)``: a forgotten mean) or
+    non-floating result raises a :class:`bpjax.BpjaxError` naming the loss, where ``jax.grad`` would
+    only say "Gradient only defined for scalar-output functions". Wrapping one function twice gives
+    equal losses.
+    """
+    if isinstance(loss, Loss):
+        return loss
+    if not callable(loss):
+        raise errors.BpjaxTypeError("loss", f"expected a bpjax Loss or a function (pred, target) -> scalar, "
+                                            f"got {type(loss).__name__}")
+    value = _ScalarOf(loss, getattr(loss, "__name__", type(loss).__name__))
+    return Loss(value, _ValueAndGradOf(value), value.name)
 
 
 def scaled(loss: Loss, scale) -> Loss:

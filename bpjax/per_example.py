@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 
 from bpjax import errors
-from bpjax.core import Layer, apply, check_model
-from bpjax.grad import _state, check_inputs, gradients
+from bpjax.core import Layer, check_model, forward_of
+from bpjax.grad import check_inputs, gradients
 from bpjax.losses import as_loss
 
 
@@ -41,16 +41,16 @@ def per_example_grads(model: Layer, loss):
     check_model(model)
     loss = as_loss(loss)
     where = "per_example_grads"
-    vg = gradients(model, loss, where=where)
+    vg = gradients(model, loss)
 
     def fn(params, x, y, *, state=None, key=None, train=True):
-        x, y = check_inputs(where, x, y, key)
+        x, y, state = check_inputs(where, model, x, y, state, key)
         if jnp.ndim(x) < 1 or jnp.ndim(y) < 1 or jnp.shape(x)[0] != jnp.shape(y)[0]:
             raise errors.BpjaxError(where, f"expected x (B, ...) and y (B, ...) with the same "
                                            f"batch size, got x {jnp.shape(x)} and y {jnp.shape(y)}")
         if errors.is_concrete(y):  # the loss's whole-batch target check, on the model's output shape
-            st = _state(model, state, model.name)
-            pred = jax.eval_shape(lambda p, xb: apply(model, p, xb, state=st, key=key, train=train)[0], params, x)
+            pred = jax.eval_shape(lambda p, xb: forward_of(model, p, xb, state=state, key=key, train=train)[0], params,
+                                  x)
             with errors.context(f"{where}:"):
                 loss.check_targets(y, pred.shape)
 

@@ -18,7 +18,7 @@ import jax
 from jax import lax
 
 from bpjax import errors
-from bpjax.core import Layer, apply, is_contextual, read_mode, tag_mode, vjp
+from bpjax.core import Layer, backward_of, forward_of, is_contextual, read_mode, tag_mode
 
 
 def remat(block: Layer, *, name: str | None = None) -> Layer:
@@ -38,30 +38,32 @@ def remat(block: Layer, *, name: str | None = None) -> Layer:
 
     if not is_contextual(block):
         def forward(params, x):
-            y, _, _ = apply(block, params, x)
+            y, _, _ = forward_of(block, params, x)
             return y, x  # keep only the input
 
         def backward(params, x, dy):
             params, x, dy = lax.optimization_barrier((params, x, dy))
-            _, residuals, _ = apply(block, params, x)  # in the forward pass this was: y, residuals = block(params, x)
-            return vjp(block, params, residuals, dy, x)
+            # in the forward pass this was: y, residuals = block(params, x)
+            _, residuals, _ = forward_of(block, params, x)
+            return backward_of(block, params, residuals, dy, x)
 
         return Layer(block.init, forward, backward, name, None, (block,))
 
     def forward_ctx(params, x, *, state, key, train):
-        y, _, new_state = apply(block, params, x, state=state, key=key, train=train)
+        y, _, new_state = forward_of(block, params, x, state=state, key=key, train=train)
         return y, tag_mode(train, (x, state, key)), new_state
 
     def backward_ctx(params, saved, dy):
         train, (x, state, key) = read_mode(saved)
         params, x, state, key, dy = lax.optimization_barrier((params, x, state, key, dy))
-        _, residuals, _ = apply(block, params, x, state=state, key=key, train=train)
-        return vjp(block, params, residuals, dy, x)
+        _, residuals, _ = forward_of(block, params, x, state=state, key=key, train=train)
+        return backward_of(block, params, residuals, dy, x)
 
     return Layer(block.init, forward_ctx, backward_ctx, name, block.init_state, (block,))
 
 
 def residual_bytes(model: Layer, params, x, *, state=(), key=None, train: bool = True) -> int:
     """Bytes of the residuals ``model``'s forward keeps for its backward on input ``x`` (no compute: ``eval_shape``)."""
-    out = jax.eval_shape(lambda p, x, s, k: apply(model, p, x, state=s, key=k, train=train)[1], params, x, state, key)
+    out = jax.eval_shape(lambda p, x, s, k: forward_of(model, p, x, state=s, key=k, train=train)[1], params, x, state,
+                         key)
     return int(sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(out)))

@@ -27,10 +27,11 @@ import jax.numpy as jnp
 
 from bpjax import errors
 from bpjax.combinators import serial, serial_backward
-from bpjax.core import Layer, apply
+from bpjax.core import Layer, check_model, forward_of
 from bpjax.core import init_state as _init_state
-from bpjax.grad import gradients
+from bpjax.grad import check_inputs, gradients
 from bpjax.initializers import Initializer, initializer
+from bpjax.losses import as_loss
 
 __all__ = ["BACKWARD_RULES", "DFA", "angle", "feedback_angles", "gradient_angles", "rule_tag", "sign_feedback",
            "with_backward_rule"]
@@ -127,10 +128,14 @@ def gradient_angles(model: Layer, loss):
     Returns ``fn(params, x, y, *, state=None, key=None, train=True) -> angles``, ``angles`` a pytree
     with the structure of ``params`` and one scalar per leaf; jit-able.
     """
+    check_model(model)
+    loss = as_loss(loss)
     manual = gradients(model, loss)
     true = gradients(model, loss, backward="autodiff")
+    where = f"gradient_angles({model.name})"
 
     def fn(params, x, y, *, state=None, key=None, train=True):
+        x, y, state = check_inputs(where, model, x, y, state, key)
         g_rule = manual(params, x, y, state, key, train)[2]
         g_true = true(params, x, y, state, key, train)[2]
         return jax.tree.map(angle, g_rule, g_true)
@@ -222,7 +227,7 @@ def DFA(*layers: Layer, feedback_init: Initializer = "glorot_uniform", name: Opt
         if not isinstance(state, dict) or set(state) != {"layers", "B"}:
             raise errors.BpjaxError(name, "state does not match the model: expected {'layers', 'B'} from "
                                           "bp.init_state(model, key, input_shape)")
-        y, residuals, new_inner = apply(inner, params, x, state=state["layers"], key=key, train=train)
+        y, residuals, new_inner = forward_of(inner, params, x, state=state["layers"], key=key, train=train)
         return y, (residuals, state["B"]), {"layers": new_inner, "B": state["B"]}
 
     def backward(params, saved, dy):

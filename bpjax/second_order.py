@@ -19,11 +19,12 @@ import jax.numpy as jnp
 from bpjax import errors
 from bpjax.core import Layer, check_model
 from bpjax.grad import check_inputs, gradients
+from bpjax.losses import as_loss
 
 
-def _grad_of_params(model, loss, x, y, state, key, train, where):
-    """``g(params) = dL/dparams`` at the data; the data checked at once when concrete (the one gradient path)."""
-    vg = gradients(model, loss, where=where)
+def _grad_of_params(model, loss, x, y, state, key, train):
+    """``g(params) = dL/dparams`` at the data (checked by the caller: :func:`bpjax.grad.check_inputs`)."""
+    vg = gradients(model, loss)
 
     def g(params):
         return vg(params, x, y, state, key, train)[2]
@@ -38,10 +39,12 @@ def hvp(model: Layer, loss):
     have the structure of ``params``. Costs about one forward plus two backward passes; jit-able.
     """
     check_model(model)
+    loss = as_loss(loss)
 
     def fn(params, x, y, v, *, state=None, key=None, train=True):
         errors.check_tree_like("hvp", v, params, "vector v")
-        g = _grad_of_params(model, loss, x, y, state, key, train, "hvp")
+        x, y, state = check_inputs("hvp", model, x, y, state, key)
+        g = _grad_of_params(model, loss, x, y, state, key, train)
         return jax.jvp(g, (params,), (v,))[1]
 
     return fn
@@ -54,10 +57,12 @@ def hessian(model: Layer, loss):
     of ``jax.flatten_util.ravel_pytree(params)``; computed as ``jax.jacfwd`` of the manual gradient.
     """
     check_model(model)
+    loss = as_loss(loss)
 
     def fn(params, x, y, *, state=None, key=None, train=True):
+        x, y, state = check_inputs("hessian", model, x, y, state, key)
         flat, unravel = jax.flatten_util.ravel_pytree(params)
-        g = _grad_of_params(model, loss, x, y, state, key, train, "hessian")
+        g = _grad_of_params(model, loss, x, y, state, key, train)
         return jax.jacfwd(lambda f: jax.flatten_util.ravel_pytree(g(unravel(f)))[0])(flat)
 
     return fn
@@ -73,11 +78,12 @@ def top_eigenvalue(model: Layer, loss, *, iters: int = 20):
     """
     iters = errors.positive_int("top_eigenvalue", "iters", iters)
     check_model(model)
+    loss = as_loss(loss)
 
     def fn(params, x, y, key, *, state=None, train=True):
         errors.check_key("top_eigenvalue", key, allow_none=False)
-        x, y = check_inputs("top_eigenvalue", x, y)  # at once, before the power iteration is traced
-        g = _grad_of_params(model, loss, x, y, state, None, train, "top_eigenvalue")
+        x, y, state = check_inputs("top_eigenvalue", model, x, y, state, None)  # before the iteration is traced
+        g = _grad_of_params(model, loss, x, y, state, None, train)
         flat, unravel = jax.flatten_util.ravel_pytree(params)
         v = jax.random.normal(key, flat.shape, flat.dtype)
         v = v / jnp.linalg.norm(v)

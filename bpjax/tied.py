@@ -25,7 +25,7 @@ import jax.numpy as jnp
 
 from bpjax import errors
 from bpjax.combinators import container
-from bpjax.core import Layer, apply, check_model, init, is_contextual, vjp
+from bpjax.core import Layer, backward_of, check_model, forward_of, init_of, is_contextual
 
 Path = Tuple[Union[int, str], ...]
 
@@ -127,24 +127,24 @@ def tie(model: Layer, *, source: Path, target: Path, transpose: bool = False, na
 
     def init_fn(key, input_shape):
         with errors.context(name):
-            shape, params = init(model, key, input_shape)
+            shape, params = init_of(model, key, input_shape)
         src, tgt = _resolve(name, params, source, "source"), _resolve(name, params, target, "target")
         check_pair(params, src, tgt)
         return shape, _set(params, tgt, ())
 
     def init_state(key, input_shape):
         with errors.context(name):
-            return init(model, key, input_shape, state=True)
+            return init_of(model, key, input_shape, state=True)
 
     def run(params, x, state, key, train):
         src, tgt = paths(params)
         with errors.context(name):
-            return apply(model, full(params, src, tgt), x, state=state, key=key, train=train)
+            return forward_of(model, full(params, src, tgt), x, state=state, key=key, train=train)
 
     def backward(params, residuals, dy):
         src, tgt = paths(params)
         with errors.context(name):
-            dfull, dx = vjp(model, full(params, src, tgt), residuals, dy)
+            dfull, dx = backward_of(model, full(params, src, tgt), residuals, dy)
         # in the forward pass this was: full[target] = f(params[source]), so both uses add up
         dsource = _get(dfull, src) + f(_get(dfull, tgt))
         return _set(_set(dfull, tgt, ()), src, dsource), dx

@@ -166,7 +166,7 @@ CASES = [
      ["as_custom_vjp", "the int 4"]),
     ("check_gradients int key", lambda t: bp.check_gradients(g("drop"), XENT, g("dp"), F("x"), F("y"),
                                                              state=g("ds"), key=3), T,
-     ["PRNG key", "dtype int32"]),
+     ["check_gradients", "PRNG key", "the int 3", "jax.random.key(3)"]),
     # ---- fit_many: the optimizer contract, keys, hparams and params sharing one model axis
     ("fit_many factory without hparams", lambda t: fit_many(optimizer=lambda lr: optax.sgd(lr), keys=KEYS3), E,
      ["fit_many", "hparams is None", "called with None", "optax.sgd(None)"]),

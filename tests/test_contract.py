@@ -159,7 +159,7 @@ def test_contract_checks_cost_nothing_per_step(monkeypatch):
 
     def program():
         fn = gradients(model, bp.losses.mse, wrt_input=True)
-        return jax.make_jaxpr(lambda p, x, y: fn(p, x, y))(params, X, Y)
+        return jax.make_jaxpr(lambda p, x, y: fn(p, x, y, (), None, True))(params, X, Y)
 
     checked = program()
     monkeypatch.setattr(contract, "backward_output", lambda where, out, params, like_x=None: out)

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bpjax import errors
-from bpjax.core import Layer, apply, check_model, vjp
+from bpjax.core import Layer, backward_of, check_model, forward_of
 from bpjax.gradcheck import judge as _judge
 from bpjax.gradcheck import measure, paths
 from bpjax.gradcheck.model import check_settings, make_world, rows_of, run_sweep
@@ -18,14 +18,14 @@ from bpjax.gradcheck.report import GradientReport
 
 
 def _run(layer, train, params, x, state, key):
-    return apply(layer, params, x, state=state, key=key, train=train)
+    return forward_of(layer, params, x, state=state, key=key, train=train)
 
 
 def _manual(layer, train, params, x, state, dy, key):
     """``(<dy, y>, (), (dparams, dx))``: the objective whose gradient ``layer.backward`` computes, and that gradient."""
     y, residuals, _ = _run(layer, train, params, x, state, key)
     value = sum(jnp.vdot(d, o) for d, o in zip(jax.tree.leaves(dy), jax.tree.leaves(y)))
-    return value, (), vjp(layer, params, residuals, dy, x)  # the contract checked
+    return value, (), backward_of(layer, params, residuals, dy, x)  # the contract checked
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
@@ -33,7 +33,7 @@ def _both(layer, train, params, x, state, dy, key):
     """The hand-written ``(dparams, dx)`` and ``jax.vjp`` of the forward at ``dy``, in one program."""
     y, residuals, _ = _run(layer, train, params, x, state, key)
     reference = jax.vjp(lambda p, x: _run(layer, train, p, x, state, key)[0], params, x)[1](dy)
-    return vjp(layer, params, residuals, dy, x), reference
+    return backward_of(layer, params, residuals, dy, x), reference
 
 
 _manual64 = jax.jit(_manual, static_argnums=(0, 1))
@@ -68,6 +68,7 @@ def check_layer(layer: Layer, params, x, *, state=None, key=None, train: bool = 
     check_model(layer)
     where = f"check_layer({layer.name})"
     check_settings(where, rtol, fd_eps, fd_rtol, fd_directions, finite_differences, "jit", sweep)
+    errors.check_key(where, key)
     st = () if state is None else state
     y = jax.eval_shape(lambda p, x: _run(layer, train, p, x, st, key)[0], params, x)  # shape errors first
     dy = _cotangent(where, y, dy, seed)

@@ -11,7 +11,7 @@ import numpy as np
 
 from bpjax import errors
 from bpjax.core import Layer, check_model
-from bpjax.grad import gradients
+from bpjax.grad import check_inputs, gradients
 from bpjax.gradcheck import judge as _judge
 from bpjax.gradcheck import measure, paths, world64
 from bpjax.gradcheck.report import GradientReport
@@ -125,12 +125,12 @@ def check_gradients(model: Layer, loss, params, x, y, *, state=None, key=None, t
     """
     check_model(model)
     loss = as_loss(loss)
+    x, y, state = check_inputs("check_gradients", model, x, y, state, key)
     for leaf in jax.tree.leaves(x):  # float inputs, or integer ids (embeddings: no input gradient)
         dtype = jnp.result_type(leaf)
         if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)):
             raise errors.BpjaxTypeError(model.name, f"expected a real floating-point input (or integer ids), "
                                                     f"got dtype {dtype}")
-    errors.check_finite("check_gradients", "x", x)
     check_settings("check_gradients", rtol, fd_eps, fd_rtol, fd_directions, finite_differences, reference, sweep)
     error, (_, _, manual) = _manual(model, loss, train, params, x, y, state, key)
     errors.throw(error)
@@ -160,8 +160,7 @@ def run_sweep(sweep, rows, model, loss, params, x, target, state, key, train, to
         return (), None, ()
     if not (paths.kind(model) == "serial" and paths.per_child(model, params)):
         return (), None, ("per-layer sweep: the model is not a bp.serial; check its layers with bp.check_layer",)
-    sweep_rows, pinned = sweep_layers(model.children, loss, params, x, target, () if state is None else state, key,
-                                      train, tol)
+    sweep_rows, pinned = sweep_layers(model.children, loss, params, x, target, state, key, train, tol)
     if pinned is None:
         return sweep_rows, None, ("per-layer sweep: every layer's own backward agrees with jax.vjp of its forward",)
     bad = [r.label.split(": ", 1)[-1] for r in sweep_rows if r.label.startswith(pinned + ":") and not r.ok]

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bpjax.combinators import serial_backward, serial_forward
-from bpjax.core import apply, split_key
+from bpjax.core import forward_of, split_key
 from bpjax.gradcheck import measure, paths, report
 from bpjax.gradcheck.report import LeafCheck
 
@@ -58,7 +58,7 @@ def _program(layers, loss, train, params, x, target, state, key):
     inputs, states, keys = (x, *outs[:-1]), _per_layer(state, n), split_key(key, n)
     vjps = []
     for i, layer in enumerate(layers):
-        f = functools.partial(lambda layer, s, k, p, a: apply(layer, p, a, state=s, key=k, train=train)[0],
+        f = functools.partial(lambda layer, s, k, p, a: forward_of(layer, p, a, state=s, key=k, train=train)[0],
                               layer, states[i], keys[i])
         vjps.append(jax.vjp(f, params[i], inputs[i])[1](incoming[i]))
     manual = [(dparams[i], incoming[i - 1] if i else dx) for i in range(n)]

@@ -17,7 +17,7 @@ from jax import lax
 from bpjax import errors
 from bpjax.branching import Residual
 from bpjax.combinators import container, serial
-from bpjax.core import Layer, apply
+from bpjax.core import Layer, forward_of
 from bpjax.initializers import Initializer, initializer, param_dtype
 from bpjax.layers.activations import Gelu
 from bpjax.layers.dense import Dense
@@ -341,7 +341,7 @@ def TransformerBlock(num_heads: int, *, mlp_features: int, causal: bool = True, 
         if x.ndim != 3:
             raise errors.shape_error(name, "a rank-3 input (B, T, D)", x)
         with errors.context(name):
-            return apply(block(x.shape[-1]), params, x, state=state, key=key, train=train)
+            return forward_of(block(x.shape[-1]), params, x, state=state, key=key, train=train)
 
     def backward(params, residuals, dy):
         # in the forward pass this was: y = serial(Residual(attn), Residual(mlp))(x), width D = dy.shape[-1]

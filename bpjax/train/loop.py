@@ -31,8 +31,7 @@ from jax import lax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from bpjax import errors
-from bpjax.core import Layer, apply
-from bpjax.losses import as_loss
+from bpjax.core import Layer, forward_of
 from bpjax.train.sharding import constrain_params, take_rows
 from bpjax.train.step import update
 
@@ -83,12 +82,12 @@ def make_chunk(plan: Plan, length: int):
     :data:`CAUSES`, ``leaf`` the leaf within it) and the carry is the one before that step;
     ``bad = ()`` otherwise.
     """
-    model, loss = plan.model, as_loss(plan.loss)
+    model, loss = plan.model, plan.loss
     step_fn = update(model, loss, plan.backward)
     B = plan.batch_size
 
     def evaluate(params, state, ex, ey):
-        pred, _, _ = apply(model, params, ex, state=state, key=None, train=False)
+        pred, _, _ = forward_of(model, params, ex, state=state, key=None, train=False)
         return tuple(loss.value(pred, ey) if fn is None else fn(pred, ey) for _, fn in plan.metrics)
 
     def chunk(carry, hp, keys, data, eval_data, start):

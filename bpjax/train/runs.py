@@ -17,9 +17,8 @@ import optax
 from jax.sharding import Mesh
 
 from bpjax import errors
-from bpjax.core import Layer, check_model, is_contextual
-from bpjax.core import init as core_init
-from bpjax.grad import BACKWARDS
+from bpjax.core import Layer, check_model, check_state, init_of, is_contextual
+from bpjax.grad import check_backward
 from bpjax.losses import as_loss
 from bpjax.train import fingerprint, resume
 from bpjax.train.cache import cached
@@ -59,10 +58,8 @@ def prepare(model, loss, params, train_data, *, steps, batch_size, key, shuffle,
     def arrays(pair, what):
         return check_data(where, pair, what) if checks else tuple(jnp.asarray(a) for a in pair)
 
-    check_model(model, where)
-    loss_key, loss = loss, as_loss(loss)  # the plan keeps the caller's loss: as_loss wraps a function anew
-    if backward not in BACKWARDS:
-        raise errors.BpjaxError(where, f"backward must be one of {BACKWARDS}, got {backward!r}")
+    loss = as_loss(loss)  # one Loss per function (as_loss): the plan, and so the compiled program, are reused
+    check_backward(where, backward)
     if checks:
         check_mesh(where, mesh)
     streamed = isinstance(train_data, Stream) or is_stream(train_data)
@@ -83,10 +80,7 @@ def prepare(model, loss, params, train_data, *, steps, batch_size, key, shuffle,
     unroll = errors.positive_int(where, "unroll", unroll)
     if shuffle and key is None:
         raise errors.BpjaxError(where, "shuffle=True needs key=jax.random.key(...)")
-    if is_contextual(model) and state is None:
-        raise errors.BpjaxError(where, f"{model.name} keeps state or draws random numbers: pass "
-                                       f"state=bp.init_state(model, key, input_shape)")
-    state = () if state is None else state
+    state = check_state(where, model, state)
     # trace one forward + loss on a batch now: shape errors surface here, not deep inside the scan
     pred = trace_forward(where, "train_data", model, params, state, x, batch_size,
                          key=None if key is None else jax.random.key(0))
@@ -109,7 +103,7 @@ def prepare(model, loss, params, train_data, *, steps, batch_size, key, shuffle,
     jax.eval_shape(lambda p, h: make_optimizer(h).init(p), params, hp0)
     if mesh is not None:
         eval_arrays = split_or_replicate(eval_arrays, mesh)
-    plan = Plan(model, loss_key, make_optimizer, backward, batch_size, N // batch_size, N, bool(shuffle), steps,
+    plan = Plan(model, loss, make_optimizer, backward, batch_size, N // batch_size, N, bool(shuffle), steps,
                  eval_every if eval_data is not None else None, tuple(metrics.items()), bool(nan_guard), sharding,
                  unroll, streamed)
     return plan, stream if streamed else (x, y), eval_arrays, state
@@ -129,7 +123,7 @@ def open_run(where, plan, carry, data, make_optimizer, hparams, batched, checkpo
     params = carry[0]
     x, y = data.first if plan.streamed else data
     record = fingerprint.fingerprint(
-        model=plan.model, loss=as_loss(plan.loss), params=params, batch_size=plan.batch_size, shuffle=plan.shuffle,
+        model=plan.model, loss=plan.loss, params=params, batch_size=plan.batch_size, shuffle=plan.shuffle,
         optimizer=fingerprint.optimizer_probe(make_optimizer, params, hparams, batched),
         data=fingerprint.data_record(x, y, plan.streamed), batched=batched)
     sharded = any(checkpoint.spans_processes(a) for a in jax.tree.leaves(carry))
@@ -249,6 +243,7 @@ def fit(model: Layer, loss, optimizer: optax.GradientTransformation, params, tra
       :class:`FitResult` ``(params, opt_state, state, history)``.
     """
     where = "fit"
+    check_model(model, where)
     optimizer = as_transformation(where, optimizer)
     errors.check_key(where, key)
     if data_parallel and mesh is None:
@@ -290,7 +285,7 @@ def init_many(model: Layer, keys: jax.Array, input_shape, *, state: bool = False
     # (3.6 s CPU for the MNIST-1D MLP); eager inits reuse the per-primitive programs that any
     # model.init call of the same shapes has compiled already.
     input_shape = tuple(input_shape)
-    inits = [core_init(model, k, input_shape, state=True)[1] if state else model.init(k, input_shape)[1]
+    inits = [init_of(model, k, input_shape, state=True)[1] if state else model.init(k, input_shape)[1]
              for k in keys]
     return jax.tree.map(lambda *leaves: jnp.stack(leaves), *inits)
 
@@ -306,13 +301,11 @@ def many_states(where: str, model: Layer, state, n: int, init_keys, input_shape)
     """``fit_many``'s starting states with a leading axis ``n``: ``state`` itself when it has one, ``state``
     repeated when it is one model's, or each model's own from ``init_keys`` when ``None``."""
     if state is None:
-        if not is_contextual(model):
-            return ()
-        if init_keys is None:
-            raise errors.BpjaxError(where, f"{model.name} keeps state or draws random numbers: pass keys= (each "
-                                           f"model's state is then drawn from its own key) or state=")
-        return init_many(model, init_keys, input_shape, state=True)
-    one = jax.eval_shape(lambda k: core_init(model, k, input_shape, state=True)[1], jax.random.key(0))
+        if init_keys is None:  # every model's state drawn from its own key, or the caller's
+            return check_state(where, model, None, "keys= (each model's state is then drawn from its own key) or "
+                                                   "state=")
+        return init_many(model, init_keys, input_shape, state=True) if is_contextual(model) else ()
+    one = jax.eval_shape(lambda k: init_of(model, k, input_shape, state=True)[1], jax.random.key(0))
     shapes = [tuple(a.shape) for a in jax.tree.leaves(one)]
     given = [tuple(np.shape(a)) for a in jax.tree.leaves(state)]
     same = str(jax.tree.structure(state)) == str(jax.tree.structure(one))

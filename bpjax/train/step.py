@@ -17,8 +17,8 @@ import jax.numpy as jnp
 import optax
 
 from bpjax import errors
-from bpjax.core import Layer, check_model, is_contextual
-from bpjax.grad import BACKWARDS, gradients
+from bpjax.core import Layer, check_model, check_state, is_contextual
+from bpjax.grad import BACKWARDS, check_backward, gradients
 from bpjax.losses import as_loss, scaled
 from bpjax.precision import LossScaleState
 from bpjax.train.validate import check_opt_state
@@ -127,9 +127,7 @@ def make_step(model: Layer, loss, optimizer: optax.GradientTransformation, *, ba
     check_model(model)
     loss = as_loss(loss)
     optimizer = as_transformation("make_step", optimizer)
-    if backward not in BACKWARDS:
-        raise errors.BpjaxError("make_step", f"backward must be one of {BACKWARDS}, got {backward!r}")
-    inner_step = update(model, loss, backward)
+    inner_step = update(model, loss, check_backward("make_step", backward))
     contextual = is_contextual(model)
 
     def step(params, opt_state, x, y, state, key):
@@ -160,9 +158,10 @@ def make_step(model: Layer, loss, optimizer: optax.GradientTransformation, *, ba
         compiled = step
 
     def run_contextual(params, opt_state, x, y, *, state=None, key=None):
-        errors.check_key("make_step step", key)
-        return compiled(params, opt_state, errors.as_array("make_step step", "x", x),
-                        errors.as_array("make_step step", "y", y), state, key)
+        where = "make_step step"
+        errors.check_key(where, key)
+        return compiled(params, opt_state, errors.as_array(where, "x", x), errors.as_array(where, "y", y),
+                        check_state(where, model, state), key)
 
     def run(params, opt_state, x, y):
         params, opt_state, _, value = run_contextual(params, opt_state, x, y, state=(), key=None)

@@ -14,7 +14,7 @@ import numpy as np
 import optax
 
 from bpjax import errors
-from bpjax.core import apply
+from bpjax.core import forward_of
 from bpjax.losses import accuracy
 
 
@@ -47,7 +47,7 @@ def trace_forward(where: str, what: str, model, params, state, x, batch_size: in
     fault (``"fit train_data: serial[0] Dense(4): ..."``).
     """
     with errors.context(f"{where} {what}:"):
-        return jax.eval_shape(lambda p, s, xb: apply(model, p, xb, state=s, key=key, train=train)[0],
+        return jax.eval_shape(lambda p, s, xb: forward_of(model, p, xb, state=s, key=key, train=train)[0],
                               params, state, x[:batch_size])
 
 

@@ -15,7 +15,7 @@ import numpy as np
 from jax import lax
 
 from bpjax import errors, losses
-from bpjax.core import Layer, apply, check_model, is_contextual
+from bpjax.core import Layer, check_model, forward_of, is_contextual
 
 
 def token_windows(ids, T: int, starts=None):
@@ -115,7 +115,7 @@ def _generate(model, params, state, prompt, key, *, steps, context, temperature,
         pos = P + i                                      # the position to fill
         start = jnp.clip(pos - context, 0, n - context)  # the window buf[start : start + context] ends at pos - 1
         window = lax.dynamic_slice_in_dim(buf, start, context, axis=1)
-        logits = apply(model, params, window, state=state, train=False)[0]  # (B, context, V)
+        logits = forward_of(model, params, window, state=state, train=False)[0]  # (B, context, V)
         # causal: the logits at pos - 1 see tokens <= pos - 1 only, whatever follows in the window
         last = lax.dynamic_index_in_dim(logits, pos - 1 - start, axis=1, keepdims=False)
         key, sub = jax.random.split(key)

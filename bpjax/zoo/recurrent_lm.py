@@ -8,7 +8,7 @@ from jax import lax
 
 from bpjax import errors
 from bpjax.combinators import serial
-from bpjax.core import Layer, apply, check_model, init
+from bpjax.core import Layer, check_model, forward_of, init_of
 
 
 def TruncatedBPTT(rnn: Layer, *, batch_size: int, name: str | None = None) -> Layer:
@@ -42,23 +42,23 @@ def TruncatedBPTT(rnn: Layer, *, batch_size: int, name: str | None = None) -> La
 
     def init_fn(key, input_shape):
         with errors.context(name):
-            return init(rnn, key, input_shape)
+            return init_of(rnn, key, input_shape)
 
     def init_state(key, input_shape):
         shape, params = init_fn(key, input_shape)
         x = jax.ShapeDtypeStruct((batch_size, *input_shape), jnp.result_type(*jax.tree.leaves(params)))
-        (_, carry), _ = jax.eval_shape(lambda p, x: apply(rnn, p, (x, None))[0:2], params, x)
+        (_, carry), _ = jax.eval_shape(lambda p, x: forward_of(rnn, p, (x, None))[0:2], params, x)
         return shape, jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), carry)
 
     def forward(params, x, *, state, key, train):
         with errors.context(name):
             if not train:
-                y, residuals, _ = apply(rnn, params, x)
+                y, residuals, _ = forward_of(rnn, params, x)
                 return y, (residuals, ()), state
             if x.shape[0] != batch_size:
                 raise errors.BpjaxError(name, f"train mode carries the state of {batch_size} streams: expected a "
                                               f"batch of {batch_size}, got shape {tuple(x.shape)}")
-            (y, carry), residuals, _ = apply(rnn, params, (x, state))
+            (y, carry), residuals, _ = forward_of(rnn, params, (x, state))
         return y, (residuals, (jax.tree.map(jnp.zeros_like, carry),)), lax.stop_gradient(carry)
 
     def backward(params, residuals, dy):
