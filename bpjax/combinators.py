@@ -38,8 +38,10 @@ def check_layers(where: str, layers: Sequence) -> tuple:
         raise errors.BpjaxError(where, "expected at least one layer, got none")
     for i, layer in enumerate(layers):
         if not isinstance(layer, Layer):
+            hint = (" (did you forget to call it, e.g. Relu()? A JAX function apply(params, x) -> y becomes a "
+                    "layer with bp.layers.Autodiff(apply, init))" if callable(layer) else "")
             raise errors.BpjaxTypeError(where, f"argument {i} is a {type(layer).__name__}, expected a "
-                                               f"bpjax Layer (did you forget to call it, e.g. Relu()?)")
+                                               f"bpjax Layer{hint}")
     return layers
 
 

@@ -55,6 +55,21 @@ def check_floating(where: str, x, what: str = "input") -> None:
         raise BpjaxTypeError(where, f"expected a real floating-point {what} (float32/float64), got dtype {dtype}")
 
 
+def check_input_dtype(where: str, x, param, what: str = "params") -> None:
+    """Raise a :class:`BpjaxTypeError` when the floating input ``x`` has another dtype than the layer's ``param``,
+    naming both dtypes and the fix (the layer's backward would otherwise return gradients of the input's dtype)."""
+    xd, pd = jnp.result_type(x), jnp.result_type(param)
+    if xd == pd or not (jnp.issubdtype(xd, jnp.floating) and jnp.issubdtype(pd, jnp.floating)):
+        return
+    mixed = ""
+    if xd.itemsize != pd.itemsize:  # params in the wider dtype, the maths in the narrower one
+        low, high = sorted((xd, pd), key=lambda d: d.itemsize)
+        mixed = (f", or keep the params in {high} and compute in {low} with bp.precision.MixedPrecision(model, "
+                 f"jnp.{low.name})")
+    raise BpjaxTypeError(where, f"input of dtype {xd} into {what} of dtype {pd}: expected an input of the {what}' "
+                                f"dtype; cast it (x.astype(jnp.{pd.name})){mixed}")
+
+
 def check_ndim(where: str, x, ndims, what: str = "input") -> None:
     """Raise unless ``x.ndim`` is one of ``ndims`` (an int or a tuple of ints)."""
     ndims = (ndims,) if isinstance(ndims, int) else tuple(ndims)

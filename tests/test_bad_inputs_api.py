@@ -127,6 +127,19 @@ CASES = [
     ("init None shape", lambda t: L.Dense(4).init(KEY, None), T, ["Dense(4).init", "tuple of ints", "got None"]),
     ("init array shape", lambda t: L.Dense(4).init(KEY, jnp.ones(5)), T, ["Dense(4).init", "tuple of ints"]),
     ("init batch in shape", lambda t: L.Conv1D(3, 3).init(KEY, (2, 8, 2)), E, ["Conv1D(3, 3)", "(2, 8, 2)"]),
+    # ---- a layer checks its own params and input: a list for the params tuple, an input of another dtype
+    ("serial params list", lambda t: F("mlp").forward(list(F("params")), F("x")), T,
+     [MLP, "params must be the tuple init returned", "got a list", "tuple(params)"]),
+    ("bfloat16 model, float32 input", lambda t: bp.value_and_grad(bp.serial(L.Dense(4, dtype=jnp.bfloat16)), MSE)(
+        (jax.tree.map(lambda a: a.astype(jnp.bfloat16), F("dp")),), F("x"), jnp.ones((32, 4))), T,
+     ["serial[0] Dense(4)", "input of dtype float32 into params of dtype bfloat16", "x.astype(jnp.bfloat16)",
+      "bp.precision.MixedPrecision(model, jnp.bfloat16)"]),
+    ("float16 input, float32 dense", lambda t: F("dense").forward(F("dp"), F("x").astype(jnp.float16)), T,
+     ["Dense(4)", "input of dtype float16 into params of dtype float32", "x.astype(jnp.float32)"]),
+    ("serial of a jax function", lambda t: bp.serial(L.Dense(3), jnp.tanh), T,
+     ["serial", "argument 1 is a", "bp.layers.Autodiff(apply, init)"]),
+    ("check_gradients of a jax function", lambda t: bp.check_gradients(jnp.tanh, MSE, (), F("x"), F("x")), T,
+     ["model", "expected a bpjax Layer", "bp.layers.Autodiff(apply, init)"]),
     ("serial init int seed", lambda t: bp.serial(L.Dense(2), L.Relu()).init(5, 3), T,
      ["serial(Dense(2), Relu).init", "the int 5"]),
     # ---- PRNG keys of the calls that take one

@@ -184,6 +184,7 @@ def MultiHeadSelfAttention(num_heads: int, *, head_dim: int | None = None, causa
             got = sorted(params) if isinstance(params, dict) else type(params).__name__
             raise errors.BpjaxError(name, f"params do not match the layer: expected keys {keys}, got {got}")
         D, Wq = x.shape[-1], params["Wq"]
+        errors.check_input_dtype(name, x, Wq)
         if Wq.ndim == 2 and Wq.shape[0] != D:
             raise errors.BpjaxError(name, f"expected input with {Wq.shape[0]} features on the last axis "
                                           f"(shape (B, T, {Wq.shape[0]})), got shape {tuple(x.shape)}")

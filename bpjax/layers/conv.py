@@ -181,6 +181,7 @@ def _conv(n: int, cls: str, features, kernel_size, stride, padding, dilation, gr
         errors.check_floating(name, x)
         errors.check_ndim(name, x, n + 2)
         W = params["W"]
+        errors.check_input_dtype(name, x, W)
         want = f"W ({', '.join(map(str, ks))}, C_in // {G}, {F})" + (f" and b ({F},)" if bias else "")
         if W.ndim != n + 2 or W.shape[:n] != ks or W.shape[-1] != F or (bias and params["b"].shape != (F,)):
             raise errors.BpjaxError(name, f"params do not match the layer: expected {want}, got W {tuple(W.shape)}"

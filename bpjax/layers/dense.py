@@ -90,6 +90,7 @@ def _check(name: str, features: int, bias: bool, params, x) -> None:
     errors.check_ndim(name, x, tuple(range(2, 8)))
     W = params["W"]
     errors.check_floating(name, W, "weight W")
+    errors.check_input_dtype(name, x, W)
     if W.ndim != 2 or W.shape[1] != features or (bias and params["b"].shape != (features,)):
         raise errors.BpjaxError(name, f"params do not match the layer: expected W (D_in, {features}) "
                                       f"and b ({features},), got W {tuple(W.shape)}"

@@ -45,6 +45,7 @@ def _check_input(name: str, params, x, min_ndim: int) -> int:
         raise errors.BpjaxError(name, f"params do not match the layer: expected keys ['b', 'scale'], got {got}")
     errors.check_floating(name, x)
     errors.check_ndim(name, x, tuple(range(min_ndim, 8)))
+    errors.check_input_dtype(name, x, params["scale"])
     C = params["scale"].shape[-1] if params["scale"].ndim == 1 else -1
     if params["scale"].shape != (C,) or params["b"].shape != (C,):
         raise errors.BpjaxError(name, f"params do not match the layer: expected scale and b of shape (C,), "

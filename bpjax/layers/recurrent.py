@@ -86,6 +86,7 @@ def _recurrent(cell: _Cell, features: int, return_sequences: bool, init, recurre
             got = sorted(params) if isinstance(params, dict) else type(params).__name__
             raise errors.BpjaxError(name, f"params do not match the layer: expected keys "
                                           f"{sorted(['Wx', 'Wh', 'b', *cell.extra])}, got {got}")
+        errors.check_input_dtype(name, x, params["Wx"])
         if x.ndim != 3:
             raise errors.shape_error(name, "a rank-3 input (B, T, D) (batch, time, features)", x)
         B, T, D = x.shape

@@ -45,6 +45,7 @@ def PositionEmbedding(context: int, *, init: Initializer = "normal", stddev: flo
     def forward(params, x):                      # x: (B, T, D)
         errors.check_floating(name, x)
         errors.check_ndim(name, x, 3, "input (B, T, D)")
+        errors.check_input_dtype(name, x, params["P"])
         check_shape(x.shape[1], x.shape[2], params["P"].shape[1])
         return x + params["P"][:x.shape[1]], ()  # y = x + P[:T]
 
