@@ -63,6 +63,7 @@ def Residual(block: Layer, *, name: str | None = None) -> Layer:
                                           f"{tuple(x_shape)}, block output shape {tuple(y_shape)}")
 
     def init_fn(key, input_shape):
+        key, input_shape = errors.init_arguments(f"{name}.init", key, input_shape)
         with errors.context("Residual"):
             out, params = init_of(block, key, input_shape)
         check_shape(input_shape, out)
@@ -86,7 +87,8 @@ def Residual(block: Layer, *, name: str | None = None) -> Layer:
             dparams, dx_block = backward_of(block, params, residuals, dy, dy)  # dx_block: the shape of x, so of dy
         return dparams, dy + dx_block
 
-    return container(name, init_fn, run, backward, (block,), init_state if is_contextual(block) else None)
+    return container(name, init_fn, run, backward, (block,), init_state if is_contextual(block) else None,
+                     kind="Residual")
 
 
 def parallel(*layers: Layer, name: str | None = None) -> Layer:
@@ -100,6 +102,7 @@ def parallel(*layers: Layer, name: str | None = None) -> Layer:
     name = name or "parallel(" + ", ".join(layer.name for layer in layers) + ")"
 
     def init_with(key, input_shape, contextual):
+        key, input_shape = errors.init_arguments(f"{name}.init", key, input_shape)
         shapes = _check_shapes(name, input_shape, n)
         outs, values = [], []
         for i, (layer, k, s) in enumerate(zip(layers, split_key(key, n), shapes)):
@@ -136,7 +139,7 @@ def parallel(*layers: Layer, name: str | None = None) -> Layer:
 
     contextual = any(is_contextual(layer) for layer in layers)
     return container(name, lambda key, shape: init_with(key, shape, False), run, backward, layers,
-                     (lambda key, shape: init_with(key, shape, True)) if contextual else None)
+                     (lambda key, shape: init_with(key, shape, True)) if contextual else None, kind="parallel")
 
 
 def fan_out(n: int) -> Layer:
@@ -146,6 +149,7 @@ def fan_out(n: int) -> Layer:
     name = f"fan_out({n})"
 
     def init(key, input_shape):
+        key, input_shape = errors.init_arguments(f"{name}.init", key, input_shape)
         if not _is_shape(input_shape):
             raise errors.BpjaxError(name, f"expected a single input shape, got {input_shape!r}")
         return (tuple(input_shape),) * n, ()
@@ -170,6 +174,7 @@ def fan_in_sum() -> Layer:
     name = "fan_in_sum"
 
     def init(key, input_shape):
+        key, input_shape = errors.init_arguments(f"{name}.init", key, input_shape)
         shapes = _check_shapes(name, input_shape)
         if len(set(shapes)) != 1:
             raise errors.BpjaxError(name, f"expected equal input shapes, got {shapes}")
@@ -203,6 +208,7 @@ def fan_in_concat(axis: int = -1) -> Layer:
     name = f"fan_in_concat({axis})"
 
     def init(key, input_shape):
+        key, input_shape = errors.init_arguments(f"{name}.init", key, input_shape)
         shapes = _check_shapes(name, input_shape)
         rank = len(shapes[0]) + 1
         if not -rank <= axis < rank or len({len(s) for s in shapes}) != 1:

@@ -46,8 +46,8 @@ def check_layers(where: str, layers: Sequence) -> tuple:
 
 
 def container(name: str, init_fn: Callable, run: Callable, backward: Callable, children: tuple,
-              init_state: Optional[Callable] = None) -> Layer:
-    """A container :class:`Layer` from ``run(params, x, state, key, train) -> (y, residuals, new_state)``.
+              init_state: Optional[Callable] = None, *, kind: str) -> Layer:
+    """A container :class:`Layer` of ``kind`` from ``run(params, x, state, key, train) -> (y, residuals, new_state)``.
 
     The container is contextual exactly when ``init_state`` is given (some child is contextual);
     otherwise its ``forward(params, x)`` runs ``run`` with no state and no key.
@@ -57,12 +57,12 @@ def container(name: str, init_fn: Callable, run: Callable, backward: Callable, c
             y, residuals, _ = run(params, x, (), None, True)
             return y, residuals
 
-        return Layer(init_fn, forward, backward, name, None, children)
+        return Layer(init_fn, forward, backward, name, None, children, kind)
 
     def forward_ctx(params, x, *, state, key, train):
         return run(params, x, state, key, train)
 
-    return Layer(init_fn, forward_ctx, backward, name, init_state, children)
+    return Layer(init_fn, forward_ctx, backward, name, init_state, children, kind)
 
 
 def serial_forward(layers: Sequence[Layer], params, x, state, key, train: bool, *, keep_outputs: bool = False):
@@ -123,7 +123,8 @@ def serial(*layers: Layer, name: str | None = None) -> Layer:
     contextual = any(is_contextual(layer) for layer in layers)
 
     def init_with(key, input_shape, with_state):
-        values, shape = [], tuple(input_shape)
+        key, shape = errors.init_arguments(f"{name}.{'init_state' if with_state else 'init'}", key, input_shape)
+        values = []
         for i, (layer, k) in enumerate(zip(layers, split_key(key, n))):
             with errors.context(f"serial[{i}]"):
                 shape, v = init_of(layer, k, shape, state=with_state)
@@ -140,4 +141,4 @@ def serial(*layers: Layer, name: str | None = None) -> Layer:
         return serial_backward(layers, params, residuals, dy)
 
     return container(name, lambda key, shape: init_with(key, shape, False), run, backward, layers,
-                     (lambda key, shape: init_with(key, shape, True)) if contextual else None)
+                     (lambda key, shape: init_with(key, shape, True)) if contextual else None, kind="serial")

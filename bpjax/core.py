@@ -26,20 +26,27 @@ whatever the backward needs (a dropout mask, batch statistics, a feedback matrix
 residuals. Containers (``serial`` and friends) are contextual when any child is, and then split
 the key and thread the state for their children, so the training step handles every model alike.
 
+What a layer is
+---------------
+``kind`` says what built a layer (``"serial"``, ``"parallel"``, ``"Residual"``, ``"Autodiff"``,
+``"gpt"``, ...) for code that must know it, such as the gradient checker's row labels; ``settings``
+holds a model's static settings as ``(name, value)`` pairs (a GPT's ``context``). Both are plain
+fields: a :class:`Layer` is a NamedTuple of pure functions and values, equal to another one built
+from the same functions, and hashable, so it can be a static argument of ``jax.jit``.
+
 Arguments of ``init`` and ``init_state``
 ----------------------------------------
-Every layer's ``init``/``init_state`` is checked when it is called (:class:`Layer` wraps them once,
-at construction): ``key`` must be a PRNG key (``jax.random.key(0)``, or a legacy
-``jax.random.PRNGKey(0)``), or ``None`` for a layer without parameters; an int seed is refused
-with a :class:`bpjax.BpjaxTypeError` that names the layer and shows the fix, since silently turning
-``0`` into ``jax.random.key(0)`` would give every layer seeded alike the same weights. An int
-``input_shape`` is taken as a one-axis shape: ``init(key, 8)`` is ``init(key, (8,))``.
+Each layer's ``init`` checks its own arguments (:func:`bpjax.errors.init_arguments`), as its
+forward checks its params and input: ``key`` must be a PRNG key (``jax.random.key(0)``, or a
+legacy ``jax.random.PRNGKey(0)``), or ``None`` for a layer without parameters; an int seed is
+refused with a :class:`bpjax.BpjaxTypeError` that names the layer and shows the fix, since silently
+turning ``0`` into ``jax.random.key(0)`` would give every layer seeded alike the same weights. An
+int ``input_shape`` is taken as a one-axis shape: ``init(key, 8)`` is ``init(key, (8,))``.
+A container's ``init_state`` checks its arguments the same way.
 """
 
 from __future__ import annotations
 
-import functools
-import weakref
 from typing import Any, Callable, NamedTuple, Optional, Tuple
 
 import jax
@@ -72,6 +79,10 @@ class Layer(NamedTuple):
         contextual ones.
       children: the sub-layers of a container (``serial``, ``Residual``, ``parallel``, ...), in
         order; ``()`` for a leaf layer. Walk a model with it, e.g. ``model.children[2]``.
+      kind: what built the layer, for code that must know it: ``"serial"``, ``"parallel"``,
+        ``"Residual"``, ``"remat"``, ``"Autodiff"``, ``"gpt"``, ...; ``"layer"`` by default.
+      settings: a model's static settings, ``(name, value)`` pairs (hashable), e.g. a GPT's
+        ``context``: ``dict(model.settings)``.
     """
 
     init: InitFn
@@ -80,58 +91,11 @@ class Layer(NamedTuple):
     name: str = "layer"
     init_state: Optional[InitStateFn] = None
     children: Tuple["Layer", ...] = ()
+    kind: str = "layer"
+    settings: Tuple[Tuple[str, Any], ...] = ()
 
     def __repr__(self) -> str:
         return self.name
-
-
-_CHECKED: "weakref.WeakValueDictionary[Any, Callable]" = weakref.WeakValueDictionary()
-
-
-def _checked_init(fn, name: str, what: str):
-    """``fn(key, input_shape)`` with ``key`` and ``input_shape`` checked (:mod:`bpjax.errors`).
-
-    One wrapper per (function, layer name): building a layer twice from the same functions gives equal
-    layers, as before, and a wrapper is never wrapped again (a renamed layer re-wraps the raw function).
-    """
-    if fn is None or not callable(fn):
-        return fn
-    raw = getattr(fn, "__bpjax_raw__", fn)
-    cache_key = (id(raw), name, what)
-    wrapped = _CHECKED.get(cache_key)
-    if wrapped is not None and getattr(wrapped, "__bpjax_raw__", None) is raw:
-        return wrapped
-    where = f"{name}.{what}"
-
-    @functools.wraps(raw)
-    def init(key, input_shape, *args, **kwargs):
-        key = errors.check_key(where, key)
-        input_shape = errors.as_shape(where, input_shape)
-        try:
-            return raw(key, input_shape, *args, **kwargs)
-        except TypeError as e:
-            if key is None and "PRNG key" in str(e):  # a layer with parameters, called without a key
-                raise errors.BpjaxTypeError(where, "key must be a PRNG key (jax.random.key(seed)) for a layer "
-                                                    "with parameters, got None") from None
-            raise
-
-    init.__bpjax_raw__ = raw  # type: ignore[attr-defined]
-    _CHECKED[cache_key] = init
-    return init
-
-
-_layer_new = Layer.__new__
-
-
-def _new(cls, init, forward, backward, name="layer", init_state=None, children=()):
-    return _layer_new(cls, _checked_init(init, name, "init"), forward, backward, name,
-                      _checked_init(init_state, name, "init_state"), children)
-
-
-_new.__doc__ = _layer_new.__doc__
-Layer.__new__ = _new  # type: ignore[method-assign]
-# ``_replace`` builds through ``_make``: the new fields are checked as in ``Layer(...)``
-Layer._make = classmethod(lambda cls, iterable: cls(*iterable))  # type: ignore[method-assign,assignment]
 
 
 def check_model(model, where: str = "model") -> Layer:

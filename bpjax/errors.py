@@ -152,6 +152,17 @@ def as_shape(where: str, input_shape) -> tuple:
     return tuple(tuple(d) if isinstance(d, list) else d for d in input_shape)
 
 
+def init_arguments(where: str, key, input_shape, *, key_needed: bool = False) -> tuple:
+    """``(key, input_shape)`` of an ``init`` or ``init_state`` call, checked (:func:`check_key`, :func:`as_shape`).
+
+    ``key_needed``: the layer draws its parameters, so ``None`` is refused too, naming the layer.
+    """
+    if key is None and key_needed:
+        raise BpjaxTypeError(where, "key must be a PRNG key (jax.random.key(seed)) for a layer with parameters, "
+                                    "got None")
+    return check_key(where, key), as_shape(where, input_shape)
+
+
 def as_array(where: str, what: str, a):
     """``a`` as a JAX array: a ``jax.Array`` (or a traced value) passes; numpy arrays, numbers and nested lists
     of numbers are converted; a tuple or list of arrays (the input of a multi-input model) is converted entry by

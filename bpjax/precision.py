@@ -99,13 +99,13 @@ def MixedPrecision(model: Layer, compute_dtype=jnp.bfloat16) -> Layer:
         def forward(params, x, *, state, key, train):
             return run(params, x, (state, key, train))
 
-        return Layer(model.init, forward, backward, name, model.init_state)
+        return Layer(model.init, forward, backward, name, model.init_state, kind="MixedPrecision")
 
     def forward_simple(params, x):
         y, saved, _ = run(params, x, None)
         return y, saved
 
-    return Layer(model.init, forward_simple, backward, name)
+    return Layer(model.init, forward_simple, backward, name, kind="MixedPrecision")
 
 
 class LossScaleState(NamedTuple):

@@ -82,4 +82,4 @@ def DPSGD(model: Layer, *, l2_norm_clip: float, noise_multiplier: float) -> Laye
         dparams, _ = aggregate.update(g, aggregate.init(params))
         return dparams, model.backward(params, residuals, dy)[1]
 
-    return Layer(model.init, forward, backward, name, init_state)
+    return Layer(model.init, forward, backward, name, init_state, kind="DPSGD")

@@ -47,7 +47,7 @@ def remat(block: Layer, *, name: str | None = None) -> Layer:
             _, residuals, _ = forward_of(block, params, x)
             return backward_of(block, params, residuals, dy, x)
 
-        return Layer(block.init, forward, backward, name, None, (block,))
+        return Layer(block.init, forward, backward, name, None, (block,), "remat")
 
     def forward_ctx(params, x, *, state, key, train):
         y, _, new_state = forward_of(block, params, x, state=state, key=key, train=train)
@@ -59,7 +59,7 @@ def remat(block: Layer, *, name: str | None = None) -> Layer:
         _, residuals, _ = forward_of(block, params, x, state=state, key=key, train=train)
         return backward_of(block, params, residuals, dy, x)
 
-    return Layer(block.init, forward_ctx, backward_ctx, name, block.init_state, (block,))
+    return Layer(block.init, forward_ctx, backward_ctx, name, block.init_state, (block,), "remat")
 
 
 def residual_bytes(model: Layer, params, x, *, state=(), key=None, train: bool = True) -> int:

@@ -201,6 +201,7 @@ def DFA(*layers: Layer, feedback_init: Initializer = "glorot_uniform", name: Opt
     b_init = initializer(feedback_init)
 
     def init_state(key, input_shape):
+        key, input_shape = errors.init_arguments(f"{name}.init_state", key, input_shape, key_needed=True)
         k_inner, k_b = jax.random.split(key)
         out_shape, params = inner.init(k_inner, input_shape)
         C = out_shape[-1]
@@ -240,4 +241,4 @@ def DFA(*layers: Layer, feedback_init: Initializer = "glorot_uniform", name: Opt
 
         return serial_backward(layers, params, residuals, dy, after=direct)
 
-    return Layer(init, forward, backward, name, init_state)
+    return Layer(init, forward, backward, name, init_state, kind="DFA")

@@ -126,6 +126,7 @@ def tie(model: Layer, *, source: Path, target: Path, transpose: bool = False, na
         return _set(params, tgt, f(_get(params, src)))
 
     def init_fn(key, input_shape):
+        key, input_shape = errors.init_arguments(f"{name}.init", key, input_shape)
         with errors.context(name):
             shape, params = init_of(model, key, input_shape)
         src, tgt = _resolve(name, params, source, "source"), _resolve(name, params, target, "target")
@@ -149,4 +150,4 @@ def tie(model: Layer, *, source: Path, target: Path, transpose: bool = False, na
         dsource = _get(dfull, src) + f(_get(dfull, tgt))
         return _set(_set(dfull, tgt, ()), src, dsource), dx
 
-    return container(name, init_fn, run, backward, (model,), init_state if is_contextual(model) else None)
+    return container(name, init_fn, run, backward, (model,), init_state if is_contextual(model) else None, kind="tie")

@@ -100,7 +100,7 @@ NAN_X, BAD_Y = F("x").at[2, 1].set(jnp.nan), F("y").at[4].set(5)
 hvp, hessian = bp.second_order.hvp, bp.second_order.hessian
 
 CASES = [
-    # ---- PRNG keys and input shapes of init / init_state (every layer: checked where Layer wraps init)
+    # ---- PRNG keys and input shapes of init / init_state (each layer checks its own: errors.init_arguments)
     ("init int seed", lambda t: F("mlp").init(0, (5,)), T, [f"{MLP}.init", "PRNG key", "the int 0",
                                                             "jax.random.key(0)"]),
     ("init numpy int seed", lambda t: L.Dense(4).init(np.int64(3), (5,)), T, ["Dense(4).init", "the int 3"]),

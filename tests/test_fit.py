@@ -108,7 +108,7 @@ def _probe(n=24):
     x = np.zeros((n, 1), np.float32)
     y = np.arange(1, n + 1, dtype=np.float32)[:, None]
     model = bp.serial(Dense(1, bias=False, init=lambda k, s, d: jnp.zeros(s, d)))
-    return model, model.init(None, (1,))[1], x, y
+    return model, model.init(jax.random.key(0), (1,))[1], x, y
 
 
 def test_batches_in_order_and_shuffled_epochs():

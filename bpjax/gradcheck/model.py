@@ -158,7 +158,7 @@ def run_sweep(sweep, rows, model, loss, params, x, target, state, key, train, to
     """The per-layer sweep when asked (``True``) or when a row fails (``None``): ``(rows, pinned, sentences)``."""
     if not (sweep or (sweep is None and not all(row.ok for row in rows))):
         return (), None, ()
-    if not (paths.kind(model) == "serial" and paths.per_child(model, params)):
+    if not (model.kind == "serial" and paths.per_child(model, params)):
         return (), None, ("per-layer sweep: the model is not a bp.serial; check its layers with bp.check_layer",)
     sweep_rows, pinned = sweep_layers(model.children, loss, params, x, target, state, key, train, tol)
     if pinned is None:

@@ -17,17 +17,11 @@ from bpjax.core import Layer
 from bpjax.gradcheck.report import BOTH, HAND_WRITTEN, JAX_VJP
 
 PER_CHILD = ("serial", "parallel")
-AUTODIFF = "Autodiff"  # bp.layers.Autodiff: its backward is jax.vjp
-
-
-def kind(layer: Layer) -> str:
-    """The constructor a layer came from, read off its backward (``serial``, ``parallel``, ``Residual``, ...)."""
-    return getattr(layer.backward, "__qualname__", "").split(".")[0]
 
 
 def per_child(layer: Layer, params) -> bool:
     """True when ``params`` holds one entry per child of ``layer`` (a ``serial`` or a ``parallel``)."""
-    return kind(layer) in PER_CHILD and isinstance(params, (tuple, list)) and len(params) == len(layer.children) > 0
+    return layer.kind in PER_CHILD and isinstance(params, (tuple, list)) and len(params) == len(layer.children) > 0
 
 
 def _key(k) -> str:
@@ -50,25 +44,25 @@ def labels(layer: Layer, params, where: str = "") -> List[str]:
     if per_child(layer, params):
         out: List[str] = []
         for i, (child, p) in enumerate(zip(layer.children, params)):
-            out += labels(child, p, f"{where}{kind(layer)}[{i}] ")
+            out += labels(child, p, f"{where}{layer.kind}[{i}] ")
         return out
     return [f"{where}{layer.name}: {leaf_name(path)}" for path, _ in jax.tree_util.tree_leaves_with_path(params)]
 
 
-def backward_of(layer: Layer) -> str:
+def whose_backward(layer: Layer) -> str:
     """Whose backward ``layer`` runs: ``"jax.vjp"`` when every layer at the bottom of it is an ``Autodiff``,
     ``"hand-written"`` when none is, ``"both"`` otherwise."""
     if not layer.children:
-        return JAX_VJP if kind(layer) == AUTODIFF else HAND_WRITTEN
-    kinds = {backward_of(child) for child in layer.children}
+        return JAX_VJP if layer.kind == "Autodiff" else HAND_WRITTEN
+    kinds = {whose_backward(child) for child in layer.children}
     return kinds.pop() if len(kinds) == 1 else BOTH
 
 
 def backwards(layer: Layer, params, x) -> List[str]:
-    """One :func:`backward_of` per leaf of ``(params, x)``: a parameter's is its layer's, the input's the model's."""
+    """One :func:`whose_backward` per leaf of ``(params, x)``: a parameter's is its layer's, the input's the model's."""
     def of_params(layer, params) -> List[str]:
         if per_child(layer, params):
             return [b for child, p in zip(layer.children, params) for b in of_params(child, p)]
-        return [backward_of(layer)] * len(jax.tree.leaves(params))
+        return [whose_backward(layer)] * len(jax.tree.leaves(params))
 
-    return of_params(layer, params) + [backward_of(layer)] * len(jax.tree.leaves(x))
+    return of_params(layer, params) + [whose_backward(layer)] * len(jax.tree.leaves(x))

@@ -106,14 +106,14 @@ def sweep(layers: tuple, loss, params, x, target, state, key, train: bool, rtol:
         rows.append(LeafCheck(name, tuple(jnp.shape(m)),  # type: ignore[arg-type]
                               c.max_abs_error, c.max_rel_error, c.cosine, label=label, verdict=verdict,
                               failed=() if c.agree else ("reference",),
-                              backward=paths.backward_of(layers[i]) if i < n else report.HAND_WRITTEN))
+                              backward=paths.whose_backward(layers[i]) if i < n else report.HAND_WRITTEN))
     if not failing:
         return tuple(rows), None
     worst = max(failing)
     if worst == n:
         return tuple(rows), f"loss {loss.name}"
     pinned = f"{prefix}serial[{worst}] {layers[worst].name}"
-    if paths.kind(layers[worst]) == "serial" and paths.per_child(layers[worst], params[worst]):
+    if layers[worst].kind == "serial" and paths.per_child(layers[worst], params[worst]):
         inner, deeper = sweep(layers[worst].children, None, params[worst], inputs[worst], incoming[worst],
                               _per_layer(state, n)[worst], split_key(key, n)[worst], train, rtol,
                               f"{prefix}serial[{worst}] ")

@@ -34,7 +34,8 @@ def _parameter_free(name, f, backward, keep, min_rank) -> Layer:
     ``backward``."""
 
     def init(key, input_shape):
-        return tuple(input_shape), ()
+        key, input_shape = errors.init_arguments(f"{name}.init", key, input_shape)
+        return input_shape, ()
 
     def forward(params, z):
         errors.check_floating(name, z)

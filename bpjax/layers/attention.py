@@ -161,6 +161,7 @@ def MultiHeadSelfAttention(num_heads: int, *, head_dim: int | None = None, causa
         return H * (head_dim or D // H)
 
     def init_fn(key, input_shape):
+        key, input_shape = errors.init_arguments(f"{name}.init", key, input_shape, key_needed=True)
         if len(input_shape) == 2 and all(isinstance(s, (tuple, list)) for s in input_shape):
             input_shape = input_shape[0]                          # ((T, D), (T,)): x with its mask
         if len(input_shape) != 2:
@@ -260,7 +261,7 @@ def MultiHeadSelfAttention(num_heads: int, *, head_dim: int | None = None, causa
         return tuple(input_shape), ()
 
     return container(name, init_fn, lambda params, x, state, key, train: (*run(params, x, key, train), state),
-                     backward, (), init_state if drop is not None else None)
+                     backward, (), init_state if drop is not None else None, kind="MultiHeadSelfAttention")
 
 
 def optional_dropout(rate: float) -> Layer:
@@ -326,6 +327,7 @@ def TransformerBlock(num_heads: int, *, mlp_features: int, causal: bool = True, 
         return serial(Residual(attn), Residual(mlp), name=name)
 
     def init_with(key, input_shape, with_state):
+        key, input_shape = errors.init_arguments(f"{name}.init", key, input_shape)
         if len(input_shape) != 2:
             raise errors.BpjaxError(name, f"expected an input shape (T, D) (one sequence, no batch axis), "
                                           f"got {tuple(input_shape)}")
@@ -351,4 +353,4 @@ def TransformerBlock(num_heads: int, *, mlp_features: int, causal: bool = True, 
 
     contextual = bool(attention_dropout or residual_dropout)
     return container(name, lambda key, shape: init_with(key, shape, False), run, backward, (),
-                     (lambda key, shape: init_with(key, shape, True)) if contextual else None)
+                     (lambda key, shape: init_with(key, shape, True)) if contextual else None, kind="TransformerBlock")

@@ -96,4 +96,8 @@ def Autodiff(apply: Callable, init: Callable, *, name: Optional[str] = None) -> 
         leaves = [own[i] if i is not None else next(it) for i in where]
         return jax.tree.unflatten(treedef, leaves)(dy)  # (dparams, dx) = pullback(dy)
 
-    return Layer(init, forward, backward, name)
+    def init_fn(key, input_shape):
+        key, input_shape = errors.init_arguments(f"{name}.init", key, input_shape)
+        return init(key, input_shape)
+
+    return Layer(init_fn, forward, backward, name, kind="Autodiff")

@@ -166,6 +166,7 @@ def _conv(n: int, cls: str, features, kernel_size, stride, padding, dilation, gr
         return window_geometry(name, in_shape[:-1], k_eff, stride, padding)
 
     def init_fn(key, input_shape):
+        key, input_shape = errors.init_arguments(f"{name}.init", key, input_shape, key_needed=True)
         input_shape, out = init_geometry(name, n, input_shape, geometry)
         dt = param_dtype(name, dtype)
         params = {"W": w_init(key, (*ks, input_shape[-1] // G, F), dt)}

@@ -49,6 +49,7 @@ def Dense(features: int, *, init: Initializer = "glorot_uniform", stddev: float 
         w_init = initializer(init, stddev)
 
     def init_fn(key, input_shape):
+        key, input_shape = errors.init_arguments(f"{name}.init", key, input_shape, key_needed=True)
         if len(input_shape) < 1:
             raise errors.BpjaxError(name, f"expected an input shape with a feature axis, got {tuple(input_shape)}")
         d_in, dt = int(input_shape[-1]), param_dtype(name, dtype)

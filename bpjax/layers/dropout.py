@@ -32,7 +32,8 @@ def Dropout(rate: float, *, name: str | None = None) -> Layer:
     scale = 1.0 / (1.0 - rate)
 
     def init(key, input_shape):
-        return tuple(input_shape), ()
+        key, input_shape = errors.init_arguments(f"{name}.init", key, input_shape)
+        return input_shape, ()
 
     def forward(params, x, *, state, key, train):
         errors.check_floating(name, x)

@@ -42,6 +42,7 @@ def Embedding(vocab: int, features: int, *, init: Initializer = "normal", stddev
         e_init = initializer(init, stddev)
 
     def init_fn(key, input_shape):
+        key, input_shape = errors.init_arguments(f"{name}.init", key, input_shape, key_needed=True)
         return (*input_shape, features), {"E": e_init(key, (vocab, features), param_dtype(name, dtype))}
 
     def forward(params, ids):

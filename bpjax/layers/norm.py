@@ -30,6 +30,7 @@ def _affine_init(name: str, init: Initializer, dtype):
         scale_init = initializer(init)
 
     def init_fn(key, input_shape):
+        key, input_shape = errors.init_arguments(f"{name}.init", key, input_shape, key_needed=True)
         if len(input_shape) < 1:
             raise errors.BpjaxError(name, f"expected an input shape with a feature axis, got {tuple(input_shape)}")
         C, dt = int(input_shape[-1]), param_dtype(name, dtype)

@@ -73,6 +73,7 @@ def _pool(n: int, kind: str, window, stride, padding, name):
         return pads, out
 
     def init(key, input_shape):
+        key, input_shape = errors.init_arguments(f"{name}.init", key, input_shape)
         input_shape, out = init_geometry(name, n, input_shape, geometry)
         return (*out, input_shape[-1]), ()
 
@@ -161,6 +162,7 @@ def GlobalAvgPool(*, name: str | None = None) -> Layer:
     name = name or "GlobalAvgPool"
 
     def init(key, input_shape):
+        key, input_shape = errors.init_arguments(f"{name}.init", key, input_shape)
         if len(input_shape) < 2:
             raise errors.BpjaxError(name, f"expected an input shape (spatial..., C) per example, got "
                                           f"{tuple(input_shape)}")

@@ -60,6 +60,7 @@ def _recurrent(cell: _Cell, features: int, return_sequences: bool, init, recurre
         r_init = None if recurrent_init is None else initializer(recurrent_init)
 
     def init_fn(key, input_shape):
+        key, input_shape = errors.init_arguments(f"{name}.init", key, input_shape, key_needed=True)
         if len(input_shape) != 2 or input_shape[0] < 1:
             raise errors.BpjaxError(name, f"expected an input shape (T, D) with T >= 1 (one example, no "
                                           f"batch axis), got {tuple(input_shape)}")
@@ -249,6 +250,7 @@ def Bidirectional(rnn: Layer, *, name: str | None = None) -> Layer:
     name = name or f"Bidirectional({rnn.name})"
 
     def init(key, input_shape):
+        key, input_shape = errors.init_arguments(f"{name}.init", key, input_shape, key_needed=True)
         k1, k2 = jax.random.split(key)
         with errors.context(name):
             shape, p_fwd = rnn.init(k1, input_shape)

@@ -19,10 +19,10 @@ def Flatten(*, name: str | None = None) -> Layer:
     name = name or "Flatten"
 
     def init(key, input_shape):
-        if not isinstance(input_shape, (tuple, list)) or not all(
-                isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in input_shape):
-            raise errors.BpjaxError(name, f"expected an input shape (a tuple of ints >= 0, no batch axis), "
-                                          f"got {input_shape!r}")
+        key, input_shape = errors.init_arguments(f"{name}.init", key, input_shape)
+        if any(isinstance(d, tuple) for d in input_shape):
+            raise errors.BpjaxError(name, f"expected one input shape (a tuple of ints, no batch axis), got "
+                                          f"{input_shape!r}")
         return (math.prod(input_shape),), ()
 
     def forward(params, x):

@@ -15,7 +15,8 @@ def AddChannel() -> Layer:
     name = "AddChannel"
 
     def init(key, input_shape):
-        return (*tuple(input_shape), 1), ()
+        key, input_shape = errors.init_arguments(f"{name}.init", key, input_shape)
+        return (*input_shape, 1), ()
 
     def forward(params, x):
         errors.check_ndim(name, x, 2, "signal (B, L)")

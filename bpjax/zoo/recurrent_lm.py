@@ -71,7 +71,7 @@ def TruncatedBPTT(rnn: Layer, *, batch_size: int, name: str | None = None) -> La
             dparams, (dx, _) = rnn.backward(params, residuals, (dy, carried[0]))
         return dparams, dx
 
-    return Layer(init_fn, forward, backward, name, init_state, (rnn,))
+    return Layer(init_fn, forward, backward, name, init_state, (rnn,), "TruncatedBPTT")
 
 
 def char_rnn(vocab: int, *, cell: str = "lstm", features: int = 256, embed_features: int = 64,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import weakref
 
 import jax.numpy as jnp
 
@@ -36,6 +35,7 @@ def PositionEmbedding(context: int, *, init: Initializer = "normal", stddev: flo
             raise errors.BpjaxError(name, f"expected an input of shape {want}, got T={T} and D={D_got}")
 
     def init_fn(key, input_shape):
+        key, input_shape = errors.init_arguments(f"{name}.init", key, input_shape, key_needed=True)
         if len(input_shape) != 2:
             raise errors.BpjaxError(name, f"expected an input shape (T, D) (one sequence, no batch axis), "
                                           f"got {tuple(input_shape)}")
@@ -56,10 +56,6 @@ def PositionEmbedding(context: int, *, init: Initializer = "normal", stddev: flo
         return {"P": dP}, dy
 
     return Layer(init_fn, forward, backward, name)
-
-
-# a gpt's forward function -> the arguments gpt built it with (a weak key: the entry goes with the model)
-_CONFIGS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def gpt(vocab: int, *, context: int, features: int = 128, num_layers: int = 4, num_heads: int = 4,
@@ -126,20 +122,19 @@ def gpt(vocab: int, *, context: int, features: int = 128, num_layers: int = 4, n
     body = serial(Embedding(vocab, D, **w), PositionEmbedding(context, **w), drop, *blocks,
                   LayerNorm(dtype=dtype), Dense(vocab, bias=False, **w))
     name = name or f"gpt(L{num_layers}, H{num_heads}, D{D}, T{context})"
+    settings = dict(vocab=vocab, context=context, features=D, num_layers=num_layers, num_heads=num_heads,
+                    mlp_features=mlp_features, bias=bias, approximate_gelu=approximate_gelu,
+                    embed_dropout=embed_dropout, attention_dropout=attention_dropout,
+                    residual_dropout=residual_dropout, stddev=stddev, dtype=dtype)
     model = tie(body, source=(0, "E"), target=(-1, "W"), transpose=True, name=name)
-    _CONFIGS[model.forward] = dict(
-        vocab=vocab, context=context, features=D, num_layers=num_layers, num_heads=num_heads,
-        mlp_features=mlp_features, bias=bias, approximate_gelu=approximate_gelu, embed_dropout=embed_dropout,
-        attention_dropout=attention_dropout, residual_dropout=residual_dropout, stddev=stddev, dtype=dtype)
-    return model
+    return model._replace(kind="gpt", settings=tuple(settings.items()))
 
 
 def gpt_config(model: Layer) -> dict | None:
-    """The arguments :func:`gpt` built ``model`` with, or None for a model :func:`gpt` did not build.
+    """The arguments :func:`gpt` built ``model`` with (its ``settings``), or None for a model :func:`gpt` did not
+    build (its ``kind`` is not ``"gpt"``).
 
     ``gpt(**gpt_config(model))`` builds the same model again (the name aside). A renamed model
-    (``model._replace(name=...)``) keeps them; a model whose ``forward`` was replaced does not.
+    (``model._replace(name=...)``) keeps them.
     """
-    forward = getattr(model, "forward", None)
-    config = _CONFIGS.get(forward) if callable(forward) else None
-    return None if config is None else dict(config)
+    return dict(model.settings) if isinstance(model, Layer) and model.kind == "gpt" else None
