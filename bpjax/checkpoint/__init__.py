@@ -58,21 +58,21 @@ from typing import Any, Optional
 import jax
 
 from bpjax import errors
-from bpjax.checkpoint.arguments import _check_json, _file_path, _model_name, _tilde_hint
-from bpjax.checkpoint.atomic import _atomic_write
+from bpjax.checkpoint.arguments import check_json, file_path, model_name, tilde_hint
+from bpjax.checkpoint.atomic import atomic_write
 from bpjax.checkpoint.encoding import (
     FORMAT,
     FORMAT_VERSION,
-    _canonical_json,
-    _checksum,
-    _decode_leaf,
-    _decode_structure,
-    _encode_leaf,
-    _encode_structure,
-    _label,
-    _npy_bytes,
-    _to_numpy,
+    canonical_json,
+    checksum,
+    decode_leaf,
+    decode_structure,
+    encode_leaf,
+    encode_structure,
+    leaf_label,
+    npy_bytes,
     spans_processes,
+    to_numpy,
 )
 from bpjax.checkpoint.folder import DamagedCheckpointWarning, StaleLockWarning, is_run_folder, newest
 from bpjax.checkpoint.reading import decode, read
@@ -96,7 +96,7 @@ def _version() -> str:
 
 
 def _warn_plain(where: str, plain: list) -> None:
-    shown = ", ".join(f"{_label(p)} ({name} -> {kind})" for p, name, kind in plain[:4])
+    shown = ", ".join(f"{leaf_label(p)} ({name} -> {kind})" for p, name, kind in plain[:4])
     warnings.warn(f"{where}: without `like`, {len(plain)} saved container(s) come back as plain dicts/lists: "
                   f"{shown}{' ...' if len(plain) > 4 else ''}. Fine to inspect, not to train with: optax fails on "
                   f"a plain dict (\"'dict' object has no attribute 'mu'\"). Pass `like` with the same structure, "
@@ -130,22 +130,22 @@ def save(path, tree, *, metadata: Optional[dict] = None, model=None, backend: st
         processes), metadata that is not JSON, a missing directory, or a failed write (naming the path, the
         argument and what it got).
     """
-    path = _file_path("save", path, tree)
+    path = file_path("save", path, tree)
     where = f"checkpoint.save({path})"
     if backend not in BACKENDS:
         raise errors.BpjaxError(where, f"backend: expected one of {BACKENDS}, got {backend!r}")
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         found = "is a file" if os.path.exists(directory) else "does not exist"
-        raise errors.BpjaxError(where, f"expected an existing directory, {directory!r} {found}{_tilde_hint(path)}")
+        raise errors.BpjaxError(where, f"expected an existing directory, {directory!r} {found}{tilde_hint(path)}")
     if backend == "npz" and os.path.isdir(path):
         raise errors.BpjaxError(where, "expected a file path, got a directory")
     if metadata is not None and not isinstance(metadata, dict):
         raise errors.BpjaxTypeError(where, f"metadata: expected a dict, got {type(metadata).__name__}")
-    _check_json(where, "metadata", metadata)
-    name = _model_name(where, model)
+    check_json(where, "metadata", metadata)
+    name = model_name(where, model)
     leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
-    encode = _to_numpy if backend == "npz" else _encode_leaf
+    encode = to_numpy if backend == "npz" else encode_leaf
     values, records = [], []
     for p, leaf in leaves:
         value, rec = encode(where, jax.tree_util.keystr(p), leaf)
@@ -153,15 +153,15 @@ def save(path, tree, *, metadata: Optional[dict] = None, model=None, backend: st
         records.append(rec)
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "bpjax_version": _version(),
             "model": name, "metadata": metadata or {},
-            "structure": _encode_structure(treedef, where), "leaves": records}
+            "structure": encode_structure(treedef, where), "leaves": records}
     if backend == "orbax":
         from bpjax.checkpoint import sharded
 
         sharded.save(where, path, values, dict(meta, backend=backend))
         return path
-    members = [_npy_bytes(a) for a in values]
-    meta["sha256"] = _checksum(meta, members)
-    _atomic_write(where, path, members, _canonical_json(meta))
+    members = [npy_bytes(a) for a in values]
+    meta["sha256"] = checksum(meta, members)
+    atomic_write(where, path, members, canonical_json(meta))
     return path
 
 
@@ -184,7 +184,7 @@ def read_metadata(path) -> dict:
     ``metadata`` (the user dict given to :func:`save`), ``leaves`` (path, dtype, shape per leaf), ``backend``
     (``"npz"`` for a file, ``"orbax"`` for a sharded checkpoint's directory, whose record is read without
     importing orbax). ``path`` may be a run folder (``fit``'s ``checkpoint_path``): its newest entry is read."""
-    path = _file_path("read_metadata", path)
+    path = file_path("read_metadata", path)
     _, meta, _ = _read_entry(path, f"checkpoint.read_metadata({path})")
     return {"backend": meta.get("backend", "npz"),
             **{k: meta[k] for k in ("bpjax_version", "model", "metadata", "leaves", "format_version")}}
@@ -216,7 +216,7 @@ def restore(path, *, like: Any = None):
         directory, a temporary file or directory, or a tree that does not match ``like`` (naming the leaf path,
         the expected and the found kind/shape/dtype).
     """
-    path = _file_path("restore", path)
+    path = file_path("restore", path)
     where = f"checkpoint.restore({path})"
     entry, meta, arrays = _read_entry(path, where)
     if like is not None:
@@ -225,9 +225,9 @@ def restore(path, *, like: Any = None):
         from bpjax.checkpoint import sharded
 
         arrays = sharded.read_arrays(where, entry, meta, None)
-    values = [_decode_leaf(a, r) for a, r in zip(arrays, meta["leaves"])]
+    values = [decode_leaf(a, r) for a, r in zip(arrays, meta["leaves"])]
     plain: list = []
-    tree = _decode_structure(meta["structure"], iter(values), "", plain)
+    tree = decode_structure(meta["structure"], iter(values), "", plain)
     if plain:
         _warn_plain(where, plain)
     return tree

@@ -7,10 +7,10 @@ import os
 from typing import Any, Optional
 
 from bpjax import errors
-from bpjax.checkpoint.encoding import _is_number
+from bpjax.checkpoint.encoding import is_number
 
 
-def _file_path(fn: str, path, tree: Any = None) -> str:
+def file_path(fn: str, path, tree: Any = None) -> str:
     """``path`` as a str, else a BpjaxError naming ``checkpoint.<fn>``'s ``path`` argument."""
     where = f"checkpoint.{fn}"
     if isinstance(path, os.PathLike):
@@ -18,7 +18,7 @@ def _file_path(fn: str, path, tree: Any = None) -> str:
     if isinstance(path, bytes):
         path = os.fsdecode(path)
     if not isinstance(path, str):
-        got = repr(path) if path is None or _is_number(path) else type(path).__name__
+        got = repr(path) if path is None or is_number(path) else type(path).__name__
         swapped = fn == "save" and isinstance(tree, (str, bytes, os.PathLike))
         hint = "; the arguments look swapped: it is save(path, tree)" if swapped else ""
         raise errors.BpjaxTypeError(where, f"path: expected a file path (str or os.PathLike), got {got}{hint}")
@@ -30,11 +30,11 @@ def _file_path(fn: str, path, tree: Any = None) -> str:
     return path
 
 
-def _tilde_hint(path: str) -> str:
+def tilde_hint(path: str) -> str:
     return "; '~' is not expanded: pass os.path.expanduser(path)" if path.startswith("~") else ""
 
 
-def _check_json(where: str, what: str, value) -> None:
+def check_json(where: str, what: str, value) -> None:
     """Raise unless ``value`` is JSON that reads back as itself (tuples excepted: they read back as lists)."""
     if value is None or isinstance(value, (bool, int, str)):
         return
@@ -47,18 +47,18 @@ def _check_json(where: str, what: str, value) -> None:
             if not isinstance(k, str):
                 raise errors.BpjaxTypeError(where, f"{what}: expected str keys (JSON would read {k!r} back as "
                                                    f"{str(k)!r}), got the {type(k).__name__} key {k!r}")
-            _check_json(where, f"{what}[{k!r}]", v)
+            check_json(where, f"{what}[{k!r}]", v)
         return
     if isinstance(value, (list, tuple)):
         for i, v in enumerate(value):
-            _check_json(where, f"{what}[{i}]", v)
+            check_json(where, f"{what}[{i}]", v)
         return
     hint = "; convert it with float(x), int(x) or x.tolist()" if hasattr(value, "dtype") else ""
     raise errors.BpjaxTypeError(where, f"{what}: expected a JSON value (dict with str keys, list, str, int, "
                                        f"finite float, bool or None), got {type(value).__name__}{hint}")
 
 
-def _model_name(where: str, model) -> Optional[str]:
+def model_name(where: str, model) -> Optional[str]:
     from bpjax.core import Layer
     if model is None or isinstance(model, str):
         return model

@@ -9,7 +9,7 @@ import zipfile
 from typing import Optional
 
 from bpjax import errors
-from bpjax.checkpoint.encoding import _META
+from bpjax.checkpoint.encoding import META
 
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed member dates: same tree, same bytes
 _TEMP = re.compile(r"\.(?P<name>.+)\.tmp-\d+-[0-9a-f]+")  # a whole basename written by _create_temp
@@ -39,7 +39,7 @@ def _create_temp(where: str, directory: str, name: str):
     raise errors.BpjaxError(where, f"expected a free temporary file name in {directory!r}, found 16 taken")
 
 
-def _atomic_write(where: str, path: str, members, meta_bytes: bytes) -> None:
+def atomic_write(where: str, path: str, members, meta_bytes: bytes) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     tmp = None
     try:
@@ -48,7 +48,7 @@ def _atomic_write(where: str, path: str, members, meta_bytes: bytes) -> None:
             with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
                 for i, data in enumerate(members):
                     zf.writestr(zipfile.ZipInfo(f"leaf_{i:05d}.npy", _ZIP_DATE), data)
-                zf.writestr(zipfile.ZipInfo(_META, _ZIP_DATE), meta_bytes)
+                zf.writestr(zipfile.ZipInfo(META, _ZIP_DATE), meta_bytes)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -15,31 +15,31 @@ from bpjax import errors
 
 FORMAT = "bpjax-checkpoint"
 FORMAT_VERSION = 1
-_META = "bpjax.json"
+META = "bpjax.json"
 _INT64 = (-(2 ** 63), 2 ** 63 - 1)
 
 
-def _is_key(x) -> bool:
+def is_key(x) -> bool:
     return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
-def _is_number(x) -> bool:
+def is_number(x) -> bool:
     return isinstance(x, (bool, int, float)) and not isinstance(x, np.generic)
 
 
-def _label(path: str) -> str:
+def leaf_label(path: str) -> str:
     return path or "(the whole tree)"
 
 
 # ---------------------------------------------------------------- tree structure <-> JSON
 
 
-def _encode_structure(treedef, where: str):
+def encode_structure(treedef, where: str):
     """A JSON description of ``treedef``: ``"*"`` for a leaf, else a one-key dict per node kind."""
     if treedef.num_leaves == 1 and treedef.num_nodes == 1:
         return "*"
     typ, aux = treedef.node_data()
-    kids = [_encode_structure(c, where) for c in treedef.children()]
+    kids = [encode_structure(c, where) for c in treedef.children()]
     if typ is type(None):
         return None
     if typ in (dict, collections.OrderedDict, collections.defaultdict):
@@ -59,8 +59,8 @@ def _encode_structure(treedef, where: str):
     return {"node": f"{typ.__module__}.{typ.__qualname__}", "children": kids}
 
 
-def _decode_structure(spec, leaves, path: str, plain: list):
-    """Rebuild plain containers from :func:`_encode_structure`'s output, taking leaves in order.
+def decode_structure(spec, leaves, path: str, plain: list):
+    """Rebuild plain containers from :func:`encode_structure`'s output, taking leaves in order.
 
     Appends ``(path, saved type, plain type)`` to ``plain`` for every container that was not a
     dict, list, tuple or None when saved.
@@ -71,16 +71,16 @@ def _decode_structure(spec, leaves, path: str, plain: list):
         return None
     if "namedtuple" in spec:  # a key path names a field .mu, a dict key ['mu']
         plain.append((path, spec["namedtuple"], "dict"))
-        return {k: _decode_structure(v, leaves, f"{path}.{k}", plain) for k, v in spec["fields"]}
+        return {k: decode_structure(v, leaves, f"{path}.{k}", plain) for k, v in spec["fields"]}
     if "dict" in spec:
         if "type" in spec:
             plain.append((path, spec["type"], "dict"))
-        return {k: _decode_structure(v, leaves, f"{path}[{k!r}]", plain) for k, v in spec["dict"]}
+        return {k: decode_structure(v, leaves, f"{path}[{k!r}]", plain) for k, v in spec["dict"]}
     if "tuple" in spec:
-        return tuple(_decode_structure(v, leaves, f"{path}[{i}]", plain) for i, v in enumerate(spec["tuple"]))
+        return tuple(decode_structure(v, leaves, f"{path}[{i}]", plain) for i, v in enumerate(spec["tuple"]))
     if "node" in spec:
         plain.append((path, spec["node"], "list"))
-    return [_decode_structure(v, leaves, f"{path}[{i}]", plain)
+    return [decode_structure(v, leaves, f"{path}[{i}]", plain)
             for i, v in enumerate(spec.get("list", spec.get("children")))]
 
 
@@ -93,11 +93,11 @@ def spans_processes(leaf) -> bool:
     return isinstance(leaf, jax.Array) and not leaf.is_fully_addressable and not leaf.is_fully_replicated
 
 
-def _encode_leaf(where: str, path: str, leaf):
+def encode_leaf(where: str, path: str, leaf):
     """``(value to store, leaf record)`` for one leaf, the value still where it lives: a Python number as a 0-d
     numpy array, a typed PRNG key as its key data, an array as it is (a ``jax.Array`` on its devices)."""
-    label = _label(path)
-    if _is_number(leaf):
+    label = leaf_label(path)
+    if is_number(leaf):
         kind = type(leaf).__name__
         if kind == "int" and not _INT64[0] <= leaf <= _INT64[1]:
             raise errors.BpjaxError(where, f"leaf {label}: expected a Python int in int64's range "
@@ -112,7 +112,7 @@ def _encode_leaf(where: str, path: str, leaf):
         raise errors.BpjaxError(where, f"leaf {label}: expected a live array, got one whose buffer has been "
                                        f"deleted or donated (e.g. by make_step(donate=True)): save the arrays "
                                        f"the donating call returned")
-    if _is_key(leaf):
+    if is_key(leaf):
         return jax.random.key_data(leaf), {"path": path, "kind": "key", "impl": str(jax.random.key_impl(leaf)),
                                            "dtype": str(leaf.dtype), "shape": list(np.shape(leaf))}
     if not isinstance(leaf, (np.ndarray, np.generic, jax.Array)):
@@ -126,23 +126,23 @@ def _encode_leaf(where: str, path: str, leaf):
     return leaf, {"path": path, "kind": "array", "dtype": str(dtype), "shape": list(np.shape(leaf))}
 
 
-def _to_numpy(where: str, path: str, leaf):
+def to_numpy(where: str, path: str, leaf):
     """``(numpy array to store in the .npz, leaf record)`` for one leaf."""
-    value, record = _encode_leaf(where, path, leaf)
+    value, record = encode_leaf(where, path, leaf)
     if spans_processes(value):
-        raise errors.BpjaxError(where, f"leaf {_label(path)}: a jax.Array split over the devices of several "
+        raise errors.BpjaxError(where, f"leaf {leaf_label(path)}: a jax.Array split over the devices of several "
                                        f"processes ({value.sharding}) cannot go into one .npz file without a full "
                                        f"gather: save with backend=\"orbax\" (every process writes its own "
                                        f"shards; install it with pip install -e \".[orbax]\")")
     arr = np.asarray(value)
     if record["kind"] == "array" and arr.dtype.isbuiltin == 2:  # bfloat16, float8, int4: raw bits, viewed back
         if arr.dtype.itemsize not in (1, 2, 4, 8):
-            raise errors.BpjaxTypeError(where, f"leaf {_label(path)}: dtype {arr.dtype} cannot be saved")
+            raise errors.BpjaxTypeError(where, f"leaf {leaf_label(path)}: dtype {arr.dtype} cannot be saved")
         arr = arr.view(f"u{arr.dtype.itemsize}")
     return arr, record
 
 
-def _decode_leaf(value, record: dict):
+def decode_leaf(value, record: dict):
     """The leaf that ``record`` describes, from its stored ``value`` (a numpy array, or a ``jax.Array`` already
     placed on its devices)."""
     kind = record["kind"]
@@ -157,18 +157,18 @@ def _decode_leaf(value, record: dict):
     return jnp.asarray(value)
 
 
-def _npy_bytes(arr: np.ndarray) -> bytes:
+def npy_bytes(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.lib.format.write_array(buf, arr, allow_pickle=False)
     return buf.getvalue()
 
 
-def _checksum(meta: dict, members) -> str:
-    h = hashlib.sha256(_canonical_json({k: v for k, v in meta.items() if k != "sha256"}))
+def checksum(meta: dict, members) -> str:
+    h = hashlib.sha256(canonical_json({k: v for k, v in meta.items() if k != "sha256"}))
     for data in members:
         h.update(data)
     return h.hexdigest()
 
 
-def _canonical_json(obj) -> bytes:
+def canonical_json(obj) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()

@@ -12,23 +12,23 @@ import jax.numpy as jnp
 import numpy as np
 
 from bpjax import errors
-from bpjax.checkpoint.arguments import _tilde_hint
+from bpjax.checkpoint.arguments import tilde_hint
 from bpjax.checkpoint.atomic import temporary_of
 from bpjax.checkpoint.encoding import (
-    _META,
     FORMAT,
     FORMAT_VERSION,
-    _checksum,
-    _decode_leaf,
-    _is_key,
-    _is_number,
-    _label,
+    META,
+    checksum,
+    decode_leaf,
+    is_key,
+    is_number,
+    leaf_label,
 )
 
 
 def _missing_hint(path: str) -> str:
     """Likely causes of a missing file: '~', the other suffix, temporary files of unfinished saves."""
-    hints = [_tilde_hint(path)] if path.startswith("~") else []
+    hints = [tilde_hint(path)] if path.startswith("~") else []
     other = path[:-4] if path.endswith(".npz") else path + ".npz"
     if os.path.isfile(other):
         hints.append(f"; {other!r} exists (save adds no suffix)")
@@ -40,7 +40,7 @@ def _missing_hint(path: str) -> str:
     return "".join(hints)
 
 
-def _check_format(where: str, meta) -> None:
+def check_format(where: str, meta) -> None:
     """Raise unless ``meta`` is a bpjax record of this format version."""
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise errors.BpjaxError(where, f"not a bpjax checkpoint: expected format {FORMAT!r}")
@@ -77,11 +77,11 @@ def read(path: str, where: str):
     try:
         with fh, zipfile.ZipFile(fh) as zf:
             names = set(zf.namelist())
-            if _META not in names:
-                raise errors.BpjaxError(where, f"not a bpjax checkpoint: the zip has no {_META} member "
+            if META not in names:
+                raise errors.BpjaxError(where, f"not a bpjax checkpoint: the zip has no {META} member "
                                                f"(found {sorted(names)[:5]})")
-            meta = json.loads(zf.read(_META))
-            _check_format(where, meta)
+            meta = json.loads(zf.read(META))
+            check_format(where, meta)
             members = [zf.read(f"leaf_{i:05d}.npy") for i in range(len(meta["leaves"]))]
     except errors.BpjaxError:
         raise
@@ -89,7 +89,7 @@ def read(path: str, where: str):
             UnicodeDecodeError) as e:
         raise errors.BpjaxError(where, f"corrupted or truncated checkpoint (expected a bpjax .npz zip): "
                                        f"{type(e).__name__}: {e}") from None
-    found = _checksum(meta, members)
+    found = checksum(meta, members)
     if found != meta.get("sha256"):
         raise errors.BpjaxError(where, f"checksum mismatch, the file is corrupted: expected sha256 "
                                        f"{meta.get('sha256')}, got {found}")
@@ -105,14 +105,14 @@ def read(path: str, where: str):
 
 def _like_record(where: str, path: str, leaf):
     """``(kind, dtype str or None, shape)`` that ``leaf`` of a ``like`` tree expects."""
-    if _is_number(leaf):
+    if is_number(leaf):
         return type(leaf).__name__, None, ()
-    if _is_key(leaf):
+    if is_key(leaf):
         return "key", str(leaf.dtype), tuple(leaf.shape)
     if hasattr(leaf, "dtype") and hasattr(leaf, "shape"):  # arrays, numpy scalars, jax.ShapeDtypeStruct
         return "array", str(jnp.dtype(leaf.dtype)), tuple(leaf.shape)
     hint = "; pass the state, e.g. like=optimizer.init(params), not the optimizer or model" if callable(leaf) else ""
-    raise errors.BpjaxTypeError(where, f"like: leaf {_label(path)}: expected an array, jax.ShapeDtypeStruct, PRNG "
+    raise errors.BpjaxTypeError(where, f"like: leaf {leaf_label(path)}: expected an array, jax.ShapeDtypeStruct, PRNG "
                                        f"key or Python number, got {type(leaf).__name__}{hint}")
 
 
@@ -133,7 +133,7 @@ def match_like(where: str, records: list, like):
         if kind != rec["kind"]:
             raise _kind_mismatch(where, rec, kind, dtype, shape)
         if dtype is not None and (dtype != rec["dtype"] or shape != tuple(rec["shape"])):
-            raise errors.BpjaxError(where, f"leaf {_label(rec['path'])}: expected {dtype}{list(shape)} (as in "
+            raise errors.BpjaxError(where, f"leaf {leaf_label(rec['path'])}: expected {dtype}{list(shape)} (as in "
                                            f"`like`), found {rec['dtype']}{rec['shape']} in the file")
     return treedef
 
@@ -154,7 +154,7 @@ def _kind_mismatch(where: str, rec: dict, kind: str, dtype, shape) -> errors.Bpj
     elif kind == "array" and rec["kind"] == "key":
         hint = ("; the file holds a typed key (jax.random.key): pass a typed key in `like`, or take "
                 "jax.random.key_data of the result")
-    return errors.BpjaxTypeError(where, f"leaf {_label(rec['path'])}: expected {_kind_text(kind, dtype, shape)} "
+    return errors.BpjaxTypeError(where, f"leaf {leaf_label(rec['path'])}: expected {_kind_text(kind, dtype, shape)} "
                                         f"(as in `like`), found {_kind_text(rec['kind'], rec['dtype'], rec['shape'])}"
                                         f" in the file{hint}")
 
@@ -169,4 +169,4 @@ def decode(where: str, path: str, meta: dict, arrays, like):
         from bpjax.checkpoint import sharded
 
         arrays = sharded.read_arrays(where, path, meta, jax.tree.leaves(like))
-    return jax.tree_util.tree_unflatten(treedef, [_decode_leaf(a, r) for a, r in zip(arrays, records)])
+    return jax.tree_util.tree_unflatten(treedef, [decode_leaf(a, r) for a, r in zip(arrays, records)])

@@ -39,8 +39,8 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from bpjax import errors
-from bpjax.checkpoint.encoding import _label, spans_processes
-from bpjax.checkpoint.reading import _check_format
+from bpjax.checkpoint.encoding import leaf_label, spans_processes
+from bpjax.checkpoint.reading import check_format
 
 STEP_METADATA = "_CHECKPOINT_METADATA"  # orbax's record of a step, JSON; its "custom_metadata" holds bpjax's
 INSTALL = 'pip install -e ".[orbax]" (or pip install orbax-checkpoint)'
@@ -161,7 +161,7 @@ def read_meta(where: str, path: str) -> dict:
     if meta is None:
         raise errors.BpjaxError(where, f"not a bpjax checkpoint: orbax's {STEP_METADATA} holds no bpjax record "
                                        f"(a directory written by orbax itself, not by bp.checkpoint.save?)")
-    _check_format(where, meta)
+    check_format(where, meta)
     return meta
 
 
@@ -215,6 +215,6 @@ def read_arrays(where: str, path: str, meta: dict, like_leaves) -> list:
     values = [out[n] for n in names]
     for rec, want, found in zip(records, meta["checksums"], checksums(values)):
         if found != want:
-            raise errors.BpjaxError(where, f"checksum mismatch at leaf {_label(rec['path'])}, the checkpoint's data "
-                                           f"is corrupted: expected {want}, got {found}")
+            raise errors.BpjaxError(where, f"checksum mismatch at leaf {leaf_label(rec['path'])}, the checkpoint's "
+                                           f"data is corrupted: expected {want}, got {found}")
     return values

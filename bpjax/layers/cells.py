@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 
-class _Cell(NamedTuple):
+class Cell(NamedTuple):
     """The per-step pieces of one recurrent cell; carries are tuples, ``(h,)`` or ``(h, c)``.
 
     Each step writes ONE packed array per direction of the pass (one store per loop iteration):
@@ -124,8 +124,8 @@ def _lstm_back(params, dcarry, dh, saved, h_prev):
     return (da @ params["Wh"].T, dc_prev), da
 
 
-_CELLS = {
-    "SimpleRNN": _Cell("SimpleRNN", 1, _rnn_step, _rnn_back, _same),
-    "GRU": _Cell("GRU", 3, _gru_step, _gru_back, _gru_split, extra=("bhn",)),
-    "LSTM": _Cell("LSTM", 4, _lstm_step, _lstm_back, _same, n_carry=2),
+CELLS = {
+    "SimpleRNN": Cell("SimpleRNN", 1, _rnn_step, _rnn_back, _same),
+    "GRU": Cell("GRU", 3, _gru_step, _gru_back, _gru_split, extra=("bhn",)),
+    "LSTM": Cell("LSTM", 4, _lstm_step, _lstm_back, _same, n_carry=2),
 }

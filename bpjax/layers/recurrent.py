@@ -40,7 +40,7 @@ from jax import lax
 from bpjax import errors
 from bpjax.core import Layer
 from bpjax.initializers import Initializer, initializer, param_dtype
-from bpjax.layers.cells import _CELLS, _Cell
+from bpjax.layers.cells import CELLS, Cell
 
 
 def _shapes(cell, D, H):
@@ -48,7 +48,7 @@ def _shapes(cell, D, H):
     return {"Wx": (D, G * H), "Wh": (H, G * H), "b": (G * H,), **{k: (H,) for k in cell.extra}}
 
 
-def _recurrent(cell: _Cell, features: int, return_sequences: bool, init, recurrent_init, forget_bias,
+def _recurrent(cell: Cell, features: int, return_sequences: bool, init, recurrent_init, forget_bias,
                unroll: int, dtype, name) -> Layer:
     H = errors.positive_int(cell.kind, "features", features)
     unroll = errors.positive_int(cell.kind, "unroll", unroll)
@@ -188,7 +188,7 @@ def SimpleRNN(features: int, *, return_sequences: bool = True, init: Initializer
       dtype: parameter dtype; default the canonical float.
       name: display name (default ``SimpleRNN(H)``).
     """
-    return _recurrent(_CELLS["SimpleRNN"], features, return_sequences, init, recurrent_init, None, unroll, dtype,
+    return _recurrent(CELLS["SimpleRNN"], features, return_sequences, init, recurrent_init, None, unroll, dtype,
                       name)
 
 
@@ -205,7 +205,7 @@ def GRU(features: int, *, return_sequences: bool = True, init: Initializer | Non
     (PyTorch's ``b_ih + b_hh`` for r and z folded into one bias), all ``~ U(-1/sqrt(H), 1/sqrt(H))``
     by default. Arguments as for :func:`SimpleRNN`.
     """
-    return _recurrent(_CELLS["GRU"], features, return_sequences, init, recurrent_init, None, unroll, dtype, name)
+    return _recurrent(CELLS["GRU"], features, return_sequences, init, recurrent_init, None, unroll, dtype, name)
 
 
 def LSTM(features: int, *, return_sequences: bool = True, init: Initializer | None = None,
@@ -225,7 +225,7 @@ def LSTM(features: int, *, return_sequences: bool = True, init: Initializer | No
         zero with ``init=``).
       Others as for :func:`SimpleRNN`.
     """
-    return _recurrent(_CELLS["LSTM"], features, return_sequences, init, recurrent_init, forget_bias, unroll, dtype,
+    return _recurrent(CELLS["LSTM"], features, return_sequences, init, recurrent_init, forget_bias, unroll, dtype,
                       name)
 
 
