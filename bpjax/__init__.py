@@ -17,8 +17,7 @@ Submodules that pull in more than JAX (checkpoint, diagnostics, ...) load on fir
 import importlib
 
 from bpjax import errors, layers, losses, train
-from bpjax.branching import Residual, fan_in_concat, fan_in_sum, fan_out, parallel
-from bpjax.combinators import serial
+from bpjax.combinators import Residual, fan_in_concat, fan_in_sum, fan_out, parallel, serial
 from bpjax.core import Layer, apply, init_state, is_contextual
 from bpjax.errors import BpjaxError, BpjaxTypeError
 from bpjax.grad import as_custom_vjp, autodiff_value_and_grad, predict, value_and_grad

@@ -12,7 +12,7 @@ per-layer machinery (:data:`BACKWARD_RULES`, :func:`rule_tag`, :func:`with_backw
 :func:`sign_feedback`) comes first below; the layers with weights ``W`` import it from here.
 
 and for a whole serial model, :func:`DFA` (direct feedback alignment, Nokland 2016): the output
-error ``e = dL/dy`` (``(B, C)``) goes straight to every hidden layer through a fixed ``B_l``.
+error ``e = dL/dy`` (``(N, C)`` for a batch of ``N``) goes straight to every hidden layer through a fixed ``B_l``.
 
 Metrics, all jit-able: :func:`gradient_angles` (the rule's update against ``jax.grad``'s, per
 parameter leaf) and :func:`feedback_angles` (``W`` against ``B`` per feedback-alignment layer).
@@ -176,9 +176,10 @@ def DFA(*layers: Layer, feedback_init: Initializer = "glorot_uniform", name: Opt
     """Direct feedback alignment (Nokland 2016) over a serial stack of Dense and elementwise layers.
 
     Forward: exactly ``serial(*layers)``. Backward, in the reverse order of the forward pass, with
-    ``e = dL/dy`` the error at the model output ``(B, C)``: every layer runs its own backward, except
-    that the gradient arriving at the *input* of each Dense layer after the first (the output of the
-    hidden layer below it) is not ``dz @ W.T`` but the direct projection::
+    ``e = dL/dy`` the error at the model output ``(N, C)`` (a batch of ``N``: ``B`` names the feedback
+    matrices here), every layer runs its own backward, except that the gradient arriving at the
+    *input* of each Dense layer after the first (the output of the hidden layer below it) is not
+    ``dz @ W.T`` but the direct projection::
 
         da_l = e @ B_l          # B_l: (C, D_l), fixed random, D_l the width of hidden layer l
 
@@ -186,7 +187,7 @@ def DFA(*layers: Layer, feedback_init: Initializer = "glorot_uniform", name: Opt
     The last Dense layer (the output layer) gets the exact ``dz = e`` through any layers after it.
 
     Limits: a *serial* model whose Dense layers (recognised by 2-D ``W`` params) take inputs
-    ``(B, D)`` and whose output is ``(B, C)``; other layers between them (activations, dropout,
+    ``(N, D)`` and whose output is ``(N, C)``; other layers between them (activations, dropout,
     normalisation) run their exact backward. No residual connections or convolutions.
 
     State: ``{"layers": <the children's state>, "B": (B_l or () per layer)}``; the model is contextual.
@@ -209,7 +210,7 @@ def DFA(*layers: Layer, feedback_init: Initializer = "glorot_uniform", name: Opt
         for i, (layer, p, k) in enumerate(zip(layers, params, jax.random.split(k_b, len(layers)))):
             if _is_dense_params(p):
                 if not first and len(shape) != 1:
-                    raise errors.BpjaxError(f"{name} serial[{i}]", f"DFA needs Dense inputs of shape (B, D), "
+                    raise errors.BpjaxError(f"{name} serial[{i}]", f"DFA needs Dense inputs of shape (N, D), "
                                                                    f"got per-example shape {shape}")
                 Bs.append(() if first else b_init(k, (C, shape[0]), p["W"].dtype))
                 first = False
@@ -217,7 +218,7 @@ def DFA(*layers: Layer, feedback_init: Initializer = "glorot_uniform", name: Opt
                 Bs.append(())
             shape, _ = layer.init(k, shape)
         if len(out_shape) != 1:
-            raise errors.BpjaxError(name, f"expected a model output of shape (B, C), got per-example shape "
+            raise errors.BpjaxError(name, f"expected a model output of shape (N, C), got per-example shape "
                                           f"{out_shape}")
         state = {"layers": _init_state(inner, k_inner, input_shape), "B": tuple(Bs)}
         return out_shape, state
@@ -234,7 +235,7 @@ def DFA(*layers: Layer, feedback_init: Initializer = "glorot_uniform", name: Opt
     def backward(params, saved, dy):
         residuals, Bs = saved
         errors.check_ndim(name, dy, 2, "output gradient")
-        e = dy                                     # the output error e = dL/dy: (B, C)
+        e = dy                                     # the output error e = dL/dy: (N, C)
 
         def direct(i, d):                          # DFA: da_{l-1} = e @ B_l instead of dz_l @ W_l.T
             return d if isinstance(Bs[i], tuple) else e @ Bs[i]

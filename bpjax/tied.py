@@ -137,7 +137,7 @@ def tie(model: Layer, *, source: Path, target: Path, transpose: bool = False, na
         with errors.context(name):
             return init_of(model, key, input_shape, state=True)
 
-    def run(params, x, state, key, train):
+    def forward_with(params, x, state, key, train):
         src, tgt = paths(params)
         with errors.context(name):
             return forward_of(model, full(params, src, tgt), x, state=state, key=key, train=train)
@@ -150,4 +150,5 @@ def tie(model: Layer, *, source: Path, target: Path, transpose: bool = False, na
         dsource = _get(dfull, src) + f(_get(dfull, tgt))
         return _set(_set(dfull, tgt, ()), src, dsource), dx
 
-    return container(name, init_fn, run, backward, (model,), init_state if is_contextual(model) else None, kind="tie")
+    return container(name, init_fn, forward_with, backward, (model,), init_state if is_contextual(model) else None,
+                     kind="tie")

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import bpjax as bp
 from bpjax import layers as L
-from bpjax.branching import Residual, fan_in_concat, fan_in_sum, fan_out, parallel
+from bpjax.combinators import Residual, fan_in_concat, fan_in_sum, fan_out, parallel
 
 
 def _check_model_f64(model, in_shape, out_dim, batch=4, seed=0, state=None, key=None):

@@ -168,7 +168,7 @@ def test_rule_errors():
     # Flatten first: Dense inputs are (B, D), fine (the shapes traced by jax.eval_shape: nothing drawn)
     jax.eval_shape(lambda key: conv_like.init_state(key, (3, 2)), jax.random.key(0))
     bad = rules.DFA(L.Dense(4), L.Relu(), L.Dense(2))
-    with pytest.raises(bp.BpjaxError, match=r"serial\[2\].*Dense inputs of shape \(B, D\), got .* shape \(3, 4\)"):
+    with pytest.raises(bp.BpjaxError, match=r"serial\[2\].*Dense inputs of shape \(N, D\), got .* shape \(3, 4\)"):
         jax.eval_shape(lambda key: bad.init_state(key, (3, 5)), jax.random.key(0))
     model = rules.DFA(*_mlp())
     with pytest.raises(bp.BpjaxError, match="expected {'layers', 'B'}"):

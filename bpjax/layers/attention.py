@@ -15,8 +15,7 @@ import numpy as np
 from jax import lax
 
 from bpjax import errors
-from bpjax.branching import Residual
-from bpjax.combinators import container, serial
+from bpjax.combinators import Residual, container, serial
 from bpjax.core import Layer, forward_of
 from bpjax.initializers import Initializer, initializer, param_dtype
 from bpjax.layers.activations import Gelu
@@ -198,7 +197,7 @@ def MultiHeadSelfAttention(num_heads: int, *, head_dim: int | None = None, causa
                 raise errors.BpjaxError(name, f"params do not match the layer: expected {k} {shape} for "
                                               f"input width D={D} and {H} heads, got {tuple(params[k].shape)}")
 
-    def run(params, x, key, train):
+    def attend(params, x, key, train):
         x, key_mask = _split_input(name, x)
         check(params, x)
         T, hd = x.shape[1], params["Wq"].shape[1] // H
@@ -260,7 +259,7 @@ def MultiHeadSelfAttention(num_heads: int, *, head_dim: int | None = None, causa
     def init_state(key, input_shape):
         return tuple(input_shape), ()
 
-    return container(name, init_fn, lambda params, x, state, key, train: (*run(params, x, key, train), state),
+    return container(name, init_fn, lambda params, x, state, key, train: (*attend(params, x, key, train), state),
                      backward, (), init_state if drop is not None else None, kind="MultiHeadSelfAttention")
 
 
@@ -339,7 +338,7 @@ def TransformerBlock(num_heads: int, *, mlp_features: int, causal: bool = True, 
         dt = param_dtype(name, dtype)  # the layer norms draw in the canonical float: cast them too
         return shape, jax.tree.map(lambda a: a.astype(dt), values)
 
-    def run(params, x, state, key, train):
+    def forward_with(params, x, state, key, train):
         errors.check_floating(name, x)
         if x.ndim != 3:
             raise errors.shape_error(name, "a rank-3 input (B, T, D)", x)
@@ -352,5 +351,5 @@ def TransformerBlock(num_heads: int, *, mlp_features: int, causal: bool = True, 
             return block(dy.shape[-1]).backward(params, residuals, dy)
 
     contextual = bool(attention_dropout or residual_dropout)
-    return container(name, lambda key, shape: init_with(key, shape, False), run, backward, (),
+    return container(name, lambda key, shape: init_with(key, shape, False), forward_with, backward, (),
                      (lambda key, shape: init_with(key, shape, True)) if contextual else None, kind="TransformerBlock")

@@ -75,28 +75,30 @@ def progress_bar(total: int, initial: int, desc: str):
     return tqdm(total=total, initial=initial, desc=desc, unit="step", leave=True)
 
 
-def run(plan: Plan, carry, hp, keys, data, eval_data, *, batched: int, verbose, chunk_size,
-        checkpoint: Optional[resume.RunFolder], checkpoint_every, callback, desc):
+def drive(plan: Plan, carry, hp, keys, data, eval_data, *, batched: int, verbose, chunk_size,
+          checkpoint: Optional[resume.RunFolder], checkpoint_every, callback, desc):
     """Run ``plan.steps`` steps in chunks from a fresh start or from the run folder; returns ``(carry, history)``.
 
     ``carry = (params, opt_state, state)``; ``data`` is the device-resident ``(x, y)`` or a
-    :class:`~bpjax.train.stream.Stream`; ``checkpoint`` the open run folder (or ``None``).
+    :class:`~bpjax.train.stream.Stream`; ``checkpoint`` the open run folder (or ``None``), released at the
+    end however the run ends.
     """
     steps = plan.steps
     names = [n for n, _ in plan.metrics]
     losses, evals = [], []
     start = 0
-    if checkpoint is not None:
-        start, carry, loss0, evals0 = resume.resume(checkpoint, plan, carry, names, batched)
-        if start:
-            losses.append(loss0)
-            evals.append(evals0)
+    bar = None
+    try:  # the run folder is released however the run ends
+        if checkpoint is not None:
+            start, carry, loss0, evals0 = resume.resume(checkpoint, plan, carry, names, batched)
+            if start:
+                losses.append(loss0)
+                evals.append(evals0)
 
-    bounds = chunk_bounds(start, steps, chunk_size, checkpoint_every)
-    stream = data if isinstance(data, Stream) else None
-    block = stream.take(bounds[0][1] - bounds[0][0]) if stream is not None and bounds else data
-    bar = progress_bar(steps, start, desc) if verbose and distributed.is_main() else None
-    try:
+        bounds = chunk_bounds(start, steps, chunk_size, checkpoint_every)
+        stream = data if isinstance(data, Stream) else None
+        block = stream.take(bounds[0][1] - bounds[0][0]) if stream is not None and bounds else data
+        bar = progress_bar(steps, start, desc) if verbose and distributed.is_main() else None
         for k, (lo, hi) in enumerate(bounds):
             carry_in, current = carry, block
             carry, (loss_c, ev_c, inputs_finite, finite, _) = compiled_chunk(plan, hi - lo, batched)(
@@ -127,4 +129,6 @@ def run(plan: Plan, carry, hp, keys, data, eval_data, *, batched: int, verbose, 
     finally:
         if bar is not None:
             bar.close()
+        if checkpoint is not None:
+            resume.close_folder(checkpoint)
     return carry, history(plan, losses, evals, names, steps)

@@ -2,7 +2,7 @@
 
 A run is a ``lax.scan`` over steps. The data lives on the device; step ``s`` takes batch
 ``b = s mod n_b`` (``n_b = N // batch_size``, a ragged tail is dropped) of epoch ``e = s // n_b``:
-rows ``b*B .. b*B+B-1`` in order, or of ``permutation(fold_in(shuffle_key, e), N)`` when shuffled.
+rows ``b*batch_size .. (b+1)*batch_size - 1`` in order, or of ``permutation(fold_in(shuffle_key, e), N)`` when shuffled.
 On a mesh the same rows are gathered from the data's shards (:func:`bpjax.train.sharding.take_rows`).
 A streamed run (:mod:`bpjax.train.stream`) instead scans over the chunk's block of batches.
 A contextual model gets the key ``fold_in(step_key, s)`` at step ``s``. Both are functions of the
@@ -10,7 +10,7 @@ step alone, so a run split into chunks (for the progress bar, checkpoints, the N
 stopped and resumed from a checkpoint computes exactly the same steps.
 
 Evaluation runs inside the program (``lax.cond``) after every ``eval_every`` steps and after the
-last one. Each step is :func:`bpjax.train.step.update`, the same function ``make_step`` compiles.
+last one. Each step is :func:`bpjax.train.step.step_function`'s, the same function ``make_step`` compiles.
 
 Finiteness costs nothing per step: the losses come back to the host anyway, and each chunk ends by
 flagging every leaf of ``(params, opt_state, state)`` finite or not (one pass per chunk). When either
@@ -33,7 +33,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from bpjax import errors
 from bpjax.core import Layer, forward_of
 from bpjax.train.sharding import constrain_params, take_rows
-from bpjax.train.step import update
+from bpjax.train.step import step_function
 
 Metric = Callable[[jax.Array, jax.Array], jax.Array]
 CAUSES = ("loss", "gradient", "params", "opt_state", "state")  # what the diagnosing chunk found first
@@ -83,8 +83,8 @@ def make_chunk(plan: Plan, length: int):
     ``bad = ()`` otherwise.
     """
     model, loss = plan.model, plan.loss
-    step_fn = update(model, loss, plan.backward)
-    B = plan.batch_size
+    step_fn = step_function(model, loss, plan.backward)
+    batch_size = plan.batch_size
 
     def evaluate(params, state, ex, ey):
         pred, _, _ = forward_of(model, params, ex, state=state, key=None, train=False)
@@ -103,14 +103,15 @@ def make_chunk(plan: Plan, length: int):
             b = step % plan.n_batches
             if plan.shuffle:
                 perm = lax.cond(b == 0, lambda: permutation(step), lambda: perm)
-                idx = lax.dynamic_slice_in_dim(perm, b * B, B)
+                idx = lax.dynamic_slice_in_dim(perm, b * batch_size, batch_size)
             else:
-                idx = b * B + jnp.arange(B)
+                idx = b * batch_size + jnp.arange(batch_size)
             if plan.sharding is not None:
                 return (*take_rows((x, y), idx, plan.sharding.mesh), perm)
             if plan.shuffle:
                 return jnp.take(x, idx, axis=0), jnp.take(y, idx, axis=0), perm
-            return lax.dynamic_slice_in_dim(x, b * B, B), lax.dynamic_slice_in_dim(y, b * B, B), perm
+            return (lax.dynamic_slice_in_dim(x, b * batch_size, batch_size),
+                    lax.dynamic_slice_in_dim(y, b * batch_size, batch_size), perm)
 
         def diagnose(step, bad, value, grads, new):
             """The first non-finite quantity of this step as ``(step, cause, leaf)``, kept once found."""

@@ -22,7 +22,7 @@ from bpjax.grad import check_backward
 from bpjax.losses import as_loss
 from bpjax.train import fingerprint, resume
 from bpjax.train.cache import cached
-from bpjax.train.driver import chunking, run
+from bpjax.train.driver import chunking, drive
 from bpjax.train.history import FitResult
 from bpjax.train.loop import Fixed, Metric, Plan
 from bpjax.train.sharding import (
@@ -130,17 +130,8 @@ def open_run(where, plan, carry, data, make_optimizer, hparams, batched, checkpo
     return resume.open_folder(where, checkpoint_path, keep, record, accept, sharded)
 
 
-def drive(plan, carry, hp, keys, data, eval_arrays, run_folder, **kw):
-    """:func:`bpjax.train.driver.run` with the run folder released at the end, however the run ends."""
-    try:
-        return run(plan, carry, hp, keys, data, eval_arrays, checkpoint=run_folder, **kw)
-    finally:
-        if run_folder is not None:
-            resume.close_folder(run_folder)
-
-
-def split_key(key, needed):
-    """``(shuffle_key, step_key)`` from the run's key (``(None, None)`` without one)."""
+def shuffle_and_step_keys(key, needed):
+    """``(shuffle_key, step_key)`` from the run's key (``(None, None)`` without one, or when not ``needed``)."""
     if key is None:
         return (None, None)
     if not needed:
@@ -259,15 +250,15 @@ def fit(model: Layer, loss, optimizer: optax.GradientTransformation, params, tra
         opt_state = optimizer.init(params)
     else:
         check_opt_state(where, optimizer, params, opt_state)
-    keys = split_key(key, plan.shuffle or is_contextual(model))
+    keys = shuffle_and_step_keys(key, plan.shuffle or is_contextual(model))
     carry = (params, opt_state, state)
     if mesh is not None:  # every input of the program on the mesh: a process can only pass its own devices'
         carry, keys = (*shard_params(carry[:2], mesh), *replicate(carry[2:], mesh)), replicate(keys, mesh)
     run_folder = open_run(where, plan, carry, data, plan.make_optimizer, None, 0, checkpoint_path,
                           keep_checkpoints, accept_changes)
-    carry, history = drive(plan, carry, None, keys, data, eval_arrays, run_folder, batched=0, verbose=verbose,
-                           chunk_size=chunk_size, checkpoint_every=checkpoint_every, callback=callback,
-                           desc=f"fit {model.name}"[:40])
+    carry, history = drive(plan, carry, None, keys, data, eval_arrays, checkpoint=run_folder, batched=0,
+                           verbose=verbose, chunk_size=chunk_size, checkpoint_every=checkpoint_every,
+                           callback=callback, desc=f"fit {model.name}"[:40])
     return FitResult(carry[0], carry[1], carry[2], history)
 
 
@@ -419,7 +410,7 @@ def fit_many(model: Layer, loss, optimizer, params, train_data: Tuple[Any, Any],
         run_keys, hparams = replicate((run_keys, hparams), mesh)
     run_folder = open_run(where, plan, carry, data, factory, hparams, n, checkpoint_path, keep_checkpoints,
                           accept_changes)
-    carry, history = drive(plan, carry, hparams, run_keys, data, eval_arrays, run_folder, batched=n,
+    carry, history = drive(plan, carry, hparams, run_keys, data, eval_arrays, checkpoint=run_folder, batched=n,
                            verbose=verbose, chunk_size=chunk_size, checkpoint_every=checkpoint_every,
                            callback=callback, desc=f"fit_many x{n}")
     return FitResult(carry[0], carry[1], carry[2], history)

@@ -1,6 +1,6 @@
 """One training step, written once: ``grads = dL/dparams``, then ``params -= optimizer(grads)``.
 
-:func:`update` is the step itself (pure, not compiled); :func:`make_step` compiles it for a user,
+:func:`step_function` builds the step itself (pure, not compiled); :func:`make_step` compiles it for a user,
 and the compiled loop of ``fit`` runs the same function inside its ``lax.scan``.
 
 Any optax optimizer: an ``optax.GradientTransformationExtraArgs`` (``optax.chain`` and most of optax)
@@ -23,7 +23,7 @@ from bpjax.losses import as_loss, scaled
 from bpjax.precision import LossScaleState
 from bpjax.train.validate import check_opt_state
 
-__all__ = ["BACKWARDS", "as_transformation", "make_step", "update"]
+__all__ = ["BACKWARDS", "as_transformation", "make_step", "step_function"]
 
 
 def as_transformation(where: str, optimizer) -> optax.GradientTransformation:
@@ -61,7 +61,7 @@ def value_function(model: Layer, loss, backward: str):
     return value
 
 
-def update(model: Layer, loss, backward: str = "manual"):
+def step_function(model: Layer, loss, backward: str = "manual"):
     """The step: ``fn(params, opt_state, optimizer, x, y, state, key) -> (params, opt_state, state, value, grads)``.
 
     ``value, new_state, grads`` from the one gradient path (:func:`bpjax.grad.gradients`), then
@@ -98,7 +98,7 @@ def make_step(model: Layer, loss, optimizer: optax.GradientTransformation, *, ba
     contextual one (batch-norm statistics, dropout keys): the state comes third, as in
     :class:`bpjax.train.FitResult`. One step computes the gradients with the chosen ``backward``
     and applies ``updates, opt_state = optimizer.update(grads, opt_state, params)``,
-    ``params = optax.apply_updates(params, updates)`` (:func:`update`).
+    ``params = optax.apply_updates(params, updates)`` (:func:`step_function`).
 
     Args:
       model, loss: what to train.
@@ -127,23 +127,24 @@ def make_step(model: Layer, loss, optimizer: optax.GradientTransformation, *, ba
     check_model(model)
     loss = as_loss(loss)
     optimizer = as_transformation("make_step", optimizer)
-    inner_step = update(model, loss, check_backward("make_step", backward))
+    train_step = step_function(model, loss, check_backward("make_step", backward))
     contextual = is_contextual(model)
 
-    def step(params, opt_state, x, y, state, key):
+    def checked_step(params, opt_state, x, y, state, key):
         check_opt_state("make_step", optimizer, params, opt_state)  # static: runs once per traced structure
         if checks:
             errors.check_finite(model.name, "input x", x)  # concrete x (jit=False): at once, with count and example
             errors.check_value(model.name, jnp.all(errors.finite_leaves(x)), "input x contains NaN or Inf")
-        params, opt_state, new_state, value, _ = inner_step(params, opt_state, optimizer, x, y, state, key)
+        params, opt_state, new_state, value, _ = train_step(params, opt_state, optimizer, x, y, state, key)
         return params, opt_state, new_state, value
 
     if jit:
-        inner = jax.jit(errors.checked(step) if checks else step, donate_argnums=(0, 1) if donate else ())
+        jitted = jax.jit(errors.checked(checked_step) if checks else checked_step,
+                         donate_argnums=(0, 1) if donate else ())
 
         def compiled(*args):
             try:
-                out = inner(*args)
+                out = jitted(*args)
             except (ValueError, RuntimeError) as e:
                 if "deleted" not in str(e):  # "Buffer has been deleted or donated", "Array has been deleted"
                     raise
@@ -155,19 +156,19 @@ def make_step(model: Layer, loss, optimizer: optax.GradientTransformation, *, ba
                 errors.throw(err)
             return out
     else:
-        compiled = step
+        compiled = checked_step
 
-    def run_contextual(params, opt_state, x, y, *, state=None, key=None):
+    def contextual_step(params, opt_state, x, y, *, state=None, key=None):
         where = "make_step step"
         errors.check_key(where, key)
         return compiled(params, opt_state, errors.as_array(where, "x", x), errors.as_array(where, "y", y),
                         check_state(where, model, state), key)
 
-    def run(params, opt_state, x, y):
-        params, opt_state, _, value = run_contextual(params, opt_state, x, y, state=(), key=None)
+    def simple_step(params, opt_state, x, y):
+        params, opt_state, _, value = contextual_step(params, opt_state, x, y, state=(), key=None)
         return params, opt_state, value
 
-    return run_contextual if contextual else run
+    return contextual_step if contextual else simple_step
 
 
 def _deleted_error(args, donate: bool) -> errors.BpjaxError:

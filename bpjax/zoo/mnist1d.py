@@ -37,7 +37,7 @@ def logistic(classes: int = N_CLASSES) -> Layer:
 
 def mnist1d_mlp(hidden: int = 100, classes: int = N_CLASSES) -> Layer:
     """The MNIST-1D MLP: ``(B, 40) -> Dense(hidden), Relu, Residual(Dense(hidden), Relu), Dense(classes)``."""
-    from bpjax.branching import Residual
+    from bpjax.combinators import Residual
     from bpjax.layers import Dense, Relu
     return serial(Dense(hidden), Relu(), Residual(serial(Dense(hidden), Relu())), Dense(classes),
                   name="mnist1d_mlp")
