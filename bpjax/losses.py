@@ -175,27 +175,10 @@ def _range(xp, t):
     return dict(lo=xp.nanmin(t), hi=xp.nanmax(t), n=xp.sum(xp.isnan(t)))
 
 
-def _check_targets_with(where: str, validate):
-    """``check_targets`` of a loss whose validator is ``validate(target, pred_shape, dtype) -> (t, ok)``."""
-
-    def check_targets(target, pred_shape) -> None:
-        target = errors.as_array(where, "target", target)
-        pred_shape = tuple(pred_shape)
-        if jnp.ndim(target) == 0 or len(pred_shape) == 0:
-            raise errors.BpjaxError(where, f"expected a batch axis first in the targets and the prediction "
-                                           f"shape, got target shape {tuple(jnp.shape(target))} and prediction "
-                                           f"shape {pred_shape}")
-        t_dtype = jnp.result_type(target)  # float targets are checked in their own precision
-        dtype = t_dtype if jnp.issubdtype(t_dtype, jnp.floating) else jnp.zeros(()).dtype
-        validate(target, (jnp.shape(target)[0],) + pred_shape[1:], dtype)
-
-    return check_targets
-
-
 def _loss(name: str, validate, maths, min_rank=1, max_rank=7) -> Loss:
     """A :class:`Loss` from ``validate(target, pred_shape, dtype) -> (t, ok)`` and the maths
     ``maths(pred, t) -> (value, dpred)`` (``maths(pred, t, grad=False) -> value``); a failed traced
-    check poisons both."""
+    check poisons both, and ``check_targets`` runs ``validate`` on a whole dataset's targets."""
     ranks = tuple(range(min_rank, max_rank + 1))
 
     def value_and_grad(pred, target):
@@ -209,7 +192,18 @@ def _loss(name: str, validate, maths, min_rank=1, max_rank=7) -> Loss:
         t, ok = validate(errors.as_array(name, "target", target), pred.shape, pred.dtype)
         return errors.poison(maths(pred, t, grad=False), ok)
 
-    return Loss(value, value_and_grad, name, _check_targets_with(name, validate))
+    def check_targets(target, pred_shape) -> None:
+        target = errors.as_array(name, "target", target)
+        pred_shape = tuple(pred_shape)
+        if jnp.ndim(target) == 0 or len(pred_shape) == 0:
+            raise errors.BpjaxError(name, f"expected a batch axis first in the targets and the prediction "
+                                          f"shape, got target shape {tuple(jnp.shape(target))} and prediction "
+                                          f"shape {pred_shape}")
+        t_dtype = jnp.result_type(target)  # float targets are checked in their own precision
+        dtype = t_dtype if jnp.issubdtype(t_dtype, jnp.floating) else jnp.zeros(()).dtype
+        validate(target, (jnp.shape(target)[0],) + pred_shape[1:], dtype)
+
+    return Loss(value, value_and_grad, name, check_targets)
 
 
 # ----------------------------------------------------------------------------------------------

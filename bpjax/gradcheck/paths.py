@@ -39,14 +39,14 @@ def leaf_name(path) -> str:
     return "".join(map(_key, path)).lstrip(".") or "params"
 
 
-def labels(layer: Layer, params, where: str = "") -> List[str]:
+def labels(layer: Layer, params, prefix: str = "") -> List[str]:
     """One label per leaf of ``params`` (in ``jax.tree.leaves`` order): ``"<layer path> <name>: <leaf>"``."""
     if per_child(layer, params):
         out: List[str] = []
         for i, (child, p) in enumerate(zip(layer.children, params)):
-            out += labels(child, p, f"{where}{layer.kind}[{i}] ")
+            out += labels(child, p, f"{prefix}{layer.kind}[{i}] ")
         return out
-    return [f"{where}{layer.name}: {leaf_name(path)}" for path, _ in jax.tree_util.tree_leaves_with_path(params)]
+    return [f"{prefix}{layer.name}: {leaf_name(path)}" for path, _ in jax.tree_util.tree_leaves_with_path(params)]
 
 
 def whose_backward(layer: Layer) -> str:

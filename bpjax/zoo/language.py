@@ -55,32 +55,33 @@ def token_windows(ids, T: int, starts=None):
     return ids[idx], ids[idx + 1]
 
 
-def _token_rows(where, logits, targets):
+def _token_rows(logits, targets):
     """``logits: (B, T, V)``, ``targets: (B, T)`` integers -> ``(B*T, V)``, ``(B*T,)``."""
-    errors.check_ndim(where, logits, 3, "logits (B, T, V)")
-    _token_targets(where, targets, logits.shape)
+    errors.check_ndim("token_cross_entropy", logits, 3, "logits (B, T, V)")
+    _token_targets(targets, logits.shape)
     return logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)
 
 
-def _token_targets(where, targets, pred_shape):
+def _token_targets(targets, pred_shape):
     if len(pred_shape) != 3 or jnp.ndim(targets) != 2 or tuple(jnp.shape(targets))[1:] != tuple(pred_shape[1:2]) \
             or not jnp.issubdtype(jnp.result_type(targets), jnp.integer):
-        raise errors.BpjaxError(where, f"expected integer targets (B, T) for logits (B, T, V) = {tuple(pred_shape)}, "
-                                       f"got {jnp.result_type(targets)} {tuple(jnp.shape(targets))}")
+        raise errors.BpjaxError("token_cross_entropy", f"expected integer targets (B, T) for logits (B, T, V) = "
+                                                       f"{tuple(pred_shape)}, got {jnp.result_type(targets)} "
+                                                       f"{tuple(jnp.shape(targets))}")
 
 
 def _token_xent_value(logits, targets):
-    return losses.softmax_cross_entropy.value(*_token_rows("token_cross_entropy", logits, targets))
+    return losses.softmax_cross_entropy.value(*_token_rows(logits, targets))
 
 
 def _token_xent_value_and_grad(logits, targets):
     # L = mean over the B*T positions of softmax_cross_entropy: the rows of logits as a batch of B*T
-    value, dz = losses.softmax_cross_entropy.value_and_grad(*_token_rows("token_cross_entropy", logits, targets))
+    value, dz = losses.softmax_cross_entropy.value_and_grad(*_token_rows(logits, targets))
     return value, dz.reshape(logits.shape)
 
 
 def _token_xent_check(targets, pred_shape):
-    _token_targets("token_cross_entropy", targets, pred_shape)
+    _token_targets(targets, pred_shape)
     losses.softmax_cross_entropy.check_targets(jnp.reshape(targets, -1), (-1, pred_shape[-1]))
 
 
