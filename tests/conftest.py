@@ -1,6 +1,8 @@
-"""Shared fixtures: keys, dtypes, and a helper that checks a layer in float32 and float64."""
+"""Shared fixtures and helpers: keys, numpy-drawn data and params, a layer checked in float32 and float64
+(:func:`check_layer_f32_f64`), bitwise tree equality, and the bad-input batteries' assertion."""
 
 import atexit
+import functools
 import os
 import shutil
 import tempfile
@@ -101,6 +103,85 @@ def random_params(model, input_shape, seed=0, dtype=jnp.float32):
         return jnp.asarray(base + 0.1 * z, dtype)
 
     return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+def check_layer_f32_f64(layer, params, x, *, state=None, train=True, f32=True, fd_directions=3, seed=0):
+    """``bp.check_layer`` in float32 and in float64, both asserted to pass; returns ``(r32, r64)``.
+
+    float32: manual vs ``jax.vjp`` at the checker's default rtol 1e-4 (roundoff 6e-8 per operation over
+    sums of at most a few hundred terms, in other orders in the two programs), no finite differences
+    (float32 cannot resolve them). float64: the same values cast exactly (:func:`to64`), manual vs
+    ``jax.vjp`` at rtol 1e-10 (both exact up to roundoff ~1e-16 per operation) and central finite
+    differences at the checker's fd_rtol 1e-6 (eps 1e-5: truncation ~1e-10, roundoff ~1e-11). ``f32=False``
+    runs the float64 check only (``r32`` is then None).
+    """
+    import bpjax as bp
+
+    r32 = None
+    if f32:
+        r32 = bp.check_layer(layer, params, x, state=state, train=train, finite_differences=False, seed=seed)
+        assert r32.ok, str(r32)
+    with jax.enable_x64(True):
+        r64 = bp.check_layer(layer, to64(params), to64(x), state=None if state is None else to64(state), train=train,
+                             rtol=1e-10, finite_differences=True, fd_directions=fd_directions, seed=seed)
+    assert r64.ok, str(r64)
+    return r32, r64
+
+
+def bits(x):
+    """A leaf as bytes + dtype + shape: equality of these is bitwise equality."""
+    import numpy as np
+
+    if hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        return ("key", str(jax.random.key_impl(x)), np.asarray(jax.random.key_data(x)).tobytes(), x.shape)
+    if isinstance(x, (bool, int, float)):
+        return (type(x).__name__, x)
+    a = np.asarray(x)
+    return (str(a.dtype), a.shape, a.tobytes())
+
+
+def assert_bitwise_equal(a, b):
+    """Two trees of the same structure whose leaves are bit for bit the same."""
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
+        assert bits(x) == bits(y), jax.tree_util.keystr(path)
+
+
+def assert_clear_error(fn, tmp_path, exc, fragments):
+    """``fn(tmp_path)`` raises ``exc`` (a bpjax error) whose message holds every fragment: the place, the
+    expected and the received. Shared by every battery file (``tests/test_bad_inputs*.py``)."""
+    import bpjax as bp
+
+    with pytest.raises(exc) as e:
+        fn(tmp_path)
+    assert isinstance(e.value, bp.BpjaxError), f"{type(e.value).__name__} is not a bpjax error: {e.value}"
+    message = str(e.value)
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in {message!r}"
+    assert "Traceback" not in message and "dot_general" not in message  # no XLA internals leak through
+
+
+@functools.lru_cache(maxsize=None)
+def _battery():
+    """The bad-input batteries' shared objects, built once per worker: an MLP ``serial(Dense(4), Relu, Dense(3))``
+    on ``x: (32, 5)`` with 3 classes, its params, another model's params, and one Dense(4) with its params."""
+    import bpjax as bp
+
+    L = bp.layers
+    key = jax.random.key(0)
+    mlp = bp.serial(L.Dense(4), L.Relu(), L.Dense(3))
+    params = mlp.init(key, (5,))[1]
+    other = bp.serial(L.Dense(4), L.Relu(), L.Dense(7)).init(key, (5,))[1]  # params from another model
+    dense = L.Dense(4)
+    x = jax.random.normal(key, (32, 5))
+    y = jnp.arange(32) % 3
+    return dict(mlp=mlp, params=params, other=other, dense=dense, dp=dense.init(key, (5,))[1], x=x, y=y)
+
+
+def battery(name):
+    """One of the bad-input batteries' shared objects: ``mlp``, ``params``, ``other``, ``dense``, ``dp``, ``x``,
+    ``y`` (see :func:`_battery`)."""
+    return _battery()[name]
 
 
 def init_shapes(model, input_shape):

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import init_shapes, initial_state, random_params
+from conftest import check_layer_f32_f64, init_shapes, initial_state, random_params
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -47,16 +47,13 @@ def _check(layer, shape, seed=0, f32=True, f64=True):
     The params are random (biases too, see conftest.random_params), so every path counts.
     """
     layer = _jitted(layer)
-    if f32:
-        params, x = _setup(layer, shape, jnp.float32, seed)
+    params, x = _setup(layer, shape, jnp.float32, seed)
+    if not f64:
         r32 = bp.check_layer(layer, params, x, finite_differences=False, seed=seed)
         assert r32.ok, str(r32)
-    if f64:
-        with jax.enable_x64(True):
-            params, x = _setup(layer, shape, jnp.float64, seed)
-            r64 = bp.check_layer(layer, params, x, rtol=1e-10, finite_differences=True, fd_directions=2, seed=seed)
-        assert r64.ok, str(r64)
-        assert r64.max_rel_error <= 1e-10 and r64.max_fd_rel_error <= 1e-6
+        return
+    _, r64 = check_layer_f32_f64(layer, params, x, f32=f32, fd_directions=2, seed=seed)
+    assert r64.max_rel_error <= 1e-10 and r64.max_fd_rel_error <= 1e-6
 
 
 # Each example compiles its own programs (manual vs jax.vjp and the finite-difference objective, in

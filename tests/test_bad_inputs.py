@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import optax
 import pytest
+from conftest import assert_clear_error
+from conftest import battery as F
 
 import bpjax as bp
 from bpjax import checkpoint
@@ -22,26 +24,6 @@ from bpjax import checkpoint
 L = bp.layers
 XENT, MSE, BCE = bp.losses.softmax_cross_entropy, bp.losses.mse, bp.losses.binary_cross_entropy
 REPO = Path(bp.__file__).resolve().parents[1]
-
-
-def _mlp():
-    return bp.serial(L.Dense(4), L.Relu(), L.Dense(3))
-
-
-@functools.lru_cache(maxsize=None)
-def _fixtures():
-    key = jax.random.key(0)
-    mlp = _mlp()
-    params = mlp.init(key, (5,))[1]
-    other = bp.serial(L.Dense(4), L.Relu(), L.Dense(7)).init(key, (5,))[1]  # params from another model
-    dense = L.Dense(4)
-    x = jax.random.normal(key, (32, 5))
-    y = jnp.arange(32) % 3
-    return dict(mlp=mlp, params=params, other=other, dense=dense, dp=dense.init(key, (5,))[1], x=x, y=y)
-
-
-def F(name):
-    return _fixtures()[name]
 
 
 @functools.lru_cache(maxsize=None)
@@ -252,18 +234,6 @@ CASES = [
     ("cli backward", lambda t: _cli("mnist1d_mlp", "--backward", "auto"), E,
      ["exit 2", "--backward: invalid choice", "'auto'"]),
 ]
-
-
-def assert_clear_error(fn, tmp_path, exc, fragments):
-    """``fn(tmp_path)`` raises ``exc`` (a bpjax error) whose message holds every fragment: the place, the
-    expected and the received. Shared by every battery file (``tests/test_bad_inputs_*.py``)."""
-    with pytest.raises(exc) as e:
-        fn(tmp_path)
-    assert isinstance(e.value, bp.BpjaxError), f"{type(e.value).__name__} is not a bpjax error: {e.value}"
-    message = str(e.value)
-    for fragment in fragments:
-        assert fragment in message, f"{fragment!r} not in {message!r}"
-    assert "Traceback" not in message and "dot_general" not in message  # no XLA internals leak through
 
 
 @pytest.mark.parametrize("fn, exc, fragments", [pytest.param(*c[1:], id=c[0]) for c in CASES])

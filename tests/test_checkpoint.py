@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import assert_bitwise_equal, bits
 
 import bpjax as bp
 from bpjax import checkpoint
@@ -46,22 +47,6 @@ def _train_tree(seed=0):
     """Params, Adam state, a layer-state-like tree, step, typed key, bfloat16 and Python numbers. The arrays come
     from one compiled program (eagerly, each draw and optax operation compiles on its own)."""
     return {**_train_arrays(seed), "step": 12, "lr": 0.25, "done": False, "nothing": None}
-
-
-def _bits(x):
-    """A leaf as bytes + dtype + shape: equality of these is bitwise equality."""
-    if hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-        return ("key", str(jax.random.key_impl(x)), np.asarray(jax.random.key_data(x)).tobytes(), x.shape)
-    if isinstance(x, (bool, int, float)):
-        return (type(x).__name__, x)
-    a = np.asarray(x)
-    return (str(a.dtype), a.shape, a.tobytes())
-
-
-def assert_bitwise_equal(a, b):
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
-        assert _bits(x) == _bits(y), jax.tree_util.keystr(path)
 
 
 def test_round_trip_with_like_is_bitwise_exact(tmp_path):
@@ -101,8 +86,8 @@ def test_round_trip_without_like_gives_plain_containers(tmp_path):
     assert out["params"][1] == () and out["nothing"] is None and out["step"] == 12 and out["done"] is False
     assert_bitwise_equal(out["params"], tree["params"])
     assert_bitwise_equal(adam["mu"], tree["opt_state"][0].mu)
-    assert _bits(out["key"]) == _bits(tree["key"])
-    assert _bits(out["half"]) == _bits(tree["half"])
+    assert bits(out["key"]) == bits(tree["key"])
+    assert bits(out["half"]) == bits(tree["half"])
     assert out["opt_state"][1] == {}  # optax EmptyState has no fields
 
 
@@ -457,7 +442,7 @@ def test_ordered_dict_keeps_its_keys(tmp_path):
     checkpoint.save(tmp_path / "ck.npz", tree)
     with pytest.warns(checkpoint.PlainTreeWarning, match=r"\(the whole tree\) \(OrderedDict -> dict\)"):
         plain = checkpoint.restore(tmp_path / "ck.npz")
-    assert type(plain) is dict and _bits(plain["z"]) == _bits(tree["z"]) and _bits(plain["a"]) == _bits(tree["a"])
+    assert type(plain) is dict and bits(plain["z"]) == bits(tree["z"]) and bits(plain["a"]) == bits(tree["a"])
     assert_bitwise_equal(checkpoint.restore(tmp_path / "ck.npz", like=tree), tree)
 
 
@@ -559,7 +544,7 @@ def _check_consistent(path):
     assert checkpoint.read_metadata(path)["metadata"] == {"step": step}
     assert out["w"].shape == (1_000_000,) and bool(jnp.all(out["w"] == step))
     np.testing.assert_array_equal(np.asarray(out["b"]), np.arange(1000) + step)
-    assert _bits(out["key"]) == _bits(jax.random.key(step))
+    assert bits(out["key"]) == bits(jax.random.key(step))
     return step
 
 

@@ -19,9 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import normal
+from conftest import assert_bitwise_equal, normal
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-from test_checkpoint import assert_bitwise_equal
 
 import bpjax as bp
 from bpjax import checkpoint
@@ -206,11 +205,11 @@ def test_the_record_file_is_the_one_orbax_writes(tmp_path):
 # ---------------------------------------------------------------- several devices, several processes (slow)
 
 EIGHT_DEVICES = textwrap.dedent("""
-    import os, sys, tempfile
+    import json, os, tempfile
     import jax, numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
     from bpjax import checkpoint
-    assert jax.device_count() == 8, jax.devices()
+    from bpjax.checkpoint import sharded
     full = np.random.default_rng(0).standard_normal((16, 32)).astype(np.float32)
     mesh = Mesh(np.asarray(jax.devices()).reshape(4, 2), ("data", "model"))
     saved_as, restored_as = NamedSharding(mesh, P(None, "model")), NamedSharding(mesh, P("data", "model"))
@@ -220,14 +219,18 @@ EIGHT_DEVICES = textwrap.dedent("""
     checkpoint.save(path, {"w": w, "keys": keys, "step": 3}, backend="orbax")
     out = checkpoint.restore(path, like={"w": jax.ShapeDtypeStruct(full.shape, full.dtype, sharding=restored_as),
                                          "keys": keys, "step": 0})
-    assert out["w"].sharding == restored_as and out["keys"].sharding == keys.sharding, (out["w"].sharding,)
-    for s in out["w"].addressable_shards:  # each device holds its block of the saved values
-        assert s.data.shape == (4, 16) and (np.asarray(s.data) == full[s.index]).all(), s.index
-    assert (np.asarray(jax.random.key_data(out["keys"])) == np.asarray(jax.random.key_data(keys))).all()
-    from bpjax.checkpoint.sharded import _device_sums, _sums  # the same sums from any layout
-    sums = [np.asarray(_device_sums(a)).tolist() for a in (w, out["w"], jax.device_put(full))]
-    assert sums[0] == sums[1] == sums[2] == _sums(np, full).tolist(), sums
-    print("EIGHT-OK", out["step"])
+    print(json.dumps({
+        "devices": jax.device_count(), "step": out["step"],
+        "w_sharding_kept": out["w"].sharding == restored_as,
+        "keys_sharding_kept": out["keys"].sharding == keys.sharding,
+        # each device's block of the restored values against the saved ones
+        "blocks": [[list(s.data.shape), bool((np.asarray(s.data) == full[s.index]).all())]
+                   for s in out["w"].addressable_shards],
+        "keys_equal": bool((np.asarray(jax.random.key_data(out["keys"]))
+                            == np.asarray(jax.random.key_data(keys))).all()),
+        # the sums on the devices of the saved layout, of the restored one, of one device, and on the host
+        "sums": [np.asarray(sharded._device_sums(a)).tolist() for a in (w, out["w"], jax.device_put(full))]
+                + [sharded._sums(np, full).tolist()]}))
 """)
 
 
@@ -239,8 +242,14 @@ def test_restore_into_another_sharding_on_eight_devices():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
     root = str(Path(bp.__file__).resolve().parents[1])
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    out = subprocess.run([sys.executable, "-c", EIGHT_DEVICES], env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0 and "EIGHT-OK 3" in out.stdout, out.stdout[-2000:] + out.stderr[-4000:]
+    proc = subprocess.run([sys.executable, "-c", EIGHT_DEVICES], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["devices"] == 8 and out["step"] == 3
+    assert out["w_sharding_kept"] and out["keys_sharding_kept"]
+    assert out["blocks"] == [[[4, 16], True]] * 8  # each device holds its (4, 16) block of the saved values
+    assert out["keys_equal"]
+    assert all(sums == out["sums"][-1] for sums in out["sums"]), out["sums"]  # the same sums from any layout
 
 
 # ~15 s (2 processes start jax.distributed and import orbax): slow. The default suite covers the backend on one

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import init_shapes, random_params
+from conftest import check_layer_f32_f64, init_shapes, random_params
 from hypothesis import given
 from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
@@ -60,17 +60,11 @@ def _check_both_dtypes(setting, form):
         layer, out_shape, params, x = _setup(n, features, kernel, shape, jnp.float32, **kw)
         y = jax.eval_shape(layer.forward, params, x)[0]  # traced, not compiled
         assert y.shape == (shape[0], *out_shape)  # shape inference at init == the forward's shape
-        r32 = bp.check_layer(layer, params, x, finite_differences=False)
-        assert r32.ok, f"{form}\n{r32}"
         # float64: rtol 1e-10 (exact up to roundoff ~1e-16 per operation) and finite differences at
         # fd_rtol 1e-6 (truncation ~eps^2 = 1e-10, roundoff ~1e-16 / eps = 1e-11).
-        with jax.enable_x64(True):
-            layer, _, params, x = _setup(n, features, kernel, shape, jnp.float64, **kw)
-            r64 = bp.check_layer(layer, params, x, rtol=1e-10, finite_differences=True)
-        assert r64.ok, f"{form}\n{r64}"
+        return check_layer_f32_f64(layer, params, x)
     finally:
         conv_module.IM2COL_MAX_ELEMENTS = DEFAULT_MAX
-    return r32, r64
 
 
 DEFAULT_MAX = conv_module.IM2COL_MAX_ELEMENTS

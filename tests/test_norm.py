@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import initial_state, random_params, to64
+from conftest import check_layer_f32_f64, initial_state, random_params
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -43,13 +43,7 @@ def _check_both(layer, shape, train=True, seed=0):
     """float32 at the default rtol 1e-4 (see bpjax.gradcheck), then float64 at rtol 1e-10 with finite
     differences (fd rtol 1e-6): both gradients are exact up to roundoff, the sums run in different orders."""
     params, state, x = _setup(layer, shape, seed)
-    r32 = bp.check_layer(layer, params, x, state=state, train=train, finite_differences=False)
-    assert r32.ok, str(r32)
-    with jax.enable_x64(True):
-        r64 = bp.check_layer(layer, to64(params), to64(x), state=to64(state), train=train, rtol=1e-10,
-                             finite_differences=True)
-    assert r64.ok, str(r64)
-    return r32, r64
+    return check_layer_f32_f64(layer, params, x, state=state, train=train)
 
 
 def _batchnorm_case(shape, train):

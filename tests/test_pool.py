@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import init_shapes, random_params
+from conftest import check_layer_f32_f64, init_shapes, random_params
 from hypothesis import given
 from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
@@ -37,15 +37,10 @@ def _check(layer, shape, seed=0):
     out_shape, _ = layer.init(None, shape[1:])
     y = jax.eval_shape(layer.forward, (), x)[0]  # traced, not compiled
     assert y.shape == (shape[0], *out_shape)  # shape inference at init == the forward's shape
-    # float32: default rtol 1e-4 (a pool adds at most 9 terms; max pool's gradient is a copy)
-    r32 = bp.check_layer(layer, (), x, finite_differences=False)
-    assert r32.ok, str(r32)
-    # float64: rtol 1e-10 and finite differences at 1e-6 (eps 1e-5: max is smooth away from ties,
-    # and the gaps between normal samples are far larger than eps)
-    with jax.enable_x64(True):  # the float32 values, cast exactly
-        r64 = bp.check_layer(layer, (), jnp.asarray(np.asarray(x, np.float64)), rtol=1e-10, finite_differences=True)
-    assert r64.ok, str(r64)
-    return r32, r64
+    # float32 at rtol 1e-4 (a pool adds at most 9 terms; max pool's gradient is a copy); float64 at 1e-10 with
+    # finite differences at 1e-6 (eps 1e-5: max is smooth away from ties, and the gaps between normal samples
+    # are far larger than eps)
+    return check_layer_f32_f64(layer, (), x)
 
 
 @hyp_settings(max_examples=4)

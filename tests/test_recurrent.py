@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import init_shapes, normal, random_params, to64
+from conftest import check_layer_f32_f64, init_shapes, normal, random_params
 from hypothesis import Phase, example, given, settings
 from hypothesis import strategies as st
 
@@ -36,11 +36,7 @@ def check_both(layer, seed, B, T, D):
     layer = jitted(layer)
     params = random_params(layer, (T, D), seed)
     x = normal(seed + 1, (B, T, D))
-    r32 = bp.check_layer(layer, params, x, finite_differences=False)
-    assert r32.ok, str(r32)
-    with jax.enable_x64(True):
-        r64 = bp.check_layer(layer, to64(params), to64(x), rtol=1e-10)
-    assert r64.ok, str(r64)
+    r32, r64 = check_layer_f32_f64(layer, params, x)
     assert r64.max_fd_rel_error is not None
     assert len(r64.rows) == len(jax.tree.leaves(params)) + 1  # every parameter leaf and x compared one by one
     return r32, r64

@@ -322,7 +322,7 @@ def fit_many(model: Layer, loss, optimizer, params, train_data: Tuple[Any, Any],
     Model ``i`` takes the steps that ``fit(model, loss, optimizer(hparams[i]), params[i], ..., key=keys[i])``
     would take (same batches, same keys, same maths), all in one compiled program. The numbers agree
     with the separate ``fit`` to float32 roundoff, not bit for bit: under ``vmap`` XLA orders the
-    batched reductions differently (about 1e-7 relative per step; ``tests/test_fit.py`` holds them to
+    batched reductions differently (about 1e-7 relative per step; ``tests/test_runs.py`` holds them to
     1e-5 relative after 10 Adam steps).
 
     Args:

@@ -1,4 +1,5 @@
-"""Residual, parallel, fan_out, fan_in_sum, fan_in_concat: whole-model gradient checks, shapes, state, errors."""
+"""Combinators: serial (its params tuple, its two loops and their hook), Residual, parallel, fan_out, fan_in_sum,
+fan_in_concat: whole-model gradient checks, shapes, state, errors."""
 
 import jax
 import jax.numpy as jnp
@@ -148,3 +149,56 @@ def test_branching_errors():
         fan_in_concat(-1).forward((), (jnp.ones((2, 3, 1)), jnp.ones((2, 4, 1))))
     with pytest.raises(bp.BpjaxError, match="input shapes must agree off axis -1"):
         fan_in_concat(-1).init(None, ((3, 1), (4, 1)))
+
+
+# ---------------------------------------------------------------- serial
+
+
+def test_serial_is_a_container_of_its_layers():
+    layers = (L.Dense(3), L.Relu(), L.Dense(2))
+    model = bp.serial(*layers)
+    assert model.kind == "serial" and model.children == layers
+    assert model.name == "serial(Dense(3), Relu, Dense(2))" and bp.serial(*layers, name="mlp").name == "mlp"
+    assert init_shapes(model, (4,))[0] == (2,)
+
+
+def test_serial_loops_keep_outputs_and_hand_each_gradient_to_the_hook():
+    """serial_forward keeps every layer's output a_l; serial_backward's hook sees (and may change) each da_{l-1}."""
+    from bpjax.combinators import serial_backward, serial_forward
+
+    layers = (L.Dense(3), L.Tanh(), L.Dense(2))
+    params = random_params(bp.serial(*layers), (4,))
+    x = normal(1, (5, 4))
+    y, residuals, state, outs = serial_forward(layers, params, x, (), None, True, keep_outputs=True)
+    assert [o.shape for o in outs] == [(5, 3), (5, 3), (5, 2)] and outs[-1] is y and state == ((),) * 3
+    seen = []
+    dparams, dx = serial_backward(layers, params, residuals, jnp.ones_like(y),
+                                  after=lambda i, d: seen.append((i, d.shape)) or 0 * d)
+    assert seen == [(2, (5, 3)), (1, (5, 3)), (0, (5, 4))]  # in the reverse order of the forward pass
+    assert float(jnp.abs(dx).max()) == 0.0 and float(jnp.abs(dparams[0]["W"]).max()) == 0.0  # the hook zeroed them
+    assert float(jnp.abs(dparams[2]["W"]).max()) > 0  # the last layer's own gradient is untouched
+
+
+def test_serial_params_must_be_the_tuple_init_returned():
+    model = bp.serial(L.Dense(3), L.Relu())
+    params = random_params(model, (4,))
+    x = normal(0, (2, 4))
+    with pytest.raises(bp.BpjaxTypeError, match=r"params must be the tuple init returned.*got a list \(pass "
+                                                r"tuple\(params\)\)"):
+        model.forward(list(params), x)
+    with pytest.raises(bp.BpjaxError, match=r"expected a tuple of 2 per-layer params, got a tuple of length 1"):
+        model.forward(params[:1], x)
+    assert model.forward(tuple(params), x)[0].shape == (2, 3)
+
+
+def test_serial_init_checks_its_key_and_shape_then_splits_the_key_once_per_layer():
+    model = bp.serial(L.Dense(3), L.Dense(2))
+    with pytest.raises(bp.BpjaxTypeError, match=r"serial\(Dense\(3\), Dense\(2\)\)\.init: key must be a PRNG key, "
+                                                r"got the int 0"):
+        model.init(0, (4,))
+    with pytest.raises(bp.BpjaxTypeError, match=r"serial\[0\] Dense\(3\)\.init: key must be a PRNG key .* for a "
+                                                r"layer with parameters, got None"):
+        model.init(None, (4,))
+    out = []  # an int shape is a one-axis shape (traced: nothing drawn)
+    params = jax.eval_shape(lambda k: out.append(model.init(k, 4)) or out[0][1], jax.random.key(0))
+    assert out[0][0] == (2,) and params[1]["W"].shape == (3, 2)
