@@ -142,18 +142,16 @@ def save(path, tree, *, metadata: Optional[dict] = None, model=None, backend: st
         raise errors.BpjaxError(where, "expected a file path, got a directory")
     if metadata is not None and not isinstance(metadata, dict):
         raise errors.BpjaxTypeError(where, f"metadata: expected a dict, got {type(metadata).__name__}")
-    check_json(where, "metadata", metadata)
-    name = model_name(where, model)
     leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
     encode = to_numpy if backend == "npz" else encode_leaf
-    values, records = [], []
-    for p, leaf in leaves:
-        value, rec = encode(where, jax.tree_util.keystr(p), leaf)
-        values.append(value)
-        records.append(rec)
+    with errors.context(where):  # each check below names its own part: metadata[...], model, a leaf, the tree
+        check_json("metadata", metadata)
+        name = model_name(model)
+        encoded = [encode(jax.tree_util.keystr(p), leaf) for p, leaf in leaves]
+        structure = encode_structure(treedef)
+    values, records = [value for value, _ in encoded], [record for _, record in encoded]
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "bpjax_version": _version(),
-            "model": name, "metadata": metadata or {},
-            "structure": encode_structure(treedef, where), "leaves": records}
+            "model": name, "metadata": metadata or {}, "structure": structure, "leaves": records}
     if backend == "orbax":
         from bpjax.checkpoint import sharded
 

@@ -34,35 +34,35 @@ def tilde_hint(path: str) -> str:
     return "; '~' is not expanded: pass os.path.expanduser(path)" if path.startswith("~") else ""
 
 
-def check_json(where: str, what: str, value) -> None:
-    """Raise unless ``value`` is JSON that reads back as itself (tuples excepted: they read back as lists)."""
+def check_json(what: str, value) -> None:
+    """Raise unless ``value`` is JSON that reads back as itself (tuples excepted: they read back as lists); the
+    error's place is ``what`` (``metadata['run']``), under the caller's (:func:`bpjax.errors.context`)."""
     if value is None or isinstance(value, (bool, int, str)):
         return
     if isinstance(value, float):
         if not math.isfinite(value):
-            raise errors.BpjaxError(where, f"{what}: expected a finite number (JSON has no nan or inf), got {value}")
+            raise errors.BpjaxError(what, f"expected a finite number (JSON has no nan or inf), got {value}")
         return
     if isinstance(value, dict):
         for k, v in value.items():
             if not isinstance(k, str):
-                raise errors.BpjaxTypeError(where, f"{what}: expected str keys (JSON would read {k!r} back as "
-                                                   f"{str(k)!r}), got the {type(k).__name__} key {k!r}")
-            check_json(where, f"{what}[{k!r}]", v)
+                raise errors.BpjaxTypeError(what, f"expected str keys (JSON would read {k!r} back as {str(k)!r}), got "
+                                                  f"the {type(k).__name__} key {k!r}")
+            check_json(f"{what}[{k!r}]", v)
         return
     if isinstance(value, (list, tuple)):
         for i, v in enumerate(value):
-            check_json(where, f"{what}[{i}]", v)
+            check_json(f"{what}[{i}]", v)
         return
     hint = "; convert it with float(x), int(x) or x.tolist()" if hasattr(value, "dtype") else ""
-    raise errors.BpjaxTypeError(where, f"{what}: expected a JSON value (dict with str keys, list, str, int, "
-                                       f"finite float, bool or None), got {type(value).__name__}{hint}")
+    raise errors.BpjaxTypeError(what, f"expected a JSON value (dict with str keys, list, str, int, finite float, "
+                                      f"bool or None), got {type(value).__name__}{hint}")
 
 
-def model_name(where: str, model) -> Optional[str]:
+def model_name(model) -> Optional[str]:
     from bpjax.core import Layer
     if model is None or isinstance(model, str):
         return model
     if isinstance(model, Layer):
         return model.name
-    raise errors.BpjaxTypeError(where, f"model: expected a bp.Layer or a description str, got "
-                                       f"{type(model).__name__}")
+    raise errors.BpjaxTypeError("model", f"expected a bp.Layer or a description str, got {type(model).__name__}")

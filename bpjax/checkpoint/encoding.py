@@ -34,20 +34,20 @@ def leaf_label(path: str) -> str:
 # ---------------------------------------------------------------- tree structure <-> JSON
 
 
-def encode_structure(treedef, where: str):
+def encode_structure(treedef):
     """A JSON description of ``treedef``: ``"*"`` for a leaf, else a one-key dict per node kind."""
     if treedef.num_leaves == 1 and treedef.num_nodes == 1:
         return "*"
     typ, aux = treedef.node_data()
-    kids = [encode_structure(c, where) for c in treedef.children()]
+    kids = [encode_structure(c) for c in treedef.children()]
     if typ is type(None):
         return None
     if typ in (dict, collections.OrderedDict, collections.defaultdict):
         keys = aux[1] if typ is collections.defaultdict else aux  # defaultdict: (default_factory, keys)
         for k in keys:
             if not isinstance(k, (str, int)) or isinstance(k, bool):
-                raise errors.BpjaxTypeError(where, f"dict keys must be str or int to be saved, got {k!r} "
-                                                   f"({type(k).__name__})")
+                raise errors.BpjaxTypeError("tree", f"dict keys must be str or int to be saved, got {k!r} "
+                                                    f"({type(k).__name__})")
         spec: dict = {"dict": [[k, kid] for k, kid in zip(keys, kids)]}
         if typ is not dict:
             spec["type"] = typ.__name__
@@ -93,51 +93,52 @@ def spans_processes(leaf) -> bool:
     return isinstance(leaf, jax.Array) and not leaf.is_fully_addressable and not leaf.is_fully_replicated
 
 
-def encode_leaf(where: str, path: str, leaf):
+def encode_leaf(path: str, leaf):
     """``(value to store, leaf record)`` for one leaf, the value still where it lives: a Python number as a 0-d
     numpy array, a typed PRNG key as its key data, an array as it is (a ``jax.Array`` on its devices)."""
     label = leaf_label(path)
     if is_number(leaf):
         kind = type(leaf).__name__
         if kind == "int" and not _INT64[0] <= leaf <= _INT64[1]:
-            raise errors.BpjaxError(where, f"leaf {label}: expected a Python int in int64's range "
-                                           f"[-2**63, 2**63 - 1], got {leaf}")
+            raise errors.BpjaxError(f"leaf {label}", f"expected a Python int in int64's range "
+                                                     f"[-2**63, 2**63 - 1], got {leaf}")
         arr: np.ndarray = np.asarray(leaf, {"bool": np.bool_, "int": np.int64, "float": np.float64}[kind])
         return arr, {"path": path, "kind": kind, "dtype": str(arr.dtype), "shape": []}
     if not errors.is_concrete(leaf):
-        raise errors.BpjaxTypeError(where, f"leaf {label}: expected a concrete array, got a traced value "
-                                           f"({type(leaf).__name__}): save runs outside jax.jit/grad/vmap, on the "
-                                           f"arrays a jitted function returns")
+        raise errors.BpjaxTypeError(f"leaf {label}", f"expected a concrete array, got a traced value "
+                                                     f"({type(leaf).__name__}): save runs outside jax.jit/grad/vmap, "
+                                                     f"on the arrays a jitted function returns")
     if isinstance(leaf, jax.Array) and leaf.is_deleted():
-        raise errors.BpjaxError(where, f"leaf {label}: expected a live array, got one whose buffer has been "
-                                       f"deleted or donated (e.g. by make_step(donate=True)): save the arrays "
-                                       f"the donating call returned")
+        raise errors.BpjaxError(f"leaf {label}", "expected a live array, got one whose buffer has been deleted "
+                                                 "or donated (e.g. by make_step(donate=True)): save the arrays the "
+                                                 "donating call returned")
     if is_key(leaf):
         return jax.random.key_data(leaf), {"path": path, "kind": "key", "impl": str(jax.random.key_impl(leaf)),
                                            "dtype": str(leaf.dtype), "shape": list(np.shape(leaf))}
     if not isinstance(leaf, (np.ndarray, np.generic, jax.Array)):
         hint = ("; strings and other records belong in metadata=" if isinstance(leaf, str) else
                 "; save the params or optimizer state, not the model or optimizer" if callable(leaf) else "")
-        raise errors.BpjaxTypeError(where, f"leaf {label}: expected an array, PRNG key or Python number, "
-                                           f"got {type(leaf).__name__}{hint}")
+        raise errors.BpjaxTypeError(f"leaf {label}", f"expected an array, PRNG key or Python number, "
+                                                     f"got {type(leaf).__name__}{hint}")
     dtype = np.dtype(leaf.dtype)
     if dtype.hasobject or dtype.isbuiltin == 0:  # objects, raw void and structured dtypes
-        raise errors.BpjaxTypeError(where, f"leaf {label}: dtype {dtype} cannot be saved without pickle")
+        raise errors.BpjaxTypeError(f"leaf {label}", f"dtype {dtype} cannot be saved without pickle")
     return leaf, {"path": path, "kind": "array", "dtype": str(dtype), "shape": list(np.shape(leaf))}
 
 
-def to_numpy(where: str, path: str, leaf):
+def to_numpy(path: str, leaf):
     """``(numpy array to store in the .npz, leaf record)`` for one leaf."""
-    value, record = encode_leaf(where, path, leaf)
+    value, record = encode_leaf(path, leaf)
     if spans_processes(value):
-        raise errors.BpjaxError(where, f"leaf {leaf_label(path)}: a jax.Array split over the devices of several "
-                                       f"processes ({value.sharding}) cannot go into one .npz file without a full "
-                                       f"gather: save with backend=\"orbax\" (every process writes its own "
-                                       f"shards; install it with pip install -e \".[orbax]\")")
+        raise errors.BpjaxError(f"leaf {leaf_label(path)}", f"a jax.Array split over the devices of several "
+                                                            f"processes ({value.sharding}) cannot go into one .npz "
+                                                            f"file without a full gather: save with "
+                                                            f"backend=\"orbax\" (every process writes its own "
+                                                            f"shards; install it with pip install -e \".[orbax]\")")
     arr = np.asarray(value)
     if record["kind"] == "array" and arr.dtype.isbuiltin == 2:  # bfloat16, float8, int4: raw bits, viewed back
         if arr.dtype.itemsize not in (1, 2, 4, 8):
-            raise errors.BpjaxTypeError(where, f"leaf {leaf_label(path)}: dtype {arr.dtype} cannot be saved")
+            raise errors.BpjaxTypeError(f"leaf {leaf_label(path)}", f"dtype {arr.dtype} cannot be saved")
         arr = arr.view(f"u{arr.dtype.itemsize}")
     return arr, record
 

@@ -103,7 +103,7 @@ def read(path: str, where: str):
 # ---------------------------------------------------------------- leaves against `like`
 
 
-def _like_record(where: str, path: str, leaf):
+def _like_record(path: str, leaf):
     """``(kind, dtype str or None, shape)`` that ``leaf`` of a ``like`` tree expects."""
     if is_number(leaf):
         return type(leaf).__name__, None, ()
@@ -112,15 +112,16 @@ def _like_record(where: str, path: str, leaf):
     if hasattr(leaf, "dtype") and hasattr(leaf, "shape"):  # arrays, numpy scalars, jax.ShapeDtypeStruct
         return "array", str(jnp.dtype(leaf.dtype)), tuple(leaf.shape)
     hint = "; pass the state, e.g. like=optimizer.init(params), not the optimizer or model" if callable(leaf) else ""
-    raise errors.BpjaxTypeError(where, f"like: leaf {leaf_label(path)}: expected an array, jax.ShapeDtypeStruct, PRNG "
-                                       f"key or Python number, got {type(leaf).__name__}{hint}")
+    raise errors.BpjaxTypeError(f"like: leaf {leaf_label(path)}", f"expected an array, jax.ShapeDtypeStruct, PRNG key "
+                                                                  f"or Python number, got {type(leaf).__name__}{hint}")
 
 
 def match_like(where: str, records: list, like):
     """``like``'s treedef, once every saved leaf (``records``) matches ``like``'s leaf path, kind, shape and dtype."""
     like_leaves, treedef = jax.tree_util.tree_flatten_with_path(like)
     want = [jax.tree_util.keystr(p) for p, _ in like_leaves]
-    expected = [_like_record(where, p, leaf) for p, (_, leaf) in zip(want, like_leaves)]
+    with errors.context(where):
+        expected = [_like_record(p, leaf) for p, (_, leaf) in zip(want, like_leaves)]
     have = [r["path"] for r in records]
     if want != have:
         missing = [p for p in want if p not in have]
@@ -131,7 +132,8 @@ def match_like(where: str, records: list, like):
                                        f"{listed(extra)}" + ("" if missing or extra else " (same paths, other order)"))
     for (kind, dtype, shape), rec in zip(expected, records):
         if kind != rec["kind"]:
-            raise _kind_mismatch(where, rec, kind, dtype, shape)
+            with errors.context(where):
+                raise _kind_mismatch(rec, kind, dtype, shape)
         if dtype is not None and (dtype != rec["dtype"] or shape != tuple(rec["shape"])):
             raise errors.BpjaxError(where, f"leaf {leaf_label(rec['path'])}: expected {dtype}{list(shape)} (as in "
                                            f"`like`), found {rec['dtype']}{rec['shape']} in the file")
@@ -146,7 +148,7 @@ def _kind_text(kind: str, dtype: str, shape) -> str:
     return f"a Python {kind}"
 
 
-def _kind_mismatch(where: str, rec: dict, kind: str, dtype, shape) -> errors.BpjaxTypeError:
+def _kind_mismatch(rec: dict, kind: str, dtype, shape) -> errors.BpjaxTypeError:
     hint = ""
     if kind == "key" and rec["kind"] == "array" and rec["dtype"] == "uint32":
         hint = ("; the file holds a raw key (jax.random.PRNGKey): pass a raw key in `like`, or wrap the result "
@@ -154,9 +156,9 @@ def _kind_mismatch(where: str, rec: dict, kind: str, dtype, shape) -> errors.Bpj
     elif kind == "array" and rec["kind"] == "key":
         hint = ("; the file holds a typed key (jax.random.key): pass a typed key in `like`, or take "
                 "jax.random.key_data of the result")
-    return errors.BpjaxTypeError(where, f"leaf {leaf_label(rec['path'])}: expected {_kind_text(kind, dtype, shape)} "
-                                        f"(as in `like`), found {_kind_text(rec['kind'], rec['dtype'], rec['shape'])}"
-                                        f" in the file{hint}")
+    return errors.BpjaxTypeError(f"leaf {leaf_label(rec['path'])}",
+                                 f"expected {_kind_text(kind, dtype, shape)} (as in `like`), found "
+                                 f"{_kind_text(rec['kind'], rec['dtype'], rec['shape'])} in the file{hint}")
 
 
 def decode(where: str, path: str, meta: dict, arrays, like):

@@ -122,7 +122,7 @@ def _local(value) -> bool:
 
 
 def save(where: str, path: str, values: list, meta: dict) -> None:
-    """Write ``values`` (from :func:`~bpjax.checkpoint.encoding._encode_leaf`) and bpjax's record ``meta`` to the
+    """Write ``values`` (from :func:`~bpjax.checkpoint.encoding.encode_leaf`) and bpjax's record ``meta`` to the
     new directory ``path``; every process calls it, each writing the shards it holds."""
     ocp = require(where)
     if os.path.exists(path):
