@@ -41,10 +41,8 @@ from bpjax.train.validate import (
     check_factory,
     check_keys,
     check_opt_state,
-    check_targets,
     resolve_metrics,
     trace_forward,
-    trace_loss,
 )
 
 __all__ = ["fit", "fit_many", "init_many"]
@@ -81,19 +79,21 @@ def prepare(model, loss, params, train_data, *, steps, batch_size, key, shuffle,
     if shuffle and key is None:
         raise errors.BpjaxError(where, "shuffle=True needs key=jax.random.key(...)")
     state = check_state(where, model, state)
-    # trace one forward + loss on a batch now: shape errors surface here, not deep inside the scan
-    pred = trace_forward(where, "train_data", model, params, state, x, batch_size,
-                         key=None if key is None else jax.random.key(0))
-    if checks:
-        trace_loss(where, "train_data", loss, pred, y, batch_size)
-        check_targets(where, "train_data", loss, y, pred.shape)
+    # trace one forward + loss on a batch now: shape errors surface here, not deep inside the scan, named after
+    # the dataset at fault ("fit train_data: serial[0] Dense(4): ...")
+    with errors.context(f"{where} train_data:"):
+        pred = trace_forward(model, params, state, x[:batch_size], key=None if key is None else jax.random.key(0))
+        if checks:
+            jax.eval_shape(loss.value, pred, y[:batch_size])
+            loss.check_targets(y, pred.shape)  # the loss's own rule (labels in range, ...) on the whole dataset
     metrics = resolve_metrics(where, metrics, y, pred.shape)
     if eval_data is not None:
         ex, ey = arrays(eval_data, "eval_data")
-        if ex.shape[1:] != x.shape[1:] or ex.dtype != x.dtype:  # else the train trace above covers it
-            trace_forward(where, "eval_data", model, params, state, ex, len(ex), train=False)  # evaluated whole
-        if checks:
-            check_targets(where, "eval_data", loss, ey, pred.shape)
+        with errors.context(f"{where} eval_data:"):
+            if ex.shape[1:] != x.shape[1:] or ex.dtype != x.dtype:  # else the train trace above covers it
+                trace_forward(model, params, state, ex, train=False)  # evaluated whole
+            if checks:
+                loss.check_targets(ey, pred.shape)
         eval_every = steps if eval_every is None else errors.positive_int(where, "eval_every", eval_every)
         eval_arrays = (ex, ey)
     else:

@@ -40,30 +40,10 @@ def check_data(where: str, data, what: str):
     return x, y
 
 
-def trace_forward(where: str, what: str, model, params, state, x, batch_size: int, *, key=None, train=True):
-    """The model's output shape on one batch of ``x`` (``jax.eval_shape``: traced, not run).
-
-    Shape and dtype errors surface here, before anything compiles, prefixed with the dataset at
-    fault (``"fit train_data: serial[0] Dense(4): ..."``).
-    """
-    with errors.context(f"{where} {what}:"):
-        return jax.eval_shape(lambda p, s, xb: forward_of(model, p, xb, state=s, key=key, train=train)[0],
-                              params, state, x[:batch_size])
-
-
-def trace_loss(where: str, what: str, loss, pred, y, batch_size: int) -> None:
-    """The loss on one batch: ``pred`` (a shape struct) against ``y``; traced, not run; errors name the dataset."""
-    with errors.context(f"{where} {what}:"):
-        jax.eval_shape(loss.value, pred, y[:batch_size])
-
-
-def check_targets(where: str, what: str, loss, y, pred_shape) -> None:
-    """The loss's own target check (labels in range, probabilities in [0, 1], ...) on a whole dataset.
-
-    ``pred_shape`` is the model's output shape for a batch; errors are prefixed with the dataset.
-    """
-    with errors.context(f"{where} {what}:"):
-        loss.check_targets(y, pred_shape)
+def trace_forward(model, params, state, x, *, key=None, train=True):
+    """The model's output shape on ``x`` (``jax.eval_shape``: traced, not run): shape and dtype errors surface before
+    anything compiles."""
+    return jax.eval_shape(lambda p, s, xb: forward_of(model, p, xb, state=s, key=key, train=train)[0], params, state, x)
 
 
 def _class_labels(y, pred_shape) -> bool:
