@@ -364,7 +364,7 @@ def fit_many(model: Layer, loss, optimizer, params, train_data: Tuple[Any, Any],
     """
     where = "fit_many"
     check_model(model, where)
-    if not callable(optimizer) or isinstance(optimizer, optax.GradientTransformation):
+    if isinstance(optimizer, optax.MultiSteps):
         optimizer = as_transformation(where, optimizer)  # one optimizer for every model
     hparams = as_hparams(hparams)
     check_factory(where, optimizer, hparams)
