@@ -74,6 +74,7 @@ def progress_bar(total: int, initial: int, desc: str):
     return tqdm(total=total, initial=initial, desc=desc, unit="step", leave=True)
 
 
+@distributed.reports_lost_processes
 def run(plan: Plan, carry, hp, keys, data, eval_data, *, batched: int, verbose, chunk_size,
         checkpoint_path, checkpoint_every, callback, desc):
     """Run ``plan.steps`` steps in chunks from a fresh start or from the checkpoint; returns ``(carry, history)``.

@@ -34,6 +34,7 @@ def save(path, plan, carry, history, done) -> None:
     distributed.on_main(lambda: checkpoint.save(path, tree, metadata={"step": done, "steps": plan.steps,
                                                                       "batch_size": plan.batch_size}),
                         f"writing the checkpoint {path!r}")
+    distributed.checkpoint_written(path, done)
 
 
 def resume_step(path) -> int:
