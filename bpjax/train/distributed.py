@@ -158,6 +158,9 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
         the coordinator's address, or processes that did not start in time; it says where the
         configuration came from (arguments, ``BPJAX_*`` variables, or the cluster JAX detected).
     """
+    if _Run.started:
+        raise _errors.BpjaxError("initialize", "the distributed runtime is already started in this process: call "
+                                               "initialize once, first")
     env = [os.environ.get(k) for k in ENV]
     given = (coordinator_address or env[0], env[1] if num_processes is None else num_processes,
              env[2] if process_id is None else process_id)
