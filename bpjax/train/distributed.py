@@ -173,7 +173,7 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
 
         found = ClusterEnv.auto_detect_unset_distributed_params(
             os.environ.get("JAX_COORDINATOR_ADDRESS"), None, None, None, None, initialization_timeout)
-        address, count, index, local_devices = str(found[0]), int(found[1]), int(found[2]), found[3]  # type: ignore
+        address, count, index, local_devices = str(found[0]), int(found[1]), int(found[2]), found[3]  # type: ignore[arg-type]
         source = f"JAX's cluster detection ({cluster.__name__})"
     else:
         missing = [k for k, v in zip(ENV, given) if v is None]
