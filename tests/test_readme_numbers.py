@@ -303,6 +303,12 @@ CLAIMS = [
           {"cw": ("cached_ratio.wall", "{:.2f}"), "cc": ("cached_ratio.cpu", "{:.2f}"),
            "fw": ("first_ratio.wall", "{:.2f}"), "fc": ("first_ratio.cpu", "{:.2f}"), "n": ("repeats", "{}"),
            "cores": ("machine.cores", "{}")}),
+    Claim("cost of the NaN guard",
+          rf"wall time (?P<cw>{NUM}) \(CPU time (?P<cc>{NUM})\) for a\s+cached call, (?P<fw>{NUM}) \((?P<fc>{NUM})\) "
+          rf"for a first call that compiles \(the same program: noise of a loaded\s+machine\), medians of (?P<n>\d+) "
+          rf"and 3 interleaved runs", "benchmarks/results/bench_nan_guard.json",
+          {"cw": ("cached_ratio.wall", "{:.2f}"), "cc": ("cached_ratio.cpu", "{:.2f}"),
+           "fw": ("first_ratio.wall", "{:.2f}"), "fc": ("first_ratio.cpu", "{:.2f}"), "n": ("repeats", "{}")}),
     Claim("mixed precision", rf"the test accuracy is\s+(?P<f32>{NUM})% in float32, (?P<bf16>{NUM})% in bfloat16 "
                              rf"\((?P<dbf>[-+]?{NUM}) points\) and (?P<f16>{NUM})% in float16 \((?P<df>[-+]?{NUM})\), with "
                              rf"(?P<rlow>[\d,]+) residual\s+bytes per batch of 100 against (?P<r32>[\d,]+)",
