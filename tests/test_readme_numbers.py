@@ -310,13 +310,16 @@ CLAIMS = [
           {"cw": ("cached_ratio.wall", "{:.2f}"), "cc": ("cached_ratio.cpu", "{:.2f}"),
            "fw": ("first_ratio.wall", "{:.2f}"), "fc": ("first_ratio.cpu", "{:.2f}"), "n": ("repeats", "{}")}),
     Claim("mixed precision", rf"the test accuracy is\s+(?P<f32>{NUM})% in float32, (?P<bf16>{NUM})% in bfloat16 "
-                             rf"\((?P<dbf>[-+]?{NUM}) points\) and (?P<f16>{NUM})% in float16 \((?P<df>[-+]?{NUM})\), with "
-                             rf"(?P<rlow>[\d,]+) residual\s+bytes per batch of 100 against (?P<r32>[\d,]+)",
+                             rf"\((?P<dbf>[-+]?{NUM}) points\) and (?P<f16>{NUM})% in float16 "
+                             rf"\((?P<df>[-+]?{NUM})\), with (?P<rlow>[\d,]+) residual\s+bytes per batch of 100 "
+                             rf"against (?P<r32>[\d,]+)",
           "benchmarks/results/bench_precision.json",
           {"f32": ("precisions.float32.mean", "{:.1f}"), "bf16": ("precisions.bfloat16.mean", "{:.1f}"),
            "dbf": ("precisions.bfloat16.accuracy_minus_float32", "{:+.1f}"),
-           "f16": ("precisions.float16.mean", "{:.1f}"), "df": ("precisions.float16.accuracy_minus_float32", "{:+.1f}"),
-           "rlow": ("precisions.bfloat16.residual_bytes", "{:,}"), "r32": ("precisions.float32.residual_bytes", "{:,}")}),
+           "f16": ("precisions.float16.mean", "{:.1f}"),
+           "df": ("precisions.float16.accuracy_minus_float32", "{:+.1f}"),
+           "rlow": ("precisions.bfloat16.residual_bytes", "{:,}"),
+           "r32": ("precisions.float32.residual_bytes", "{:,}")}),
     Claim("tensor-parallel param bytes", r"params take (?P<b42>[\d,]+) bytes per device instead of (?P<b81>[\d,]+) "
                                          r"\((?P<b24>[\d,]+) on a 2 x 4 mesh\)", STREAM,
           {f"b{k[0]}{k[2]}": (f"device_bytes.mlp_param_bytes.{k}", "{:,}") for k in ("4x2", "8x1", "2x4")}),
