@@ -12,8 +12,9 @@ DOCS = Path(__file__).resolve().parent
 sys.path.insert(0, str(DOCS.parent))  # bpjax and experiments/ from this checkout, installed or not
 sys.path.insert(0, str(DOCS / "_ext"))
 
-import bpjax  # noqa: E402
 import external_links  # noqa: E402
+
+import bpjax  # noqa: E402
 
 project = "bpjax"
 author = "The bpjax developers"
