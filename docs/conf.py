@@ -27,7 +27,6 @@ extensions = [
     "sphinx.ext.napoleon",
     "sphinx.ext.intersphinx",
     "sphinx.ext.viewcode",
-    "sphinx.ext.mathjax",
     "myst_parser",
     "api_names",
     "docstring_fixes",
@@ -51,7 +50,7 @@ add_module_names = False
 python_display_short_literal_types = True
 
 # -- Markdown
-myst_enable_extensions = ["dollarmath", "deflist"]
+myst_enable_extensions = ["deflist"]
 myst_heading_anchors = 3
 
 # -- links to JAX, optax and numpy: their sites' inventories, or offline the few names linked (_ext/external_links.py)
