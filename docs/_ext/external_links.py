@@ -56,13 +56,18 @@ def intersphinx_mapping(folder: Path) -> dict:
 
 
 def resolve_alias(app, env, node, contnode):
-    """A reference to a class by the module that defines it, resolved by the public name its project documents."""
-    target = ALIASES.get(node.get("reftarget"))
+    """A reference to a class by the module that defines it, resolved and shown by the public name its project
+    documents."""
+    alias = node.get("reftarget")
+    target = ALIASES.get(alias)
     if target is None:
         return None
+    from docutils import nodes
     from sphinx.ext.intersphinx import missing_reference
 
     node["reftarget"] = target
+    if contnode.astext() == alias:
+        contnode = nodes.Text(target) if isinstance(contnode, nodes.Text) else type(contnode)(target, target)
     return missing_reference(app, env, node, contnode)
 
 

@@ -209,7 +209,7 @@ def page(name: str, description: str, script: Path, result: dict) -> str:
     summary, _, details = docstring(script).partition("\n\n")
     lines = [f".. _gallery-{name}:", "", rst_text(name), "=" * len(rst_text(name)), "", summary, ""]
     if (FIGURES / f"{name}.png").exists():
-        lines += [f".. image:: ../figures/{name}.png", "   :width: 100%",  # a click opens it whole
+        lines += [f".. image:: ../figures/{name}.png", f"   :target: ../_images/{name}.png",  # opened whole
                   f"   :alt: {name}: {rst_text(description)}", ""]
     header, rows = HEADLINES[name](result["metrics"])
     lines += ["Headline numbers", "----------------", "", *table(header, rows)]
