@@ -17,12 +17,15 @@ Each name becomes a row of the summary table (its docstring's first sentence) an
 rather than ``:members:``, keeps a package's internals (``bpjax.train.driver``, ...) off the page. A class
 shows the methods and properties it defines; its fields (a NamedTuple's, a dataclass's) are the
 ``Attributes:`` of its docstring, so they are not listed twice. A constant without a docstring of its own
-shows its value only, not the docstring of its type (``dict``'s, ``Loss``'s).
+shows its value only, not the docstring of its type (``dict``'s, ``Loss``'s). A reference to a function or class by
+another of its paths (``bpjax.tied.tie``, ``bpjax.check_gradients``) links to where it is documented (``bpjax.tie``,
+``bpjax.gradcheck.check_gradients``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import inspect
 import re
@@ -109,7 +112,38 @@ def drop_type_docstring(app, what, name, obj, options, lines):
             lines.clear()
 
 
+@functools.lru_cache(maxsize=None)
+def lookup(dotted: str):
+    """The object named ``dotted`` (``bpjax.tied.tie``), or None."""
+    parts = dotted.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            value = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        for part in parts[i:]:
+            value = getattr(value, part, None)
+        return value
+    return None
+
+
+def documented_elsewhere(app, env, node, contnode):
+    """A reference to a bpjax function or class by another of its paths resolves to where it is documented."""
+    target = node.get("reftarget", "")
+    if node.get("refdomain") != "py" or not target.startswith("bpjax."):
+        return None
+    value = lookup(target)
+    if not (inspect.isfunction(value) or inspect.isclass(value)):
+        return None
+    py = env.get_domain("py")
+    for name in py.objects:
+        if name != target and name.startswith("bpjax.") and lookup(name) is value:
+            return py.resolve_xref(env, node["refdoc"], app.builder, node["reftype"], name, node, contnode)
+    return None
+
+
 def setup(app):
     app.add_directive("api-names", ApiNames)
+    app.connect("missing-reference", documented_elsewhere)
     app.connect("autodoc-process-docstring", drop_type_docstring, priority=400)  # before napoleon rewrites it
     return {"parallel_read_safe": True, "parallel_write_safe": True}
