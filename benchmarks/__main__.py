@@ -10,7 +10,8 @@
    compiled gradient programs' temp bytes (``compiled.memory_analysis()``).
 4. vmap scaling: N seeds in one ``fit_many`` call vs N separate ``fit`` runs.
 5. GPT training at nanoGPT's CPU shape (:mod:`benchmarks.bench_gpt`): tokens/s manual vs jax.grad vs
-   PyTorch eager, residual bytes, fraction of the matmul ceiling.
+   bfloat16 mixed precision vs PyTorch eager on transformers' GPT-2, residual bytes, fraction of the
+   matmul ceiling (GPT-2 small: ``python -m benchmarks.bench_gpt --shape gpt2_small``).
 6. Streamed vs device-resident training data, data bytes per device: ``python -m benchmarks.bench_stream``.
 
 Writes ``<out>.json`` and ``<out>.md`` (a markdown table with the machine described).
@@ -30,7 +31,17 @@ import optax
 import bpjax as bp
 from benchmarks import bench_gpt
 from benchmarks.data import mnist1d
-from benchmarks.measure import RESULTS, interleaved, load_average, machine, per_call, residual_bytes, save, timed
+from benchmarks.measure import (
+    RESULTS,
+    format_load,
+    interleaved,
+    load_average,
+    machine,
+    per_call,
+    residual_bytes,
+    save,
+    timed,
+)
 from bpjax import zoo
 
 XENT = bp.losses.softmax_cross_entropy
@@ -266,7 +277,7 @@ def markdown(r) -> str:
     lines = [f"# bpjax benchmarks ({'quick' if r['quick'] else 'full'})", "",
              f"Machine: {m['processor']}, {m['cpu_count']} CPU cores, {m['platform']}, Python {m['python']}, "
              f"jax {m['jax']} ({m['backend']}), torch {m['torch'] or 'not installed'}. Load average (1, 5, 15 min) "
-             f"at the start {_fmt_load(m['load_average'])}, at the end {_fmt_load(r.get('load_average_end'))}.",
+             f"at the start {format_load(m['load_average'])}, at the end {format_load(r.get('load_average_end'))}.",
              "", "Times are the best of the repeats; CPU time is this process's (all threads). "
              "Ratios manual/jax.grad are of CPU times, measured side by side in this process.", "",
              f"## MNIST-1D, {r['steps']} steps (Adam 1e-2, batch 100, in order)", "",
@@ -322,10 +333,6 @@ def markdown(r) -> str:
     return "\n".join(lines)
 
 
-def _fmt_load(load):
-    return "n/a" if load is None else "(" + ", ".join(f"{v:.2f}" for v in load) + ")"
-
-
 MNIST1D_MODELS = ("mlp", "cnn", "gru")
 
 
@@ -364,7 +371,8 @@ def main(argv=None):
     r["large_mlp"] = large_mlp(3 if args.quick else 20)
     if not args.no_gpt:
         print("GPT training ...", flush=True)
-        r["gpt"] = bench_gpt.bench(1 if args.quick else 3, with_torch=not args.no_torch)
+        r["gpt"] = bench_gpt.bench("quick" if args.quick else "nanogpt", 1 if args.quick else 3,
+                                   with_torch=not args.no_torch)
     print("vmap scaling ...", flush=True)
     r["vmap"] = vmap_scaling(2 if args.quick else 8, 100 if args.quick else 2000)
     r["load_average_end"] = load_average()

@@ -1,6 +1,10 @@
-"""What bpjax's input checks cost a training run: the MNIST-1D MLP ``fit`` with its checks and without, side by side.
+"""What bpjax's checks cost a training run: the MNIST-1D MLP ``fit`` with a check on and off, side by side.
 
-    python -m benchmarks.bench_checks [--steps 6000] [--repeats 10] [--out PREFIX]
+    python -m benchmarks.bench_checks [--option checks|nan_guard] [--steps 6000] [--repeats 10] [--out PREFIX]
+
+``--option checks`` (the default) measures the eager input checks (``fit(checks=...)``), ``--option
+nan_guard`` the NaN guard (``fit(nan_guard=...)``, on by default: each chunk returns its losses and one
+finite flag per leaf of its final state, and the host looks at them); "checked" is the option on.
 
 Recipe (Greydanus 2020): Adam 1e-2, batch 100, batches in order, evaluation on the test set every
 500 steps. ``fit`` checks its inputs eagerly before it compiles (:mod:`bpjax.train.validate`: the
@@ -15,7 +19,8 @@ program, which ``tests/test_contract.py`` asserts), so the difference is what a 
 - first calls: a new optimizer object each time (so the program is traced and compiled anew),
   3 interleaved calls per arm, medians.
 
-Writes ``<out>.json`` and ``<out>.md`` (default ``benchmarks/results/bench_checks``).
+Writes ``<out>.json`` and ``<out>.md`` (default ``benchmarks/results/bench_<option>``, ``bench_checks`` for
+the input checks).
 """
 
 from __future__ import annotations
@@ -36,7 +41,10 @@ from bpjax import zoo
 XENT, BATCH = bp.losses.softmax_cross_entropy, 100
 
 
-def measure(steps: int, repeats: int) -> dict:
+OPTIONS = {"checks": "the eager input checks", "nan_guard": "the NaN guard"}
+
+
+def measure(steps: int, repeats: int, option: str = "checks") -> dict:
     x, y, xt, yt = mnist1d()
     model = zoo.mnist1d_mlp()
     _, p0 = model.init(jax.random.key(0), (40,))
@@ -45,7 +53,8 @@ def measure(steps: int, repeats: int) -> dict:
 
     def call(arm, opt):
         """``(wall s, CPU s, FitResult)`` of one fit call of ``arm``."""
-        result, wall, cpu = timed(lambda: bp.train.fit(model, XENT, opt, p0, (x, y), checks=arm == "checked", **kw))
+        result, wall, cpu = timed(lambda: bp.train.fit(model, XENT, opt, p0, (x, y), **{option: arm == "checked"},
+                                                       **kw))
         return wall, cpu, result
 
     first = {a: {"wall": [], "cpu": []} for a in opts}
@@ -71,7 +80,7 @@ def measure(steps: int, repeats: int) -> dict:
         return {arm: {k: statistics.median(v) for k, v in t.items()} for arm, t in d.items()}
 
     cm, fm = medians(cached), medians(first)
-    return {"steps": steps, "repeats": repeats, "cached": cm, "first": fm,
+    return {"option": option, "steps": steps, "repeats": repeats, "cached": cm, "first": fm,
             "cached_ratio": {k: cm["checked"][k] / cm["unchecked"][k] for k in ("wall", "cpu")},
             "first_ratio": {k: fm["checked"][k] / fm["unchecked"][k] for k in ("wall", "cpu")},
             "max_param_difference": same}
@@ -79,11 +88,13 @@ def measure(steps: int, repeats: int) -> dict:
 
 def markdown(r: dict) -> str:
     m = r["machine"]
-    lines = ["# The cost of bpjax's input checks: MNIST-1D MLP `fit`", "",
+    what = OPTIONS[r.get("option", "checks")]
+    lines = [f"# The cost of {what}: MNIST-1D MLP `fit`", "",
              f"Machine: {m['cpu']}, {m['cores']} CPU cores, jax {m['jax']}. Load average at the start "
              f"{m['load_start']}, at the end {m['load_end']}.", "",
              f"{r['steps']} steps, Adam 1e-2, batch 100, evaluation every 500 steps. Medians of "
              f"{r['repeats']} interleaved cached calls and 3 interleaved first calls per arm.", "",
+             f"`{r.get('option', 'checks')}=True` is \"checked\", `False` \"unchecked\".", "",
              "| call | checked wall s (CPU) | unchecked wall s (CPU) | checked / unchecked: wall (CPU) |",
              "|---|---|---|---|"]
     for call in ("cached", "first"):
@@ -98,10 +109,12 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_checks", description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=6000)
     ap.add_argument("--repeats", type=int, default=10)
-    ap.add_argument("--out", default=os.path.join(RESULTS, "bench_checks"), help="output prefix (.json and .md)")
+    ap.add_argument("--option", choices=list(OPTIONS), default="checks", help="the fit option to measure")
+    ap.add_argument("--out", default=None, help="output prefix (.json and .md; default results/bench_<option>)")
     args = ap.parse_args(argv)
     info = machine()
-    r = measure(args.steps, args.repeats)
+    r = measure(args.steps, args.repeats, args.option)
+    args.out = args.out or os.path.join(RESULTS, f"bench_{args.option}")
     r["machine"] = {"cpu": info["processor"], "cores": info["cpu_count"], "jax": info["jax"],
                     "load_start": [round(v, 2) for v in info["load_average"]],
                     "load_end": [round(v, 2) for v in load_average()]}

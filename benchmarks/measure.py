@@ -47,6 +47,11 @@ def load_average():
     return os.getloadavg() if hasattr(os, "getloadavg") else None
 
 
+def format_load(load) -> str:
+    """A load average as the reports print it: ``(1.23, 4.56, 7.89)``, or ``n/a``."""
+    return "n/a" if load is None else "(" + ", ".join(f"{v:.2f}" for v in load) + ")"
+
+
 def timed(fn: Callable, repeats: int = 1):
     """``(result of the last run, best wall s, best CPU s)`` of ``fn()`` (blocked until ready) over ``repeats`` runs."""
     best_wall = best_cpu = float("inf")
@@ -85,15 +90,18 @@ def per_call(fns: Dict[str, Callable], calls: int) -> dict:
 
 
 def residual_bytes(model, loss, params, x, y) -> dict:
-    """Bytes kept for the backward of ``loss(model(params, x), y)``: bpjax's residual pytree, and what ``jax.vjp``
-    saves for the same forward (``saved_residuals``, the source of ``jax.ad_checkpoint.print_saved_residuals``)."""
+    """Bytes kept for the backward of ``loss(model(params, x), y)``: bpjax's residual pytree (the params apart: the
+    backward takes them as an argument), and what ``jax.vjp`` saves for the same forward (``saved_residuals``, the
+    source of ``jax.ad_checkpoint.print_saved_residuals``), of which ``autodiff_argument_bytes`` are params it
+    saves as they are."""
     from jax._src.ad_checkpoint import saved_residuals
 
     res = jax.eval_shape(lambda p, x: model.forward(p, x)[1], params, x)
     manual = sum(int(np.prod(r.shape)) * r.dtype.itemsize for r in jax.tree.leaves(res))
     saved = saved_residuals(lambda p: loss.value(model.forward(p, x)[0], y), params)
-    auto = sum(int(np.prod(a.shape)) * a.dtype.itemsize for a, _ in saved)
-    return {"manual_residual_bytes": manual, "autodiff_residual_bytes": auto}
+    nbytes = [(int(np.prod(a.shape)) * a.dtype.itemsize, where) for a, where in saved]
+    return {"manual_residual_bytes": manual, "autodiff_residual_bytes": sum(n for n, _ in nbytes),
+            "autodiff_argument_bytes": sum(n for n, where in nbytes if where.startswith("from the argument"))}
 
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")

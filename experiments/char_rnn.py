@@ -78,7 +78,7 @@ def run_cell(args, cell: str, corpus, features: int, context: int, steps: int, e
     b = (steps - 1) % (len(x) // BATCH)  # the last step's batch, from the state the run ended in: truncation
     last = first if args.quick else text.float64_check(model, r.params, x[b * BATCH:(b + 1) * BATCH],
                                                        y[b * BATCH:(b + 1) * BATCH], state=r.state)
-    vx, vy = text.chunks(corpus.val, context)
+    vx, vy = zoo.token_windows(corpus.val, context)  # every non-overlapping window
     n = (len(vx) // 256) * 256
     return {"model": model, "params": r.params, "state": r.state, "history": r.history, "metrics": {
         "parameters": n_params, "val_loss_windows": text.mean_loss(model, r.params, vx, vy, state=r.state),
@@ -96,7 +96,7 @@ def main(argv=None) -> dict:
     context, steps = (QUICK["context"], QUICK["steps"]) if q else (CONTEXT, STEPS)
     eval_every = QUICK["eval_every"] if q else EVAL_EVERY
     corpus = text.load()
-    vx, vy = text.chunks(corpus.val, context)
+    vx, vy = zoo.token_windows(corpus.val, context)  # every non-overlapping window
     pick = np.random.default_rng(1).permutation(len(vx))[:EVAL_WINDOWS]  # the GPT's validation subset
     runs = {cell: run_cell(args, cell, corpus, features[cell], context, steps, eval_every, (vx[pick], vy[pick]))
             for cell in ("lstm", "gru")}

@@ -1,6 +1,6 @@
 """DP-SGD (Abadi et al. 2016) as a backward rule: per-example gradients of the hand-written backward, clipped, noised.
 
-:func:`private` wraps a model in a layer with the same forward whose backward returns the DP-SGD
+:func:`bpjax.privacy.DPSGD` wraps a model in a layer with the same forward whose backward returns the DP-SGD
 gradient instead of the batch gradient. For a batch of ``B`` examples, with ``dy`` the cotangent of
 the batch-mean loss (``dy_i = dl_i/dy_i / B``)::
 
@@ -13,7 +13,7 @@ The per-example gradients are checked at the start against ``jax.vmap(jax.grad(.
 private backward (``sigma = 0``) against optax's aggregate of those per-example gradients. The MNIST-1D
 MLP (40-100-100-10, ReLU) is trained without privacy, with clipping only (``sigma = 0``) and with
 noise multipliers ``sigma`` of 0.5 and 1.0: accuracy falls as noise grows. No privacy accounting
-(epsilon) is done here.
+(epsilon) is done here (see :mod:`bpjax.privacy` for what an accountant needs).
 
 Run: ``python experiments/dp_sgd.py [--quick]`` (or ``python -m experiments dp_sgd``).
 """
@@ -45,37 +45,6 @@ def make_model() -> bp.Layer:
     return bp.serial(L.Dense(100), L.Relu(), L.Dense(100), L.Relu(), L.Dense(10))
 
 
-def private(model: bp.Layer, clip: float, noise: float) -> bp.Layer:
-    """``model``'s forward with the DP-SGD backward: ``dparams = (sum_i clip(g_i) + N(0, (noise clip)^2)) / B``.
-
-    Contextual (it needs a key per step for the noise); ``model`` must be a simple layer. The input
-    gradient ``dx`` is the ordinary one (the model's own backward on the batch).
-    """
-    def cotangent(pred, t):  # L = sum(pred * t), dL/dpred = t: per_example_grads backpropagates the cotangent t
-        return jnp.sum(pred * t)
-
-    per_example = bp.per_example_grads(model, cotangent)
-
-    def init_state(key, input_shape):
-        return model.init(key, input_shape)[0], ()
-
-    def forward(params, x, *, state, key=None, train=True):
-        y, residuals = model.forward(params, x)
-        return y, (x, residuals, key), state
-
-    def backward(params, saved, dy):
-        # in the forward pass this was: y = model(params, x), and the loss a mean over the B rows of y
-        x, residuals, key = saved
-        B = dy.shape[0]
-        _, g = per_example(params, x, B * dy)  # g_i: (B, ...) per leaf, example i's own gradient
-        aggregate = differentially_private_aggregate(clip, noise, key)
-        dparams, _ = aggregate.update(g, aggregate.init(params))
-        return dparams, model.backward(params, residuals, dy)[1]
-
-    return bp.Layer(model.init, forward, backward, f"private({model.name}, clip {clip:g}, noise {noise:g})",
-                    init_state)
-
-
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def gradient_checks(model, xent, params, xb, yb, key):
     """Max relative errors (float32): ``bp.per_example_grads`` vs ``jax.vmap(jax.grad(...))``, and the private
@@ -87,7 +56,8 @@ def gradient_checks(model, xent, params, xb, yb, key):
     _, g = bp.per_example_grads(model, xent)(params, xb, yb)
     one = lambda p, xi, yi: xent.value(model.forward(p, xi[None])[0], yi[None])  # noqa: E731
     ref = jax.vmap(jax.grad(one), in_axes=(None, 0, 0))(params, xb, yb)
-    _, g_private = bp.value_and_grad(private(model, CLIP, 0.0), xent)(params, xb, yb, state=(), key=key)
+    private = bp.privacy.DPSGD(model, l2_norm_clip=CLIP, noise_multiplier=0.0)
+    _, g_private = bp.value_and_grad(private, xent)(params, xb, yb, state=(), key=key)
     aggregate = differentially_private_aggregate(CLIP, 0.0, key)
     g_optax, _ = aggregate.update(g, aggregate.init(params))
     return max_rel(g, ref), max_rel(g_private, g_optax)
@@ -109,7 +79,7 @@ def main(argv=None) -> dict:
     rows, lines, metrics = [], {}, {"per_example_max_rel_error": check, "private_backward_max_rel_error": private_check}
     for sigma in QUICK_NOISE if args.quick else NOISE:
         label = "SGD (non-private)" if sigma is None else f"DP-SGD clip {CLIP:g}, sigma {sigma:g}"
-        trained = model if sigma is None else private(model, CLIP, sigma)
+        trained = model if sigma is None else bp.privacy.DPSGD(model, l2_norm_clip=CLIP, noise_multiplier=sigma)
         r = bp.train.fit(trained, xent, optax.sgd(LEARNING_RATE), params, (d["x"], d["y"]), steps=steps,
                          batch_size=BATCH, key=jax.random.key(1), state=None if sigma is None else (),
                          eval_data=(d["x_test"], d["y_test"]), backward=args.backward, verbose=args.progress)
@@ -121,7 +91,7 @@ def main(argv=None) -> dict:
     print(results.markdown(header, rows))
     config = {"model": "40-100-100-10 relu", "clip": CLIP, "noise_multipliers": NOISE,
               "optimizer": f"sgd({LEARNING_RATE})", "steps": steps, "batch": BATCH,
-              "trainer": "bp.train.fit; DP-SGD as the backward of experiments.dp_sgd.private"}
+              "trainer": "bp.train.fit; DP-SGD as the backward of bp.privacy.DPSGD"}
 
     results.write_csv(args.out / "dp_sgd.csv", header, rows)
     fig, (ax,) = results.figure(1)

@@ -1,9 +1,11 @@
 """A character-level GPT trained by hand-written backpropagation, at nanoGPT's CPU shape, beside the bigram floor.
 
 Corpus: 1.1 MB of Python's own standard-library source (:mod:`experiments.text`: fixed module list,
-96-character vocabulary, first 90% train, last 10% validation). Model: :func:`bpjax.zoo.gpt`, token
-and learned position embeddings, 4 pre-norm transformer blocks (4 heads, width 128, GELU MLP of 512),
-a final LayerNorm and the output projection tied to the token embedding (0.80M parameters).
+96-character vocabulary, first 90% train, last 10% validation). Model: :func:`bpjax.zoo.gpt` with
+GPT-2's defaults, token and learned position embeddings, 4 pre-norm transformer blocks (4 heads,
+width 128, tanh-GELU MLP of 512), a final LayerNorm and the output projection tied to the token
+embedding (0.81M parameters); weights drawn from ``N(0, 0.02^2)``, the two projections of each block
+back into the residual stream from ``N(0, 0.02^2 / 8)`` (GPT-2's ``c_proj``, ``2 L = 8``).
 Recipe: nanoGPT's ``train_shakespeare_char`` at its CPU settings (context 64, batch 12, 2000
 iterations, no dropout): AdamW (``b2=0.99``, weight decay 0.1 on matrices), learning rate warmed up
 over 100 steps to 1e-3 and cosine-decayed to 1e-4, gradient clipping at norm 1. Each step's batch is
@@ -74,8 +76,9 @@ def main(argv=None) -> dict:
                                      else (LAYERS, HEADS, WIDTH, CONTEXT))
     steps, eval_every = (QUICK["steps"], QUICK["eval_every"]) if q else (STEPS, EVAL_EVERY)
     corpus = text.load()
-    x, y = text.windows(corpus.train, steps * BATCH, context, seed=0)  # (steps * BATCH, context): one batch a step
-    vx, vy = text.chunks(corpus.val, context)
+    starts = np.random.default_rng(0).integers(0, len(corpus.train) - context, steps * BATCH)  # nanoGPT's offsets
+    x, y = zoo.token_windows(corpus.train, context, starts=starts)  # (steps * BATCH, context): one batch a step
+    vx, vy = zoo.token_windows(corpus.val, context)  # every non-overlapping window
     pick = np.random.default_rng(1).permutation(len(vx))[:EVAL_WINDOWS]  # the curve's validation subset
     ex, ey = vx[pick], vy[pick]
     model = zoo.gpt(len(text.VOCAB), context=context, features=width, num_layers=layers, num_heads=heads)

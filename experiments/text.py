@@ -78,22 +78,6 @@ def load(modules=MODULES) -> Corpus:
     return Corpus(ids[:cut], ids[cut:], info)
 
 
-def windows(ids: np.ndarray, n: int, T: int, seed: int = 0):
-    """``n`` windows of ``T`` tokens at random offsets and their next-token targets: ``x, y: (n, T)``.
-
-    ``y[i, t] = ids[o_i + t + 1]``: nanoGPT's batches (random offsets, drawn here once for a whole run).
-    """
-    offsets = np.random.default_rng(seed).integers(0, len(ids) - T - 1, n)
-    idx = offsets[:, None] + np.arange(T)
-    return ids[idx], ids[idx + 1]
-
-
-def chunks(ids: np.ndarray, T: int):
-    """Consecutive non-overlapping windows of ``T`` tokens (the tail that does not fill one is dropped)."""
-    n = (len(ids) - 1) // T
-    return ids[:n * T].reshape(n, T), ids[1:n * T + 1].reshape(n, T)
-
-
 def streams(ids: np.ndarray, batch: int, T: int):
     """The text as ``batch`` parallel streams cut into chunks of ``T``, ordered for truncated BPTT.
 
@@ -103,11 +87,13 @@ def streams(ids: np.ndarray, batch: int, T: int):
     recurrent state carried between batches (:func:`bpjax.zoo.TruncatedBPTT`) reads every stream
     without a break. After the last chunk the streams start again from their beginnings.
     """
+    from bpjax import zoo
+
     L = (len(ids) - 1) // batch
     n = L // T
-    starts = np.arange(batch) * L
-    idx = starts[None, :, None] + (np.arange(n) * T)[:, None, None] + np.arange(T)  # (n, batch, T)
-    return ids[idx].reshape(n * batch, T), ids[idx + 1].reshape(n * batch, T)
+    starts = np.arange(batch) * L + (np.arange(n) * T)[:, None]  # (n, batch): chunk s of stream b
+    x, y = zoo.token_windows(ids, T, starts=starts)               # (n, batch, T)
+    return x.reshape(n * batch, T), y.reshape(n * batch, T)
 
 
 def bigram_loss(train: np.ndarray, x: np.ndarray, y: np.ndarray, alpha: float = 1.0) -> float:

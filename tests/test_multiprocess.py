@@ -94,8 +94,10 @@ def test_launch_sets_the_variables_and_stops_every_process_when_one_fails(tmp_pa
         f"while not os.path.exists({str(ready)!r}):\n"
         "    time.sleep(0.01)\n"
         "sys.exit(3)\n")
-    with pytest.raises(bp.BpjaxError, match=r"process 1 of 2 exited with code 3"):
-        launch([str(script)], processes=2, cpu_devices=3, timeout=100, log_dir=str(tmp_path))
+    # process 0 would sleep on: once the grace for its own report is over, the launcher stops it
+    with pytest.raises(bp.BpjaxError, match=r"process 1 of 2 exited with code 3 \(exit codes \[-9, 3\], stopped by "
+                                            r"the launcher: \[0\]\); the end of process 1's log"):
+        launch([str(script)], processes=2, cpu_devices=3, timeout=100, log_dir=str(tmp_path), grace=0.2)
     lines = [(tmp_path / f"process_{i}.log").read_text().split("|") for i in (0, 1)]
     assert lines[0][0] == lines[1][0] and lines[0][0].startswith("127.0.0.1:")
     assert [ln[1:3] for ln in lines] == [["2", "0"], ["2", "1"]]

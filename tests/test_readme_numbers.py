@@ -69,7 +69,24 @@ def span(values, spec="{:.1f}") -> str:
 BENCH = "benchmarks/results/bench.json"
 LAYERS = "benchmarks/results/layer_errors.json"
 STREAM = "benchmarks/results/bench_stream.json"
-GPT_BENCH = "benchmarks/results/bench_gpt.json"
+GPT_BENCH, GPT2_BENCH = "benchmarks/results/bench_gpt.json", "benchmarks/results/bench_gpt2_small.json"
+GPT2_TARGET = 0.85  # the fraction of the matmul rate that issue 23 asks of the GPT-2 small step
+_GPT_CONTENDERS = {"m": "manual", "a": "autodiff", "t2": "torch", "t1": "torch_1"}  # group -> contender
+
+
+def _mb(b) -> str:
+    return f"{b / 1e6:.0f}"
+
+
+def _gpt_loads(d) -> list:
+    """The 1-minute load averages at the start and the end of both GPT benchmark runs."""
+    nano = json.loads((ROOT / GPT_BENCH).read_text())
+    return [r[k][0] for r in (d, nano) for k in ("load_average_start", "load_average_end")]
+
+
+def _target_step(d) -> float:
+    """The GPT-2 small step's time at ``GPT2_TARGET`` of the matmul rate: its matmul FLOPs over that rate."""
+    return d["profile"]["matmul_flops"] / (GPT2_TARGET * d["matmul_gflops"] * 1e9)
 GPT, CHAR_RNN = "docs/results/gpt.json", "docs/results/char_rnn.json"
 MODELS = ("mlp", "cnn", "gru")
 
@@ -303,20 +320,91 @@ CLAIMS = [
           {"cw": ("cached_ratio.wall", "{:.2f}"), "cc": ("cached_ratio.cpu", "{:.2f}"),
            "fw": ("first_ratio.wall", "{:.2f}"), "fc": ("first_ratio.cpu", "{:.2f}"), "n": ("repeats", "{}"),
            "cores": ("machine.cores", "{}")}),
+    Claim("cost of the NaN guard",
+          rf"wall time (?P<cw>{NUM}) \(CPU time (?P<cc>{NUM})\) for a\s+cached call, (?P<fw>{NUM}) \((?P<fc>{NUM})\) "
+          rf"for a first call that compiles \(the same program: noise of a loaded\s+machine\), medians of (?P<n>\d+) "
+          rf"and 3 interleaved runs", "benchmarks/results/bench_nan_guard.json",
+          {"cw": ("cached_ratio.wall", "{:.2f}"), "cc": ("cached_ratio.cpu", "{:.2f}"),
+           "fw": ("first_ratio.wall", "{:.2f}"), "fc": ("first_ratio.cpu", "{:.2f}"), "n": ("repeats", "{}")}),
+    Claim("mixed precision", rf"the test accuracy is\s+(?P<f32>{NUM})% in float32, (?P<bf16>{NUM})% in bfloat16 "
+                             rf"\((?P<dbf>[-+]?{NUM}) points\) and (?P<f16>{NUM})% in float16 "
+                             rf"\((?P<df>[-+]?{NUM})\), with (?P<rlow>[\d,]+) residual\s+bytes per batch of 100 "
+                             rf"against (?P<r32>[\d,]+)",
+          "benchmarks/results/bench_precision.json",
+          {"f32": ("precisions.float32.mean", "{:.1f}"), "bf16": ("precisions.bfloat16.mean", "{:.1f}"),
+           "dbf": ("precisions.bfloat16.accuracy_minus_float32", "{:+.1f}"),
+           "f16": ("precisions.float16.mean", "{:.1f}"),
+           "df": ("precisions.float16.accuracy_minus_float32", "{:+.1f}"),
+           "rlow": ("precisions.bfloat16.residual_bytes", "{:,}"),
+           "r32": ("precisions.float32.residual_bytes", "{:,}")}),
     Claim("tensor-parallel param bytes", r"params take (?P<b42>[\d,]+) bytes per device instead of (?P<b81>[\d,]+) "
                                          r"\((?P<b24>[\d,]+) on a 2 x 4 mesh\)", STREAM,
           {f"b{k[0]}{k[2]}": (f"device_bytes.mlp_param_bytes.{k}", "{:,}") for k in ("4x2", "8x1", "2x4")}),
+    Claim("GPT benchmark conditions",
+          rf"agree at the start, loss and every gradient, to (?P<err>{NUM}) \(relative, float32\)\. The machine is a "
+          rf"(?P<cores>\d+)-core AMD EPYC shared with other jobs \(load average (?P<lo>{NUM})-(?P<hi>{NUM}) during the "
+          rf"runs\), so each figure is the best of (?P<n>\d+) interleaved rounds", GPT2_BENCH,
+          {"err": (lambda d: max(d["agreement"][k]["worst_grad_rel_error"] for k in ("autodiff", "torch")), sig),
+           "cores": ("machine.cpu_count", "{}"), "n": ("repeats", "{}"),
+           "lo": (lambda d: min(_gpt_loads(d)), "{:.1f}"), "hi": (lambda d: max(_gpt_loads(d)), "{:.1f}")}),
     Claim("GPT training speed",
-          rf"best of (?P<n>\d+)\): bpjax's hand-written backward (?P<manual>\d+) tokens/s, `jax.grad` of the same "
-          rf"forward (?P<auto>\d+) \(time ratio manual / `jax.grad` (?P<ratio>{NUM})\), PyTorch eager (?P<torch>\d+) "
-          rf"\((?P<slower>{NUM})x slower than manual\); the backward keeps (?P<mem_m>{NUM}) MB against `jax.grad`'s "
-          rf"(?P<mem_a>{NUM}) MB, and the manual step runs at (?P<frac>{NUM}) of the machine's measured", GPT_BENCH,
-          {"n": ("repeats", "{}"), "manual": ("manual.tokens_per_s", "{:.0f}"),
-           "auto": ("autodiff.tokens_per_s", "{:.0f}"),
-           "ratio": ("manual/autodiff", "{:.2f}"), "torch": ("torch.tokens_per_s", "{:.0f}"),
-           "slower": ("torch/manual", "{:.1f}"), "mem_m": ("memory.manual_residual_bytes", lambda b: f"{b / 1e6:.1f}"),
-           "mem_a": ("memory.autodiff_residual_bytes", lambda b: f"{b / 1e6:.1f}"),
-           "frac": ("manual.fraction_of_matmul", "{:.2f}")}),
+          rf"shape \(batch (?P<b>\d+) x (?P<t>\d+), best of (?P<n>\d+)\): bpjax's hand-written backward "
+          rf"(?P<manual>\d+) tokens/s, `jax.grad` (?P<auto>\d+) \(time ratio manual / `jax.grad` (?P<ratio>{NUM}), CPU "
+          rf"(?P<cpu>{NUM})\), PyTorch eager (?P<t2>\d+) on (?P<threads>\d+) threads and (?P<t1>\d+) on 1; the "
+          rf"backward keeps (?P<mm>{NUM}) MB against `jax.grad`'s (?P<ma>{NUM}) MB and PyTorch's (?P<mt>{NUM}) MB",
+          GPT_BENCH,
+          {"b": ("shape.batch", "{}"), "t": ("shape.seq", "{}"), "n": ("repeats", "{}"),
+           "manual": ("manual.tokens_per_s", "{:.0f}"), "auto": ("autodiff.tokens_per_s", "{:.0f}"),
+           "ratio": ("manual/autodiff", "{:.2f}"), "cpu": ("manual/autodiff_cpu", "{:.2f}"),
+           "t2": ("torch.tokens_per_s", "{:.0f}"), "threads": ("torch_threads", "{}"),
+           "t1": ("torch_1.tokens_per_s", "{:.0f}"),
+           "mm": ("memory.float32.manual_residual_bytes", lambda b: f"{b / 1e6:.1f}"),
+           "ma": ("memory.float32.autodiff_residual_bytes", lambda b: f"{b / 1e6:.1f}"),
+           "mt": (lambda d: d["memory"]["torch"]["saved_bytes"] + d["memory"]["torch"]["saved_param_bytes"],
+                  lambda b: f"{b / 1e6:.1f}")}),
+    Claim("GPT-2 small shape", r"At GPT-2 small's shape \((?P<n>\d+)M parameters, (?P<layers>\d+) layers, width "
+                               r"(?P<width>\d+), vocabulary (?P<vocab>\d+); on this CPU a short sequence and a small "
+                               r"batch, (?P<b>\d+) x (?P<t>\d+) tokens\)", GPT2_BENCH,
+          {"n": ("shape.parameters", lambda n: f"{n / 1e6:.0f}"), "layers": ("shape.layers", "{}"),
+           "width": ("shape.width", "{}"), "vocab": ("shape.vocab", "{}"), "b": ("shape.batch", "{}"),
+           "t": ("shape.seq", "{}")}),
+    Claim("GPT-2 small speed",
+          rf"the hand-written backward (?P<m>\d+) tokens/s, (?P<fm>{NUM}) of the machine's float32 matmul rate "
+          rf"\((?P<side>\d+)³, measured in the same rounds\), `jax.grad` (?P<a>\d+) \((?P<fa>{NUM})\), PyTorch eager "
+          rf"(?P<t2>\d+) on \d+ threads \((?P<ft2>{NUM})\) and (?P<t1>\d+) on 1 \((?P<ft1>{NUM})\); per second of CPU "
+          rf"time (?P<cm>\d+), (?P<ca>\d+), (?P<ct2>\d+) and (?P<ct1>\d+)", GPT2_BENCH,
+          {"side": ("shape.matmul", "{}"),
+           **{f"{g}": (f"{k}.tokens_per_s", "{:.0f}") for g, k in _GPT_CONTENDERS.items()},
+           **{f"f{g}": (f"{k}.fraction_of_matmul", "{:.2f}") for g, k in _GPT_CONTENDERS.items()},
+           **{f"c{g}": (f"{k}.cpu_tokens_per_s", "{:.0f}") for g, k in _GPT_CONTENDERS.items()}}),
+    Claim("GPT-2 small memory",
+          r"The hand-written backward keeps (?P<mm>\d+) MB for the backward, `jax.grad` (?P<ma>\d+) MB \((?P<arg>\d+) "
+          r"MB of it params it saves as they are\), PyTorch (?P<ta>\d+) MB of activations and the (?P<tp>\d+) MB of "
+          r"weights", GPT2_BENCH,
+          {"mm": ("memory.float32.manual_residual_bytes", _mb), "ma": ("memory.float32.autodiff_residual_bytes", _mb),
+           "arg": ("memory.float32.autodiff_argument_bytes", _mb), "ta": ("memory.torch.saved_bytes", _mb),
+           "tp": ("memory.torch.saved_param_bytes", _mb)}),
+    Claim("GPT-2 small profile",
+          rf"the gradient's matmuls run at (?P<mf>{NUM}) of the matmul rate and take (?P<ms>{NUM}) of the step; the "
+          rf"gradient alone takes (?P<gs>{NUM}) of the step, so the optimizer \((?P<os>{NUM}) of the step when timed "
+          rf"alone\) is almost hidden inside the one compiled step\. The target of (?P<target>{NUM}) of "
+          rf"the matmul rate is a step of (?P<step>{NUM}) s, which leaves (?P<left>{NUM}) s to everything but the "
+          rf"matmuls \((?P<now>{NUM}) s now\)", GPT2_BENCH,
+          {"mf": ("profile.matmul_fraction_of_ceiling", "{:.2f}"),
+           **{g: (lambda d, k=k: d["profile"][k] / d["profile"]["step_s"], "{:.2f}")
+              for g, k in (("ms", "matmul_s"), ("gs", "grad_s"), ("os", "optimizer_s"))},
+           "target": (lambda d: GPT2_TARGET, "{:.2f}"), "step": (_target_step, "{:.2f}"),
+           "left": (lambda d: _target_step(d) - d["profile"]["matmul_s"], "{:.2f}"),
+           "now": ("profile.step_minus_matmul_s", "{:.2f}")}),
+    Claim("GPT-2 small in bfloat16",
+          r"the step keeps half the bytes \((?P<bm>\d+) MB\) but does not run faster here: (?P<bt>\d+) tokens/s "
+          r"\((?P<bc>\d+) per CPU-second\)", GPT2_BENCH,
+          {"bm": ("memory.bf16.manual_residual_bytes", _mb), "bt": ("bf16.tokens_per_s", "{:.0f}"),
+           "bc": ("bf16.cpu_tokens_per_s", "{:.0f}")}),
+    Claim("GPT in bfloat16, validation loss",
+          rf"Trained (?P<steps>\d+) steps in bfloat16 mixed precision, the experiment's model reaches a validation "
+          rf"loss of (?P<b>{NUM}) against (?P<f>{NUM}) in float32", "benchmarks/results/gpt_precision.json",
+          {"steps": ("steps", "{}"), "b": ("bf16.val_loss", "{:.3f}"), "f": ("float32.val_loss", "{:.3f}")}),
     Claim("data-parallel batch bytes",
           r"\((?P<total>[\d,]+) bytes\) takes (?P<b1>[\d,]+) / (?P<b2>[\d,]+) / (?P<b4>[\d,]+) / (?P<b8>[\d,]+) bytes "
           r"per device on 1 / 2 / 4 / 8", STREAM,

@@ -75,6 +75,7 @@ def progress_bar(total: int, initial: int, desc: str):
     return tqdm(total=total, initial=initial, desc=desc, unit="step", leave=True)
 
 
+@distributed.reports_lost_processes
 def drive(plan: Plan, carry, hp, keys, data, eval_data, *, batched: int, verbose, chunk_size,
           checkpoint: Optional[resume.RunFolder], checkpoint_every, callback, desc):
     """Run ``plan.steps`` steps in chunks from a fresh start or from the run folder; returns ``(carry, history)``.

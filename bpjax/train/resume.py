@@ -120,6 +120,7 @@ def save(run: RunFolder, plan, carry, history, done: int, finite: bool) -> None:
 
         distributed.on_main(write, what)
     run.last_saved = done
+    distributed.checkpoint_written(run.path, done)
 
 
 def resume_step(path) -> int:
@@ -196,6 +197,7 @@ def resume(run: RunFolder, plan, carry, names, batched):
             return 0, carry, None, None
         start, saved = found
         run.last_saved = start
+        distributed.checkpoint_written(run.path, start)
         return start, (saved["params"], saved["opt_state"], saved["state"]), np.asarray(saved["history"]["loss"]), \
             _evals(plan, saved, names, batched, start)
     distributed.on_main(load, f"reading the run folder {run.path!r}")
@@ -203,6 +205,7 @@ def resume(run: RunFolder, plan, carry, names, batched):
     if not start:
         return 0, carry, None, None
     run.last_saved = start
+    distributed.checkpoint_written(run.path, start)
     like, _ = _like(plan, carry, names, batched, start)
     saved = distributed.broadcast(found[1], distributed.to_host(like))
     # back where the arrays of a fresh run live (replicated over the mesh, or the default device)

@@ -348,7 +348,7 @@ def fit_many(model: Layer, loss, optimizer, params, train_data: Tuple[Any, Any],
     """
     where = "fit_many"
     check_model(model, where)
-    if isinstance(optimizer, (optax.GradientTransformation, optax.MultiSteps)):
+    if isinstance(optimizer, optax.MultiSteps):
         optimizer = as_transformation(where, optimizer)  # one optimizer for every model
     hparams = as_hparams(hparams)
     check_factory(where, optimizer, hparams)
