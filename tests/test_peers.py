@@ -107,7 +107,7 @@ def test_a_faked_cluster_starts_the_job_or_names_what_is_missing(tmp_path):
 def _expected(lost: int, path: str, stuck: bool = False) -> str:
     why = (r"the run here did not stop within 5 s of the loss: a collective with a lost process may never return, "
            r"so this process is ended" if stuck else r"here a collective failed: UNKNOWN: Gloo \w+ failed: [^\n]*")
-    return (rf"bpjax\._errors\.BpjaxError: fit: process {lost} of 2 was lost \({why}\); the last checkpoint this run "
+    return (rf"bpjax\.errors\.BpjaxError: fit: process {lost} of 2 was lost \({why}\); the last checkpoint this run "
             rf"wrote is step 8 in {re.escape(repr(path))}: restart all 2 processes with the same fit\(\.\.\., "
             rf"checkpoint_path={re.escape(repr(path))}\) to resume from it")
 
