@@ -52,14 +52,13 @@ def prepare(model, loss, params, train_data, *, steps, batch_size, key, shuffle,
              backward, state, metrics, nan_guard, unroll, make_optimizer, hp0, mesh, where, checks=True):
     """Validate eagerly and build the static plan and the data: device-resident ``(x, y)`` (laid out over the
     mesh's data axis on a mesh) or a :class:`~bpjax.train.stream.Stream` of batches. ``checks=False`` skips the
-    value checks of the data (finite, targets in range), the traced loss and the mesh check (fit's switch)."""
+    value checks of the data (finite, targets in range) and the traced loss (fit's switch)."""
     def arrays(pair, what):
         return check_data(where, pair, what) if checks else tuple(jnp.asarray(a) for a in pair)
 
     loss = as_loss(loss)  # one Loss per function (as_loss): the plan, and so the compiled program, are reused
     check_backward(where, backward)
-    if checks:
-        check_mesh(where, mesh)
+    check_mesh(where, mesh)
     streamed = isinstance(train_data, Stream) or is_stream(train_data)
     if streamed:  # the checks below see the first batch; the chunks check that every batch is finite
         batch_size = errors.positive_int(where, "batch_size", batch_size)

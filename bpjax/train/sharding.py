@@ -177,8 +177,8 @@ def check_mesh(where: str, mesh) -> None:
 
 
 def data_sharding(where: str, mesh, batch_size: int) -> Optional[NamedSharding]:
-    """The batch sharding of a run on ``mesh`` (``None`` without one): ``batch_size`` must split evenly."""
-    check_mesh(where, mesh)
+    """The batch sharding of a run on ``mesh`` (``None`` without one; the mesh checked by the caller,
+    :func:`check_mesh`): ``batch_size`` must split evenly."""
     if mesh is None:
         return None
     axis = data_axis(mesh)
