@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Optional
 
 import jax
+import jax.numpy as jnp
 
 from bpjax import errors
 from bpjax.core import Layer, backward_of, check_model, check_state, forward_of, is_contextual
@@ -99,6 +100,10 @@ def _public(where: str, model: Layer, loss, backward: str, wrt_input: bool):
     def public(params, x, y, *, state=None, key=None, train=True):
         x, y, state = check_inputs(where, model, x, y, state, key)
         value, new_state, grads = fn(params, x, y, state, key, train)
+        if not all(map(errors.is_concrete, jax.tree.leaves(x))):  # traced (a user's jit): a NaN input poisons
+            ok = errors.check_value(where, jnp.all(errors.finite_leaves(x)), "input x contains NaN or Inf")
+            value = errors.poison(value, ok)  # and every gradient, as a bad target does (bpjax.losses)
+            grads = jax.tree.map(lambda g: errors.poison(g, ok) if jnp.issubdtype(g.dtype, jnp.inexact) else g, grads)
         return ((value, new_state), grads) if contextual else (value, grads)
 
     return public

@@ -78,3 +78,12 @@ def test_a_plain_function_loss_is_wrapped_once():
     params, x, y = _data()
     value, _ = bp.value_and_grad(MODEL, l1)(params, x, y)
     np.testing.assert_allclose(value, l1(bp.predict(MODEL, params, x), y), rtol=1e-6)
+
+
+def test_inside_a_users_jit_a_nan_input_poisons_the_loss_and_every_gradient():
+    """A NaN row that a ReLU zeroes would leave a bias gradient finite: the traced input check makes it NaN too."""
+    model = bp.serial(L.Dense(4), L.Relu(), L.Dense(3))
+    params = random_params(model, (5,))
+    x = normal(1, (6, 5)).at[2, 1].set(jnp.nan)
+    value, grads = jax.jit(bp.value_and_grad(model, bp.losses.softmax_cross_entropy))(params, x, jnp.arange(6) % 3)
+    assert bool(jnp.isnan(value)) and all(bool(jnp.isnan(g).all()) for g in jax.tree.leaves(grads))
