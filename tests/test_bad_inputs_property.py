@@ -170,6 +170,8 @@ def clean(name, entry):
                               "make_step", "fit", "jit(value_and_grad)")))
 def test_a_corrupted_argument_raises_or_changes_nothing_or_poisons_inside_jit(name, corruption, entry):
     assume(applicable(name, corruption))
+    # layers take (B, ..., D) inputs: with no target to disagree, an extra axis is a valid input for predict
+    assume(not (entry == "predict" and corruption == ("x", "extra axis")))
     args = corrupt(name, *corruption)
     try:
         out = entry_points(name)[entry](args["params"], args["x"], args["y"], args["key"])
