@@ -11,9 +11,7 @@ import numpy as np
 
 from bpjax import errors
 from bpjax.core import Layer, backward_of, check_model, forward_of
-from bpjax.gradcheck import judge as _judge
-from bpjax.gradcheck import measure, paths
-from bpjax.gradcheck.model import check_settings, make_world, rows_of, run_sweep
+from bpjax.gradcheck.model import build_report, check_settings
 from bpjax.gradcheck.report import GradientReport
 
 
@@ -73,17 +71,7 @@ def check_layer(layer: Layer, params, x, *, state=None, key=None, train: bool = 
     y = jax.eval_shape(lambda p, x: _run(layer, train, p, x, st, key)[0], params, x)  # shape errors first
     dy = _cotangent(where, y, dy, seed)
     manual, ref = _both(layer, train, params, x, st, dy, key)
-    keep, names, labels = rows_of(params, x, paths.labels(layer, params))
-    whose = paths.backwards(layer, params, x)  # hand-written, or jax.vjp in an Autodiff layer
-    m, r = jax.tree.leaves(manual), jax.tree.leaves(ref)
-    dtype = measure.model_dtype(jax.tree.leaves((params, x)))
-    tol = measure.default_rtol(dtype, rtol)
-    world = make_world(functools.partial(_manual64, layer, train), (), (st, dy), (params, x), keep, dtype, key)
-    rows, notes, tols = _judge.judge(names, labels, [m[i] for i in keep], [r[i] for i in keep], dtype=dtype,
-                                     rtol=tol, rtol_given=rtol is not None, finite_differences=finite_differences,
-                                     world=world, fd_eps=fd_eps, fd_rtol=fd_rtol, fd_directions=fd_directions,
-                                     seed=seed, reference_name="jax.vjp",
-                                     backwards=[whose[i] for i in keep])
-    sweep_rows, pinned, more = run_sweep(sweep, rows, layer, None, params, x, dy, st, key, train, tol)
-    return GradientReport(where, rows, tol, fd_rtol if any(row.fd_rel_error is not None for row in rows) else None,
-                          tols, notes + more, sweep_rows, pinned, "jax.vjp")
+    return build_report(where, layer, None, params, x, dy, st, key, train, manual, ref,
+                        functools.partial(_manual64, layer, train), (st, dy), "jax.vjp", rtol=rtol,
+                        finite_differences=finite_differences, fd_eps=fd_eps, fd_rtol=fd_rtol,
+                        fd_directions=fd_directions, seed=seed, sweep=sweep)

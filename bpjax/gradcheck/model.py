@@ -14,7 +14,7 @@ from bpjax.core import Layer, check_model
 from bpjax.grad import check_inputs, gradients
 from bpjax.gradcheck import judge as _judge
 from bpjax.gradcheck import measure, paths, world64
-from bpjax.gradcheck.report import GradientReport
+from bpjax.gradcheck.report import INPUT, MANUAL_WRONG, UPSTREAM_WRONG, GradientReport
 from bpjax.gradcheck.sweep import sweep as sweep_layers
 from bpjax.losses import as_loss
 
@@ -64,7 +64,7 @@ def check_settings(where: str, rtol, fd_eps, fd_rtol, fd_directions, finite_diff
 def rows_of(params, x, labels):
     """Positions, tree-path names and labels of the rows: the inexact leaves of ``(params, x)``."""
     flat = jax.tree_util.tree_leaves_with_path((params, x))
-    names = [("params" if path[0].idx == 0 else "input x") + jax.tree_util.keystr(path[1:]) for path, _ in flat]
+    names = [("params" if path[0].idx == 0 else INPUT) + jax.tree_util.keystr(path[1:]) for path, _ in flat]
     labels = list(labels) + names[len(labels):]
     keep = [i for i, (_, a) in enumerate(flat) if measure.inexact(a)]
     return keep, [names[i] for i in keep], [labels[i] for i in keep]
@@ -135,35 +135,54 @@ def check_gradients(model: Layer, loss, params, x, y, *, state=None, key=None, t
     error, (_, _, manual) = _manual(model, loss, train, params, x, y, state, key)
     errors.throw(error)
     ref = reference_gradients(reference, model, loss, train, params, x, y, state, key)[2]
+    dtype = measure.model_dtype(jax.tree.leaves((params, x)))
+    run64 = functools.partial(_manual64, model, loss, train) if dtype != world64.F64 else \
+        (lambda *args: _manual(model, loss, train, *args)[1])  # a float64 model: its own program
+    return build_report(f"check_gradients({model.name}, {loss.name})", model, loss, params, x, y, state, key,
+                        train, manual, ref, run64, (y, state), REFERENCES[reference], rtol=rtol,
+                        finite_differences=finite_differences, fd_eps=fd_eps, fd_rtol=fd_rtol,
+                        fd_directions=fd_directions, seed=seed, sweep=sweep)
+
+
+def build_report(title, model, loss, params, x, target, state, key, train, manual, ref, run64, after,
+                 reference_name, *, rtol, finite_differences, fd_eps, fd_rtol, fd_directions, seed,
+                 sweep) -> GradientReport:
+    """The report of ``manual`` against ``ref`` (each ``(dparams, dx)``): rows judged (:mod:`.judge`, the float64
+    copy running ``run64(p, x, *after, key)``), the per-layer sweep, the verdict in words."""
     keep, names, labels = rows_of(params, x, paths.labels(model, params))
     whose = paths.backwards(model, params, x)  # hand-written, or jax.vjp in an Autodiff layer
     m, r = jax.tree.leaves(manual), jax.tree.leaves(ref)
     dtype = measure.model_dtype(jax.tree.leaves((params, x)))
     tol = measure.default_rtol(dtype, rtol)
-    run64 = functools.partial(_manual64, model, loss, train) if dtype != world64.F64 else \
-        (lambda *args: _manual(model, loss, train, *args)[1])  # a float64 model: its own program
-    world = make_world(run64, (), (y, state), (params, x), keep, dtype, key)
-    rows, notes, tols = _judge.judge(names, labels, [m[i] for i in keep], [r[i] for i in keep], dtype=dtype,
-                                     rtol=tol, rtol_given=rtol is not None, finite_differences=finite_differences,
-                                     world=world, fd_eps=fd_eps, fd_rtol=fd_rtol, fd_directions=fd_directions,
-                                     seed=seed, reference_name=REFERENCES[reference],
-                                     backwards=[whose[i] for i in keep])
-    sweep_rows, pinned, more = run_sweep(sweep, rows, model, loss, params, x, y, state, key, train, tol)
-    title = f"check_gradients({model.name}, {loss.name})"
+    world = make_world(run64, (), after, (params, x), keep, dtype, key)
+    rows, inconclusive, tols = _judge.judge(names, labels, [m[i] for i in keep], [r[i] for i in keep], dtype=dtype,
+                                            rtol=tol, rtol_given=rtol is not None,
+                                            finite_differences=finite_differences, world=world, fd_eps=fd_eps,
+                                            fd_rtol=fd_rtol, fd_directions=fd_directions, seed=seed,
+                                            backwards=[whose[i] for i in keep])
+    rows, sweep_rows, pinned, more = run_sweep(sweep, rows, model, loss, params, x, target, state, key, train, tol)
+    notes = _judge.sentences(rows, reference_name, finite_differences, inconclusive)
     return GradientReport(title, rows, tol, fd_rtol if any(row.fd_rel_error is not None for row in rows) else None,
-                          tols, notes + more, sweep_rows, pinned, REFERENCES[reference])
+                          tols, notes + more, sweep_rows, pinned, reference_name)
 
 
 def run_sweep(sweep, rows, model, loss, params, x, target, state, key, train, tol):
-    """The per-layer sweep when asked (``True``) or when a row fails (``None``): ``(rows, pinned, sentences)``."""
+    """The per-layer sweep when asked (``True``) or when a row fails (``None``): ``(rows, sweep rows, pinned,
+    sentences)``, the verdict rows with the "manual wrong" ones the sweep finds upstream of a failing layer
+    relabelled "wrong upstream" (their own backward is right)."""
     if not (sweep or (sweep is None and not all(row.ok for row in rows))):
-        return (), None, ()
+        return rows, (), None, ()
     if not (model.kind == "serial" and paths.per_child(model, params)):
-        return (), None, ("per-layer sweep: the model is not a bp.serial; check its layers with bp.check_layer",)
-    sweep_rows, pinned = sweep_layers(model.children, loss, params, x, target, state, key, train, tol)
+        return rows, (), None, ("per-layer sweep: the model is not a bp.serial; check its layers with "
+                                "bp.check_layer",)
+    sweep_rows, pinned, blame = sweep_layers(model.children, loss, params, x, target, state, key, train, tol)
     if pinned is None:
-        return sweep_rows, None, ("per-layer sweep: every layer's own backward agrees with jax.vjp of its forward",)
+        return rows, sweep_rows, None, ("per-layer sweep: every layer's own backward agrees with jax.vjp of its "
+                                        "forward",)
+    culprit = [blame.get(INPUT if r.name.startswith(INPUT) else r.label) if r.verdict == MANUAL_WRONG else None
+               for r in rows]
+    rows = [r._replace(verdict=UPSTREAM_WRONG, upstream_of=c) if c else r for r, c in zip(rows, culprit)]
     bad = [r.label.split(": ", 1)[-1] for r in sweep_rows if r.label.startswith(pinned + ":") and not r.ok]
-    return sweep_rows, pinned, (_judge.pinned_sentence(pinned, ", ".join(bad) or "its gradients"),)
+    return rows, sweep_rows, pinned, (_judge.pinned_sentence(pinned, ", ".join(bad) or "its gradients"),)
 
 

@@ -10,6 +10,8 @@ OK = "ok"
 REFERENCE_WRONG = "reference wrong"   # disagrees with jax.grad, finite differences side with the hand-written one
 ABSORBED = "absorbed"                 # a layer's dx differs, but the layers below make the difference vanish
 MANUAL_WRONG = "manual wrong"         # finite differences (or jax.vjp, in the sweep) contradict the hand-written one
+UPSTREAM_WRONG = "wrong upstream"     # manual wrong, but its layer's own backward is right: a layer above (the
+                                      # row's upstream_of) hands it a wrong gradient (the per-layer sweep says so)
 BOTH_WRONG = "both wrong"             # finite differences contradict both
 UNDECIDED = "undecided"               # manual and jax.grad disagree and nothing decides (finite differences off)
 PASSING = (OK, REFERENCE_WRONG, ABSORBED)
@@ -17,6 +19,8 @@ PASSING = (OK, REFERENCE_WRONG, ABSORBED)
 # Whose backward computed a row's gradient (from the cotangent its layer received): a hand-written one, JAX's
 # (``jax.vjp`` inside a ``bp.layers.Autodiff`` layer), or both (a container, or the input, with layers of each kind).
 HAND_WRITTEN, JAX_VJP, BOTH = "hand-written", "jax.vjp", "both"
+
+INPUT = "input x"  # the name of the model's input row (``input x[0]`` ... for an input of several leaves)
 
 
 class LeafCheck(NamedTuple):
@@ -29,7 +33,8 @@ class LeafCheck(NamedTuple):
     in the model's dtype against finite differences (the arbiter). ``failed`` names the comparisons
     that failed: ``"reference"``, ``"fd"``, ``"fd manual"``, ``"fd reference"``. ``backward`` says whose
     backward computed the row's gradient: ``"hand-written"``, ``"jax.vjp"`` (an ``Autodiff`` layer's, so the
-    row checks JAX against itself and the model around it) or ``"both"``.
+    row checks JAX against itself and the model around it) or ``"both"``. ``upstream_of`` names the layer
+    whose wrong backward made a ``"wrong upstream"`` row wrong (``serial[3] Tanh``).
     """
     name: str
     shape: tuple
@@ -43,6 +48,7 @@ class LeafCheck(NamedTuple):
     fd_reference_error: Optional[float] = None
     failed: Tuple[str, ...] = ()
     backward: str = HAND_WRITTEN
+    upstream_of: str = ""
 
     @property
     def ok(self) -> bool:
@@ -130,7 +136,7 @@ def _table(rows, reference: str) -> List[str]:
         if fd:
             cells += [_num(r.fd_rel_error, "fd" in r.failed), _num(r.fd_manual_error, "fd manual" in r.failed),
                       _num(r.fd_reference_error, "fd reference" in r.failed)]
-        cells.append(r.verdict)
+        cells.append(f"{r.verdict} of {r.upstream_of}" if r.upstream_of else r.verdict)
         body.append(cells)
     widths = [max(len(c) for c in col) for col in zip(head, *body)]
     fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731

@@ -5,7 +5,10 @@
 from the layer above. Each layer's backward at ``(a_{l-1}, da_l)`` is then compared with ``jax.vjp``
 of its own forward at the same point and cotangent, so a bug shows in its own layer's row only:
 the failure is pinned to the first layer, going backward, whose own check fails (and, when that
-layer is itself a ``serial``, to the layer inside it).
+layer is itself a ``serial``, to the layer inside it). A layer whose own check passes but whose
+gradients in the model are wrong got a wrong ``da_l`` from above: it is *upstream* of the nearest
+layer above it whose own ``dx`` fails (or of the loss, when ``dpred`` fails), and :func:`sweep` says so
+for each such row (its ``blame``).
 
 A layer may hand down a different valid subgradient than ``jax.vjp`` at a tie or a kink (MaxPool
 sends a tied window's gradient to its first maximum, ``jax.grad`` splits it). When a layer's ``dx``
@@ -17,7 +20,7 @@ below passes no gradient where the tied values are zero), the row is *absorbed*,
 from __future__ import annotations
 
 import functools
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -76,8 +79,10 @@ def _inexact_leaves(tree):
 
 
 def sweep(layers: tuple, loss, params, x, target, state, key, train: bool, rtol: float,
-          prefix: str = "") -> Tuple[Tuple[LeafCheck, ...], Optional[str]]:
-    """Rows of every layer's own check, and the label of the layer the failure is pinned to (``None``: none fails)."""
+          prefix: str = "") -> Tuple[Tuple[LeafCheck, ...], Optional[str], Dict[str, str]]:
+    """Rows of every layer's own check, the label of the layer the failure is pinned to (``None``: none fails),
+    and the blame: ``{row label: culprit}`` for the rows whose own check passes below a failing ``dx`` (the
+    model's input as :data:`bpjax.gradcheck.report.INPUT`)."""
     n = len(layers)
     manual, vjps, (d, d_ref), residuals, inputs, incoming = _program(layers, loss, train, params, x, target,
                                                                       state, key)
@@ -108,18 +113,41 @@ def sweep(layers: tuple, loss, params, x, target, state, key, train: bool, rtol:
                               failed=() if c.agree else ("reference",),
                               backward=paths.whose_backward(layers[i]) if i < n else report.HAND_WRITTEN))
     if not failing:
-        return tuple(rows), None
+        return tuple(rows), None, {}
     worst = max(failing)
+    inner_blame: Dict[str, str] = {}
     if worst == n:
-        return tuple(rows), f"loss {loss.name}"
-    pinned = f"{prefix}serial[{worst}] {layers[worst].name}"
-    if layers[worst].kind == "serial" and paths.per_child(layers[worst], params[worst]):
-        inner, deeper = sweep(layers[worst].children, None, params[worst], inputs[worst], incoming[worst],
-                              _per_layer(state, n)[worst], split_key(key, n)[worst], train, rtol,
-                              f"{prefix}serial[{worst}] ")
-        rows += list(inner)
-        pinned = deeper or pinned
-    return tuple(rows), pinned
+        pinned = f"loss {loss.name}"
+    else:
+        pinned = f"{prefix}serial[{worst}] {layers[worst].name}"
+        if layers[worst].kind == "serial" and paths.per_child(layers[worst], params[worst]):
+            inner, deeper, inner_blame = sweep(layers[worst].children, None, params[worst], inputs[worst],
+                                               incoming[worst], _per_layer(state, n)[worst],
+                                               split_key(key, n)[worst], train, rtol, f"{prefix}serial[{worst}] ")
+            rows += list(inner)
+            pinned = deeper or pinned
+    own = [(i, what, row) for (i, what, *_), row in zip(entries, rows)]
+    return tuple(rows), pinned, {**_blame(own, layers, worst, pinned, prefix), **inner_blame}
+
+
+def _blame(own, layers, worst: int, pinned: str, prefix: str) -> Dict[str, str]:
+    """``{label: culprit}`` of the passing rows below a layer whose own ``dx`` fails: the nearest such layer above.
+
+    ``own``: ``(layer index, "loss" | "param" | "input", row)`` of this level's rows. Going backward, the
+    cotangent a layer receives is wrong from the first failing ``dx`` (or ``dpred``) on; a row whose own
+    check passes under it is wrong only through that cotangent.
+    """
+    culprit = pinned if worst == len(layers) else None  # a wrong dpred reaches every layer
+    blame: Dict[str, str] = {}
+    for i in reversed(range(len(layers))):
+        mine = [(what, row) for j, what, row in own if j == i]
+        if culprit:
+            blame.update({row.label: culprit for what, row in mine if what == "param" and row.ok})
+            if i == 0 and not prefix and all(row.ok for what, row in mine if what == "input"):
+                blame[report.INPUT] = culprit
+        if any(row.verdict == report.MANUAL_WRONG for what, row in mine if what == "input"):
+            culprit = pinned if i == worst else f"{prefix}serial[{i}] {layers[i].name}"
+    return blame
 
 
 def _absorbed(below, params, residuals, i, manual_dx, vjp_dx, atol) -> bool:
