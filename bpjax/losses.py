@@ -15,9 +15,10 @@ turned into a Loss with :func:`as_loss`; its gradient then comes from ``jax.grad
   predictions is refused: ``pred - target`` would broadcast to ``(B, B)``).
 - ``softmax_cross_entropy``: logits ``(B, C)`` against integer labels ``(B,)`` in ``[0, C)`` or
   non-negative finite weights ``(B, C)``; ``L = -mean_i sum_c y_ic log softmax(z_i)_c``; fused backward
-  ``dz = (softmax(z) sum_c y_ic - y) / B``. Rows of ``y`` need not sum to 1: a row is a distribution
-  times its weight ``sum_c y_ic`` (label smoothing, per-example weights, an all-zero row for a masked
-  example), so no normalisation is imposed and none is checked.
+  ``dz = (softmax(z) sum_c y_ic - y) / B`` (labels stand for one-hot rows, never formed). Rows of
+  ``y`` need not sum to 1: a row is a distribution times its weight ``sum_c y_ic`` (label smoothing,
+  per-example weights, an all-zero row for a masked example), so no normalisation is imposed and
+  none is checked.
 - ``binary_cross_entropy``: from logits, mean over all elements;
   ``L = mean(max(z, 0) - t z + log1p(exp(-|z|)))`` (``= softplus(z) - t z``, without its cancellation);
   ``dz = (sigmoid(z) - t) / N``. Targets in ``[0, 1]`` of the logits' shape, float or integer/bool 0/1
@@ -239,7 +240,7 @@ mse = _loss("mse", _mse_validate, _mse)
 
 
 def _xent_validate(target, pred_shape, dtype):
-    """Integer labels ``(B,)`` become one-hot rows; float targets ``(B, C)`` pass as they are."""
+    """Integer labels ``(B,)`` pass as class ids (no one-hot matrix); float targets ``(B, C)`` in ``dtype``."""
     where = "softmax_cross_entropy"
     if len(pred_shape) != 2:
         raise errors.BpjaxError(where, f"expected rank-2 logits (B, C), got shape {tuple(pred_shape)}")
@@ -260,9 +261,7 @@ def _xent_validate(target, pred_shape, dtype):
                                 "labels must lie in [0, {C}), got min {lo} and max {hi}",
                                 C=C, **({"lo": xp.min(target), "hi": xp.max(target)} if target.size else
                                         {"lo": "none", "hi": "none"}))
-        if xp is np:  # one-hot rows by numpy: no XLA program to compile for a concrete batch
-            return np.eye(C, dtype=dtype)[target], ok
-        return jax.nn.one_hot(target, C, dtype=dtype), ok
+        return target, ok
     if shape != (B, C):
         hint = " (float labels? integer class ids must have an integer dtype)" if shape == (B,) else ""
         raise errors.BpjaxError(where, f"float targets must be probabilities of shape {(B, C)} like the "
@@ -276,10 +275,13 @@ def _xent_validate(target, pred_shape, dtype):
 
 
 def _xent(z, y, grad=True):
-    # L = -mean_i sum_c y_ic logp_ic, a sum of terms >= 0; logp accurate in every entry (log_softmax_parts)
-    B = z.shape[0]
+    # L = -mean_i sum_c y_ic logp_ic, a sum of terms >= 0; logp accurate in every entry (log_softmax_parts).
+    # y: weights (B, C), or integer labels (B,) standing for y = onehot(labels) without forming it:
+    # L = -mean_i logp[i, labels_i]
+    B, C = z.shape
+    labels = jnp.issubdtype(jnp.result_type(y), jnp.integer)
     logp, top, rest = log_softmax_parts(z)
-    value = -jnp.sum(y * logp) / B
+    value = -jnp.sum(jnp.take_along_axis(logp, y[:, None], axis=-1) if labels else y * logp) / B
     if not grad:
         return value
     # dL/dz = (p S - y) / B, S = sum_c y_c (fused), written p (S - y) - y (1 - p): two terms of fixed sign,
@@ -287,6 +289,8 @@ def _xent(z, y, grad=True):
     # right answer: p - 1 = 0 there, the true value is -rest); elsewhere p <= 1/2 and 1 - p is exact enough
     p = jnp.exp(logp)
     q = jnp.where(top, rest / (1 + rest), 1 - p)
+    if labels:  # y = onehot(labels), S = 1: dz = p off the label, -(1 - p) at it (the same floats as above)
+        return value, jnp.where(jnp.arange(C) == y[:, None], -q, p) / B
     return value, (p * (jnp.sum(y, axis=-1, keepdims=True) - y) - y * q) / B
 
 

@@ -106,7 +106,29 @@ def test_integer_and_onehot_targets_agree():
     a = losses.softmax_cross_entropy.value_and_grad(z, y)
     b = losses.softmax_cross_entropy.value_and_grad(z, jax.nn.one_hot(y, C))
     np.testing.assert_allclose(a[0], b[0], rtol=1e-6)
-    np.testing.assert_allclose(a[1], b[1], rtol=1e-6, atol=1e-8)
+    np.testing.assert_array_equal(a[1], b[1])  # op by op too, the same floats (see the test below)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_integer_labels_give_the_one_hot_gradient_bit_for_bit(dtype):
+    # Integer labels take dz = p off the label and -(1 - p) at it, with no one-hot matrix; one-hot float targets
+    # take (p (S - y) - y (1 - p)) / B, which is those same floats for S = 1 (p * 1, 0 * q, p * 0 are exact). The
+    # value sums the B label terms in another order than the B*C products: equal to a few roundoffs.
+    with jax.enable_x64(dtype == jnp.float64):
+        rng = np.random.default_rng(3)
+        # scale 3 to 30 per row: confident rows too, where p rounds to 1 at the top and 1 - p = rest / (1 + rest)
+        z = jnp.asarray(np.linspace(3, 30, 32)[:, None] * rng.standard_normal((32, 64)), dtype)
+        y = jnp.asarray(np.where(np.arange(32) % 2, rng.integers(0, 64, 32), np.argmax(z, 1)), jnp.int32)
+        (v, dz), (v1, dz1) = _xent_both_targets(z, y)  # half the labels at the row's maximum
+        np.testing.assert_array_equal(dz, dz1)
+        assert dz.dtype == dz1.dtype == dtype
+        np.testing.assert_allclose(v, v1, rtol=8 * float(jnp.finfo(dtype).eps))
+
+
+@jax.jit
+def _xent_both_targets(z, y):
+    return (losses.softmax_cross_entropy.value_and_grad(z, y),
+            losses.softmax_cross_entropy.value_and_grad(z, jax.nn.one_hot(y, z.shape[1], dtype=z.dtype)))
 
 
 def test_fused_cross_entropy_backward_is_softmax_minus_y():
