@@ -63,6 +63,14 @@ def initializer(init: Initializer, stddev: float = 1.0) -> InitFn:
 
     Raises:
       BpjaxError: ``init`` is neither a known name nor a callable (the message lists the names).
+
+    Examples:
+      >>> init = L.initializer("he_normal")
+      >>> W = init(jax.random.key(0), (3, 4), jnp.float32)
+      >>> W.shape, W.dtype
+      ((3, 4), dtype('float32'))
+      >>> L.initializer("ones")(jax.random.key(0), (2,), jnp.float32).tolist()
+      [1.0, 1.0]
     """
     if callable(init):
         return init

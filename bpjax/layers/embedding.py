@@ -33,6 +33,13 @@ def Embedding(vocab: int, features: int, *, init: Initializer = "normal", stddev
       stddev: standard deviation for ``init="normal"``.
       dtype: dtype of ``E``; default the canonical float (float32, or float64 with x64 on).
       name: display name (default ``Embedding(vocab, features)``).
+
+    Examples:
+      >>> layer = L.Embedding(10, 4)                               # 10 ids, vectors of 4
+      >>> out_shape, params = layer.init(jax.random.key(0), (5,))  # a sequence of 5 ids
+      >>> y, _ = layer.forward(params, jnp.array([[1, 2, 3, 2, 9]]))
+      >>> out_shape, params["E"].shape, y.shape
+      ((5, 4), (10, 4), (1, 5, 4))
     """
     vocab = errors.positive_int("Embedding", "vocab", vocab)
     features = errors.positive_int("Embedding", "features", features)

@@ -187,6 +187,15 @@ def SimpleRNN(features: int, *, return_sequences: bool = True, init: Initializer
       unroll: time steps per loop iteration of both scans (a speed knob; the result is the same).
       dtype: parameter dtype; default the canonical float.
       name: display name (default ``SimpleRNN(H)``).
+
+    Examples:
+      >>> layer = L.SimpleRNN(5)
+      >>> out_shape, params = layer.init(jax.random.key(0), (7, 3))     # (T, D)
+      >>> y, _ = layer.forward(params, jnp.ones((2, 7, 3)))
+      >>> out_shape, y.shape
+      ((7, 5), (2, 7, 5))
+      >>> L.SimpleRNN(5, return_sequences=False).init(jax.random.key(0), (7, 3))[0]
+      (5,)
     """
     return _recurrent(CELLS["SimpleRNN"], features, return_sequences, init, recurrent_init, None, unroll, dtype,
                       name)
@@ -204,6 +213,13 @@ def GRU(features: int, *, return_sequences: bool = True, init: Initializer | Non
     Params: ``Wx: (D, 3H)``, ``Wh: (H, 3H)``, ``b: (3H,) = [br | bz | bxn]`` and ``bhn: (H,)``
     (PyTorch's ``b_ih + b_hh`` for r and z folded into one bias), all ``~ U(-1/sqrt(H), 1/sqrt(H))``
     by default. Arguments as for :func:`SimpleRNN`.
+
+    Examples:
+      >>> layer = L.GRU(5)
+      >>> out_shape, params = layer.init(jax.random.key(0), (7, 3))     # (T, D)
+      >>> y, _ = layer.forward(params, jnp.ones((2, 7, 3)))
+      >>> out_shape, params["Wx"].shape, y.shape
+      ((7, 5), (3, 15), (2, 7, 5))
     """
     return _recurrent(CELLS["GRU"], features, return_sequences, init, recurrent_init, None, unroll, dtype, name)
 
@@ -224,6 +240,13 @@ def LSTM(features: int, *, return_sequences: bool = True, init: Initializer | No
         and Keras' ``unit_forget_bias``); ``None`` keeps the initial draw (PyTorch's uniform one, or
         zero with ``init=``).
       Others as for :func:`SimpleRNN`.
+
+    Examples:
+      >>> layer = L.LSTM(5)
+      >>> out_shape, params = layer.init(jax.random.key(0), (7, 3))     # (T, D)
+      >>> y, _ = layer.forward(params, jnp.ones((2, 7, 3)))
+      >>> out_shape, params["Wx"].shape, y.shape
+      ((7, 5), (3, 20), (2, 7, 5))
     """
     return _recurrent(CELLS["LSTM"], features, return_sequences, init, recurrent_init, forget_bias, unroll, dtype,
                       name)
@@ -243,6 +266,13 @@ def Bidirectional(rnn: Layer, *, name: str | None = None) -> Layer:
 
     (the backward copy's last state is the one after reading ``x_0``). Backward: split ``dy``,
     un-reverse and run each copy's backward, and add the two ``dx`` (re-reversing the second).
+
+    Examples:
+      >>> layer = L.Bidirectional(L.GRU(5))
+      >>> out_shape, params = layer.init(jax.random.key(0), (7, 3))
+      >>> y, _ = layer.forward(params, jnp.ones((2, 7, 3)))
+      >>> out_shape, sorted(params), y.shape
+      ((7, 10), ['bwd', 'fwd'], (2, 7, 10))
     """
     if not isinstance(rnn, Layer):
         raise errors.BpjaxTypeError("Bidirectional", f"expected a bpjax Layer such as GRU(6), got "
