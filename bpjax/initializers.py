@@ -50,7 +50,9 @@ INITS = {
     "lecun_uniform": ("uniform", "fan_in", 1.0),
     "lecun_normal": ("normal", "fan_in", 1.0),
 }
+"""The fan-scaled initialisers: name -> (distribution, fan mode, variance scale), ``Var[W] = scale / fan``."""
 FAN_FREE = ("normal", "orthogonal", "ones", "zeros")
+"""The initialisers that ignore the fans."""
 
 
 def initializer(init: Initializer, stddev: float = 1.0) -> InitFn:

@@ -38,6 +38,7 @@ __all__ = ["BACKWARD_RULES", "DFA", "angle", "feedback_angles", "gradient_angles
 
 
 BACKWARD_RULES = ("exact", "feedback_alignment", "sign_symmetry")
+"""The names a layer's ``backward_rule`` takes (:func:`bpjax.layers.Dense`, ``Conv1D``, ``Conv2D``)."""
 
 
 def sign_feedback(W: jax.Array) -> jax.Array:

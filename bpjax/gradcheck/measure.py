@@ -22,7 +22,9 @@ from bpjax.gradcheck.report import Tolerance
 
 RTOL = {jnp.dtype("float64"): 1e-10, jnp.dtype("float32"): 1e-4, jnp.dtype("bfloat16"): 2e-2,
         jnp.dtype("float16"): 5e-3}
+"""The default tolerance of the hand-written gradient against the reference, by the model's dtype (``rtol=``)."""
 FLOOR = 1e-2
+"""A leaf's error is measured against at least this fraction of the largest gradient entry (the scale floor)."""
 
 _RTOL_REASON = {
     "float64": "both gradients are exact up to roundoff (~1e-16 per operation) summed in different orders",

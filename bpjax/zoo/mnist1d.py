@@ -7,7 +7,9 @@ from bpjax.combinators import serial
 from bpjax.core import Layer
 
 N_CLASSES = 10
+"""MNIST-1D's number of classes, the digits 0-9."""
 LENGTH = 40
+"""The length of an MNIST-1D signal: each example is ``(40,)``."""
 
 
 def AddChannel() -> Layer:
@@ -62,3 +64,4 @@ def mnist1d_gru(hidden: int = 6, classes: int = N_CLASSES) -> Layer:
 
 
 MODELS = {"logistic": logistic, "mlp": mnist1d_mlp, "cnn": mnist1d_cnn, "gru": mnist1d_gru}
+"""The MNIST-1D models by name, each a constructor of a :class:`bpjax.Layer` (``MODELS["mlp"]()``)."""
