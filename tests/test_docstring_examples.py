@@ -34,12 +34,6 @@ IMPORTS = "import jax, jax.numpy as jnp, numpy as np, optax, bpjax as bp\nfrom b
 EXEMPT = {
     "bpjax.train.initialize": "starts jax.distributed for a job of several processes; it runs once per process, "
                               "before any computation, so never inside another program's session",
-    "bpjax.train.process_local": "reads the slice of data that this process of a multi-process job owns; in one "
-                                 "process it returns the data unchanged, which shows nothing",
-    "bpjax.train.every_process": "gathers a value from every process of a multi-process job; in one process it "
-                                 "is the identity, which shows nothing",
-    "bpjax.zoo.load_gpt2": "reads a GPT-2 checkpoint from Hugging Face's files (hundreds of MB), not at hand in a "
-                           "doctest; save_gpt2's example writes and reads back a small one",
 }
 
 
