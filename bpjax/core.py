@@ -99,7 +99,8 @@ class Layer(NamedTuple):
 
 
 def check_model(model, where: str = "model") -> Layer:
-    """``model`` itself when it is a :class:`Layer`; a :class:`BpjaxTypeError` naming ``where`` otherwise."""
+    """``model`` itself when it is a :class:`Layer`; a :class:`~bpjax.errors.BpjaxTypeError` naming ``where``
+    otherwise."""
     if not isinstance(model, Layer):
         hint = (" (a JAX function apply(params, x) -> y becomes a layer with bp.layers.Autodiff(apply, init))"
                 if callable(model) else "")
@@ -131,7 +132,7 @@ def is_contextual(layer: Layer) -> bool:
 
 def check_state(where: str, model: Layer, state, fix: str = "state=bp.init_state(model, key, input_shape)"):
     """``state`` as given, ``()`` for a simple model given none; a contextual model given none is a
-    :class:`BpjaxError` naming ``where``, the model and ``fix``."""
+    :class:`~bpjax.errors.BpjaxError` naming ``where``, the model and ``fix``."""
     if state is not None:
         return state
     if is_contextual(model):

@@ -28,8 +28,8 @@ from bpjax.core import Layer, backward_of, check_model, check_state, forward_of,
 from bpjax.losses import Loss, as_loss
 
 BACKWARDS = ("manual", "autodiff")
-"""The ``backward=`` choices of :func:`bpjax.value_and_grad` and :func:`bpjax.train.make_step`: the
-hand-written backward, or ``jax.grad``'s."""
+"""The ``backward=`` choices of :func:`bpjax.value_and_grad` and :func:`bpjax.train.make_step`, the
+hand-written backward (``"manual"``) or ``jax.grad``'s (``"autodiff"``)."""
 
 
 def check_backward(where: str, backward: str) -> str:

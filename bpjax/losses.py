@@ -362,7 +362,7 @@ def _bce(z, t, grad=True):
 
 
 binary_cross_entropy = _loss("binary_cross_entropy", _bce_validate, _bce)
-"""Binary cross-entropy from logits, the mean over all ``N`` elements: ``L = mean(softplus(z) - t z)``.
+"""Binary cross-entropy from logits, ``L = mean(softplus(z) - t z)`` over all ``N`` elements.
 
 Backward ``dz = (sigmoid(z) - t) / N``. Targets in ``[0, 1]`` of the logits' shape, float or integer/bool 0/1.
 

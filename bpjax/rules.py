@@ -56,7 +56,7 @@ def sign_feedback(W: jax.Array) -> jax.Array:
 
 
 def rule_tag(where: str, backward_rule: str) -> str:
-    """Check ``backward_rule`` (raising a :class:`BpjaxError` naming ``where``); its tag for layer names.
+    """Check ``backward_rule`` (raising a :class:`~bpjax.errors.BpjaxError` naming ``where``); its tag for layer names.
 
     Examples:
       >>> bp.rules.rule_tag("Dense", "exact"), bp.rules.rule_tag("Dense", "feedback_alignment")

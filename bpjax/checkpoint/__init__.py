@@ -81,7 +81,7 @@ __all__ = ["BACKENDS", "FORMAT", "FORMAT_VERSION", "DamagedCheckpointWarning", "
            "StaleLockWarning", "read_metadata", "restore", "save", "spans_processes"]
 
 BACKENDS = ("npz", "orbax")
-"""The ``backend=`` choices of :func:`save`: one ``.npz`` file, or orbax's sharded directory."""
+"""The ``backend=`` choices of :func:`save`, one ``.npz`` file (``"npz"``) or orbax's sharded directory."""
 
 
 class PlainTreeWarning(UserWarning):

@@ -131,7 +131,7 @@ def MultiHeadSelfAttention(num_heads: int, *, head_dim: int | None = None, causa
       causal: mask future positions (query ``t`` sees keys ``j <= t``).
       bias: add the biases ``bq, bk, bv, bo``.
       dropout: drop probability of the attention probabilities ``p`` in training, in ``[0, 1)``.
-      init: initialiser of the weight matrices (a name from :mod:`bpjax.initializers` or a
+      init: initialiser of the weight matrices (a name from :func:`bpjax.layers.initializer` or a
         callable); biases start at zero.
       stddev: standard deviation for ``init="normal"`` (GPT-2 uses 0.02).
       out_init: initialiser of the output projection ``Wo`` (default ``init``; GPT-2 draws it with

@@ -73,7 +73,7 @@ def padding_arg(where: str, padding, n: int):
 def window_geometry(where: str, sizes, k_eff, stride, padding):
     """Pads ``((lo, hi), ...)`` and output sizes for windows ``k_eff`` moved by ``stride`` over ``sizes``.
 
-    Raises a :class:`BpjaxError` naming ``where`` when a window is bigger than the padded input.
+    Raises a :class:`~bpjax.errors.BpjaxError` naming ``where`` when a window is bigger than the padded input.
     """
     if padding == "VALID":
         pads = ((0, 0),) * len(sizes)
@@ -289,7 +289,7 @@ def Conv1D(features: int, kernel_size: IntOrTuple, *, stride: IntOrTuple = 1, pa
       groups: ``C_in`` and ``features`` split into ``groups`` blocks; block ``g`` of the output sees
         only block ``g`` of the input (``groups = C_in`` is a depthwise convolution).
       bias: add ``b`` (params are ``{"W"}`` only when False).
-      init: weight initialiser (a name from :mod:`bpjax.initializers` or a callable; fan-in
+      init: weight initialiser (a name from :func:`bpjax.layers.initializer` or a callable; fan-in
         ``K * C_in // groups``); biases start at zero.
       stddev: standard deviation for ``init="normal"`` (and ``feedback_init="normal"``).
       dtype: parameter dtype (default the canonical float: float32, or float64 with x64 on).

@@ -26,7 +26,7 @@ def Dense(features: int, *, init: Initializer = "glorot_uniform", stddev: float 
 
     Args:
       features: output width.
-      init: weight initialiser name (see :mod:`bpjax.initializers`) or callable; biases start at zero.
+      init: weight initialiser name (see :func:`bpjax.layers.initializer`) or callable; biases start at zero.
       stddev: standard deviation for ``init="normal"``.
       bias: whether to add ``b`` (params are ``{"W"}`` only when False).
       dtype: parameter dtype; default the canonical float (float32, or float64 with x64 on).

@@ -22,7 +22,7 @@ def Embedding(vocab: int, features: int, *, init: Initializer = "normal", stddev
     receives the sum of its k cotangent rows); the ids are integers, so ``dx`` is a ``float0``
     zeros array of ``ids``'s shape (JAX's cotangent type for integer inputs).
 
-    Out-of-range ids raise a :class:`BpjaxError` on concrete arrays; under ``jit`` they go through
+    Out-of-range ids raise a :class:`~bpjax.errors.BpjaxError` on concrete arrays; under ``jit`` they go through
     ``checkify`` in bpjax's training step, or else turn the output into NaN.
 
     Args:

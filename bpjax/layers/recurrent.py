@@ -8,7 +8,7 @@ The bias of the input projection is ``b``, as in every layer; GRU's second bias 
 ``r * (h Whn + bhn)``, where it cannot fold into ``b``) keeps its own name.
 
 Initialisation: by default PyTorch's, every weight and bias ``~ U(-1/sqrt(H), 1/sqrt(H))``. With
-``init=`` (a name from :mod:`bpjax.initializers` or a callable) ``Wx`` and ``Wh`` are drawn by it
+``init=`` (a name from :func:`bpjax.layers.initializer` or a callable) ``Wx`` and ``Wh`` are drawn by it
 and the biases start at zero; ``recurrent_init=`` then draws each ``(H, H)`` gate block of ``Wh``
 (``"orthogonal"``: an orthogonal map per gate).
 
@@ -234,12 +234,12 @@ def LSTM(features: int, *, return_sequences: bool = True, init: Initializer | No
         h' = o * tanh(c')
 
     Params: ``Wx: (D, 4H)``, ``Wh: (H, 4H)``, ``b: (4H,)``, all ``~ U(-1/sqrt(H), 1/sqrt(H))`` by default.
+    The arguments other than ``forget_bias`` are as for :func:`SimpleRNN`.
 
     Args:
       forget_bias: initial value of the forget-gate bias ``b[H:2H]`` (1.0 as Jozefowicz et al. 2015
         and Keras' ``unit_forget_bias``); ``None`` keeps the initial draw (PyTorch's uniform one, or
         zero with ``init=``).
-      Others as for :func:`SimpleRNN`.
 
     Examples:
       >>> layer = L.LSTM(5)

@@ -28,7 +28,7 @@ __all__ = ["BACKWARDS", "as_transformation", "make_step", "step_function"]
 
 def as_transformation(where: str, optimizer) -> optax.GradientTransformation:
     """``optimizer`` as an optax ``GradientTransformation``: itself, or an ``optax.MultiSteps``'s
-    ``gradient_transformation()``; anything else is a :class:`BpjaxTypeError` (``optax.adam(1e-3)``, not
+    ``gradient_transformation()``; anything else is a :class:`~bpjax.errors.BpjaxTypeError` (``optax.adam(1e-3)``, not
     ``optax.adam``)."""
     if isinstance(optimizer, optax.GradientTransformation):
         return optimizer

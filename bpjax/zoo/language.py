@@ -92,7 +92,7 @@ def _token_xent_check(targets, pred_shape):
 
 token_cross_entropy = losses.Loss(_token_xent_value, _token_xent_value_and_grad, "token_cross_entropy",
                                   _token_xent_check)
-"""Next-token cross-entropy of a language model, nats per token: ``logits: (B, T, V)``, ``targets: (B, T)``.
+"""Next-token cross-entropy of a language model in nats per token, of ``logits: (B, T, V)`` and ``targets: (B, T)``.
 
 ``L = -mean_{b,t} log softmax(logits[b, t])[targets[b, t]]``, the mean over all ``B*T`` positions; its
 backward is :data:`bpjax.losses.softmax_cross_entropy`'s fused ``dz = (softmax(z) - onehot(y)) / (B*T)``.

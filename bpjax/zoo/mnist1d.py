@@ -9,7 +9,7 @@ from bpjax.core import Layer
 N_CLASSES = 10
 """MNIST-1D's number of classes, the digits 0-9."""
 LENGTH = 40
-"""The length of an MNIST-1D signal: each example is ``(40,)``."""
+"""The length of an MNIST-1D signal; each example is ``(40,)``."""
 
 
 def AddChannel() -> Layer:
