@@ -10,6 +10,7 @@ taken from the string under its assignment, as the site shows it.
   (:data:`IMPORTS`), so an example reads on its own on its page. Examples print shapes, dtypes,
   ``round(float(x), 4)`` and booleans, never an array's repr (whose last digits vary with the machine and
   XLA's reduction order): an expected output holding ``Array(`` fails.
+- ``test_every_public_name_has_a_docstring``: every public name, constants included, has a docstring of its own.
 - ``test_every_public_function_has_an_example``: every public function and layer constructor (and every
   callable constant: the losses) has an ``Examples:`` section, except the few in :data:`EXEMPT`, each
   with its reason; an exemption that is no longer needed (the name has examples, or is gone) fails too.
@@ -90,6 +91,12 @@ def test_examples_run(module, name):
     runner = doctest.DocTestRunner(optionflags=FLAGS)
     result = runner.run(test, out=out.append, clear_globs=True)
     assert result.failed == 0, "".join(out)
+
+
+def test_every_public_name_has_a_docstring():
+    """A constant's is the string under its assignment (a ``dict`` or a ``Loss`` would show its type's)."""
+    missing = [qualified(m, n) for m, n in PUBLIC if not API.docstring(m, n).strip()]
+    assert not missing, f"public names without a docstring of their own: {missing}"
 
 
 def test_every_public_function_has_an_example():

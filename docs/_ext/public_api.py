@@ -60,11 +60,16 @@ def _attribute_docs(module_name: str) -> dict:
 
 
 def attribute_doc(module_name: str, name: str) -> str:
-    """The docstring under the assignment of ``module_name.name``, in that module or the submodule that assigns the
-    same object ("" without one)."""
+    """The docstring under the assignment of ``module_name.name``, in that module or in the module of the same
+    package that assigns the same object (``bpjax.train.BACKWARDS`` is assigned in ``bpjax.grad``); "" without one."""
     value = getattr(importlib.import_module(module_name), name)
-    for m in sorted(sys.modules):  # the module itself, then its submodules
-        if (m == module_name or m.startswith(module_name + ".")) and vars(sys.modules[m]).get(name, None) is value:
+    package = module_name.split(".")[0]
+    def order(m):  # the module itself, its submodules, then the rest of the package
+        return m != module_name, not m.startswith(module_name + "."), m
+
+    for m in sorted((m for m in list(sys.modules) if m.split(".")[0] == package), key=order):
+        module = sys.modules.get(m)
+        if module is not None and vars(module).get(name, None) is value:
             doc = _attribute_docs(m).get(name)
             if doc:
                 return doc
