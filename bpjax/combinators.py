@@ -130,6 +130,14 @@ def serial(*layers: Layer, name: str | None = None) -> Layer:
     Args:
       *layers: the layers, first to last.
       name: shown in errors and reports; defaults to ``serial(Dense(100), Relu, ...)``.
+
+    Examples:
+      >>> model = bp.serial(L.Dense(8), L.Relu(), L.Dense(2))
+      >>> out_shape, params = model.init(jax.random.key(0), (3,))
+      >>> out_shape, len(params), bp.predict(model, params, jnp.ones((4, 3))).shape
+      ((2,), 3, (4, 2))
+      >>> model.name
+      'serial(Dense(8), Relu, Dense(2))'
     """
     layers = check_layers("serial", layers)
     n = len(layers)
@@ -194,6 +202,12 @@ def Residual(block: Layer, *, name: str | None = None) -> Layer:
         dx = dy + dx_block
 
     The block must keep the shape: ``input_shape -> input_shape``.
+
+    Examples:
+      >>> block = bp.Residual(bp.serial(L.Dense(3), L.Relu()))
+      >>> out_shape, params = block.init(jax.random.key(0), (3,))
+      >>> out_shape, bp.predict(block, params, jnp.ones((4, 3))).shape
+      ((3,), (4, 3))
     """
     check_layers("Residual", (block,))
     name = name or f"Residual({block.name})"
@@ -237,6 +251,13 @@ def parallel(*layers: Layer, name: str | None = None) -> Layer:
 
     Params, state and residuals are tuples with one entry per layer; ``input_shape`` is a tuple of
     ``n`` shapes. Backward: ``dparams_i, dx_i = layer_i.backward(params_i, residuals_i, dy_i)``.
+
+    Examples:
+      >>> model = bp.parallel(L.Dense(2), L.Dense(5))
+      >>> out_shape, params = model.init(jax.random.key(0), ((3,), (4,)))
+      >>> y0, y1 = bp.predict(model, params, (jnp.ones((6, 3)), jnp.ones((6, 4))))
+      >>> out_shape, y0.shape, y1.shape
+      (((2,), (5,)), (6, 2), (6, 5))
     """
     layers = check_layers("parallel", layers)
     n = len(layers)
@@ -284,7 +305,14 @@ def parallel(*layers: Layer, name: str | None = None) -> Layer:
 
 
 def fan_out(n: int) -> Layer:
-    """``x -> (x,) * n``; backward sums the branches' cotangents: ``dx = dy_0 + ... + dy_{n-1}``."""
+    """``x -> (x,) * n``; backward sums the branches' cotangents: ``dx = dy_0 + ... + dy_{n-1}``.
+
+    Examples:
+      >>> model = bp.serial(bp.fan_out(2), bp.parallel(L.Dense(4), L.Relu()))
+      >>> out_shape, params = model.init(jax.random.key(0), (3,))
+      >>> out_shape
+      ((4,), (3,))
+    """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise errors.BpjaxError("fan_out", f"n must be a positive int, got {n!r}")
     name = f"fan_out({n})"
@@ -311,7 +339,14 @@ def fan_out(n: int) -> Layer:
 
 
 def fan_in_sum() -> Layer:
-    """``(x_0, ..., x_{n-1}) -> x_0 + ... + x_{n-1}`` (equal shapes); backward ``dx_i = dy`` for every i."""
+    """``(x_0, ..., x_{n-1}) -> x_0 + ... + x_{n-1}`` (equal shapes); backward ``dx_i = dy`` for every i.
+
+    Examples:
+      >>> branches = bp.serial(bp.fan_out(2), bp.parallel(L.Dense(4), L.Dense(4)), bp.fan_in_sum())
+      >>> out_shape, params = branches.init(jax.random.key(0), (3,))
+      >>> out_shape, bp.predict(branches, params, jnp.ones((2, 3))).shape
+      ((4,), (2, 4))
+    """
     name = "fan_in_sum"
 
     def init(key, input_shape):
@@ -343,6 +378,12 @@ def fan_in_concat(axis: int = -1) -> Layer:
 
     ``x_i: (B, ..., d_i, ...) -> y: (B, ..., d_0 + ... + d_{n-1}, ...)``; backward splits ``dy``
     back into pieces of sizes ``d_i`` along ``axis``.
+
+    Examples:
+      >>> branches = bp.serial(bp.fan_out(2), bp.parallel(L.Dense(4), L.Dense(5)), bp.fan_in_concat())
+      >>> out_shape, params = branches.init(jax.random.key(0), (3,))
+      >>> out_shape, bp.predict(branches, params, jnp.ones((2, 3))).shape
+      ((9,), (2, 9))
     """
     if isinstance(axis, bool) or not isinstance(axis, int) or axis == 0:
         raise errors.BpjaxError("fan_in_concat", f"axis must be a non-batch axis (an int other than 0), got {axis!r}")

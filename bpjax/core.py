@@ -99,7 +99,8 @@ class Layer(NamedTuple):
 
 
 def check_model(model, where: str = "model") -> Layer:
-    """``model`` itself when it is a :class:`Layer`; a :class:`BpjaxTypeError` naming ``where`` otherwise."""
+    """``model`` itself when it is a :class:`Layer`; a :class:`~bpjax.errors.BpjaxTypeError` naming ``where``
+    otherwise."""
     if not isinstance(model, Layer):
         hint = (" (a JAX function apply(params, x) -> y becomes a layer with bp.layers.Autodiff(apply, init))"
                 if callable(model) else "")
@@ -118,13 +119,20 @@ def split_key(key: Optional[PRNGKey], n: int) -> list:
 
 
 def is_contextual(layer: Layer) -> bool:
-    """True when ``layer`` keeps state or draws random numbers (its ``init_state`` is set)."""
+    """True when ``layer`` keeps state or draws random numbers (its ``init_state`` is set).
+
+    Examples:
+      >>> bp.is_contextual(L.Dense(4)), bp.is_contextual(L.Dropout(0.5))
+      (False, True)
+      >>> bp.is_contextual(bp.serial(L.Dense(4), L.BatchNorm()))       # a container is when a child is
+      True
+    """
     return layer.init_state is not None
 
 
 def check_state(where: str, model: Layer, state, fix: str = "state=bp.init_state(model, key, input_shape)"):
     """``state`` as given, ``()`` for a simple model given none; a contextual model given none is a
-    :class:`BpjaxError` naming ``where``, the model and ``fix``."""
+    :class:`~bpjax.errors.BpjaxError` naming ``where``, the model and ``fix``."""
     if state is not None:
         return state
     if is_contextual(model):
@@ -133,7 +141,14 @@ def check_state(where: str, model: Layer, state, fix: str = "state=bp.init_state
 
 
 def init_state(layer: Layer, key: PRNGKey, input_shape: Shape) -> State:
-    """The initial non-trained state of ``layer`` (``()`` for a simple layer)."""
+    """The initial non-trained state of ``layer`` (``()`` for a simple layer).
+
+    Examples:
+      >>> model = bp.serial(L.Dense(4), L.BatchNorm(), L.Dropout(0.5))
+      >>> state = bp.init_state(model, jax.random.key(0), (3,))
+      >>> jax.tree.map(jnp.shape, state)
+      ((), {'mean': (4,), 'var': (4,)}, ())
+    """
     if layer.init_state is None:
         return ()
     return contract.init_output(layer.name, layer.init_state(key, input_shape))[1]
@@ -185,6 +200,13 @@ def apply(layer: Layer, params: Params, x: Array, *, state: State = (), key: Opt
     layer's output is checked against the contract (:mod:`bpjax.contract`); a contextual layer's
     ``key`` must be a PRNG key or ``None`` (:func:`bpjax.errors.check_key`). The public form of
     :func:`forward_of`.
+
+    Examples:
+      >>> layer = L.Dense(2)
+      >>> _, params = layer.init(jax.random.key(0), (3,))
+      >>> y, residuals, state = bp.apply(layer, params, jnp.ones((4, 3)))
+      >>> y.shape, residuals.shape, state
+      ((4, 2), (4, 3), ())
     """
     if is_contextual(layer):
         errors.check_key(layer.name, key)

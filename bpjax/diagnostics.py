@@ -34,7 +34,13 @@ def _norms(tree):
 
 
 def activation_stats(a: jax.Array) -> dict:
-    """Statistics of one layer output ``a: (B, ...)``: mean, std, zero fraction, dead-unit fraction."""
+    """Statistics of one layer output ``a: (B, ...)``: mean, std, zero fraction, dead-unit fraction.
+
+    Examples:
+      >>> stats = bp.diagnostics.activation_stats(jnp.array([[0.0, 1.0], [0.0, 3.0]]))
+      >>> {name: round(float(v), 4) for name, v in stats.items()}
+      {'mean': 1.0, 'std': 1.2247, 'zero_fraction': 0.5, 'dead_fraction': 0.5}
+    """
     zero = a == 0
     return {"mean": jnp.mean(a), "std": jnp.std(a), "zero_fraction": jnp.mean(zero),
             "dead_fraction": jnp.mean(jnp.all(zero, axis=0))}
@@ -53,6 +59,14 @@ def diagnostics(model: Union[Layer, Sequence[Layer]], loss):
       ``fn(params, x, y, *, updates=None, state=None, key=None, train=True) -> dict`` with keys
       ``loss``, ``grad_norm``, ``param_norm``, ``update_ratio`` (only with ``updates``), and for a
       layer sequence ``activations`` and ``backprop_norm`` (tuples, one entry per layer).
+
+    Examples:
+      >>> layers = [L.Dense(4), L.Relu(), L.Dense(2)]
+      >>> _, params = bp.serial(*layers).init(jax.random.key(0), (3,))
+      >>> x, y = jnp.linspace(-1, 1, 24).reshape(8, 3), jnp.arange(8) % 2
+      >>> stats = bp.diagnostics.diagnostics(layers, bp.losses.softmax_cross_entropy)(params, x, y)
+      >>> sorted(stats), len(stats["activations"])
+      (['activations', 'backprop_norm', 'grad_norm', 'loss', 'param_norm'], 3)
     """
     layers = None
     if isinstance(model, (list, tuple)) and not isinstance(model, Layer):  # a Layer is a NamedTuple too
@@ -92,7 +106,12 @@ def diagnostics(model: Union[Layer, Sequence[Layer]], loss):
 
 
 def flatten(tree, prefix: str = "") -> dict:
-    """``{"grad_norm/0/W": float, ...}``: every leaf of a diagnostics pytree under a ``/``-joined path."""
+    """``{"grad_norm/0/W": float, ...}``: every leaf of a diagnostics pytree under a ``/``-joined path.
+
+    Examples:
+      >>> bp.diagnostics.flatten({"grad_norm": ({"W": jnp.float32(0.5)}, ())})
+      {'grad_norm/0/W': 0.5}
+    """
     out = {}
     for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
         keys = [str(getattr(k, "key", getattr(k, "idx", k))) for k in path]
@@ -104,6 +123,17 @@ def fit_callback(model, loss, x, y, log: list, *, state=None):
     """A ``callback`` for :func:`bpjax.train.fit` that appends ``{"step": s, **flatten(diagnostics)}`` to ``log``.
 
     Diagnostics are taken on the fixed batch ``(x, y)`` at the params after each chunk of steps.
+
+    Examples:
+      >>> model = bp.serial(L.Dense(4), L.Relu(), L.Dense(2))
+      >>> _, params = model.init(jax.random.key(0), (3,))
+      >>> x, y = jnp.linspace(-1, 1, 24).reshape(8, 3), jnp.arange(8) % 2
+      >>> log = []
+      >>> callback = bp.diagnostics.fit_callback(model, bp.losses.softmax_cross_entropy, x, y, log)
+      >>> _ = bp.train.fit(model, bp.losses.softmax_cross_entropy, optax.sgd(0.1), params, (x, y), steps=3,
+      ...                  batch_size=4, chunk_size=3, verbose=False, callback=callback)
+      >>> len(log), log[0]["step"], "grad_norm/0/W" in log[0]
+      (1, 3, True)
     """
     fn = jax.jit(diagnostics(model, loss))
 

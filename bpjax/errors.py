@@ -35,7 +35,15 @@ class BpjaxTypeError(BpjaxError, TypeError):
 
 @contextlib.contextmanager
 def context(prefix: str) -> Iterator[None]:
-    """Prefix ``prefix`` to the location of any :class:`BpjaxError` raised inside (e.g. ``serial[2]``)."""
+    """Prefix ``prefix`` to the location of any :class:`BpjaxError` raised inside (e.g. ``serial[2]``).
+
+    Examples:
+      >>> with bp.errors.context("serial[2]"):
+      ...     bp.errors.positive_int("Dense", "features", 0)
+      Traceback (most recent call last):
+      ...
+      bpjax.errors.BpjaxError: serial[2] Dense: features must be a positive int, got 0
+    """
     try:
         yield
     except BpjaxError as e:
@@ -45,11 +53,27 @@ def context(prefix: str) -> Iterator[None]:
 
 
 def shape_error(where: str, expected: str, x) -> BpjaxError:
+    """The :class:`BpjaxError` for an array of the wrong shape, naming ``where``, the ``expected`` shape and
+    ``x``'s; the caller raises it.
+
+    Examples:
+      >>> error = bp.errors.shape_error("Dense(4)", "(B, 3)", jnp.ones((2, 5)))
+      >>> isinstance(error, bp.BpjaxError), str(error)
+      (True, 'Dense(4): expected (B, 3), got an array of shape (2, 5)')
+    """
     return BpjaxError(where, f"expected {expected}, got an array of shape {tuple(np.shape(x))}")
 
 
 def check_floating(where: str, x, what: str = "input") -> None:
-    """Raise a TypeError unless ``x`` is a real floating-point array."""
+    """Raise a :class:`BpjaxTypeError` unless ``x`` is a real floating-point array.
+
+    Examples:
+      >>> bp.errors.check_floating("Dense(4)", jnp.ones((2, 3)))       # passes
+      >>> bp.errors.check_floating("Dense(4)", jnp.ones((2, 3), jnp.int32))
+      Traceback (most recent call last):
+      ...
+      bpjax.errors.BpjaxTypeError: Dense(4): expected a real floating-point input (float32/float64), got ...
+    """
     dtype = jnp.result_type(x)
     if not jnp.issubdtype(dtype, jnp.floating):
         raise BpjaxTypeError(where, f"expected a real floating-point {what} (float32/float64), got dtype {dtype}")
@@ -57,7 +81,15 @@ def check_floating(where: str, x, what: str = "input") -> None:
 
 def check_input_dtype(where: str, x, param, what: str = "params") -> None:
     """Raise a :class:`BpjaxTypeError` when the floating input ``x`` has another dtype than the layer's ``param``,
-    naming both dtypes and the fix (the layer's backward would otherwise return gradients of the input's dtype)."""
+    naming both dtypes and the fix (the layer's backward would otherwise return gradients of the input's dtype).
+
+    Examples:
+      >>> bp.errors.check_input_dtype("Dense(4)", jnp.ones((2, 3)), jnp.ones((3, 4)))   # passes
+      >>> bp.errors.check_input_dtype("Dense(4)", jnp.ones((2, 3), jnp.bfloat16), jnp.ones((3, 4)))
+      Traceback (most recent call last):
+      ...
+      bpjax.errors.BpjaxTypeError: Dense(4): input of dtype bfloat16 into params of dtype float32: ...
+    """
     xd, pd = jnp.result_type(x), jnp.result_type(param)
     if xd == pd or not (jnp.issubdtype(xd, jnp.floating) and jnp.issubdtype(pd, jnp.floating)):
         return
@@ -71,7 +103,15 @@ def check_input_dtype(where: str, x, param, what: str = "params") -> None:
 
 
 def check_ndim(where: str, x, ndims, what: str = "input") -> None:
-    """Raise unless ``x.ndim`` is one of ``ndims`` (an int or a tuple of ints)."""
+    """Raise unless ``x.ndim`` is one of ``ndims`` (an int or a tuple of ints).
+
+    Examples:
+      >>> bp.errors.check_ndim("Conv2D(4, 3)", jnp.ones((2, 8, 8, 1)), 4)   # passes
+      >>> bp.errors.check_ndim("Conv2D(4, 3)", jnp.ones((8, 8)), 4)
+      Traceback (most recent call last):
+      ...
+      bpjax.errors.BpjaxError: Conv2D(4, 3): expected a rank-4 input (batch axis first), got shape (8, 8)
+    """
     ndims = (ndims,) if isinstance(ndims, int) else tuple(ndims)
     if np.ndim(x) not in ndims:
         consecutive = len(ndims) > 2 and ndims == tuple(range(ndims[0], ndims[-1] + 1))
@@ -80,7 +120,16 @@ def check_ndim(where: str, x, ndims, what: str = "input") -> None:
 
 
 def check_tree_like(where: str, tree, like, what: str = "params") -> None:
-    """Raise unless ``tree`` has the structure and leaf shapes of ``like``."""
+    """Raise unless ``tree`` has the structure and leaf shapes of ``like``.
+
+    Examples:
+      >>> like = {"W": jnp.ones((3, 4)), "b": jnp.ones(4)}
+      >>> bp.errors.check_tree_like("Dense(4)", {"W": jnp.ones((3, 4)), "b": jnp.ones(4)}, like)   # passes
+      >>> bp.errors.check_tree_like("Dense(4)", {"W": jnp.ones((4, 3)), "b": jnp.ones(4)}, like)
+      Traceback (most recent call last):
+      ...
+      bpjax.errors.BpjaxError: Dense(4): params leaf ['W']: expected shape (3, 4), got (4, 3)
+    """
     s_tree, s_like = jax.tree.structure(tree), jax.tree.structure(like)
     if str(s_tree) != str(s_like):
         raise BpjaxError(where, f"{what} do not match the model: expected structure {s_like}, got {s_tree}")
@@ -95,6 +144,14 @@ def positive_int(where: str, what: str, value, upper=None) -> int:
 
     ``bool`` is refused (``True`` is an int to Python, never a width or a step count to bpjax); a
     non-int is a :class:`BpjaxTypeError`.
+
+    Examples:
+      >>> bp.errors.positive_int("Dense", "features", 4)
+      4
+      >>> bp.errors.positive_int("Dense", "features", 0)
+      Traceback (most recent call last):
+      ...
+      bpjax.errors.BpjaxError: Dense: features must be a positive int, got 0
     """
     want = f"in [1, {upper}]" if upper is not None else "a positive int"
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
@@ -111,6 +168,14 @@ def check_key(where: str, key, *, what: str = "key", allow_none: bool = True):
     naming ``where`` and ``what``: an int seed (``0``, ``np.int64(42)``) gets the fix in the message
     (silently turning ``0`` into ``jax.random.key(0)`` would give every layer seeded alike the same
     weights), an array of several keys is told to pick one.
+
+    Examples:
+      >>> bp.errors.check_key("Dropout", jax.random.key(0)) is not None
+      True
+      >>> bp.errors.check_key("Dropout", 0)
+      Traceback (most recent call last):
+      ...
+      bpjax.errors.BpjaxTypeError: Dropout: key must be a PRNG key, got the int 0: pass jax.random.key(0) ...
     """
     if key is None and allow_none:
         return None
@@ -136,7 +201,16 @@ def check_key(where: str, key, *, what: str = "key", allow_none: bool = True):
 
 def as_shape(where: str, input_shape) -> tuple:
     """``input_shape`` as a tuple: an int ``n`` is ``(n,)``; a tuple/list of positive ints, or of such
-    shapes (multi-input layers), passes; anything else is a :class:`BpjaxTypeError` naming ``where``."""
+    shapes (multi-input layers), passes; anything else is a :class:`BpjaxTypeError` naming ``where``.
+
+    Examples:
+      >>> bp.errors.as_shape("Dense.init", 3), bp.errors.as_shape("parallel.init", [(3,), (4, 2)])
+      ((3,), ((3,), (4, 2)))
+      >>> bp.errors.as_shape("Dense.init", (3, -1))
+      Traceback (most recent call last):
+      ...
+      bpjax.errors.BpjaxTypeError: Dense.init: input_shape must be a tuple of ints >= 1 (one example, no ...
+    """
     if isinstance(input_shape, (int, np.integer)) and not isinstance(input_shape, bool):
         input_shape = (input_shape,)
 
@@ -156,6 +230,15 @@ def init_arguments(where: str, key, input_shape, *, key_needed: bool = False) ->
     """``(key, input_shape)`` of an ``init`` or ``init_state`` call, checked (:func:`check_key`, :func:`as_shape`).
 
     ``key_needed``: the layer draws its parameters, so ``None`` is refused too, naming the layer.
+
+    Examples:
+      >>> key, shape = bp.errors.init_arguments("Dense(4).init", jax.random.key(0), 3, key_needed=True)
+      >>> shape
+      (3,)
+      >>> bp.errors.init_arguments("Dense(4).init", None, 3, key_needed=True)
+      Traceback (most recent call last):
+      ...
+      bpjax.errors.BpjaxTypeError: Dense(4).init: key must be a PRNG key (jax.random.key(seed)) for a ...
     """
     if key is None and key_needed:
         raise BpjaxTypeError(where, "key must be a PRNG key (jax.random.key(seed)) for a layer with parameters, "
@@ -168,6 +251,15 @@ def as_array(where: str, what: str, a):
     of numbers are converted; a tuple or list of arrays (the input of a multi-input model) is converted entry by
     entry. Anything else (a str, ragged lists, non-numeric values) is a :class:`BpjaxTypeError` naming ``where``
     and ``what``.
+
+    Examples:
+      >>> x = bp.errors.as_array("fit", "x", [[1.0, 2.0], [3.0, 4.0]])
+      >>> type(x).__name__, x.shape, x.dtype
+      ('ArrayImpl', (2, 2), dtype('float32'))
+      >>> bp.errors.as_array("fit", "x", "data.csv")
+      Traceback (most recent call last):
+      ...
+      bpjax.errors.BpjaxTypeError: fit: x must be an array (jax or numpy, or nested lists of numbers), ...
     """
     if isinstance(a, jax.Array):
         return a
@@ -195,6 +287,13 @@ def check_finite(where: str, what: str, x) -> None:
 
     Traced leaves pass: inside ``jit`` a NaN input gives a NaN loss and NaN gradients by itself (and
     bpjax's checked training step reports it through :func:`finite_leaves` and ``checkify``).
+
+    Examples:
+      >>> bp.errors.check_finite("fit", "x", jnp.ones((2, 3)))      # passes
+      >>> bp.errors.check_finite("fit", "x", jnp.array([[1.0], [jnp.nan]]))
+      Traceback (most recent call last):
+      ...
+      bpjax.errors.BpjaxError: fit: x contains NaN or Inf (1 entries, first at example 1); expected ...
     """
     for path, a in jax.tree_util.tree_leaves_with_path(x):
         if not is_concrete(a) or not jnp.issubdtype(jnp.result_type(a), jnp.inexact):
@@ -216,6 +315,10 @@ def finite_leaves(tree) -> jax.Array:
     """``(leaves,)`` bools, traced: whether each leaf of ``tree`` is finite (integer, bool and key leaves are).
 
     ``jnp.all(finite_leaves(tree))`` is the flag of a whole tree (True for an empty one).
+
+    Examples:
+      >>> bp.errors.finite_leaves({"W": jnp.ones(3), "b": jnp.array([jnp.inf])}).tolist()
+      [True, False]
     """
     leaves = jax.tree.leaves(tree)
     if not leaves:
@@ -225,7 +328,14 @@ def finite_leaves(tree) -> jax.Array:
 
 
 def is_concrete(x) -> bool:
-    """True when ``x`` holds known values (not a tracer inside jit/grad/vmap)."""
+    """True when ``x`` holds known values (not a tracer inside jit/grad/vmap).
+
+    Examples:
+      >>> bp.errors.is_concrete(jnp.ones(2))
+      True
+      >>> jax.jit(lambda x: print(bp.errors.is_concrete(x)))(jnp.ones(2))   # traced
+      False
+    """
     return not isinstance(x, jax.core.Tracer)
 
 
@@ -234,6 +344,12 @@ def array_module(x):
 
     Value checks on concrete data run in numpy: the same check in ``jax.numpy`` would compile a
     small XLA program for every new shape and dtype it meets.
+
+    Examples:
+      >>> bp.errors.array_module(jnp.ones(2)).__name__
+      'numpy'
+      >>> jax.jit(lambda x: print(bp.errors.array_module(x).__name__))(jnp.ones(2))
+      jax.numpy
     """
     if not is_concrete(x) or (isinstance(x, jax.Array) and not x.is_fully_addressable):
         return jnp
@@ -248,6 +364,13 @@ def check_value(where: str, ok, message: str, **fmt) -> "jax.Array | np.ndarray"
       thrown by the caller after the step.
     - Traced anywhere else (a user's own ``jax.jit``): the caller turns its result into NaN
       through the returned flag, so a bad input never yields a plausible but wrong number.
+
+    Examples:
+      >>> labels = np.array([0, 3, 1])
+      >>> bp.errors.check_value("loss", (labels < 3).all(), "expected labels below 3, got {n}", n=labels.max())
+      Traceback (most recent call last):
+      ...
+      bpjax.errors.BpjaxError: loss: expected labels below 3, got 3
     """
     if is_concrete(ok):
         if not bool(ok):
@@ -269,6 +392,12 @@ def poison(x, ok):
     ``g * where(ok, 1, nan)``, NaN too, so every gradient computed through a poisoned value (by
     ``jax.grad`` or by hand from a poisoned ``dpred``) is NaN, never a finite step from invalid data.
     A concrete passed check returns ``x`` untouched.
+
+    Examples:
+      >>> bp.errors.poison(jnp.float32(2.0), jnp.array(False)).item()
+      nan
+      >>> bp.errors.poison(jnp.float32(2.0), jnp.array(True)).item()
+      2.0
     """
     if is_concrete(ok) and bool(np.all(ok)):
         return x
@@ -282,6 +411,16 @@ def checked(fn):
     """``checkify.checkify(fn)`` with bpjax's value checks switched on while it is traced.
 
     Returns ``wrapped(*args) -> (error, out)``; :func:`throw` raises the first failure.
+
+    Examples:
+      >>> def f(x):
+      ...     ok = bp.errors.check_value("f", (x > 0).all(), "expected positive x")
+      ...     return bp.errors.poison(jnp.log(x), ok)
+      >>> error, y = jax.jit(bp.errors.checked(f))(jnp.array([1.0, -1.0]))
+      >>> bp.errors.throw(error)
+      Traceback (most recent call last):
+      ...
+      bpjax.errors.BpjaxError: f: expected positive x
     """
 
     def traced(*args, **kwargs):
@@ -295,7 +434,13 @@ def checked(fn):
 
 
 def throw(error) -> None:
-    """Raise the first failed check of a :func:`checked` function as a :class:`BpjaxError`."""
+    """Raise the first failed check of a :func:`checked` function as a :class:`BpjaxError`.
+
+    Examples:
+      >>> error, y = bp.errors.checked(lambda x: x + 1)(jnp.ones(2))
+      >>> bp.errors.throw(error) is None                             # no check failed
+      True
+    """
     message = error.get()
     if message:
         message = message.split(" (`check` failed)")[0]

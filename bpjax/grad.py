@@ -28,6 +28,8 @@ from bpjax.core import Layer, backward_of, check_model, check_state, forward_of,
 from bpjax.losses import Loss, as_loss
 
 BACKWARDS = ("manual", "autodiff")
+"""The ``backward=`` choices of :func:`bpjax.value_and_grad` and :func:`bpjax.train.make_step`, the
+hand-written backward (``"manual"``) or ``jax.grad``'s (``"autodiff"``)."""
 
 
 def check_backward(where: str, backward: str) -> str:
@@ -120,13 +122,31 @@ def value_and_grad(model: Layer, loss, *, backward: str = "manual", wrt_input: b
     ``fn(params, x, y, *, state, key=None, train=True) -> ((value, new_state), grads)``, the
     ``has_aux`` convention of ``jax.value_and_grad``. With ``wrt_input=True``, ``grads`` is
     ``(dparams, dx)``. Concrete data are checked at once (:func:`check_inputs`).
+
+    Examples:
+      >>> model = bp.serial(L.Dense(4), L.Relu(), L.Dense(2))
+      >>> _, params = model.init(jax.random.key(0), (3,))
+      >>> x, y = jnp.ones((5, 3)), jnp.array([0, 1, 0, 1, 1])
+      >>> value, grads = bp.value_and_grad(model, bp.losses.softmax_cross_entropy)(params, x, y)
+      >>> value.shape, grads[0]["W"].shape, grads[2]["b"].shape
+      ((), (3, 4), (2,))
     """
     return _public("value_and_grad", model, loss, backward, wrt_input)
 
 
 def autodiff_value_and_grad(model: Layer, loss, *, wrt_input: bool = False):
     """The reference: ``jax.value_and_grad`` of the same forward and loss value (same signature as
-    :func:`value_and_grad`). The forward is bpjax's, so only the backward differs."""
+    :func:`value_and_grad`). The forward is bpjax's, so only the backward differs.
+
+    Examples:
+      >>> model = bp.serial(L.Dense(4), L.Tanh(), L.Dense(2))
+      >>> _, params = model.init(jax.random.key(0), (3,))
+      >>> x, y = jnp.linspace(-1, 1, 15).reshape(5, 3), jnp.array([0, 1, 0, 1, 1])
+      >>> _, manual = bp.value_and_grad(model, bp.losses.softmax_cross_entropy)(params, x, y)
+      >>> _, reference = bp.autodiff_value_and_grad(model, bp.losses.softmax_cross_entropy)(params, x, y)
+      >>> bool(jnp.allclose(manual[0]["W"], reference[0]["W"], atol=1e-6))
+      True
+    """
     return _public("autodiff_value_and_grad", model, loss, "autodiff", wrt_input)
 
 
@@ -138,6 +158,14 @@ def as_custom_vjp(model: Layer, *, train: bool = True):
     (``state`` and ``key`` get no gradient; ``train`` is fixed here). Works under ``jit`` and
     ``vmap`` (reverse mode only: JAX does not run forward mode through a custom VJP). A concrete
     ``x`` is checked at once (:func:`check_inputs`).
+
+    Examples:
+      >>> model = bp.serial(L.Dense(4), L.Relu(), L.Dense(1))
+      >>> _, params = model.init(jax.random.key(0), (3,))
+      >>> f = bp.as_custom_vjp(model)                       # f(params, x) -> y
+      >>> grads = jax.grad(lambda p: f(p, jnp.ones((2, 3))).sum())(params)   # runs the hand-written backward
+      >>> grads[0]["W"].shape
+      (3, 4)
     """
     check_model(model)
 
@@ -171,7 +199,15 @@ def as_custom_vjp(model: Layer, *, train: bool = True):
 
 
 def predict(model: Layer, params, x, *, state=None, key: Optional[jax.Array] = None, train: bool = False):
-    """The model's output (eval mode by default): ``y = model(params, x)``."""
+    """The model's output (eval mode by default): ``y = model(params, x)``.
+
+    Examples:
+      >>> model = bp.serial(L.Dense(4), L.BatchNorm(), L.Relu(), L.Dense(2))
+      >>> _, params = model.init(jax.random.key(0), (3,))
+      >>> state = bp.init_state(model, jax.random.key(0), (3,))
+      >>> bp.predict(model, params, jnp.ones((5, 3)), state=state).shape   # eval mode: running statistics
+      (5, 2)
+    """
     check_model(model)
     x, _, state = check_inputs("predict", model, x, None, state, key)
     return forward_of(model, params, x, state=state, key=key, train=train)[0]

@@ -123,6 +123,12 @@ def as_loss(loss) -> Loss:
     non-floating result raises a :class:`bpjax.BpjaxError` naming the loss, where ``jax.grad`` would
     only say "Gradient only defined for scalar-output functions". Wrapping one function twice gives
     equal losses.
+
+    Examples:
+      >>> huber = bp.losses.as_loss(lambda pred, target: optax.huber_loss(pred, target).mean())
+      >>> value, dpred = huber.value_and_grad(jnp.array([[0.0, 3.0]]), jnp.array([[0.5, 0.0]]))
+      >>> round(float(value), 4), dpred.shape                        # dpred from jax.grad
+      (1.3125, (1, 2))
     """
     if isinstance(loss, Loss):
         return loss
@@ -135,7 +141,13 @@ def as_loss(loss) -> Loss:
 
 def scaled(loss: Loss, scale) -> Loss:
     """``scale * loss``: value and hand-written ``dpred`` both multiplied by ``scale`` (loss scaling), the same
-    target check. ``scale`` may be traced (a dynamic loss scale inside a compiled step)."""
+    target check. ``scale`` may be traced (a dynamic loss scale inside a compiled step).
+
+    Examples:
+      >>> loss = bp.losses.scaled(bp.losses.mse, 1024.0)
+      >>> round(float(loss(jnp.array([[1.0]]), jnp.array([[0.0]]))), 4)
+      1024.0
+    """
     def value(pred, target):
         return scale * loss.value(pred, target)
 
@@ -233,6 +245,19 @@ def _mse(pred, t, grad=True):
 
 
 mse = _loss("mse", _mse_validate, _mse)
+"""Mean squared error ``L = mean((pred - target)^2)`` over all ``N`` elements; ``dpred = 2 (pred - target) / N``.
+
+Targets: real or integer, finite, of ``pred``'s shape (a ``(B,)`` target against ``(B, 1)`` predictions is
+refused).
+
+Examples:
+  >>> pred, target = jnp.array([[1.0], [2.0]]), jnp.array([[0.0], [4.0]])
+  >>> round(float(bp.losses.mse(pred, target)), 4)              # ((1 - 0)^2 + (2 - 4)^2) / 2
+  2.5
+  >>> value, dpred = bp.losses.mse.value_and_grad(pred, target)  # dpred = 2 (pred - target) / N
+  >>> dpred.tolist()
+  [[1.0], [-2.0]]
+"""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -295,6 +320,20 @@ def _xent(z, y, grad=True):
 
 
 softmax_cross_entropy = _loss("softmax_cross_entropy", _xent_validate, _xent, min_rank=2, max_rank=2)
+"""Cross-entropy of logits ``z: (B, C)`` against integer labels ``(B,)`` or soft targets ``y: (B, C)``.
+
+``L = -mean_i sum_c y_ic log softmax(z_i)_c``, with the fused backward ``dz = (softmax(z) sum_c y_ic - y) / B``.
+Labels lie in ``[0, C)``; soft targets are non-negative and finite, and a row need not sum to 1 (label
+smoothing, per-example weights).
+
+Examples:
+  >>> logits = jnp.array([[2.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+  >>> round(float(bp.losses.softmax_cross_entropy(logits, jnp.array([0, 2]))), 4)   # integer labels
+  0.6691
+  >>> soft = jnp.array([[0.9, 0.05, 0.05], [0.0, 0.0, 1.0]])                          # or soft targets
+  >>> round(float(bp.losses.softmax_cross_entropy(logits, soft)), 4)
+  0.7691
+"""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -327,10 +366,25 @@ def _bce(z, t, grad=True):
 
 
 binary_cross_entropy = _loss("binary_cross_entropy", _bce_validate, _bce)
+"""Binary cross-entropy from logits, ``L = mean(softplus(z) - t z)`` over all ``N`` elements.
+
+Backward ``dz = (sigmoid(z) - t) / N``. Targets in ``[0, 1]`` of the logits' shape, float or integer/bool 0/1.
+
+Examples:
+  >>> logits, targets = jnp.array([[0.0], [3.0]]), jnp.array([[1.0], [1.0]])
+  >>> round(float(bp.losses.binary_cross_entropy(logits, targets)), 4)   # from logits
+  0.3709
+"""
 
 
 def accuracy(logits, labels) -> jax.Array:
-    """Fraction of rows whose argmax matches the integer label (or the argmax of soft targets)."""
+    """Fraction of rows whose argmax matches the integer label (or the argmax of soft targets).
+
+    Examples:
+      >>> logits = jnp.array([[2.0, 0.0], [0.0, 1.0], [3.0, 1.0]])
+      >>> round(float(bp.losses.accuracy(logits, jnp.array([0, 1, 1]))), 4)
+      0.6667
+    """
     logits, labels = errors.as_array("accuracy", "logits", logits), errors.as_array("accuracy", "labels", labels)
     if jnp.ndim(labels) == 2:
         labels = jnp.argmax(labels, -1)

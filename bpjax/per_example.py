@@ -37,6 +37,14 @@ def per_example_grads(model: Layer, loss):
     target the loss refuses, raises a :class:`bpjax.BpjaxError`): inside the ``vmap`` the examples are
     traced, so the loss's own checks could only turn a bad example's results into NaN. Traced
     inputs (inside your ``jit``) get exactly that: NaN loss and gradients for the bad examples.
+
+    Examples:
+      >>> model = bp.serial(L.Dense(4), L.Relu(), L.Dense(2))
+      >>> _, params = model.init(jax.random.key(0), (3,))
+      >>> x, y = jnp.linspace(-1, 1, 24).reshape(8, 3), jnp.arange(8) % 2
+      >>> losses, grads = bp.per_example_grads(model, bp.losses.softmax_cross_entropy)(params, x, y)
+      >>> losses.shape, grads[0]["W"].shape                        # one gradient per example
+      ((8,), (8, 3, 4))
     """
     check_model(model)
     loss = as_loss(loss)
@@ -79,6 +87,12 @@ def dense_per_example_grads(a_prev: jax.Array, dz: jax.Array, *, bias: bool = Tr
 
     Returns:
       ``{"W": (B, D_in, D_out), "b": (B, D_out)}`` (``"b"`` only with ``bias``).
+
+    Examples:
+      >>> a_prev, dz = jnp.ones((5, 3)), jnp.ones((5, 4))          # a Dense(4) layer's input and dL/dz
+      >>> grads = bp.per_example.dense_per_example_grads(a_prev, dz)
+      >>> grads["W"].shape, grads["b"].shape
+      ((5, 3, 4), (5, 4))
     """
     if jnp.shape(a_prev)[:-1] != jnp.shape(dz)[:-1]:
         raise errors.BpjaxError("dense_per_example_grads", f"a_prev (B, ..., D_in) and dz (B, ..., D_out) must "

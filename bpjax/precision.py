@@ -65,6 +65,13 @@ def MixedPrecision(model: Layer, compute_dtype=jnp.bfloat16) -> Layer:
 
     Returns:
       A layer with ``model``'s params, ``y`` in the params' dtype, residuals in ``compute_dtype``.
+
+    Examples:
+      >>> model = bp.precision.MixedPrecision(bp.serial(L.Dense(4), L.Relu(), L.Dense(2)), jnp.bfloat16)
+      >>> _, params = model.init(jax.random.key(0), (3,))
+      >>> y = bp.predict(model, params, jnp.ones((5, 3)))
+      >>> params[0]["W"].dtype, y.dtype            # the params stay float32; the layers compute in bfloat16
+      (dtype('float32'), dtype('float32'))
     """
     check_model(model, "MixedPrecision")
     try:
@@ -125,6 +132,16 @@ def loss_scaled(optimizer: optax.GradientTransformation, *, initial: float = 2.0
     ``optimizer`` on them when all are finite; otherwise the updates are zero, ``optimizer``'s state
     is kept and ``S`` is divided by ``factor``. After ``period`` finite steps in a row ``S`` is
     multiplied by ``factor``.
+
+    Examples:
+      >>> model = bp.serial(L.Dense(4), L.Relu(), L.Dense(2))
+      >>> _, params = model.init(jax.random.key(0), (3,))
+      >>> opt = bp.precision.loss_scaled(optax.adam(1e-3), initial=2.0 ** 15)
+      >>> step = bp.train.make_step(model, bp.losses.softmax_cross_entropy, opt)
+      >>> x, y = jnp.linspace(-1, 1, 24).reshape(8, 3), jnp.arange(8) % 2
+      >>> params, opt_state, loss = step(params, opt.init(params), x, y)
+      >>> float(opt_state.scale), int(opt_state.good_steps)
+      (32768.0, 1)
     """
     from bpjax.train.step import as_transformation
 

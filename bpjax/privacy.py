@@ -46,6 +46,16 @@ def DPSGD(model: Layer, *, l2_norm_clip: float, noise_multiplier: float) -> Laye
     Returns:
       A contextual layer (it draws its noise from the ``key`` of each training step: ``fit(...,
       key=...)``); its params are ``model``'s, its state ``()``.
+
+    Examples:
+      >>> model = bp.privacy.DPSGD(bp.serial(L.Dense(4), L.Relu(), L.Dense(2)), l2_norm_clip=1.0, noise_multiplier=1.1)
+      >>> _, params = model.init(jax.random.key(0), (3,))
+      >>> state = bp.init_state(model, jax.random.key(0), (3,))
+      >>> x, y = jnp.linspace(-1, 1, 24).reshape(8, 3), jnp.arange(8) % 2
+      >>> result = bp.train.fit(model, bp.losses.softmax_cross_entropy, optax.sgd(0.1), params, (x, y), steps=3,
+      ...                       batch_size=4, state=state, key=jax.random.key(1), verbose=False)
+      >>> result.history["loss"].shape, bp.is_contextual(model)    # it draws the noise from the key
+      ((3,), True)
     """
     check_model(model, "DPSGD")
     name = f"DPSGD({model.name}, clip {l2_norm_clip:g}, noise {noise_multiplier:g})"

@@ -31,6 +31,14 @@ def remat(block: Layer, *, name: str | None = None) -> Layer:
         dparams, dx = block.backward(params, residuals, dy)
 
     A contextual block (dropout) recomputes with the same key, so it draws the same mask.
+
+    Examples:
+      >>> block = bp.serial(L.Dense(16), L.Tanh(), L.Dense(16), L.Tanh())
+      >>> model = bp.serial(bp.remat.remat(block), L.Dense(2))
+      >>> _, params = model.init(jax.random.key(0), (3,))
+      >>> x = jnp.ones((8, 3))
+      >>> bp.remat.residual_bytes(model, params, x) < bp.remat.residual_bytes(bp.serial(block, L.Dense(2)), params, x)
+      True
     """
     if not isinstance(block, Layer):
         raise errors.BpjaxTypeError("remat", f"expected a bpjax Layer, got {type(block).__name__}")
@@ -63,7 +71,14 @@ def remat(block: Layer, *, name: str | None = None) -> Layer:
 
 
 def residual_bytes(model: Layer, params, x, *, state=(), key=None, train: bool = True) -> int:
-    """Bytes of the residuals ``model``'s forward keeps for its backward on input ``x`` (no compute: ``eval_shape``)."""
+    """Bytes of the residuals ``model``'s forward keeps for its backward on input ``x`` (no compute: ``eval_shape``).
+
+    Examples:
+      >>> model = bp.serial(L.Dense(4), L.Relu(), L.Dense(2))
+      >>> _, params = model.init(jax.random.key(0), (3,))
+      >>> bp.remat.residual_bytes(model, params, jnp.ones((8, 3)))   # (8, 3) + (8, 4) + (8, 4) float32
+      352
+    """
     out = jax.eval_shape(lambda p, x, s, k: forward_of(model, p, x, state=s, key=k, train=train)[1], params, x, state,
                          key)
     return int(sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(out)))

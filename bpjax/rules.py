@@ -38,6 +38,7 @@ __all__ = ["BACKWARD_RULES", "DFA", "angle", "feedback_angles", "gradient_angles
 
 
 BACKWARD_RULES = ("exact", "feedback_alignment", "sign_symmetry")
+"""The names a layer's ``backward_rule`` takes (:func:`bpjax.layers.Dense`, ``Conv1D``, ``Conv2D``)."""
 
 
 def sign_feedback(W: jax.Array) -> jax.Array:
@@ -46,12 +47,25 @@ def sign_feedback(W: jax.Array) -> jax.Array:
     ``sign(W)`` scaled by one number: the closest matrix to ``W`` (in Frobenius norm) with ``W``'s
     sign pattern and a single magnitude, so the backward signal keeps the size of the exact one.
     The scale does not change any angle (Liao, Leibo and Poggio 2016, "uniform sign-concordant").
+
+    Examples:
+      >>> bp.rules.sign_feedback(jnp.array([[1.0, -3.0], [2.0, -2.0]])).tolist()   # mean(|W|) = 2
+      [[2.0, -2.0], [2.0, -2.0]]
     """
     return jnp.mean(jnp.abs(W)) * jnp.sign(W)
 
 
 def rule_tag(where: str, backward_rule: str) -> str:
-    """Check ``backward_rule`` (raising a :class:`BpjaxError` naming ``where``); its tag for layer names."""
+    """Check ``backward_rule`` (raising a :class:`~bpjax.errors.BpjaxError` naming ``where``); its tag for layer names.
+
+    Examples:
+      >>> bp.rules.rule_tag("Dense", "exact"), bp.rules.rule_tag("Dense", "feedback_alignment")
+      ('', ', FA')
+      >>> bp.rules.rule_tag("Dense", "hebbian")
+      Traceback (most recent call last):
+      ...
+      bpjax.errors.BpjaxError: Dense: unknown backward_rule 'hebbian'; expected one of ('exact', ...
+    """
     if backward_rule not in BACKWARD_RULES:
         raise errors.BpjaxError(where, f"unknown backward_rule {backward_rule!r}; expected one of {BACKWARD_RULES}")
     return {"exact": "", "feedback_alignment": ", FA", "sign_symmetry": ", sign"}[backward_rule]
@@ -66,6 +80,20 @@ def with_backward_rule(name: str, backward_rule: str, init_fn, forward, backward
     (``"exact"``), ``B = sign_feedback(W)`` (``"sign_symmetry"``), or a fixed random ``B`` with the
     shape of ``W`` drawn by ``feedback_init`` (``"feedback_alignment"``: the layer becomes contextual,
     ``state = {"B": B}``, and ``B`` travels to the backward in the residuals ``(residuals, B)``).
+
+    Examples:
+      >>> def init(key, shape):                     # y = x @ W, W: (D, 2)
+      ...     return (2,), {"W": jax.random.normal(key, shape + (2,))}
+      >>> def forward(params, x):
+      ...     return x @ params["W"], x             # the backward needs x
+      >>> def backward_with(B, x, dz):              # B stands for W in dx only
+      ...     return {"W": x.T @ dz}, dz @ B.T
+      >>> layer = bp.rules.with_backward_rule("Linear", "sign_symmetry", init, forward, backward_with, "normal")
+      >>> _, params = layer.init(jax.random.key(0), (3,))
+      >>> y, x = layer.forward(params, jnp.ones((4, 3)))
+      >>> dparams, dx = layer.backward(params, x, jnp.ones_like(y))
+      >>> dparams["W"].shape, dx.shape
+      ((3, 2), (4, 3))
     """
     if backward_rule == "exact":
         def backward(params, residuals, dz):
@@ -108,6 +136,12 @@ def angle(a, b) -> jax.Array:
     """The angle in degrees between two arrays (or pytrees) taken as flat vectors.
 
     ``angle = arccos(<a, b> / (|a| |b|))``; 90 when either is zero (no alignment to speak of).
+
+    Examples:
+      >>> round(float(bp.rules.angle(jnp.array([1.0, 0.0]), jnp.array([1.0, 1.0]))), 4)
+      45.0
+      >>> round(float(bp.rules.angle({"W": jnp.ones(3)}, {"W": -jnp.ones(3)})), 4)    # pytrees too
+      180.0
     """
     la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
     dot = sum(jnp.vdot(x, y) for x, y in zip(la, lb))
@@ -127,6 +161,14 @@ def gradient_angles(model: Layer, loss):
 
     Returns ``fn(params, x, y, *, state=None, key=None, train=True) -> angles``, ``angles`` a pytree
     with the structure of ``params`` and one scalar per leaf; jit-able.
+
+    Examples:
+      >>> model = bp.serial(L.Dense(4, backward_rule="sign_symmetry"), L.Tanh(), L.Dense(2))
+      >>> _, params = model.init(jax.random.key(0), (3,))
+      >>> x, y = jnp.linspace(-1, 1, 24).reshape(8, 3), jnp.arange(8) % 2
+      >>> angles = bp.rules.gradient_angles(model, bp.losses.softmax_cross_entropy)(params, x, y)
+      >>> jax.tree.map(lambda a: bool(a < 90), angles)    # 0 for the exact last layer, below 90 for the first
+      ({'W': True, 'b': True}, (), {'W': True, 'b': True})
     """
     check_model(model)
     loss = as_loss(loss)
@@ -153,6 +195,14 @@ def feedback_angles(params, state) -> tuple:
 
     Returns:
       A tuple of scalars, in layer order (empty when the model has no such layer).
+
+    Examples:
+      >>> model = bp.serial(L.Dense(4, backward_rule="feedback_alignment"), L.Tanh(), L.Dense(2))
+      >>> _, params = model.init(jax.random.key(0), (3,))
+      >>> state = bp.init_state(model, jax.random.key(1), (3,))
+      >>> angles = bp.rules.feedback_angles(params, state)          # one per feedback-alignment layer
+      >>> len(angles), bool(0 < angles[0] < 180)
+      (1, True)
     """
     out = []
 
@@ -196,6 +246,15 @@ def DFA(*layers: Layer, feedback_init: Initializer = "glorot_uniform", name: Opt
       *layers: the layers, first to last, as for :func:`bpjax.serial`.
       feedback_init: initialiser of each ``B_l`` (a name or callable, see :func:`bpjax.layers.initializer`).
       name: display name (default ``DFA(...)``).
+
+    Examples:
+      >>> model = bp.rules.DFA(L.Dense(8), L.Tanh(), L.Dense(8), L.Tanh(), L.Dense(2))
+      >>> _, params = model.init(jax.random.key(0), (3,))
+      >>> state = bp.init_state(model, jax.random.key(1), (3,))    # the fixed feedback matrices B_l
+      >>> x, y = jnp.linspace(-1, 1, 24).reshape(8, 3), jnp.arange(8) % 2
+      >>> (loss, state), grads = bp.value_and_grad(model, bp.losses.softmax_cross_entropy)(params, x, y, state=state)
+      >>> [getattr(B, "shape", None) for B in state["B"]]   # B_l: (C, D_l), for the Dense layers after the first
+      [None, None, (2, 8), None, (2, 8)]
     """
     inner = serial(*layers)
     name = name or "DFA(" + ", ".join(layer.name for layer in layers) + ")"

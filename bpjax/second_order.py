@@ -37,6 +37,15 @@ def hvp(model: Layer, loss):
 
     Returns ``fn(params, x, y, v, *, state=None, key=None, train=True) -> Hv`` where ``v`` and ``Hv``
     have the structure of ``params``. Costs about one forward plus two backward passes; jit-able.
+
+    Examples:
+      >>> model = bp.serial(L.Dense(4), L.Tanh(), L.Dense(2))
+      >>> _, params = model.init(jax.random.key(0), (3,))
+      >>> x, y = jnp.linspace(-1, 1, 24).reshape(8, 3), jnp.arange(8) % 2
+      >>> v = jax.tree.map(jnp.ones_like, params)
+      >>> Hv = bp.second_order.hvp(model, bp.losses.softmax_cross_entropy)(params, x, y, v)
+      >>> jax.tree.map(jnp.shape, Hv) == jax.tree.map(jnp.shape, params)
+      True
     """
     check_model(model)
     loss = as_loss(loss)
@@ -55,6 +64,14 @@ def hessian(model: Layer, loss):
 
     Returns ``fn(params, x, y, *, state=None, key=None, train=True) -> (P, P)``, flattened in the order
     of ``jax.flatten_util.ravel_pytree(params)``; computed as ``jax.jacfwd`` of the manual gradient.
+
+    Examples:
+      >>> model = bp.serial(L.Dense(2), L.Tanh(), L.Dense(2))
+      >>> _, params = model.init(jax.random.key(0), (3,))
+      >>> x, y = jnp.linspace(-1, 1, 24).reshape(8, 3), jnp.arange(8) % 2
+      >>> H = bp.second_order.hessian(model, bp.losses.softmax_cross_entropy)(params, x, y)
+      >>> H.shape, bool(jnp.allclose(H, H.T, atol=1e-5))          # P = 3*2 + 2 + 2*2 + 2 params
+      ((14, 14), True)
     """
     check_model(model)
     loss = as_loss(loss)
@@ -75,6 +92,15 @@ def top_eigenvalue(model: Layer, loss, *, iters: int = 20):
     ``lambda = <v, Hv>`` (signed) and ``v``. Converges at the rate ``|lambda_2 / lambda_1|``.
 
     Returns ``fn(params, x, y, key, *, state=None, train=True) -> (lambda, v)``; jit-able (``iters`` static).
+
+    Examples:
+      >>> model = bp.serial(L.Dense(4), L.Tanh(), L.Dense(2))
+      >>> _, params = model.init(jax.random.key(0), (3,))
+      >>> x, y = jnp.linspace(-1, 1, 24).reshape(8, 3), jnp.arange(8) % 2
+      >>> top = bp.second_order.top_eigenvalue(model, bp.losses.softmax_cross_entropy)
+      >>> lam, v = top(params, x, y, key=jax.random.key(1))        # from a random unit v
+      >>> lam.shape, jax.tree.map(jnp.shape, v) == jax.tree.map(jnp.shape, params)
+      ((), True)
     """
     iters = errors.positive_int("top_eigenvalue", "iters", iters)
     check_model(model)

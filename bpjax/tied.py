@@ -97,6 +97,15 @@ def tie(model: Layer, *, source: Path, target: Path, transpose: bool = False, na
         must be the source's (its transpose with ``transpose=True``) and its dtype the same.
       transpose: ``params[target] = params[source].T`` (a 2-D source).
       name: display name (default ``tie(<model>, source -> target)``).
+
+    Examples:
+      >>> lm = bp.serial(L.Embedding(5, 3), L.Dense(5, bias=False))     # ids -> vectors -> logits
+      >>> tied = bp.tie(lm, source=(0, "E"), target=(-1, "W"), transpose=True)
+      >>> out_shape, params = tied.init(jax.random.key(0), (2,))
+      >>> params[0]["E"].shape, params[1]["W"]                          # W is E.T, stored once
+      ((5, 3), ())
+      >>> bp.predict(tied, params, jnp.array([[0, 4]])).shape
+      (1, 2, 5)
     """
     check_model(model, "tie")
     arrow = f"{tuple(source)!r} -> {tuple(target)!r}{'^T' if transpose else ''}" \

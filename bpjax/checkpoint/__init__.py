@@ -81,6 +81,7 @@ __all__ = ["BACKENDS", "FORMAT", "FORMAT_VERSION", "DamagedCheckpointWarning", "
            "StaleLockWarning", "read_metadata", "restore", "save", "spans_processes"]
 
 BACKENDS = ("npz", "orbax")
+"""The ``backend=`` choices of :func:`save`, one ``.npz`` file (``"npz"``) or orbax's sharded directory."""
 
 
 class PlainTreeWarning(UserWarning):
@@ -129,6 +130,16 @@ def save(path, tree, *, metadata: Optional[dict] = None, model=None, backend: st
       BpjaxError: a path that is not a str/PathLike, an unsavable leaf (with ``"npz"``, one split over several
         processes), metadata that is not JSON, a missing directory, or a failed write (naming the path, the
         argument and what it got).
+
+    Examples:
+      >>> import os, tempfile
+      >>> _, params = L.Dense(4).init(jax.random.key(0), (3,))
+      >>> path = os.path.join(tempfile.mkdtemp(), "model.npz")
+      >>> bp.checkpoint.save(path, {"params": params, "step": 100}, metadata={"lr": 0.01}) == path
+      True
+      >>> restored = bp.checkpoint.restore(path)
+      >>> restored["step"], restored["params"]["W"].shape
+      (100, (3, 4))
     """
     path = file_path("save", path, tree)
     where = f"checkpoint.save({path})"
@@ -181,7 +192,16 @@ def read_metadata(path) -> dict:
     """The metadata record of the checkpoint at ``path`` (verified): ``bpjax_version``, ``model``,
     ``metadata`` (the user dict given to :func:`save`), ``leaves`` (path, dtype, shape per leaf), ``backend``
     (``"npz"`` for a file, ``"orbax"`` for a sharded checkpoint's directory, whose record is read without
-    importing orbax). ``path`` may be a run folder (``fit``'s ``checkpoint_path``): its newest entry is read."""
+    importing orbax). ``path`` may be a run folder (``fit``'s ``checkpoint_path``): its newest entry is read.
+
+    Examples:
+      >>> import os, tempfile
+      >>> path = os.path.join(tempfile.mkdtemp(), "model.npz")
+      >>> _ = bp.checkpoint.save(path, {"b": jnp.zeros(4)}, metadata={"lr": 0.01}, model="Dense(4)")
+      >>> record = bp.checkpoint.read_metadata(path)
+      >>> record["metadata"], record["model"], record["backend"], record["leaves"]
+      ({'lr': 0.01}, 'Dense(4)', 'npz', [{'dtype': 'float32', 'kind': 'array', 'path': "['b']", 'shape': [4]}])
+    """
     path = file_path("read_metadata", path)
     _, meta, _ = _read_entry(path, f"checkpoint.read_metadata({path})")
     return {"backend": meta.get("backend", "npz"),
@@ -213,6 +233,14 @@ def restore(path, *, like: Any = None):
       BpjaxError: a path that is not a str/PathLike, a missing, truncated, corrupted or foreign file or
         directory, a temporary file or directory, or a tree that does not match ``like`` (naming the leaf path,
         the expected and the found kind/shape/dtype).
+
+    Examples:
+      >>> import os, tempfile
+      >>> _, params = L.Dense(4).init(jax.random.key(0), (3,))
+      >>> path = bp.checkpoint.save(os.path.join(tempfile.mkdtemp(), "params.npz"), params)
+      >>> restored = bp.checkpoint.restore(path, like=params)        # checked against like's structure
+      >>> bool((restored["W"] == params["W"]).all())
+      True
     """
     path = file_path("restore", path)
     where = f"checkpoint.restore({path})"

@@ -14,7 +14,9 @@ import numpy as np
 from bpjax import errors
 
 FORMAT = "bpjax-checkpoint"
+"""The ``format`` field of every checkpoint's metadata record; a file without it is not read."""
 FORMAT_VERSION = 1
+"""The version of the checkpoint format this bpjax writes and reads; a file of another version is refused."""
 META = "bpjax.json"
 _INT64 = (-(2 ** 63), 2 ** 63 - 1)
 
@@ -89,7 +91,12 @@ def decode_structure(spec, leaves, path: str, plain: list):
 
 def spans_processes(leaf) -> bool:
     """Whether ``leaf`` is a ``jax.Array`` split over the devices of several processes: no process holds all of
-    it (not fully addressable, not fully replicated), so none can read it whole without a gather."""
+    it (not fully addressable, not fully replicated), so none can read it whole without a gather.
+
+    Examples:
+      >>> bp.checkpoint.spans_processes(jnp.ones(3))                 # one process holds all of it
+      False
+    """
     return isinstance(leaf, jax.Array) and not leaf.is_fully_addressable and not leaf.is_fully_replicated
 
 

@@ -68,7 +68,7 @@ def is_run_folder(path: str) -> bool:
 def newest(folder: str, read: Callable[[str], T], where: str) -> Optional[Tuple[int, str, T]]:
     """``(step, path, read(path))`` of the newest entry that ``read`` accepts, or ``None`` without entries.
 
-    An entry that ``read`` refuses with a :class:`BpjaxError` (truncated, corrupted, checksum) is
+    An entry that ``read`` refuses with a :class:`~bpjax.errors.BpjaxError` (truncated, corrupted, checksum) is
     skipped with a :class:`DamagedCheckpointWarning` naming it and the reason; when every entry is
     refused, the newest one's error is raised.
     """
@@ -172,7 +172,7 @@ def acquire(folder: str, where: str) -> dict:
     """Take ``folder``'s lock for this process; returns the lock record (pass it to :func:`release`).
 
     The lock is the file ``LOCK``, created exclusively with this process's host, pid, start time and a
-    random token. A lock held by a live process (or by another host) is a :class:`BpjaxError` naming
+    random token. A lock held by a live process (or by another host) is a :class:`~bpjax.errors.BpjaxError` naming
     it; a lock of a process of this host that no longer runs is stale and taken over with a
     :class:`StaleLockWarning`.
     """

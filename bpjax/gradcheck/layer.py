@@ -62,6 +62,13 @@ def check_layer(layer: Layer, params, x, *, state=None, key=None, train: bool = 
     check the maths on every row by default (``finite_differences=True``; ``None``: only to decide
     where manual and ``jax.vjp`` disagree; ``False``: never). A ``serial`` layer gets the per-layer
     sweep when a row fails (``sweep=None``), always (``True``) or never (``False``).
+
+    Examples:
+      >>> layer = L.Dense(4)
+      >>> _, params = layer.init(jax.random.key(0), (3,))
+      >>> report = bp.check_layer(layer, params, jnp.linspace(-1, 1, 15).reshape(5, 3))
+      >>> report.ok, [row.name for row in report.rows]
+      (True, ["params['W']", "params['b']", 'input x'])
     """
     check_model(layer)
     where = f"check_layer({layer.name})"

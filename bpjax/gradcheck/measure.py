@@ -22,7 +22,9 @@ from bpjax.gradcheck.report import Tolerance
 
 RTOL = {jnp.dtype("float64"): 1e-10, jnp.dtype("float32"): 1e-4, jnp.dtype("bfloat16"): 2e-2,
         jnp.dtype("float16"): 5e-3}
+"""The default tolerance of the hand-written gradient against the reference, by the model's dtype (``rtol=``)."""
 FLOOR = 1e-2
+"""A leaf's error is measured against at least this fraction of the largest gradient entry (the scale floor)."""
 # The arbiter's least tolerance in a low-precision dtype: a gradient computed in it carries roundoff of many units
 # (bfloat16 u = 2^-8 = 3.9e-3, float16 u = 2^-11 = 4.9e-4) summed over the reductions of the backward, and the
 # finite-difference error (a 2-norm estimate along random directions, the largest of a few) shows it in full:

@@ -122,6 +122,16 @@ def check_gradients(model: Layer, loss, params, x, y, *, state=None, key=None, t
 
     Returns:
       A :class:`GradientReport`; ``print`` it, test ``report.ok``.
+
+    Examples:
+      >>> model = bp.serial(L.Dense(4), L.Tanh(), L.Dense(2))
+      >>> _, params = model.init(jax.random.key(0), (3,))
+      >>> x, y = jnp.linspace(-1, 1, 15).reshape(5, 3), jnp.array([0, 1, 0, 1, 1])
+      >>> report = bp.check_gradients(model, bp.losses.softmax_cross_entropy, params, x, y)
+      >>> report.ok, len(report.rows)                                # a row per leaf, and the input
+      (True, 5)
+      >>> print(str(report).splitlines()[0])                         # print(report) shows every row
+      check_gradients(serial(Dense(4), Tanh, Dense(2)), softmax_cross_entropy): OK
     """
     check_model(model)
     loss = as_loss(loss)

@@ -21,6 +21,13 @@ def elementwise(name: str, f, df, keep: str = "z") -> Layer:
       df: the derivative, written by hand, as a function of what is kept: ``df(z)`` when
         ``keep="z"`` or ``df(a)`` when ``keep="a"`` (cheaper for sigmoid/tanh, as in llm.c).
       keep: which of ``z`` (the input) or ``a`` (the output) the forward saves for the backward.
+
+    Examples:
+      >>> square = L.elementwise("Square", lambda z: z * z, lambda z: 2 * z)   # df(z) = 2 z
+      >>> y, z = square.forward((), jnp.array([[3.0, -1.0]]))
+      >>> _, dz = square.backward((), z, jnp.ones((1, 2)))
+      >>> y.tolist(), dz.tolist()
+      ([[9.0, 1.0]], [[6.0, -2.0]])
     """
 
     def backward(params, kept, da):
@@ -47,7 +54,13 @@ def _parameter_free(name, f, backward, keep, min_rank) -> Layer:
 
 
 def Identity() -> Layer:
-    """``a = z``; backward ``dz = da``, with nothing kept for it (a placeholder costs no residual bytes)."""
+    """``a = z``; backward ``dz = da``, with nothing kept for it (a placeholder costs no residual bytes).
+
+    Examples:
+      >>> y, residuals = L.Identity().forward((), jnp.ones((2, 3)))
+      >>> y.shape, residuals
+      ((2, 3), ())
+    """
     return _parameter_free("Identity", lambda z: z, lambda params, kept, da: ((), da), None, min_rank=1)
 
 
@@ -60,6 +73,14 @@ def Sigmoid() -> Layer:
     The price: once ``a`` rounds to 1 (``z > 17`` in float32) ``1 - a`` is 0 where the true
     derivative is ``exp(-z)`` < eps, an absolute error below eps (``jax.grad`` of ``jax.nn.sigmoid``
     rounds the same way).
+
+    Examples:
+      >>> y, a = L.Sigmoid().forward((), jnp.array([[0.0, 2.0]]))
+      >>> [round(v, 4) for v in y[0].tolist()]
+      [0.5, 0.8808]
+      >>> _, dz = L.Sigmoid().backward((), a, jnp.ones((1, 2)))   # dz = a (1 - a)
+      >>> [round(v, 4) for v in dz[0].tolist()]
+      [0.25, 0.105]
     """
     return elementwise("Sigmoid", jax.nn.sigmoid, lambda a: a * (1 - a), keep="a")
 
@@ -70,12 +91,29 @@ def Tanh() -> Layer:
     As for :func:`Sigmoid`, the output is kept so that the next layer shares it; once ``|a|`` rounds
     to 1 (``|z| > 9`` in float32) ``1 - a^2`` is 0 where the true value ``4 exp(-2|z|)`` is below
     eps: an absolute error below eps.
+
+    Examples:
+      >>> y, a = L.Tanh().forward((), jnp.array([[0.0, 1.0]]))
+      >>> [round(v, 4) for v in y[0].tolist()]
+      [0.0, 0.7616]
+      >>> _, dz = L.Tanh().backward((), a, jnp.ones((1, 2)))      # dz = 1 - a^2
+      >>> [round(v, 4) for v in dz[0].tolist()]
+      [1.0, 0.42]
     """
     return elementwise("Tanh", jnp.tanh, lambda a: 1 - a * a, keep="a")
 
 
 def Relu() -> Layer:
-    """``a = max(z, 0)``; backward ``dz = da * [z > 0]`` (the subgradient at 0 is taken as 0, as JAX does)."""
+    """``a = max(z, 0)``; backward ``dz = da * [z > 0]`` (the subgradient at 0 is taken as 0, as JAX does).
+
+    Examples:
+      >>> y, z = L.Relu().forward((), jnp.array([[-1.0, 0.0, 2.0]]))
+      >>> y.tolist()
+      [[0.0, 0.0, 2.0]]
+      >>> _, dz = L.Relu().backward((), z, jnp.ones((1, 3)))      # dz = [z > 0]
+      >>> dz.tolist()
+      [[0.0, 0.0, 1.0]]
+    """
     return elementwise("Relu", lambda z: jnp.maximum(z, 0), lambda z: (z > 0).astype(z.dtype))
 
 
@@ -85,7 +123,13 @@ def _check_number(where: str, what: str, value) -> None:
 
 
 def LeakyRelu(negative_slope: float = 0.01) -> Layer:
-    """``a = z if z >= 0 else slope * z``; backward ``dz = da * (1 if z >= 0 else slope)``."""
+    """``a = z if z >= 0 else slope * z``; backward ``dz = da * (1 if z >= 0 else slope)``.
+
+    Examples:
+      >>> y, _ = L.LeakyRelu(0.1).forward((), jnp.array([[-2.0, 3.0]]))
+      >>> [round(v, 4) for v in y[0].tolist()]
+      [-0.2, 3.0]
+    """
     _check_number("LeakyRelu", "negative_slope", negative_slope)
     s = negative_slope
     return elementwise(f"LeakyRelu({s})", lambda z: jnp.where(z >= 0, z, s * z),
@@ -93,7 +137,13 @@ def LeakyRelu(negative_slope: float = 0.01) -> Layer:
 
 
 def Elu(alpha: float = 1.0) -> Layer:
-    """``a = z if z > 0 else alpha * (exp(z) - 1)``; backward ``dz = da * (1 if z > 0 else alpha * exp(z))``."""
+    """``a = z if z > 0 else alpha * (exp(z) - 1)``; backward ``dz = da * (1 if z > 0 else alpha * exp(z))``.
+
+    Examples:
+      >>> y, _ = L.Elu().forward((), jnp.array([[-1.0, 2.0]]))
+      >>> [round(v, 4) for v in y[0].tolist()]
+      [-0.6321, 2.0]
+    """
     _check_number("Elu", "alpha", alpha)
     return elementwise(f"Elu({alpha})", lambda z: jnp.where(z > 0, z, alpha * jnp.expm1(jnp.minimum(z, 0))),
                        lambda z: jnp.where(z > 0, 1.0, alpha * jnp.exp(jnp.minimum(z, 0))).astype(z.dtype))
@@ -132,6 +182,14 @@ def Gelu(approximate: bool = False) -> Layer:
     With ``approximate=True`` uses the tanh form ``0.5 z (1 + tanh(sqrt(2/pi) (z + 0.044715 z^3)))``,
     computed as ``z * sigmoid(2 sqrt(2/pi) (z + 0.044715 z^3))`` (the same function, without the
     cancellation of ``1 + tanh`` for negative ``z``), and its exact derivative.
+
+    Examples:
+      >>> y, _ = L.Gelu().forward((), jnp.array([[-1.0, 0.0, 1.0]]))
+      >>> [round(v, 4) for v in y[0].tolist()]
+      [-0.1587, 0.0, 0.8413]
+      >>> y, _ = L.Gelu(approximate=True).forward((), jnp.array([[1.0]]))
+      >>> round(float(y[0, 0]), 4)
+      0.8412
     """
     if approximate:
         return elementwise("Gelu(tanh)", _gelu_tanh, _gelu_tanh_grad)
@@ -139,7 +197,13 @@ def Gelu(approximate: bool = False) -> Layer:
 
 
 def Softplus() -> Layer:
-    """``a = log(1 + exp(z))``; backward ``dz = da * sigmoid(z)``."""
+    """``a = log(1 + exp(z))``; backward ``dz = da * sigmoid(z)``.
+
+    Examples:
+      >>> y, _ = L.Softplus().forward((), jnp.array([[0.0, 1.0]]))
+      >>> [round(v, 4) for v in y[0].tolist()]
+      [0.6931, 1.3133]
+    """
     return elementwise("Softplus", jax.nn.softplus, jax.nn.sigmoid)
 
 
@@ -185,12 +249,23 @@ def Softmax() -> Layer:
     Backward, the Jacobian-vector product of ``diag(a) - a a^T``:
     ``dz = a * (da - sum(da * a, -1))``, with ``da`` shifted by its entry at the largest ``a`` first
     (the same value in exact arithmetic, accurate where that ``a`` rounds to 1).
+
+    Examples:
+      >>> y, _ = L.Softmax().forward((), jnp.array([[1.0, 2.0, 3.0]]))
+      >>> [round(v, 4) for v in y[0].tolist()], round(float(y.sum()), 4)
+      ([0.09, 0.2447, 0.6652], 1.0)
     """
     return _axis_layer("Softmax", lambda z: jax.nn.softmax(z, axis=-1), _softmax_backward)
 
 
 def LogSoftmax() -> Layer:
     """``a = z - logsumexp(z)`` over the last axis (:func:`log_softmax_parts`, accurate in the largest
-    entry too); backward ``dz = da - exp(a) * sum(da, -1)``."""
+    entry too); backward ``dz = da - exp(a) * sum(da, -1)``.
+
+    Examples:
+      >>> y, _ = L.LogSoftmax().forward((), jnp.array([[1.0, 2.0, 3.0]]))
+      >>> [round(v, 4) for v in y[0].tolist()]
+      [-2.4076, -1.4076, -0.4076]
+    """
     return _axis_layer("LogSoftmax", lambda z: log_softmax_parts(z)[0],
                        lambda p, a, da: ((), da - jnp.exp(a) * jnp.sum(da, axis=-1, keepdims=True)))

@@ -131,13 +131,20 @@ def MultiHeadSelfAttention(num_heads: int, *, head_dim: int | None = None, causa
       causal: mask future positions (query ``t`` sees keys ``j <= t``).
       bias: add the biases ``bq, bk, bv, bo``.
       dropout: drop probability of the attention probabilities ``p`` in training, in ``[0, 1)``.
-      init: initialiser of the weight matrices (a name from :mod:`bpjax.initializers` or a
+      init: initialiser of the weight matrices (a name from :func:`bpjax.layers.initializer` or a
         callable); biases start at zero.
       stddev: standard deviation for ``init="normal"`` (GPT-2 uses 0.02).
       out_init: initialiser of the output projection ``Wo`` (default ``init``; GPT-2 draws it with
         a smaller standard deviation, see :func:`bpjax.zoo.gpt`).
       dtype: parameter dtype; default the canonical float.
       name: display name (default ``MultiHeadSelfAttention(H)``, plus ``causal`` when set).
+
+    Examples:
+      >>> layer = L.MultiHeadSelfAttention(2, causal=True)
+      >>> out_shape, params = layer.init(jax.random.key(0), (5, 8))     # (T, D)
+      >>> y, _ = layer.forward(params, jnp.ones((2, 5, 8)))
+      >>> out_shape, params["Wq"].shape, y.shape
+      ((5, 8), (8, 8), (2, 5, 8))
     """
     from bpjax.layers.dropout import Dropout
 
@@ -304,6 +311,13 @@ def TransformerBlock(num_heads: int, *, mlp_features: int, causal: bool = True, 
         ``Wo`` and ``dense2``'s ``W``); default ``init``.
       dtype: parameter dtype of every sub-layer (layer norms included); default the canonical float.
       name: display name (default ``TransformerBlock(H, mlp_features=..., causal)``).
+
+    Examples:
+      >>> block = L.TransformerBlock(2, mlp_features=16)
+      >>> out_shape, params = block.init(jax.random.key(0), (5, 8))     # (T, D)
+      >>> y, _ = block.forward(params, jnp.ones((2, 5, 8)))
+      >>> out_shape, y.shape
+      ((5, 8), (2, 5, 8))
     """
     num_heads = errors.positive_int("TransformerBlock", "num_heads", num_heads)
     mlp_features = errors.positive_int("TransformerBlock", "mlp_features", mlp_features)

@@ -48,6 +48,16 @@ def Autodiff(apply: Callable, init: Callable, *, name: Optional[str] = None) -> 
 
     Returns:
       A simple :class:`bpjax.Layer` (no state, no key).
+
+    Examples:
+      >>> def apply(params, x):                                    # any JAX function of a batch
+      ...     return jnp.sin(x @ params["W"])
+      >>> layer = L.Autodiff(apply, lambda key, shape: ((2,), {"W": jnp.ones(shape + (2,))}))
+      >>> out_shape, params = layer.init(jax.random.key(0), (3,))
+      >>> y, residuals = layer.forward(params, jnp.ones((4, 3)))
+      >>> dparams, dx = layer.backward(params, residuals, jnp.ones_like(y))   # jax.vjp's
+      >>> y.shape, dparams["W"].shape, dx.shape
+      ((4, 2), (3, 2), (4, 3))
     """
     if not callable(apply) or not callable(init):
         bad, what = (apply, "apply") if not callable(apply) else (init, "init")

@@ -73,7 +73,7 @@ def padding_arg(where: str, padding, n: int):
 def window_geometry(where: str, sizes, k_eff, stride, padding):
     """Pads ``((lo, hi), ...)`` and output sizes for windows ``k_eff`` moved by ``stride`` over ``sizes``.
 
-    Raises a :class:`BpjaxError` naming ``where`` when a window is bigger than the padded input.
+    Raises a :class:`~bpjax.errors.BpjaxError` naming ``where`` when a window is bigger than the padded input.
     """
     if padding == "VALID":
         pads = ((0, 0),) * len(sizes)
@@ -289,7 +289,7 @@ def Conv1D(features: int, kernel_size: IntOrTuple, *, stride: IntOrTuple = 1, pa
       groups: ``C_in`` and ``features`` split into ``groups`` blocks; block ``g`` of the output sees
         only block ``g`` of the input (``groups = C_in`` is a depthwise convolution).
       bias: add ``b`` (params are ``{"W"}`` only when False).
-      init: weight initialiser (a name from :mod:`bpjax.initializers` or a callable; fan-in
+      init: weight initialiser (a name from :func:`bpjax.layers.initializer` or a callable; fan-in
         ``K * C_in // groups``); biases start at zero.
       stddev: standard deviation for ``init="normal"`` (and ``feedback_init="normal"``).
       dtype: parameter dtype (default the canonical float: float32, or float64 with x64 on).
@@ -305,6 +305,13 @@ def Conv1D(features: int, kernel_size: IntOrTuple, *, stride: IntOrTuple = 1, pa
         - ``"sign_symmetry"``: the same with ``B = mean(|W|) sign(W)``
           (:func:`bpjax.rules.sign_feedback`); no state.
       feedback_init: initialiser of ``B`` for ``"feedback_alignment"`` (default: ``init``).
+
+    Examples:
+      >>> layer = L.Conv1D(4, 3)                                   # 4 channels, kernel 3, "SAME" padding
+      >>> out_shape, params = layer.init(jax.random.key(0), (8, 2))  # (L, C_in)
+      >>> y, _ = layer.forward(params, jnp.ones((2, 8, 2)))
+      >>> out_shape, params["W"].shape, y.shape
+      ((8, 4), (3, 2, 4), (2, 8, 4))
     """
     return _conv(1, "Conv1D", features, kernel_size, stride, padding, dilation, groups, bias, init, stddev, dtype,
                  name, backward_rule, feedback_init)
@@ -322,6 +329,13 @@ def Conv2D(features: int, kernel_size: IntOrTuple, *, stride: IntOrTuple = 1, pa
     ``db = dy.sum((0, 1, 2))``; ``init``, ``stddev``, ``dtype`` and ``name`` as there;
     ``backward_rule`` (``"exact"``, ``"feedback_alignment"``, ``"sign_symmetry"``) and
     ``feedback_init`` swap ``W`` for a feedback kernel ``B`` in ``dx`` only.
+
+    Examples:
+      >>> layer = L.Conv2D(4, 3, stride=2)
+      >>> out_shape, params = layer.init(jax.random.key(0), (8, 8, 2))   # (H, W, C_in)
+      >>> y, _ = layer.forward(params, jnp.ones((2, 8, 8, 2)))
+      >>> out_shape, params["W"].shape, y.shape
+      ((4, 4, 4), (3, 3, 2, 4), (2, 4, 4, 4))
     """
     return _conv(2, "Conv2D", features, kernel_size, stride, padding, dilation, groups, bias, init, stddev, dtype,
                  name, backward_rule, feedback_init)

@@ -26,7 +26,7 @@ def Dense(features: int, *, init: Initializer = "glorot_uniform", stddev: float 
 
     Args:
       features: output width.
-      init: weight initialiser name (see :mod:`bpjax.initializers`) or callable; biases start at zero.
+      init: weight initialiser name (see :func:`bpjax.layers.initializer`) or callable; biases start at zero.
       stddev: standard deviation for ``init="normal"``.
       bias: whether to add ``b`` (params are ``{"W"}`` only when False).
       dtype: parameter dtype; default the canonical float (float32, or float64 with x64 on).
@@ -41,6 +41,13 @@ def Dense(features: int, *, init: Initializer = "glorot_uniform", stddev: float 
         - ``"sign_symmetry"``: ``da_prev = dz @ B.T`` with ``B = mean(|W|) sign(W)``
           (:func:`bpjax.rules.sign_feedback`); no state.
       feedback_init: initialiser of ``B`` for ``"feedback_alignment"`` (default: ``init``).
+
+    Examples:
+      >>> layer = L.Dense(4)
+      >>> out_shape, params = layer.init(jax.random.key(0), (3,))
+      >>> y, residuals = layer.forward(params, jnp.ones((2, 3)))
+      >>> out_shape, params["W"].shape, params["b"].shape, y.shape
+      ((4,), (3, 4), (4,), (2, 4))
     """
     features = errors.positive_int("Dense", "features", features)
     name = name or f"Dense({features}{rule_tag('Dense', backward_rule)})"

@@ -25,6 +25,16 @@ def Dropout(rate: float, *, name: str | None = None) -> Layer:
     Args:
       rate: drop probability, in [0, 1).
       name: display name (default ``Dropout(rate)``).
+
+    Examples:
+      >>> layer = L.Dropout(0.5)
+      >>> x = jnp.ones((2, 4))
+      >>> y, _, _ = bp.apply(layer, (), x, key=jax.random.key(0))   # train: zeros and 2s
+      >>> sorted(set(y.ravel().tolist()))
+      [0.0, 2.0]
+      >>> y, _, _ = bp.apply(layer, (), x, train=False)             # eval: the identity
+      >>> bool((y == x).all())
+      True
     """
     if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
         raise errors.BpjaxError("Dropout", f"rate must be a number in [0, 1), got {rate!r}")

@@ -22,7 +22,7 @@ def Embedding(vocab: int, features: int, *, init: Initializer = "normal", stddev
     receives the sum of its k cotangent rows); the ids are integers, so ``dx`` is a ``float0``
     zeros array of ``ids``'s shape (JAX's cotangent type for integer inputs).
 
-    Out-of-range ids raise a :class:`BpjaxError` on concrete arrays; under ``jit`` they go through
+    Out-of-range ids raise a :class:`~bpjax.errors.BpjaxError` on concrete arrays; under ``jit`` they go through
     ``checkify`` in bpjax's training step, or else turn the output into NaN.
 
     Args:
@@ -33,6 +33,13 @@ def Embedding(vocab: int, features: int, *, init: Initializer = "normal", stddev
       stddev: standard deviation for ``init="normal"``.
       dtype: dtype of ``E``; default the canonical float (float32, or float64 with x64 on).
       name: display name (default ``Embedding(vocab, features)``).
+
+    Examples:
+      >>> layer = L.Embedding(10, 4)                               # 10 ids, vectors of 4
+      >>> out_shape, params = layer.init(jax.random.key(0), (5,))  # a sequence of 5 ids
+      >>> y, _ = layer.forward(params, jnp.array([[1, 2, 3, 2, 9]]))
+      >>> out_shape, params["E"].shape, y.shape
+      ((5, 4), (10, 4), (1, 5, 4))
     """
     vocab = errors.positive_int("Embedding", "vocab", vocab)
     features = errors.positive_int("Embedding", "features", features)

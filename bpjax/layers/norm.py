@@ -107,6 +107,15 @@ def BatchNorm(*, momentum: float = 0.9, eps: float = 1e-5, init: Initializer = "
         zero); ``b`` starts at zero.
       dtype: parameter (and running statistics) dtype; default the canonical float.
       name: display name (default ``BatchNorm``).
+
+    Examples:
+      >>> layer = L.BatchNorm()
+      >>> out_shape, params = layer.init(jax.random.key(0), (3,))
+      >>> state = bp.init_state(layer, jax.random.key(0), (3,))     # running mean and var
+      >>> x = jnp.arange(12.0).reshape(4, 3)
+      >>> y, _, state = bp.apply(layer, params, x, state=state)     # train: batch statistics
+      >>> y.shape, [round(v, 4) for v in state["mean"].tolist()]    # 0.9 * 0 + 0.1 * batch mean
+      ((4, 3), [0.45, 0.55, 0.65])
     """
     _check_hyper("BatchNorm", eps, momentum)
     name = name or "BatchNorm"
@@ -171,6 +180,13 @@ def LayerNorm(*, eps: float = 1e-5, init: Initializer = "ones", dtype=None, name
       init: initialiser of ``scale`` (default ``"ones"``); ``b`` starts at zero.
       dtype: parameter dtype; default the canonical float.
       name: display name (default ``LayerNorm``).
+
+    Examples:
+      >>> layer = L.LayerNorm()
+      >>> out_shape, params = layer.init(jax.random.key(0), (3,))
+      >>> y, _ = layer.forward(params, jnp.array([[1.0, 2.0, 3.0]]))
+      >>> [round(v, 4) for v in y[0].tolist()]
+      [-1.2247, 0.0, 1.2247]
     """
     _check_hyper("LayerNorm", eps)
     name = name or "LayerNorm"

@@ -128,13 +128,28 @@ def MaxPool1D(window: IntOrTuple, *, stride: IntOrTuple | None = None, padding: 
       padding: ``"VALID"`` (default), ``"SAME"``, an int or ``[(lo, hi)]``; pads are ``-inf`` and
         must be smaller than the window.
       name: display name (default ``MaxPool1D(window)``).
+
+    Examples:
+      >>> layer = L.MaxPool1D(2)
+      >>> out_shape, params = layer.init(jax.random.key(0), (8, 3))
+      >>> y, _ = layer.forward(params, jnp.ones((2, 8, 3)))
+      >>> out_shape, y.shape
+      ((4, 3), (2, 4, 3))
     """
     return _pool(1, "Max", window, stride, padding, name)
 
 
 def MaxPool2D(window: IntOrTuple, *, stride: IntOrTuple | None = None, padding: Padding = "VALID",
               name: str | None = None) -> Layer:
-    """Max over windows of ``x: (B, H, W, C)`` -> ``(B, H_out, W_out, C)``; as :func:`MaxPool1D` on two axes."""
+    """Max over windows of ``x: (B, H, W, C)`` -> ``(B, H_out, W_out, C)``; as :func:`MaxPool1D` on two axes.
+
+    Examples:
+      >>> layer = L.MaxPool2D(2)
+      >>> out_shape, params = layer.init(jax.random.key(0), (8, 8, 3))
+      >>> y, _ = layer.forward(params, jnp.ones((2, 8, 8, 3)))
+      >>> out_shape, y.shape
+      ((4, 4, 3), (2, 4, 4, 3))
+    """
     return _pool(2, "Max", window, stride, padding, name)
 
 
@@ -144,13 +159,28 @@ def AvgPool1D(window: IntOrTuple, *, stride: IntOrTuple | None = None, padding: 
 
     Backward: each element of window ``t`` gets ``dy[t] / n[t]`` (``n[t]`` real elements in the
     window), summed over the windows that hold it. Arguments as :func:`MaxPool1D` (pads are zeros).
+
+    Examples:
+      >>> layer = L.AvgPool1D(2)
+      >>> out_shape, params = layer.init(jax.random.key(0), (8, 3))
+      >>> y, _ = layer.forward(params, jnp.arange(48.0).reshape(2, 8, 3))
+      >>> out_shape, y.shape, float(y[0, 0, 0])                  # the mean of 0 and 3
+      ((4, 3), (2, 4, 3), 1.5)
     """
     return _pool(1, "Avg", window, stride, padding, name)
 
 
 def AvgPool2D(window: IntOrTuple, *, stride: IntOrTuple | None = None, padding: Padding = "VALID",
               name: str | None = None) -> Layer:
-    """Mean over windows of ``x: (B, H, W, C)`` -> ``(B, H_out, W_out, C)``; as :func:`AvgPool1D` on two axes."""
+    """Mean over windows of ``x: (B, H, W, C)`` -> ``(B, H_out, W_out, C)``; as :func:`AvgPool1D` on two axes.
+
+    Examples:
+      >>> layer = L.AvgPool2D(2)
+      >>> out_shape, params = layer.init(jax.random.key(0), (8, 8, 3))
+      >>> y, _ = layer.forward(params, jnp.ones((2, 8, 8, 3)))
+      >>> out_shape, y.shape
+      ((4, 4, 3), (2, 4, 4, 3))
+    """
     return _pool(2, "Avg", window, stride, padding, name)
 
 
@@ -158,6 +188,13 @@ def GlobalAvgPool(*, name: str | None = None) -> Layer:
     """``y[b, c] = mean over all spatial positions of x[b, ..., c]``: ``(B, ..., C) -> (B, C)``.
 
     Backward: ``dx[b, ..., c] = dy[b, c] / N`` with ``N`` the number of spatial positions.
+
+    Examples:
+      >>> layer = L.GlobalAvgPool()
+      >>> out_shape, params = layer.init(jax.random.key(0), (8, 8, 3))
+      >>> y, _ = layer.forward(params, jnp.ones((2, 8, 8, 3)))
+      >>> out_shape, y.shape
+      ((3,), (2, 3))
     """
     name = name or "GlobalAvgPool"
 

@@ -8,7 +8,7 @@ The bias of the input projection is ``b``, as in every layer; GRU's second bias 
 ``r * (h Whn + bhn)``, where it cannot fold into ``b``) keeps its own name.
 
 Initialisation: by default PyTorch's, every weight and bias ``~ U(-1/sqrt(H), 1/sqrt(H))``. With
-``init=`` (a name from :mod:`bpjax.initializers` or a callable) ``Wx`` and ``Wh`` are drawn by it
+``init=`` (a name from :func:`bpjax.layers.initializer` or a callable) ``Wx`` and ``Wh`` are drawn by it
 and the biases start at zero; ``recurrent_init=`` then draws each ``(H, H)`` gate block of ``Wh``
 (``"orthogonal"``: an orthogonal map per gate).
 
@@ -187,6 +187,15 @@ def SimpleRNN(features: int, *, return_sequences: bool = True, init: Initializer
       unroll: time steps per loop iteration of both scans (a speed knob; the result is the same).
       dtype: parameter dtype; default the canonical float.
       name: display name (default ``SimpleRNN(H)``).
+
+    Examples:
+      >>> layer = L.SimpleRNN(5)
+      >>> out_shape, params = layer.init(jax.random.key(0), (7, 3))     # (T, D)
+      >>> y, _ = layer.forward(params, jnp.ones((2, 7, 3)))
+      >>> out_shape, y.shape
+      ((7, 5), (2, 7, 5))
+      >>> L.SimpleRNN(5, return_sequences=False).init(jax.random.key(0), (7, 3))[0]
+      (5,)
     """
     return _recurrent(CELLS["SimpleRNN"], features, return_sequences, init, recurrent_init, None, unroll, dtype,
                       name)
@@ -204,6 +213,13 @@ def GRU(features: int, *, return_sequences: bool = True, init: Initializer | Non
     Params: ``Wx: (D, 3H)``, ``Wh: (H, 3H)``, ``b: (3H,) = [br | bz | bxn]`` and ``bhn: (H,)``
     (PyTorch's ``b_ih + b_hh`` for r and z folded into one bias), all ``~ U(-1/sqrt(H), 1/sqrt(H))``
     by default. Arguments as for :func:`SimpleRNN`.
+
+    Examples:
+      >>> layer = L.GRU(5)
+      >>> out_shape, params = layer.init(jax.random.key(0), (7, 3))     # (T, D)
+      >>> y, _ = layer.forward(params, jnp.ones((2, 7, 3)))
+      >>> out_shape, params["Wx"].shape, y.shape
+      ((7, 5), (3, 15), (2, 7, 5))
     """
     return _recurrent(CELLS["GRU"], features, return_sequences, init, recurrent_init, None, unroll, dtype, name)
 
@@ -218,12 +234,19 @@ def LSTM(features: int, *, return_sequences: bool = True, init: Initializer | No
         h' = o * tanh(c')
 
     Params: ``Wx: (D, 4H)``, ``Wh: (H, 4H)``, ``b: (4H,)``, all ``~ U(-1/sqrt(H), 1/sqrt(H))`` by default.
+    The arguments other than ``forget_bias`` are as for :func:`SimpleRNN`.
 
     Args:
       forget_bias: initial value of the forget-gate bias ``b[H:2H]`` (1.0 as Jozefowicz et al. 2015
         and Keras' ``unit_forget_bias``); ``None`` keeps the initial draw (PyTorch's uniform one, or
         zero with ``init=``).
-      Others as for :func:`SimpleRNN`.
+
+    Examples:
+      >>> layer = L.LSTM(5)
+      >>> out_shape, params = layer.init(jax.random.key(0), (7, 3))     # (T, D)
+      >>> y, _ = layer.forward(params, jnp.ones((2, 7, 3)))
+      >>> out_shape, params["Wx"].shape, y.shape
+      ((7, 5), (3, 20), (2, 7, 5))
     """
     return _recurrent(CELLS["LSTM"], features, return_sequences, init, recurrent_init, forget_bias, unroll, dtype,
                       name)
@@ -243,6 +266,13 @@ def Bidirectional(rnn: Layer, *, name: str | None = None) -> Layer:
 
     (the backward copy's last state is the one after reading ``x_0``). Backward: split ``dy``,
     un-reverse and run each copy's backward, and add the two ``dx`` (re-reversing the second).
+
+    Examples:
+      >>> layer = L.Bidirectional(L.GRU(5))
+      >>> out_shape, params = layer.init(jax.random.key(0), (7, 3))
+      >>> y, _ = layer.forward(params, jnp.ones((2, 7, 3)))
+      >>> out_shape, sorted(params), y.shape
+      ((7, 10), ['bwd', 'fwd'], (2, 7, 10))
     """
     if not isinstance(rnn, Layer):
         raise errors.BpjaxTypeError("Bidirectional", f"expected a bpjax Layer such as GRU(6), got "

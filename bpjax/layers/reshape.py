@@ -15,6 +15,13 @@ def Flatten(*, name: str | None = None) -> Layer:
 
     Args:
       name: display name (default ``Flatten``).
+
+    Examples:
+      >>> layer = L.Flatten()
+      >>> out_shape, _ = layer.init(jax.random.key(0), (4, 4, 3))
+      >>> y, _ = layer.forward((), jnp.ones((2, 4, 4, 3)))
+      >>> out_shape, y.shape
+      ((48,), (2, 48))
     """
     name = name or "Flatten"
 

@@ -44,5 +44,9 @@ def cached(key, build):
 
 
 def clear_cache() -> None:
-    """Forget every compiled program kept by ``fit`` and ``fit_many`` (the next call compiles anew)."""
+    """Forget every compiled program kept by ``fit`` and ``fit_many`` (the next call compiles anew).
+
+    Examples:
+      >>> bp.train.clear_cache()                   # the next fit compiles its program anew
+    """
     _CACHE.clear()

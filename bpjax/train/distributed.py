@@ -396,6 +396,12 @@ def process_local(tree, mesh: Mesh):
     Process ``p`` passes rows ``p*N/P .. (p+1)*N/P-1`` of the global ``(N, ...)`` arrays (with the mesh
     over ``jax.devices()``, whose order is process 0's devices first); each process holds only its
     rows. With one process it is ``shard_batch``. Row counts must divide over the local devices.
+
+    Examples:
+      >>> mesh = bp.train.data_parallel_mesh()
+      >>> x, y = bp.train.process_local((jnp.ones((8, 3)), jnp.zeros(8)), mesh)   # this process's rows
+      >>> x.shape, y.shape                                                # the global shapes (one process)
+      ((8, 3), (8,))
     """
     sharding = NamedSharding(mesh, PartitionSpec(mesh.axis_names[0]))
     return jax.tree.map(lambda a: jax.make_array_from_process_local_data(sharding, np.asarray(a)), tree)
@@ -411,7 +417,15 @@ class EveryProcess(NamedTuple):
 
 
 def every_process(callback: Callable) -> EveryProcess:
-    """Mark ``callback(step, FitResult)`` to run in every process, not only in process 0."""
+    """Mark ``callback(step, FitResult)`` to run in every process, not only in process 0.
+
+    Examples:
+      >>> def log(step, result):                   # e.g. each process writes its own shard's statistics
+      ...     pass
+      >>> callback = bp.train.every_process(log)   # fit(..., callback=callback) runs it in every process
+      >>> callable(callback)
+      True
+    """
     return EveryProcess(callback)
 
 

@@ -128,6 +128,19 @@ def resume_step(path) -> int:
 
     The newest entry of the run folder that passes its checks; read by process 0 and sent to every
     process, so all agree. For a streamed run, start the iterator at this step's batch.
+
+    Examples:
+      >>> import os, tempfile
+      >>> model = bp.serial(L.Dense(4), L.Relu(), L.Dense(2))
+      >>> _, params = model.init(jax.random.key(0), (3,))
+      >>> x, y = jnp.linspace(-1, 1, 24).reshape(8, 3), jnp.arange(8) % 2
+      >>> run = os.path.join(tempfile.mkdtemp(), "run")
+      >>> bp.train.resume_step(run)                                                   # nothing saved yet
+      0
+      >>> _ = bp.train.fit(model, bp.losses.softmax_cross_entropy, optax.sgd(0.1), params, (x, y), steps=3,
+      ...                  batch_size=4, verbose=False, checkpoint_path=run, checkpoint_every=3)
+      >>> bp.train.resume_step(run)
+      3
     """
     where = "resume_step"
 

@@ -231,6 +231,15 @@ def fit(model: Layer, loss, optimizer: optax.GradientTransformation, params, tra
 
     Returns:
       :class:`FitResult` ``(params, opt_state, state, history)``.
+
+    Examples:
+      >>> model = bp.serial(L.Dense(4), L.Relu(), L.Dense(2))
+      >>> _, params = model.init(jax.random.key(0), (3,))
+      >>> x, y = jnp.linspace(-1, 1, 24).reshape(8, 3), jnp.arange(8) % 2
+      >>> result = bp.train.fit(model, bp.losses.softmax_cross_entropy, optax.sgd(0.1), params, (x, y),
+      ...                       steps=3, batch_size=4, verbose=False)
+      >>> sorted(result.history), result.history["loss"].shape, result.params[0]["W"].shape
+      (['loss', 'step'], (3,), (3, 4))
     """
     where = "fit"
     check_model(model, where)
@@ -267,6 +276,12 @@ def init_many(model: Layer, keys: jax.Array, input_shape, *, state: bool = False
     With ``state=True``, the stacked initial states instead (``bp.init_state(model, keys[i], input_shape)``;
     ``()`` for a simple model): per-model feedback matrices, running statistics, ... for
     :func:`fit_many`'s ``state``.
+
+    Examples:
+      >>> model = bp.serial(L.Dense(4), L.Relu(), L.Dense(2))
+      >>> params = bp.train.init_many(model, jax.random.split(jax.random.key(0), 3), (3,))
+      >>> params[0]["W"].shape, params[2]["b"].shape                                 # a leading model axis
+      ((3, 3, 4), (3, 2))
     """
     where = "init_many"
     check_model(model, where)
@@ -344,6 +359,15 @@ def fit_many(model: Layer, loss, optimizer, params, train_data: Tuple[Any, Any],
 
     Returns:
       :class:`FitResult` whose params/opt_state/state leaves and history arrays have a leading axis ``N``.
+
+    Examples:
+      >>> model = bp.serial(L.Dense(4), L.Relu(), L.Dense(2))
+      >>> params = bp.train.init_many(model, jax.random.split(jax.random.key(0), 3), (3,))   # 3 seeds
+      >>> x, y = jnp.linspace(-1, 1, 24).reshape(8, 3), jnp.arange(8) % 2
+      >>> result = bp.train.fit_many(model, bp.losses.softmax_cross_entropy, optax.sgd(0.1), params, (x, y),
+      ...                            steps=3, batch_size=4, verbose=False)
+      >>> result.history["loss"].shape, result.params[0]["W"].shape                  # (models, steps)
+      ((3, 3), (3, 3, 4))
     """
     where = "fit_many"
     check_model(model, where)

@@ -45,6 +45,11 @@ def make_mesh(axis_shapes: Sequence[int], axis_names: Sequence[str],
       axis_shapes: the size of each axis, e.g. ``(4, 2)``; their product devices are used.
       axis_names: one name per axis, the data axis first, e.g. ``("data", "model")``.
       devices: the devices to lay out (default: ``jax.devices()``, every process's).
+
+    Examples:
+      >>> mesh = bp.train.make_mesh((jax.device_count(),), ("data",))
+      >>> mesh.axis_names, mesh.devices.shape == (jax.device_count(),)
+      (('data',), True)
     """
     shape, names = tuple(axis_shapes), tuple(axis_names)
     if len(shape) != len(names) or not all(isinstance(n, str) for n in names):
@@ -64,7 +69,13 @@ def make_mesh(axis_shapes: Sequence[int], axis_names: Sequence[str],
 
 def data_parallel_mesh(devices: Optional[Sequence[jax.Device]] = None, axis: str = "data") -> Mesh:
     """A 1-D mesh over ``devices`` (default: all of ``jax.devices()``, every process's), process 0's first
-    (:func:`make_mesh`)."""
+    (:func:`make_mesh`).
+
+    Examples:
+      >>> mesh = bp.train.data_parallel_mesh()
+      >>> mesh.axis_names, mesh.size == jax.device_count()
+      (('data',), True)
+    """
     devices = jax.devices() if devices is None else list(devices)
     return make_mesh((len(devices),), (axis,), devices)
 
@@ -95,12 +106,26 @@ def put(tree, sharding: NamedSharding):
 
 
 def shard_batch(x, mesh: Mesh, axis: Optional[str] = None):
-    """``x`` (or a pytree of arrays) placed with its leading (batch) axis split over ``mesh``'s axis."""
+    """``x`` (or a pytree of arrays) placed with its leading (batch) axis split over ``mesh``'s axis.
+
+    Examples:
+      >>> mesh = bp.train.data_parallel_mesh()
+      >>> x = bp.train.shard_batch(jnp.ones((8, 3)), mesh)   # rows split over the devices
+      >>> x.shape, len(x.sharding.device_set) == jax.device_count()
+      ((8, 3), True)
+    """
     return put(x, NamedSharding(mesh, PartitionSpec(axis or data_axis(mesh))))
 
 
 def replicate(tree, mesh: Mesh):
-    """Every leaf of ``tree`` copied in full to each device of ``mesh``."""
+    """Every leaf of ``tree`` copied in full to each device of ``mesh``.
+
+    Examples:
+      >>> mesh = bp.train.data_parallel_mesh()
+      >>> params = bp.train.replicate({"W": jnp.ones((3, 4))}, mesh)
+      >>> params["W"].shape, params["W"].sharding.is_fully_replicated
+      ((3, 4), True)
+    """
     return put(tree, NamedSharding(mesh, PartitionSpec()))
 
 

@@ -28,7 +28,7 @@ __all__ = ["BACKWARDS", "as_transformation", "make_step", "step_function"]
 
 def as_transformation(where: str, optimizer) -> optax.GradientTransformation:
     """``optimizer`` as an optax ``GradientTransformation``: itself, or an ``optax.MultiSteps``'s
-    ``gradient_transformation()``; anything else is a :class:`BpjaxTypeError` (``optax.adam(1e-3)``, not
+    ``gradient_transformation()``; anything else is a :class:`~bpjax.errors.BpjaxTypeError` (``optax.adam(1e-3)``, not
     ``optax.adam``)."""
     if isinstance(optimizer, optax.GradientTransformation):
         return optimizer
@@ -123,6 +123,15 @@ def make_step(model: Layer, loss, optimizer: optax.GradientTransformation, *, ba
     numbers are taken as arrays. The step may itself be put inside your own ``jax.jit`` (or
     ``lax.scan``): there no error can be raised from values, so the ``checkify`` report is dropped
     and a failed value check turns the loss and the gradients into NaN, as with ``checks=False``.
+
+    Examples:
+      >>> model, opt = bp.serial(L.Dense(4), L.Relu(), L.Dense(2)), optax.sgd(0.1)
+      >>> _, params = model.init(jax.random.key(0), (3,))
+      >>> step = bp.train.make_step(model, bp.losses.softmax_cross_entropy, opt)   # jit-compiled
+      >>> x, y = jnp.linspace(-1, 1, 24).reshape(8, 3), jnp.arange(8) % 2
+      >>> params, opt_state, loss = step(params, opt.init(params), x, y)
+      >>> loss.shape, loss.dtype
+      ((), dtype('float32'))
     """
     check_model(model)
     loss = as_loss(loss)

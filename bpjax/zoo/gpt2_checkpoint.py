@@ -143,6 +143,15 @@ def load_gpt2(folder, *, dtype=None, dropout: float | None = None) -> tuple[Laye
 
     Returns:
       ``(model, params)``.
+
+    Examples:
+      >>> import os, tempfile
+      >>> model = bp.zoo.gpt(vocab=11, context=8, features=16, num_layers=1, num_heads=2)
+      >>> folder = os.path.join(tempfile.mkdtemp(), "tiny-gpt2")
+      >>> bp.zoo.save_gpt2(folder, model, model.init(jax.random.key(0), (8,))[1])
+      >>> loaded, params = bp.zoo.load_gpt2(folder)     # a folder of save_pretrained, e.g. Hugging Face's gpt2
+      >>> loaded.name == model.name, bp.zoo.gpt_config(loaded)["context"]
+      (True, 8)
     """
     folder = os.fspath(folder)
     config = _read_config(folder)
@@ -194,6 +203,15 @@ def save_gpt2(folder, model: Layer, params) -> None:
       folder: the folder to write.
       model: a model built by :func:`~bpjax.zoo.gpt` (or returned by :func:`load_gpt2`), with biases.
       params: its params.
+
+    Examples:
+      >>> import os, tempfile
+      >>> model = bp.zoo.gpt(vocab=11, context=8, features=16, num_layers=1, num_heads=2)
+      >>> _, params = model.init(jax.random.key(0), (8,))
+      >>> folder = os.path.join(tempfile.mkdtemp(), "tiny-gpt2")
+      >>> bp.zoo.save_gpt2(folder, model, params)
+      >>> sorted(os.listdir(folder))                                 # GPT2LMHeadModel.from_pretrained(folder) reads it
+      ['config.json', 'model.safetensors']
     """
     from safetensors.numpy import save_file
 

@@ -34,6 +34,11 @@ def token_windows(ids, T: int, starts=None):
 
     Returns:
       ``(x, y)``, integer arrays of shape ``(n, T)`` (``starts.shape + (T,)`` with ``starts``).
+
+    Examples:
+      >>> x, y = bp.zoo.token_windows(np.arange(10), 4)             # y is x shifted by one token
+      >>> x.tolist(), y.tolist()
+      ([[0, 1, 2, 3], [4, 5, 6, 7]], [[1, 2, 3, 4], [5, 6, 7, 8]])
     """
     ids = np.asarray(ids)
     if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
@@ -87,10 +92,16 @@ def _token_xent_check(targets, pred_shape):
 
 token_cross_entropy = losses.Loss(_token_xent_value, _token_xent_value_and_grad, "token_cross_entropy",
                                   _token_xent_check)
-"""Next-token cross-entropy of a language model, nats per token: ``logits: (B, T, V)``, ``targets: (B, T)``.
+"""Next-token cross-entropy of a language model in nats per token, of ``logits: (B, T, V)`` and ``targets: (B, T)``.
 
 ``L = -mean_{b,t} log softmax(logits[b, t])[targets[b, t]]``, the mean over all ``B*T`` positions; its
-backward is :data:`bpjax.losses.softmax_cross_entropy`'s fused ``dz = (softmax(z) - onehot(y)) / (B*T)``."""
+backward is :data:`bpjax.losses.softmax_cross_entropy`'s fused ``dz = (softmax(z) - onehot(y)) / (B*T)``.
+
+Examples:
+  >>> logits, targets = jnp.zeros((2, 3, 5)), jnp.array([[0, 1, 2], [3, 4, 0]])
+  >>> round(float(bp.zoo.token_cross_entropy(logits, targets)), 4)   # log 5: uniform over 5 tokens
+  1.6094
+"""
 
 
 def _sample(logits, key, temperature, top_k):
@@ -156,6 +167,13 @@ def generate(model: Layer, params, prompt, steps: int, *, key, context: int | No
 
     Returns:
       ``(B, P + steps)`` ids: the prompt and its continuation.
+
+    Examples:
+      >>> model = bp.zoo.gpt(vocab=11, context=8, features=16, num_layers=1, num_heads=2)
+      >>> _, params = model.init(jax.random.key(0), (8,))
+      >>> tokens = bp.zoo.generate(model, params, jnp.array([[1, 2, 3]]), 5, key=jax.random.key(1))
+      >>> tokens.shape, bool(((0 <= tokens) & (tokens < 11)).all())      # the prompt, then 5 new tokens
+      ((1, 8), True)
     """
     check_model(model, "generate")
     prompt = jnp.asarray(prompt)

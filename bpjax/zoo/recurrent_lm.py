@@ -35,6 +35,14 @@ def TruncatedBPTT(rnn: Layer, *, batch_size: int, name: str | None = None) -> La
       rnn: a recurrent layer that takes ``(x, carry)`` (:func:`bpjax.layers.LSTM`, ``GRU``, ``SimpleRNN``).
       batch_size: the number of parallel streams, the batch size of training.
       name: display name (default ``TruncatedBPTT(<rnn>)``).
+
+    Examples:
+      >>> layer = bp.zoo.TruncatedBPTT(L.GRU(5), batch_size=2)      # 2 parallel streams
+      >>> _, params = layer.init(jax.random.key(0), (7, 3))
+      >>> state = bp.init_state(layer, jax.random.key(0), (7, 3))   # the carried h, one per stream
+      >>> y, _, state = bp.apply(layer, params, jnp.ones((2, 7, 3)), state=state)   # chunk 1; chunk 2 starts here
+      >>> y.shape, jax.tree.map(jnp.shape, state)
+      ((2, 7, 5), ((2, 5),))
     """
     check_model(rnn, "TruncatedBPTT")
     batch_size = errors.positive_int("TruncatedBPTT", "batch_size", batch_size)
@@ -92,6 +100,12 @@ def char_rnn(vocab: int, *, cell: str = "lstm", features: int = 256, embed_featu
       embed_features: the embedding width.
       batch_size: number of parallel streams for truncated BPTT, or None.
       name: display name (default ``char_rnn(lstm, H)``).
+
+    Examples:
+      >>> model = bp.zoo.char_rnn(vocab=11, features=8, embed_features=4)
+      >>> out_shape, params = model.init(jax.random.key(0), (6,))
+      >>> out_shape, bp.predict(model, params, jnp.zeros((2, 6), jnp.int32)).shape
+      ((6, 11), (2, 6, 11))
     """
     from bpjax.layers import GRU, LSTM, Dense, Embedding
 

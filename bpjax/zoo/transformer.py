@@ -23,6 +23,13 @@ def PositionEmbedding(context: int, *, init: Initializer = "normal", stddev: flo
       init, stddev: initialiser of ``P`` (GPT-2: ``N(0, 0.02^2)``).
       dtype: dtype of ``P``; default the canonical float.
       name: display name (default ``PositionEmbedding(context)``).
+
+    Examples:
+      >>> layer = bp.zoo.PositionEmbedding(context=8)
+      >>> out_shape, params = layer.init(jax.random.key(0), (5, 16))   # T = 5 <= context
+      >>> y, _ = layer.forward(params, jnp.zeros((2, 5, 16)))
+      >>> params["P"].shape, y.shape
+      ((8, 16), (2, 5, 16))
     """
     context = errors.positive_int("PositionEmbedding", "context", context)
     name = name or f"PositionEmbedding({context})"
@@ -102,6 +109,13 @@ def gpt(vocab: int, *, context: int, features: int = 128, num_layers: int = 4, n
       stddev: standard deviation of the weights at initialisation (GPT-2's ``initializer_range``).
       dtype: parameter dtype; default the canonical float.
       name: display name (default ``gpt(L, H, D, T)``).
+
+    Examples:
+      >>> model = bp.zoo.gpt(vocab=11, context=8, features=16, num_layers=2, num_heads=2)
+      >>> out_shape, params = model.init(jax.random.key(0), (8,))
+      >>> logits = bp.predict(model, params, jnp.zeros((2, 8), jnp.int32))
+      >>> out_shape, logits.shape                                   # (B, T, vocab)
+      ((8, 11), (2, 8, 11))
     """
     from bpjax.layers import Dense, Embedding, LayerNorm, TransformerBlock
     from bpjax.layers.attention import optional_dropout
@@ -136,5 +150,13 @@ def gpt_config(model: Layer) -> dict | None:
 
     ``gpt(**gpt_config(model))`` builds the same model again (the name aside). A renamed model
     (``model._replace(name=...)``) keeps them.
+
+    Examples:
+      >>> model = bp.zoo.gpt(vocab=11, context=8, features=16, num_layers=2, num_heads=2)
+      >>> config = bp.zoo.gpt_config(model)
+      >>> config["vocab"], config["context"], config["num_layers"]
+      (11, 8, 2)
+      >>> bp.zoo.gpt_config(L.Dense(4)) is None
+      True
     """
     return dict(model.settings) if isinstance(model, Layer) and model.kind == "gpt" else None

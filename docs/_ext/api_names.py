@@ -17,7 +17,9 @@ Each name becomes a row of the summary table (its docstring's first sentence) an
 rather than ``:members:``, keeps a package's internals (``bpjax.train.driver``, ...) off the page. A class
 shows the methods and properties it defines; its fields (a NamedTuple's, a dataclass's) are the
 ``Attributes:`` of its docstring, so they are not listed twice. A constant without a docstring of its own
-shows its value only, not the docstring of its type (``dict``'s, ``Loss``'s). A reference to a function or class by
+shows its value only, not the docstring of its type (``dict``'s, ``Loss``'s); its docstring is the string literal
+under its assignment, in whichever module of the package assigns it (``token_cross_entropy = Loss(...)`` in
+``bpjax.zoo.language``, documented as ``bpjax.zoo.token_cross_entropy``). A reference to a function or class by
 another of its paths (``bpjax.tied.tie``, ``bpjax.check_gradients``) links to where it is documented (``bpjax.tie``,
 ``bpjax.gradcheck.check_gradients``).
 """
@@ -32,6 +34,7 @@ import re
 
 from docutils import nodes
 from docutils.statemachine import StringList
+from public_api import attribute_doc, docstring, own_doc
 from sphinx.util.docutils import SphinxDirective
 from sphinx.util.nodes import nested_parse_with_titles
 
@@ -48,23 +51,14 @@ def directive_for(value) -> str:
     return "autodata"  # constants, and callable instances such as the losses
 
 
-def first_sentence(value) -> str:
-    """The first sentence of ``value``'s own docstring, on one line ("" without one)."""
-    doc = own_doc(value)
+def first_sentence(doc: str) -> str:
+    """The first sentence of the docstring ``doc``, on one line ("" for an empty one)."""
     paragraph = " ".join(doc.split("\n\n")[0].split())
     paragraph = paragraph[:-1] if paragraph.endswith("::") else paragraph  # "...::" introduces a literal block
     for match in _LITERAL_OR_END.finditer(paragraph):
         if not match.group().startswith("``"):
             return paragraph[:match.start() + 1]
     return paragraph
-
-
-def own_doc(value) -> str:
-    """``value``'s docstring, or "" for an instance that only carries its type's."""
-    doc = getattr(value, "__doc__", None)
-    if not inspect.isclass(value) and not inspect.isroutine(value) and doc == getattr(type(value), "__doc__", None):
-        return ""
-    return inspect.cleandoc(doc or "")
 
 
 def documented_members(cls) -> list[str]:
@@ -90,7 +84,7 @@ class ApiNames(SphinxDirective):
             raise self.error(f"api-names: {module_name} has no {', '.join(missing)}")
         lines = [".. list-table::", "   :class: api-summary", "   :widths: 30 70", ""]
         for n in names:
-            lines += [f"   * - :py:obj:`{n}`", f"     - {first_sentence(getattr(module, n))}"]
+            lines += [f"   * - :py:obj:`{n}`", f"     - {first_sentence(docstring(module_name, n))}"]
         lines.append("")
         for n in names:
             value = getattr(module, n)
@@ -104,12 +98,13 @@ class ApiNames(SphinxDirective):
         return node.children
 
 
-def drop_type_docstring(app, what, name, obj, options, lines):
-    """A constant documented by ``autodata`` shows its own docstring only, never its type's."""
-    if what == "data" and not own_doc(obj) and inspect.cleandoc(getattr(type(obj), "__doc__", None) or ""):
-        type_doc = inspect.cleandoc(type(obj).__doc__).splitlines()
-        if [line for line in lines if line.strip()] == [line for line in type_doc if line.strip()]:
-            lines.clear()
+def constant_docstring(app, what, name, obj, options, lines):
+    """A constant documented by ``autodata`` shows its own docstring (:func:`attribute_doc`), never its type's."""
+    if what != "data" or own_doc(obj):
+        return
+    type_doc = inspect.cleandoc(getattr(type(obj), "__doc__", None) or "").splitlines()
+    if [line for line in lines if line.strip()] in ([], [line for line in type_doc if line.strip()]):
+        lines[:] = attribute_doc(*name.rsplit(".", 1)).splitlines()
 
 
 @functools.lru_cache(maxsize=None)
@@ -145,5 +140,5 @@ def documented_elsewhere(app, env, node, contnode):
 def setup(app):
     app.add_directive("api-names", ApiNames)
     app.connect("missing-reference", documented_elsewhere)
-    app.connect("autodoc-process-docstring", drop_type_docstring, priority=400)  # before napoleon rewrites it
+    app.connect("autodoc-process-docstring", constant_docstring, priority=400)  # before napoleon rewrites it
     return {"parallel_read_safe": True, "parallel_write_safe": True}

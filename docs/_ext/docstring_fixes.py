@@ -8,11 +8,7 @@ fixed, so delete the entry. The list is meant to be empty.
 from __future__ import annotations
 
 # object -> [(the line as it is, the lines that replace it)]
-FIXES = {
-    # napoleon reads the line as one more argument and ends the field list without a blank line
-    "bpjax.layers.LSTM": [("  Others as for :func:`SimpleRNN`.",
-                           ["", "The other arguments are as for :func:`SimpleRNN`."])],
-}
+FIXES: dict = {}
 
 
 def fix(app, what, name, obj, options, lines):
