@@ -2,8 +2,9 @@
 
 A reader pastes a page's ```python blocks one after another into one Python session; :func:`run_in_order` does
 the same, and reports the first block that fails with the block itself. Signatures and pseudo-code are fenced
-as ```text and are not run; every fence names its language. A fence ```python slow marks a block that takes
-more than the default suite can give (it runs in the slow set); no block after it may need what it defines, so
+as ```text and are not run; every fence names its language. A fence ```python slow: <reason> marks a block that
+needs more than the default suite can give (several processes, a long run), and says why on the fence line,
+which neither GitHub nor Sphinx shows; it runs in the slow set. No block after it may need what it defines, so
 the default suite runs the others in order without it.
 
 The packages a page imports beyond bpjax's own dependencies are the test extra's recipe packages
@@ -24,8 +25,8 @@ from typing import NamedTuple
 
 import pytest
 
-# ```lang or ```lang flag (the flag: "slow")
-FENCE = re.compile(r"^```(\S*)(?:[ \t]+(\S+))?[ \t]*$")
+# ```lang, or ```lang flag: reason (the flag: "slow"; the reason is for whoever reads the page's source)
+FENCE = re.compile(r"^```(\S*)(?:[ \t]+([^\s:]+):?(?:[ \t]+(.*?))?)?[ \t]*$")
 FLAGS = ("slow",)
 # The packages the pages' blocks import beyond bpjax's own dependencies, each in pyproject.toml's test extra, and
 # the oldest Python it installs on there (None: any): flax 0.12 (with orbax and tensorstore) needs Python 3.11.
@@ -35,6 +36,7 @@ RECIPE_PACKAGES = {"equinox": None, "flax": (3, 11)}
 class Block(NamedTuple):
     lang: str
     flag: str | None
+    reason: str | None  # why the block is flagged, from the fence line
     line: int  # the first line of the block's source, 1-based
     source: str
 
@@ -47,14 +49,14 @@ def blocks(path: Path) -> list[Block]:
     for number, line in enumerate(path.read_text().splitlines(), 1):
         match = FENCE.match(line)
         if opened is None and match:
-            opened, body = (match.group(1), match.group(2), number + 1), []
+            opened, body = (match.group(1), match.group(2), match.group(3), number + 1), []
         elif opened is not None and line.rstrip() == "```":
             out.append(Block(*opened, "\n".join(body) + "\n"))
             opened = None
         elif opened is not None:
             body.append(line)
     if opened is not None:
-        raise AssertionError(f"{path.name}: the block opened at line {opened[2] - 1} is never closed")
+        raise AssertionError(f"{path.name}: the block opened at line {opened[3] - 1} is never closed")
     return out
 
 

@@ -116,7 +116,7 @@ def test_as_custom_vjp_and_per_example_grads():
     chex.assert_trees_all_close(as_same(jax.tree.map(lambda g: g.mean(0), per_example)), reference()[1], **TOL)
 
 
-@pytest.mark.slow  # two compiled runs; the default suite trains an Autodiff layer in the README's Equinox block
+@pytest.mark.slow  # two compiled runs; the default suite trains an Autodiff layer in the interop guide's Equinox block
 def test_fit_trains_as_the_same_model_written_by_hand():
     run = dict(steps=4, batch_size=8, verbose=False)
     res = bp.train.fit(MODEL, XENT, optax.adam(1e-2), PARAMS, (X, Y), **run)

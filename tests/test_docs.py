@@ -2,11 +2,10 @@
 pages list every public name.
 
 The guides (``docs/guides/*.md``) are pages of runnable code: their ```python blocks run in order, one namespace
-per page (:mod:`markdown_blocks`), in the slow set: every page compiles a few programs of its own, 2 to 10 s a page
-and about 40 s for all of them without their ```python slow blocks, and the README, whose blocks (about 50 s of the
-default suite) run the same API, still holds the code the guides were drafted from. The default suite reads every
-block: it parses, it imports what the tests install, and every ``bp.*`` name it uses exists. The site itself is
-built by ``.ci/run`` (``sphinx-build -W``), not here: these tests need no Sphinx.
+per page (:mod:`markdown_blocks`), in the default suite, as the README's do; a ```python slow block (several
+processes, a long run: its fence says why) runs in the slow set only. Every block parses, imports only what the
+tests install, and uses only ``bp.*`` names that exist. The site itself is built by ``.ci/run``
+(``sphinx-build -W``), not here: these tests need no Sphinx.
 """
 
 import ast
@@ -23,6 +22,7 @@ from markdown_blocks import FLAGS, RECIPE_PACKAGES, blocks, imported, python_blo
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 PAGES = sorted(DOCS.glob("guides/*.md")) + [DOCS / "index.md"]
+README = ROOT / "README.md"
 RUNNABLE = [p for p in PAGES if python_blocks(p)]
 
 
@@ -35,11 +35,18 @@ def test_the_pages_are_found():
 
 
 @pytest.mark.parametrize("page", PAGES, ids=ids(PAGES))
+def test_every_slow_block_says_why(page):
+    """A block left to the slow set gives its reason on its fence line: ```python slow: <reason>."""
+    silent = [b.line - 1 for b in blocks(page) if b.flag == "slow" and not b.reason]
+    assert not silent, f"{page.name}: ```python slow fences without a reason at lines {silent}"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=ids(PAGES))
 def test_every_fence_names_its_language_and_every_block_parses(page):
     for block in blocks(page):
         assert block.lang, f"{page.name}:{block.line - 1}: a fence without a language (use python, bash or text)"
-        assert block.flag in (None, *FLAGS), f"{page.name}:{block.line - 1}: unknown flag {block.flag!r}"
-        if block.lang == "python":
+        if block.lang == "python":  # (a MyST directive, ```{include} path, has its own arguments)
+            assert block.flag in (None, *FLAGS), f"{page.name}:{block.line - 1}: unknown flag {block.flag!r}"
             ast.parse(block.source, f"{page.name}:{block.line}")
 
 
@@ -50,7 +57,7 @@ def test_every_package_a_block_imports_is_installed_by_the_tests():
     name = lambda requirement: re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0]  # noqa: E731
     core = {name(r) for r in project["dependencies"]}
     test = {name(r) for r in project["optional-dependencies"]["test"]}
-    for page in RUNNABLE:
+    for page in [*RUNNABLE, README]:
         for block in python_blocks(page):
             for module in imported(block.source) - set(sys.stdlib_module_names) - {"bpjax"}:
                 assert module in core or module in RECIPE_PACKAGES, \
@@ -107,9 +114,18 @@ def resolve(dotted: str):
     return value
 
 
-@pytest.mark.slow  # every page compiles programs of its own (2-10 s each); the default suite reads every block
 @pytest.mark.parametrize("page", RUNNABLE, ids=ids(RUNNABLE))
 def test_page_blocks_run_in_order(page):
+    """Paste the page's ```python blocks in order into one namespace, without the ```python slow ones."""
+    run_in_order(page, slow=False)
+
+
+SLOW_PAGES = [p for p in RUNNABLE if any(b.flag == "slow" for b in python_blocks(p))]
+
+
+@pytest.mark.slow  # the blocks the default suite leaves out (their fences say why); it runs the others
+@pytest.mark.parametrize("page", SLOW_PAGES, ids=ids(SLOW_PAGES))
+def test_page_blocks_run_in_order_with_the_slow_ones(page):
     """Paste the page's ```python blocks in order into one namespace, the ```python slow ones included."""
     run_in_order(page, slow=True)
 

@@ -3,8 +3,8 @@
 False-alarm battery: correct models (built-in and custom, stochastic ones included) pass with the
 default settings in float32 and float64, with and without finite differences. Mutation battery:
 bugs planted in custom and built-in backwards are caught, and the sweep names the guilty layer.
-The slow tests (``-m slow``) run the README's BatchNorm example over 50 seeds and the whole
-mutation battery; the default suite runs a few of each.
+The slow tests (``-m slow``) run the BatchNorm model of ``docs/guides/gradient_checks.md`` over 50 seeds and
+the whole mutation battery; the default suite runs a few of each.
 
 Tolerances are the checker's defaults (printed in each report with their reasons): manual vs
 reference f32 1e-4 / f64 1e-10 relative to each leaf's largest entry, floored at 1% of the model's
@@ -26,7 +26,7 @@ from bpjax.core import Layer
 from bpjax.gradcheck import judge, measure, world64
 from bpjax.gradcheck import report as R
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+GUIDE = Path(__file__).resolve().parent.parent / "docs" / "guides" / "gradient_checks.md"
 
 XENT = bp.losses.softmax_cross_entropy
 
@@ -91,7 +91,7 @@ def _check(model, shape, batch=16, dtype=jnp.float32, seed=0, loss=XENT, **kw):
         return bp.check_gradients(model, loss, params, x, y, state=state, key=key, **kw)
 
 
-# --- the README's BatchNorm example ---------------------------------------------------------------------
+# --- the gradient-checks guide's BatchNorm model ---------------------------------------------------------
 
 BN_MLP = bp.serial(L.Dense(100), L.BatchNorm(), L.Relu(), L.Dropout(0.1), L.Dense(10))
 
@@ -139,7 +139,8 @@ def test_conv_batchnorm_relu_maxpool_passes_and_names_the_wrong_reference():
     assert rep.ok, str(rep)
     wrong = [r for r in rep.rows if r.verdict == R.REFERENCE_WRONG]
     # today's XLA CPU behaviour (see test_xla_cpu_jit_grad_reproduction); the day it is gone, no row disagrees
-    assert wrong, "jax.grad under jit now agrees on the Conv-BN-ReLU-MaxPool model: update the README\n" + str(rep)
+    assert wrong, ("jax.grad under jit now agrees on the Conv-BN-ReLU-MaxPool model: update "
+                   "docs/guides/gradient_checks.md\n" + str(rep))
     assert "jax.grad under jit disagrees with finite differences" in str(rep)
     assert "the hand-written gradient agrees" in str(rep)
     for r in wrong:  # the hand-written gradient agrees with finite differences; the reference does not
@@ -177,7 +178,8 @@ def test_xla_cpu_jit_grad_reproduction():
     States today's behaviour: in float64 the jitted gradient is off by about 70% (max abs difference
     over max abs gradient), finite differences side with eager, and each variant (no normalisation,
     ``jax.nn.relu`` instead of ``jnp.maximum``, a reshape max pool) agrees to roundoff. When this test
-    fails, JAX has changed: update the README section "jax.grad under jit on XLA CPU".
+    fails, JAX has changed: update the section "jax.grad under jit on XLA CPU"
+    of ``docs/guides/gradient_checks.md``.
     """
     if jax.default_backend() != "cpu":
         pytest.skip(f"the reproduction is of XLA CPU's compiler; on {jax.default_backend()} the jitted and eager "
@@ -200,14 +202,14 @@ def test_xla_cpu_jit_grad_reproduction():
 
         assert fd_error(eager) < 1e-6  # eager is right
         assert rel(jitted, eager) > 0.1, f"jax.jit(jax.grad) now matches eager ({rel(jitted, eager):.1e}): XLA " \
-                                         f"changed; update the README section 'jax.grad under jit on XLA CPU'"
+                                         "changed; update docs/guides/gradient_checks.md"
         assert fd_error(jitted) > 1e-3  # and the jitted one is wrong
         # the same program with LLVM's optimisation off (XLA's backend level 0) gives eager's answer exactly
         plain = jax.jit(jax.grad(_xla_repro)).lower(x, w).compile({"xla_backend_optimization_level": 0})(x, w)
         assert rel(plain, eager) == 0.0
-        shown = re.search(r"# ([\d.]+) on XLA CPU; 0 would be right", README.read_text())
+        shown = re.search(r"# ([\d.]+) on XLA CPU; 0 would be right", GUIDE.read_text())
         assert shown and shown.group(1) == f"{rel(jitted, eager):.3f}", \
-            f"README's reproduction prints {rel(jitted, eager):.3f}; its comment says {shown and shown.group(1)}"
+            f"the guide's reproduction prints {rel(jitted, eager):.3f}; its comment says {shown and shown.group(1)}"
 
 
 @pytest.mark.slow

@@ -1,16 +1,15 @@
-"""One set of conventions across the layers: keywords, the bias key, dtype, initialisers, and a README in step.
+"""One set of conventions across the layers: keywords, the bias key, dtype, initialisers, and the layers guide in step.
 
 Every layer with parameters takes ``init=``, ``dtype=`` and ``name=`` keyword-only, calls its width
 ``features``, names its bias ``"b"``, draws its parameters in ``dtype`` with ``init``, and refuses a
-bool where it wants an int. The README's defaults table and its Dense excerpt are checked against
-the code (``python tests/test_layer_conventions.py`` prints the table rows from the signatures).
+bool where it wants an int. The defaults table of ``docs/guides/layers.md`` is checked against the code
+(``python tests/test_layer_conventions.py`` prints the table rows from the signatures); ``test_docs.py`` checks
+the Dense excerpt of ``docs/guides/idea.md``.
 """
 
 import inspect
 import json
 import pathlib
-import re
-import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -141,14 +140,14 @@ def test_initializers_module_and_its_re_export():
         L.Dense(3, init="glorot")
 
 
-# -- the README in step with the code --------------------------------------------------------------
+# -- the layers guide in step with the code --------------------------------------------------------------
 
 def _value(v) -> str:
     return json.dumps(v) if isinstance(v, str) else repr(v)
 
 
 def defaults_row(name: str) -> str:
-    """The README row of constructor ``name``: positional arguments, then keyword-only ones with defaults."""
+    """The layers guide's row of constructor ``name``: positional arguments, then keyword-only ones with defaults."""
     sig = inspect.signature(getattr(L, name))
     pos, kw = [], []
     for p in sig.parameters.values():
@@ -160,25 +159,13 @@ def defaults_row(name: str) -> str:
 CONSTRUCTORS = [n for n in L.__all__ if n[0].isupper()]
 
 
-def _readme_section(title: str) -> str:
-    text = (ROOT / "README.md").read_text()
-    start = text.index(f"## {title}\n")
-    end = text.find("\n## ", start + 1)
-    return text[start:end if end > 0 else None]
+LAYERS_GUIDE = ROOT / "docs" / "guides" / "layers.md"
 
 
 @pytest.mark.parametrize("name", CONSTRUCTORS)
-def test_readme_defaults_table_matches_the_signatures(name):
+def test_the_layers_guide_defaults_table_matches_the_signatures(name):
     row = defaults_row(name)
-    assert row in _readme_section("The layers"), f"README 'The layers' defaults table needs the row:\n{row}"
-
-
-def test_readme_dense_excerpt_is_the_code_of_dense_py():
-    section = _readme_section("The idea in the notation of the maths")
-    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
-    excerpt = next(b for b in blocks if "def forward" in b and "def backward_with" in b)
-    source = (ROOT / "bpjax" / "layers" / "dense.py").read_text()
-    assert textwrap.indent(excerpt, "    ") in source, "the README's Dense excerpt is not a verbatim copy of dense.py"
+    assert row in LAYERS_GUIDE.read_text(), f"docs/guides/layers.md's defaults table needs the row:\n{row}"
 
 
 if __name__ == "__main__":

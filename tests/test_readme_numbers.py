@@ -1,12 +1,12 @@
-"""Every number the README quotes from a benchmark or an experiment equals a committed results file.
+"""Every number the README and the guides quote from a benchmark or an experiment equals a committed results file.
 
-Each entry of ``CLAIMS`` is a README phrase (a regular expression whose named groups are numbers; the README's line
-breaks read as spaces)
-and, for each group, where the number comes from: a committed JSON file (``benchmarks/results/*.json``,
+Each entry of ``CLAIMS`` is a phrase of the README or of a guide (``docs/guides/*.md``): a regular expression whose
+named groups are numbers, the pages' line breaks read as spaces, that occurs once in all the pages together (one
+place per fact), and, for each group, where the number comes from: a committed JSON file (``benchmarks/results/*.json``,
 ``docs/results/*.json``), a path into it (or a function of the whole file, for ranges and
-ratios) and the format the README prints it in. The test re-formats the committed value and
+ratios) and the format the page prints it in. The test re-formats the committed value and
 compares strings, so a number can no longer drift from the run that produced it: rerun the
-benchmark or the experiment, commit its JSON, and the README must follow.
+benchmark or the experiment, commit its JSON, and the page must follow.
 """
 
 import importlib.util
@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, NamedTuple, Tuple, Union
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-README = ROOT / "README.md"
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs" / "guides").glob("*.md"))]
 NUM = r"[-+]?[\d.]+(?:e[-+]?\d+)?"
 
 # "a.b.c" or ("a", "b.c", "c") (keys of nested dicts, list indices as digits) or fn(whole json)
@@ -26,7 +26,7 @@ Getter = Union[str, Tuple[str, ...], Callable[[Any], Any]]
 
 
 class Claim(NamedTuple):
-    """A README phrase; ``numbers[group] = (getter, format)``, the format a ``str.format`` spec or a function."""
+    """A phrase of the pages; ``numbers[group] = (getter, format)``, the format a ``str.format`` spec or a function."""
 
     name: str
     phrase: str
@@ -47,7 +47,7 @@ def fmt(value, spec) -> str:
 
 
 def sig(value, digits: int = 2) -> str:
-    """``value`` with ``digits`` significant digits as the README prints small errors: 4.5e-7, 0, 3e-16."""
+    """``value`` with ``digits`` significant digits as the pages print small errors: 4.5e-7, 0, 3e-16."""
     if value == 0:
         return "0"
     mantissa, exponent = f"{value:.{digits - 1}e}".split("e")
@@ -62,7 +62,7 @@ def sci(value, decimals: int = 1) -> str:
 
 
 def span(values, spec="{:.1f}") -> str:
-    """``min-max`` of ``values`` as the README prints a range (``1.0-1.3``)."""
+    """``min-max`` of ``values`` as the pages print a range (``1.0-1.3``)."""
     return f"{fmt(min(values), spec)}-{fmt(max(values), spec)}"
 
 
@@ -273,7 +273,7 @@ def _results_claims():
                        lambda bs: "/".join(sorted({f"{b:.0f}" for b in bs})))})  # one figure for every variant
 
 
-# The rows of the README's layer table: the row's name in layer_errors.json -> its first cell (a regex).
+# The rows of the layers guide's table: the row's name in layer_errors.json -> its first cell (a regex).
 LAYER_ROWS = {"Dense": r"`Dense\(F, ", "activations": r"`Identity`, `Sigmoid`",
               "Softmax, LogSoftmax": r"`Softmax`, `LogSoftmax` ", "Flatten": r"`Flatten` ",
               "Conv1D, Conv2D": r"`Conv1D`, `Conv2D`", "pools": r"`MaxPool1D/2D`", "BatchNorm": r"`BatchNorm`",
@@ -445,29 +445,38 @@ CLAIMS = [
 
 def _committed(source: str):
     path = ROOT / source
-    assert path.exists(), f"{source} is not in the repository (the README quotes numbers from it)"
+    assert path.exists(), f"{source} is not in the repository (the pages quote numbers from it)"
     return json.loads(path.read_text())
 
 
+def _texts() -> dict:
+    """``{page name: text}`` with every page's line breaks read as spaces (a phrase may wrap across lines)."""
+    return {str(page.relative_to(ROOT)): " ".join(page.read_text().split()) for page in PAGES}
+
+
+def the_one(pattern: str):
+    """``(page, match)`` of ``pattern``, asserting it occurs once in all the pages together (one place per fact)."""
+    found = [(name, m) for name, text in _texts().items() for m in re.finditer(pattern, text)]
+    assert len(found) == 1, (f"the phrase {pattern!r} occurs {len(found)} times in the README and the guides "
+                             f"({sorted({n for n, _ in found})}), expected once")
+    return found[0]
+
+
 @pytest.mark.parametrize("claim", CLAIMS, ids=[c.name for c in CLAIMS])
-def test_readme_number_equals_committed_result(claim):
-    text = " ".join(README.read_text().split())  # a phrase may wrap across lines
-    matches = list(re.finditer(claim.phrase, text))
-    assert len(matches) == 1, (f"README.md: the phrase of {claim.name!r} occurs {len(matches)} times, expected once "
-                               f"(pattern {claim.phrase!r})")
+def test_number_equals_committed_result(claim):
+    page, match = the_one(claim.phrase)
     data = _committed(claim.source)
     wrong = {}
     for group, (getter, spec) in claim.numbers.items():
-        printed, committed = matches[0].group(group), fmt(get(data, getter), spec)
+        printed, committed = match.group(group), fmt(get(data, getter), spec)
         if printed != committed:
-            wrong[group] = f"README prints {printed}, {claim.source} gives {committed}"
-    assert not wrong, f"README.md, {claim.name}: {wrong}"
+            wrong[group] = f"{page} prints {printed}, {claim.source} gives {committed}"
+    assert not wrong, f"{page}, {claim.name}: {wrong}"
 
 
 def test_the_worst_attention_leaf_is_the_key_bias():
-    """The Benchmarks section names ``bk`` as the worst leaf of attention and the transformer block: so it is."""
-    text = " ".join(README.read_text().split())
-    assert "The worst leaf of attention and the transformer block is the key bias `bk`" in text
+    """The layers guide names ``bk`` as the worst leaf of attention and the transformer block: so it is."""
+    the_one("The worst leaf of attention and the transformer block is the key bias `bk`")
     rows = _committed(LAYERS)["rows"]
     leaves = {(row, d): rows[row][f"{d}_case"].rsplit(", ", 1)[-1]
               for row in ("MultiHeadSelfAttention", "TransformerBlock") for d in ("f32", "f64")}
@@ -475,18 +484,17 @@ def test_the_worst_attention_leaf_is_the_key_bias():
 
 
 def test_the_bad_input_count_is_the_batterys():
-    """The Reliability section's count of bad inputs is the length of ``tests/test_bad_inputs.py``'s battery."""
+    """The errors guide's count of bad inputs is the length of ``tests/test_bad_inputs.py``'s battery."""
     spec = importlib.util.spec_from_file_location("bad_inputs_battery", ROOT / "tests" / "test_bad_inputs.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    text = " ".join(README.read_text().split())
-    printed = re.findall(r"A battery of (\d+) bad inputs", text)
-    assert printed == [str(len(module.CASES))], (f"README.md quotes a battery of {printed} bad inputs; "
-                                                  f"tests/test_bad_inputs.py has {len(module.CASES)}")
+    _, match = the_one(r"A battery of (\d+) bad inputs")
+    assert match.group(1) == str(len(module.CASES)), (f"the errors guide quotes a battery of {match.group(1)} bad "
+                                                      f"inputs; tests/test_bad_inputs.py has {len(module.CASES)}")
 
 
 def test_the_number_machinery_reads_what_it_says():
-    """The helpers format as the README prints: checked on fixed values, so a broken helper cannot pass."""
+    """The helpers format as the pages print: checked on fixed values, so a broken helper cannot pass."""
     assert [sig(4.5e-7), sig(9.7e-16), sig(0.0), sig(3e-16), sig(1.04e-5)] == ["4.5e-7", "9.7e-16", "0", "3e-16",
                                                                               "1e-5"]
     assert span([1.33, 1.03, 1.18]) == "1.0-1.3"
