@@ -1,6 +1,6 @@
 """Worst relative error of every layer's hand-written backward against ``jax.vjp``, over a fixed sweep.
 
-For each row of the README's layer table, each case (a layer, its settings and an input shape) is
+For each row of the layer table of docs/guides/layers.md, each case (a layer, its settings and an input shape) is
 checked with ``bp.check_layer`` (finite differences off: this measures manual vs ``jax.vjp``) at
 ``--seeds`` random draws, in float32 and in float64. Seed ``s`` draws the params with
 ``layer.init(key(s))``, the input ``x ~ N(0, 1)`` (the norms also ``3 + 4 N(0, 1)``) with
@@ -49,7 +49,7 @@ def _acts():
     return [Case(f"{n} {s}", f, s) for n, f in acts.items() for s in ((100, 40), (4, 7, 33))]
 
 
-# The rows of the README's layer table, each with the cases whose worst error it quotes.
+# The rows of the layer table of docs/guides/layers.md, each with the cases whose worst error it quotes.
 ROWS: Dict[str, List[Case]] = {
     "Dense": [Case(f"Dense({f}) {s}", lambda f=f: L.Dense(f), s)
               for f, s in ((100, (100, 40)), (10, (100, 100)), (7, (4, 9, 33)), (1, (1, 3)))],

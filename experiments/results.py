@@ -5,8 +5,8 @@ is made then, and refused if it holds a ``results.json`` already), writes its ta
 (:func:`write_csv`) and its figure (:func:`figure`, :func:`save_figure`), and calls :func:`save`
 last: ``results.json`` holds the experiment's name, the command, its configuration, the versions of
 everything it ran on, its metrics and its wall time. ``--publish`` then copies ``results.json`` to
-``docs/results/<name>.json`` and the figure ``<name>.png`` to ``docs/figures/``, where the README's
-numbers and pictures come from.
+``docs/results/<name>.json`` and the figure ``<name>.png`` to ``docs/figures/``, where the numbers and
+pictures of the README, the guides and the gallery come from.
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ The verdict is three-way (:mod:`.judge`): the hand-written gradient against the 
 model's dtype; where they disagree, float64 finite differences of the same model with the same
 random draws (:mod:`.world64`, :mod:`.fd`) decide, and the report says in words which one is wrong.
 The reference itself can be wrong: on XLA CPU, ``jax.jit(jax.grad)`` of a batch norm, ReLU and a
-stacked-slice max pool is off by up to 70% (README, "jax.grad under jit on XLA CPU");
+stacked-slice max pool is off by up to 70% (guide "How the gradients are checked", section
+"jax.grad under jit on XLA CPU");
 ``reference="eager"`` runs ``jax.grad`` op by op, which is not. Rows are named by layer path
 (:mod:`.paths`); a failure in a ``serial`` is pinned to its layer by the per-layer sweep
 (:mod:`.sweep`). Measures and tolerances (:mod:`.measure`) are printed in every report with their

@@ -114,8 +114,8 @@ def sentences(rows: Sequence[LeafCheck], ref: str, finite_differences, inconclus
                    f"{own} and {ref} differ on {_listing(resolved)} by less than finite "
                    f"differences resolve: both agree with them")
     if wrong_ref:
-        hint = " (the XLA CPU behaviour in the README, 'jax.grad under jit on XLA CPU'; reference='eager' " \
-               "avoids it)" if ref == "jax.grad under jit" else ""
+        hint = " (the XLA CPU behaviour in docs/guides/gradient_checks.md, 'jax.grad under jit on XLA CPU'; " \
+               "reference='eager' avoids it)" if ref == "jax.grad under jit" else ""
         out.append(f"{ref} disagrees with finite differences on {_listing(wrong_ref)}; {own} "
                    f"agrees{hint}")
     if wrong_man:

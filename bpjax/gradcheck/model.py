@@ -117,7 +117,7 @@ def check_gradients(model: Layer, loss, params, x, y, *, state=None, key=None, t
         ``True`` on every row, ``False`` never.
       fd_eps, fd_rtol, fd_directions, seed: step, tolerance, smooth random directions per row, seed.
       reference: ``"jit"`` (``jax.grad`` compiled, as training with ``backward="autodiff"`` runs it)
-        or ``"eager"`` (op by op, not under ``jit``: immune to the XLA CPU behaviour in the README).
+        or ``"eager"`` (op by op, not under ``jit``: immune to the XLA CPU behaviour in the gradient-checks guide).
       sweep: the per-layer sweep: ``None`` (default) when a row fails, ``True`` always, ``False`` never.
 
     Returns:
