@@ -205,9 +205,17 @@ def docstring(path: Path) -> str:
     return "\n\n".join(p for p in doc.split("\n\n") if not p.startswith("Run:"))
 
 
+def title_of(summary: str) -> str:
+    """A page title from the docstring's first sentence: its words before a colon ("The chain rule by hand: ..."),
+    when they are a short heading; else empty (the page is titled by the experiment's name alone)."""
+    head, colon, _ = summary.partition(":")
+    return " ".join(head.split()) if colon and len(head) <= 45 and "``" not in head else ""
+
+
 def page(name: str, description: str, script: Path, result: dict) -> str:
     summary, _, details = docstring(script).partition("\n\n")
-    lines = [f".. _gallery-{name}:", "", rst_text(name), "=" * len(rst_text(name)), "", summary, ""]
+    title = rst_text(f"{title_of(summary)} ({name})" if title_of(summary) else name)
+    lines = [f".. _gallery-{name}:", "", title, "=" * len(title), "", summary, ""]
     if (FIGURES / f"{name}.png").exists():
         lines += [f".. image:: ../figures/{name}.png", f"   :target: ../_images/{name}.png",  # opened whole
                   f"   :alt: {name}: {rst_text(description)}", ""]
