@@ -1,6 +1,6 @@
 """One process of the 2-process job of ``tests/test_multiprocess.py``, and the same runs on one device.
 
-    python -m bpjax.train.launch --processes 2 --cpu-devices 2 tests/multiprocess_worker.py OUT_DIR
+    python -m bpjax.train.launch --processes 2 --cpu-devices 2 tests/multiprocess_worker.py OUT_DIR [quick]
 
 Every process calls :func:`run` on a mesh over all 4 devices of both processes, feeding only its own
 rows (``bp.train.process_local``, a per-process stream of batches), and writes what it saw to
@@ -33,8 +33,9 @@ def dataset():
     return x[:N], y[:N], x[N:], y[N:]
 
 
-def run(mesh, tmp: str) -> dict:
-    """Every run of the job; ``mesh=None``: one process, one device, the whole arrays."""
+def run(mesh, tmp: str, quick: bool = False) -> dict:
+    """Every run of the job; ``mesh=None``: one process, one device, the whole arrays. ``quick``: runs 1 to 3
+    only (one compiled program: the default suite's share), not make_step, the streamed fit and the reports."""
     import jax
     import optax
 
@@ -102,6 +103,8 @@ def run(mesh, tmp: str) -> dict:
     checkpoint.save = real_save
     out["resume/saves"] = np.asarray(len(saves))
     out["resume/files"] = np.asarray(sorted(os.listdir(directory)) or [""])
+    if quick:
+        return out
 
     # 4. make_step on batches split over the processes
     step = bp.train.make_step(model, XENT, adam)
@@ -147,7 +150,7 @@ def run(mesh, tmp: str) -> dict:
     return out
 
 
-def main(out_dir: str) -> None:
+def main(out_dir: str, quick: bool = False) -> None:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import bpjax as bp
 
@@ -155,10 +158,10 @@ def main(out_dir: str) -> None:
     import jax
 
     assert jax.process_count() == 2 and jax.local_device_count() == 2, (jax.process_count(), jax.devices())
-    out = run(bp.train.data_parallel_mesh(), out_dir)
+    out = run(bp.train.data_parallel_mesh(), out_dir, quick)
     out["devices"] = np.asarray(jax.device_count())
     np.savez(os.path.join(out_dir, f"result_{jax.process_index()}.npz"), **out)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], quick=sys.argv[2:] == ["quick"])

@@ -59,18 +59,21 @@ def test_fit_passes_optax_extra_arguments_as_optax_does(name):
         assert float(res.opt_state[1].scale) == float(want_state[1].scale) < 1.0
 
 
-def test_make_step_takes_multi_steps_and_lbfgs():
+# make_step and fit build their step with one function (train.step.step_function): fit[lbfgs] above covers the
+# extra arguments by default; make_step's L-BFGS (its line search another compiled program) is the slow set's
+@pytest.mark.parametrize("name", ["multi_steps", pytest.param("lbfgs", marks=pytest.mark.slow)])
+def test_make_step_takes_multi_steps_and_lbfgs(name):
     x, y = _data()
     _, p0 = MODEL.init(jax.random.key(0), (4,))
-    for opt in (optax.MultiSteps(optax.sgd(0.1), every_k_schedule=2), optax.lbfgs()):
-        step = bp.train.make_step(MODEL, XENT, opt)
-        transformation = opt.gradient_transformation() if isinstance(opt, optax.MultiSteps) else opt
-        p, s = p0, transformation.init(p0)
-        for i in range(3):
-            p, s, value = step(p, s, x[i * 8:(i + 1) * 8], y[i * 8:(i + 1) * 8])
-        want, _ = _optax_loop(transformation, p0, x, y, 3)
-        for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(want)):
-            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=RTOL, atol=ATOL)
+    opt = {"multi_steps": optax.MultiSteps(optax.sgd(0.1), every_k_schedule=2), "lbfgs": optax.lbfgs()}[name]
+    step = bp.train.make_step(MODEL, XENT, opt)
+    transformation = opt.gradient_transformation() if isinstance(opt, optax.MultiSteps) else opt
+    p, s = p0, transformation.init(p0)
+    for i in range(3):
+        p, s, value = step(p, s, x[i * 8:(i + 1) * 8], y[i * 8:(i + 1) * 8])
+    want, _ = _optax_loop(transformation, p0, x, y, 3)
+    for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(want)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=RTOL, atol=ATOL)
 
 
 def test_value_fn_differentiates_through_the_hand_written_backward():
