@@ -3,6 +3,7 @@
 
 import atexit
 import functools
+import importlib.util
 import json
 import os
 import shutil
@@ -241,3 +242,15 @@ def in_fresh_python(code: str, timeout: float = 300) -> dict:
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@functools.cache
+def docs_extension(name: str):
+    """``docs/_ext/<name>.py`` as a module, loaded from its file (the documentation tools are not a package; their
+    Sphinx imports are inside the functions that need them): ``public_api``, what the site reads its API pages and
+    docstrings with, and ``gallery``."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "_ext", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"docs_ext_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import docs_extension
 from markdown_blocks import FLAGS, RECIPE_PACKAGES, blocks, imported, python_blocks, run_in_order
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -152,18 +153,10 @@ def test_the_errors_shown_are_what_the_errors_guide_prints(capsys):
 # ---------------------------------------------------------------- the gallery
 
 
-def load_extension(name: str):
-    """``docs/_ext/<name>.py`` as a module (its Sphinx imports are inside the functions that need them)."""
-    spec = importlib.util.spec_from_file_location(f"docs_ext_{name}", DOCS / "_ext" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_gallery_has_a_page_for_every_experiment_from_its_committed_result():
     from experiments import EXPERIMENTS
 
-    gallery = load_extension("gallery")
+    gallery = docs_extension("gallery")
     pages, problems = gallery.gallery()
     assert not problems, "\n".join(problems)
     assert set(pages) == {*EXPERIMENTS, "index"}
@@ -173,33 +166,13 @@ def test_the_gallery_has_a_page_for_every_experiment_from_its_committed_result()
 
 
 def test_a_result_without_a_headline_number_is_a_problem(monkeypatch):
-    gallery = load_extension("gallery")
+    gallery = docs_extension("gallery")
     monkeypatch.setitem(gallery.HEADLINES, "digits", lambda m: (("", "x"), [("missing", m["no such number"])]))
     _, problems = gallery.gallery()
     assert len(problems) == 1 and "docs/results/digits.json does not hold" in problems[0], problems
 
 
 # ---------------------------------------------------------------- the API pages
-
-
-def api_pages() -> dict:
-    """``{module name: [names]}`` from ``docs/api/*.rst``: each page's ``.. automodule::`` and its ``.. api-names::``
-    lists."""
-    out = {}
-    for page in sorted((DOCS / "api").glob("*.rst")):
-        module, listing = None, False
-        for line in page.read_text().splitlines():
-            if line.startswith(".. automodule:: "):
-                module = line.split()[-1]
-                out.setdefault(module, [])
-            elif line.startswith(".. api-names::"):
-                assert module, f"{page.name}: api-names before any automodule"
-                listing = True
-            elif listing and line.startswith("   ") and line.strip():
-                out[module].append(line.strip())
-            elif listing and line.strip():
-                listing = False
-    return out
 
 
 def public_names(module) -> list:
@@ -213,7 +186,7 @@ def public_names(module) -> list:
 def test_the_api_pages_document_every_public_name():
     """Every public name of every documented module is on a page (here or, as ``bp.check_gradients``, where the
     same object is documented), and every name listed exists."""
-    pages = api_pages()
+    pages = docs_extension("public_api").api_pages(DOCS / "api")
     assert {"bpjax", "bpjax.layers", "bpjax.losses", "bpjax.train", "bpjax.checkpoint"} <= set(pages), pages
     documented = set()
     for module_name, names in pages.items():

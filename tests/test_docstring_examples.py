@@ -25,6 +25,7 @@ import inspect
 from pathlib import Path
 
 import pytest
+from conftest import docs_extension
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
@@ -38,14 +39,7 @@ EXEMPT = {
 }
 
 
-def _public_api():
-    spec = importlib.util.spec_from_file_location("docs_ext_public_api", DOCS / "_ext" / "public_api.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-API = _public_api()
+API = docs_extension("public_api")
 PUBLIC = [(module, name) for module, names in API.api_pages(DOCS / "api").items() for name in names]
 FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 
