@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import doctest
 import importlib
-import importlib.util
 import inspect
 from pathlib import Path
 
