@@ -64,6 +64,10 @@ WATCH_S = 1.0  # how often each process asks the coordination service which proc
 GRACE_S = 5  # once a process is lost, how long a run has to stop on its own before its process is ended
 LOST_WAIT_S = HEARTBEAT_S + GRACE_S  # how long a failed collective waits for the service to name a lost process
 LEAVE_S = 300  # at exit, how long a process waits for the others to finish too (JAX's shutdown timeout)
+# At exit, how long a process waits for its watcher to end: the watcher may be inside the service's roll call of the
+# live processes, which ends once every other process has ended its own watcher or left; a watcher still inside C++
+# when Python finalises would be torn down there (``terminate called ... FATAL: exception not rethrown``, exit -6)
+WATCHER_EXIT_S = HEARTBEAT_S + 2 * WATCH_S
 CONNECT_S = 300  # how long the processes wait for each other at start (JAX's default)
 SERVICE_AFTER_S = 5  # how long the service outlives process 0 after every process finished normally
 SERVICE_AFTER_FAILURE_S = 60  # ... and otherwise (the survivors stop within ``LOST_WAIT_S``)
@@ -123,6 +127,8 @@ class _Run:
     running = 0  # runs in progress in this process (:func:`reports_lost_processes`)
     path = None  # the current run's checkpoint_path
     checkpoint: Optional[tuple] = None  # ``(path, step)`` of the last checkpoint the current run wrote
+    leaving = threading.Event()  # set at exit once every process has finished: the watcher ends
+    watcher: Optional[threading.Thread] = None
 
 
 def _cluster():
@@ -213,8 +219,9 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
         jax_distributed.global_state.service.shutdown()
         jax_distributed.global_state.service = None
     _Run.started = True
-    threading.Thread(target=_watch, args=(jax_distributed.global_state.client, count), daemon=True,
-                     name="bpjax-watch").start()
+    _Run.watcher = threading.Thread(target=_watch, args=(jax_distributed.global_state.client, count), daemon=True,
+                                    name="bpjax-watch")
+    _Run.watcher.start()
     atexit.register(_leave_together)  # after JAX's own exit handler, so it runs before it
     return True
 
@@ -282,12 +289,14 @@ def _watch(client, count: int) -> None:
     """
     everyone = set(range(count))
     try:
-        while True:
+        while not _Run.leaving.is_set():
             gone = everyone - set(client.get_live_nodes(sorted(everyone)))
             gone -= _left(client) if gone else set()
             if gone:
                 break
-            time.sleep(WATCH_S)
+            _Run.leaving.wait(WATCH_S)
+        else:  # every process has finished: this one is leaving
+            return
     except Exception:  # noqa: BLE001 -- the service has ended: the job is over (or JAX ends this process)
         return
     _Run.gone = frozenset(gone)
@@ -306,7 +315,8 @@ def _watch(client, count: int) -> None:
 
 
 def _leave_together() -> None:
-    """At exit: wait for the other processes to finish too (not after a failure), then let the service go."""
+    """At exit: wait for the other processes to finish too (not after a failure), end the watcher, then let the
+    service go."""
     if _Run.gone or getattr(sys, "last_value", None) is not None:  # a loss, or an exception ends this process
         return
     from jax._src import distributed as jax_distributed
@@ -318,6 +328,9 @@ def _leave_together() -> None:
     end = time.monotonic() + LEAVE_S
     while not _Run.gone and time.monotonic() < end:
         if _left(client) == everyone:
+            _Run.leaving.set()  # the watcher ends (before Python finalises: see WATCHER_EXIT_S)
+            if _Run.watcher is not None:
+                _Run.watcher.join(WATCHER_EXIT_S)
             if _Run.service is not None:  # every process is done: the service may end soon
                 _Run.service.stdin.write("done\n")  # type: ignore[union-attr]  # a pipe: set in _start_service
                 _Run.service.stdin.flush()  # type: ignore[union-attr]
