@@ -271,5 +271,8 @@ def test_two_processes_save_and_restore_their_own_shards(tmp_path):
         assert r["raw"]["written"] < 0.6 * r["raw"]["total"] and r["raw"]["read"] < 0.6 * r["raw"]["total"], r
         # fit's run folder: sharded entries, resumed at step 4 to the uninterrupted run's params
         assert r["fit_start"] == 4 and r["fit_equal"], r
-        assert r["fit_files"] == ["step_00000004.orbax", "step_00000008.orbax"], r["fit_files"]
+    # the run folder once both processes have ended (listed by a process, it could still hold the LOCK that the
+    # other releases as its fit returns): the two checkpoints kept, the lock released
+    assert sorted(os.listdir(tmp_path / "run")) == ["step_00000004.orbax", "step_00000008.orbax"]
+
     print(json.dumps(procs, indent=1))
