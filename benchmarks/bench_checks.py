@@ -35,7 +35,7 @@ import optax
 
 import bpjax as bp
 from benchmarks.data import mnist1d
-from benchmarks.measure import RESULTS, load_average, machine, save, timed
+from benchmarks.measure import RESULTS, machine, machine_record, save, timed
 from bpjax import zoo
 
 XENT, BATCH = bp.losses.softmax_cross_entropy, 100
@@ -115,9 +115,7 @@ def main(argv=None) -> int:
     info = machine()
     r = measure(args.steps, args.repeats, args.option)
     args.out = args.out or os.path.join(RESULTS, f"bench_{args.option}")
-    r["machine"] = {"cpu": info["processor"], "cores": info["cpu_count"], "jax": info["jax"],
-                    "load_start": [round(v, 2) for v in info["load_average"]],
-                    "load_end": [round(v, 2) for v in load_average()]}
+    r["machine"] = machine_record(info)
     save(args.out, r, markdown(r))
     return 0
 

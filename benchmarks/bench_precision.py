@@ -24,7 +24,7 @@ import optax
 
 import bpjax as bp
 from benchmarks.data import mnist1d
-from benchmarks.measure import RESULTS, load_average, machine, save, timed
+from benchmarks.measure import RESULTS, machine, machine_record, save, timed
 from bpjax import zoo
 
 PRECISIONS = {"float32": None, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -77,9 +77,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     info = machine()
     r = measure(args.steps, args.seeds)
-    r["machine"] = {"cpu": info["processor"], "cores": info["cpu_count"], "jax": info["jax"],
-                    "load_start": [round(v, 2) for v in info["load_average"]],
-                    "load_end": [round(v, 2) for v in load_average()]}
+    r["machine"] = machine_record(info)
     save(args.out, r, markdown(r))
     return 0
 

@@ -47,6 +47,14 @@ def load_average():
     return os.getloadavg() if hasattr(os, "getloadavg") else None
 
 
+def machine_record(info: dict) -> dict:
+    """The short machine record a result keeps: CPU, cores, jax, and the load average at the start (``info``, from
+    :func:`machine` before the runs) and now, at the end."""
+    return {"cpu": info["processor"], "cores": info["cpu_count"], "jax": info["jax"],
+            "load_start": [round(v, 2) for v in info["load_average"]],
+            "load_end": [round(v, 2) for v in load_average()]}
+
+
 def format_load(load) -> str:
     """A load average as the reports print it: ``(1.23, 4.56, 7.89)``, or ``n/a``."""
     return "n/a" if load is None else "(" + ", ".join(f"{v:.2f}" for v in load) + ")"
