@@ -4,7 +4,8 @@ the received and the fix.
 The error types (:class:`BpjaxError`, :class:`BpjaxTypeError`, re-exported as ``bp.BpjaxError`` and
 ``bp.BpjaxTypeError``) and the checks that more than one place needs: array coercion
 (:func:`as_array`), finiteness (:func:`check_finite` on concrete data, :func:`finite_leaves` traced),
-PRNG keys (:func:`check_key`), input shapes (:func:`as_shape`), ranks, dtypes and positive ints, and
+PRNG keys (:func:`check_key`), input shapes (:func:`as_shape`), optimizers (:func:`as_transformation`), ranks,
+dtypes and positive ints, and
 the value checks that raise on concrete values and poison traced ones (:func:`check_value`,
 :func:`poison`, :func:`checked`, :func:`throw`). Each check is called once, where the fact it checks
 is known: a layer checks its own params and input, a public function its own arguments.
@@ -18,6 +19,7 @@ from typing import Iterator
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from jax.experimental import checkify
 
 
@@ -244,6 +246,29 @@ def init_arguments(where: str, key, input_shape, *, key_needed: bool = False) ->
         raise BpjaxTypeError(where, "key must be a PRNG key (jax.random.key(seed)) for a layer with parameters, "
                                     "got None")
     return check_key(where, key), as_shape(where, input_shape)
+
+
+def as_transformation(where: str, optimizer) -> optax.GradientTransformation:
+    """``optimizer`` as an optax ``GradientTransformation``: itself, or an ``optax.MultiSteps``'s
+    ``gradient_transformation()``; anything else is a :class:`BpjaxTypeError` (``optax.adam(1e-3)``, not
+    ``optax.adam``).
+
+    Examples:
+      >>> accumulate = optax.MultiSteps(optax.sgd(0.1), every_k_schedule=2)
+      >>> isinstance(bp.errors.as_transformation("fit", accumulate), optax.GradientTransformation)
+      True
+      >>> bp.errors.as_transformation("fit", optax.adam)
+      Traceback (most recent call last):
+      ...
+      bpjax.errors.BpjaxTypeError: fit: optimizer: ... (did you forget to call it, e.g. optax.adam(1e-3)?), got function
+    """
+    if isinstance(optimizer, optax.GradientTransformation):
+        return optimizer
+    if isinstance(optimizer, optax.MultiSteps) or callable(getattr(optimizer, "gradient_transformation", None)):
+        return optimizer.gradient_transformation()
+    hint = " (did you forget to call it, e.g. optax.adam(1e-3)?)" if callable(optimizer) else ""
+    raise BpjaxTypeError(where, f"optimizer: expected an optax GradientTransformation (e.g. "
+                                f"optax.adam(1e-3)){hint}, got {type(optimizer).__name__}")
 
 
 def as_array(where: str, what: str, a):

@@ -143,9 +143,7 @@ def loss_scaled(optimizer: optax.GradientTransformation, *, initial: float = 2.0
       >>> float(opt_state.scale), int(opt_state.good_steps)
       (32768.0, 1)
     """
-    from bpjax.train.step import as_transformation
-
-    optimizer = as_transformation("loss_scaled", optimizer)
+    optimizer = errors.as_transformation("loss_scaled", optimizer)
     period = errors.positive_int("loss_scaled", "period", period)
 
     def init(params):

@@ -21,6 +21,16 @@ META = "bpjax.json"
 _INT64 = (-(2 ** 63), 2 ** 63 - 1)
 
 
+def check_format(where: str, meta) -> None:
+    """Raise unless ``meta`` is a bpjax record of this format version."""
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise errors.BpjaxError(where, f"not a bpjax checkpoint: expected format {FORMAT!r}")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise errors.BpjaxError(where, f"expected checkpoint format version {FORMAT_VERSION}, got "
+                                       f"{meta.get('format_version')!r} (written by bpjax "
+                                       f"{meta.get('bpjax_version')})")
+
+
 def is_key(x) -> bool:
     return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
 

@@ -15,9 +15,8 @@ from bpjax import errors
 from bpjax.checkpoint.arguments import tilde_hint
 from bpjax.checkpoint.atomic import temporary_of
 from bpjax.checkpoint.encoding import (
-    FORMAT,
-    FORMAT_VERSION,
     META,
+    check_format,
     checksum,
     decode_leaf,
     is_key,
@@ -38,16 +37,6 @@ def _missing_hint(path: str) -> str:
         hints.append(f"; {len(temps)} temporary file(s) of unfinished saves lie beside it ({temps[0]}"
                      f"{' ...' if len(temps) > 1 else ''}), never read")
     return "".join(hints)
-
-
-def check_format(where: str, meta) -> None:
-    """Raise unless ``meta`` is a bpjax record of this format version."""
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise errors.BpjaxError(where, f"not a bpjax checkpoint: expected format {FORMAT!r}")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise errors.BpjaxError(where, f"expected checkpoint format version {FORMAT_VERSION}, got "
-                                       f"{meta.get('format_version')!r} (written by bpjax "
-                                       f"{meta.get('bpjax_version')})")
 
 
 def read(path: str, where: str):

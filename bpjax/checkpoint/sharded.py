@@ -39,8 +39,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from bpjax import errors
-from bpjax.checkpoint.encoding import leaf_label, spans_processes
-from bpjax.checkpoint.reading import check_format
+from bpjax.checkpoint.encoding import check_format, leaf_label, spans_processes
 
 STEP_METADATA = "_CHECKPOINT_METADATA"  # orbax's record of a step, JSON; its "custom_metadata" holds bpjax's
 INSTALL = 'pip install -e ".[orbax]" (or pip install orbax-checkpoint)'

@@ -34,7 +34,6 @@ from bpjax.train.sharding import (
     shard_rows,
     split_or_replicate,
 )
-from bpjax.train.step import as_transformation
 from bpjax.train.stream import Stream, is_stream
 from bpjax.train.validate import (
     check_data,
@@ -243,7 +242,7 @@ def fit(model: Layer, loss, optimizer: optax.GradientTransformation, params, tra
     """
     where = "fit"
     check_model(model, where)
-    optimizer = as_transformation(where, optimizer)
+    optimizer = errors.as_transformation(where, optimizer)
     errors.check_key(where, key)
     if data_parallel and mesh is None:
         mesh = data_parallel_mesh()
@@ -372,7 +371,7 @@ def fit_many(model: Layer, loss, optimizer, params, train_data: Tuple[Any, Any],
     where = "fit_many"
     check_model(model, where)
     if isinstance(optimizer, optax.MultiSteps):
-        optimizer = as_transformation(where, optimizer)  # one optimizer for every model
+        optimizer = errors.as_transformation(where, optimizer)  # one optimizer for every model
     hparams = as_hparams(hparams)
     check_factory(where, optimizer, hparams)
     factory = Fixed(optimizer) if isinstance(optimizer, optax.GradientTransformation) else optimizer

@@ -23,20 +23,7 @@ from bpjax.losses import as_loss, scaled
 from bpjax.precision import LossScaleState
 from bpjax.train.validate import check_opt_state
 
-__all__ = ["BACKWARDS", "as_transformation", "make_step", "step_function"]
-
-
-def as_transformation(where: str, optimizer) -> optax.GradientTransformation:
-    """``optimizer`` as an optax ``GradientTransformation``: itself, or an ``optax.MultiSteps``'s
-    ``gradient_transformation()``; anything else is a :class:`~bpjax.errors.BpjaxTypeError` (``optax.adam(1e-3)``, not
-    ``optax.adam``)."""
-    if isinstance(optimizer, optax.GradientTransformation):
-        return optimizer
-    if isinstance(optimizer, optax.MultiSteps) or callable(getattr(optimizer, "gradient_transformation", None)):
-        return optimizer.gradient_transformation()
-    hint = " (did you forget to call it, e.g. optax.adam(1e-3)?)" if callable(optimizer) else ""
-    raise errors.BpjaxTypeError(where, f"optimizer: expected an optax GradientTransformation (e.g. "
-                                       f"optax.adam(1e-3)){hint}, got {type(optimizer).__name__}")
+__all__ = ["BACKWARDS", "make_step", "step_function"]
 
 
 def value_function(model: Layer, loss, backward: str):
@@ -135,7 +122,7 @@ def make_step(model: Layer, loss, optimizer: optax.GradientTransformation, *, ba
     """
     check_model(model)
     loss = as_loss(loss)
-    optimizer = as_transformation("make_step", optimizer)
+    optimizer = errors.as_transformation("make_step", optimizer)
     train_step = step_function(model, loss, check_backward("make_step", backward))
     contextual = is_contextual(model)
 
