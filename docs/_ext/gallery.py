@@ -214,7 +214,8 @@ def title_of(summary: str) -> str:
 
 def page(name: str, description: str, script: Path, result: dict) -> str:
     summary, _, details = docstring(script).partition("\n\n")
-    title = rst_text(f"{title_of(summary)} ({name})" if title_of(summary) else name)
+    heading = title_of(summary)
+    title = rst_text(f"{heading} ({name})" if heading else name)
     lines = [f".. _gallery-{name}:", "", title, "=" * len(title), "", summary, ""]
     if (FIGURES / f"{name}.png").exists():
         lines += [f".. image:: ../figures/{name}.png", f"   :target: ../_images/{name}.png",  # opened whole
