@@ -253,6 +253,9 @@ def test_labels_out_of_range_inside_a_users_jit_poison_the_loss():
     assert bool(jnp.isfinite(good))
 
 
+# A Python of its own (3 s: JAX starts anew): the slow set's; the default suite checks the same argparse errors in
+# process (test_experiments.test_bad_command_lines_are_argparse_errors).
+@pytest.mark.slow
 def test_command_line_error_from_a_real_process():
     """``python -m experiments`` itself: exit status 2 and the argument named on stderr."""
     proc = subprocess.run([sys.executable, "-m", "experiments", "mnist1d_mlp", "--seeds", "-2"], cwd=REPO,

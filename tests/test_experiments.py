@@ -137,6 +137,10 @@ def test_gradient_descent_1d_runs_as_a_script(tmp_path, monkeypatch):
     assert (out / "trajectories.csv").read_text().count("\n") == 1 + 16  # header, steps 0..15
 
 
+# The sweep's result (a hump over 5 rates: 3 s of the default suite's time): the slow set's; the default suite runs
+# fit_many over learning rates (test_runs.test_fit_many_over_learning_rates_and_weight_decay) and the experiments'
+# plumbing (the main job, chain_rule, gradient_descent_1d).
+@pytest.mark.slow
 def test_learning_rate_sweep(tmp_path):
     m, out = run("learning_rate", tmp_path)
     acc, rates = np.asarray(m["test_acc_percent"]), m["rates"]
@@ -150,7 +154,7 @@ def test_learning_rate_sweep(tmp_path):
 
 
 # Measured 5-10 s each on a 2-core machine running two workers: the slow set (-m slow) runs it; the default
-# suite runs the main job (mnist1d_mlp), chain_rule, gradient_descent_1d and learning_rate, which go through
+# suite runs the main job (mnist1d_mlp), chain_rule and gradient_descent_1d, which go through
 # the same trainer (bp.train.fit / fit_many) and the same results writer.
 @pytest.mark.slow
 def test_optimizers(tmp_path):
@@ -165,7 +169,7 @@ def test_optimizers(tmp_path):
 
 
 # Measured 5-10 s each on a 2-core machine running two workers: the slow set (-m slow) runs it; the default
-# suite runs the main job (mnist1d_mlp), chain_rule, gradient_descent_1d and learning_rate, which go through
+# suite runs the main job (mnist1d_mlp), chain_rule and gradient_descent_1d, which go through
 # the same trainer (bp.train.fit / fit_many) and the same results writer.
 @pytest.mark.slow
 def test_regression_matches_least_squares(tmp_path):
@@ -179,7 +183,7 @@ def test_regression_matches_least_squares(tmp_path):
 
 
 # Measured 5-10 s each on a 2-core machine running two workers: the slow set (-m slow) runs it; the default
-# suite runs the main job (mnist1d_mlp), chain_rule, gradient_descent_1d and learning_rate, which go through
+# suite runs the main job (mnist1d_mlp), chain_rule and gradient_descent_1d, which go through
 # the same trainer (bp.train.fit / fit_many) and the same results writer.
 @pytest.mark.slow
 def test_mnist1d_table_ordering(tmp_path):
@@ -226,7 +230,7 @@ def test_regularization_closes_the_gap(tmp_path):
 
 
 # Measured 5-10 s each on a 2-core machine running two workers: the slow set (-m slow) runs it; the default
-# suite runs the main job (mnist1d_mlp), chain_rule, gradient_descent_1d and learning_rate, which go through
+# suite runs the main job (mnist1d_mlp), chain_rule and gradient_descent_1d, which go through
 # the same trainer (bp.train.fit / fit_many) and the same results writer.
 @pytest.mark.slow
 def test_forgetting_and_rehearsal(tmp_path):
